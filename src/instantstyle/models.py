@@ -1,0 +1,235 @@
+"""Where models come from: local paths, Hub ids (through huggingface_hub's cache), or ``tiny``.
+
+A model reference is one string:
+- ``tiny``: the built-in random-weight test model (``instantstyle.testing.tiny``);
+- a local file or directory (anything that exists on disk, or starts with ``/``, ``./``, ``~``);
+- ``owner/repo``: a whole Hub repository (diffusers layout for a base model);
+- ``owner/repo/sub/path``: a file or folder inside a Hub repository, e.g.
+  ``h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors``.
+
+Hub downloads go through ``huggingface_hub`` and its cache, so ``HF_HUB_OFFLINE=1`` and
+``HF_HOME`` work as everywhere else. Anything missing raises ``ModelNotFoundError`` naming what
+is missing and the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import InstantStyleError, ModelNotFoundError
+
+DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+DEFAULT_IMAGE_ENCODER = "h94/IP-Adapter/sdxl_models/image_encoder"
+TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed model reference."""
+
+    spec: str
+    local: Path | None = None
+    repo_id: str | None = None
+    subpath: str | None = None  # path inside the Hub repository
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.spec == TINY
+
+    def fetch_command(self) -> str:
+        if self.repo_id is None:
+            return ""
+        return f"hf download {self.repo_id}" + (f" --include '{self.subpath}*'" if self.subpath else "")
+
+
+def parse_source(spec: str | os.PathLike) -> Source:
+    text = str(spec)
+    if text == TINY:
+        return Source(text)
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text):
+        return Source(text, local=path)
+    parts = text.strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise InstantStyleError(
+            f"model reference {text!r} is neither an existing path nor a Hub id like 'owner/repo' "
+            "or 'owner/repo/path/in/repo'"
+        )
+    return Source(text, repo_id="/".join(parts[:2]), subpath="/".join(parts[2:]) or None)
+
+
+def canonical_id(spec: str) -> str:
+    """A stable identifier for a model reference (absolute path for local ones)."""
+    src = parse_source(spec)
+    return str(src.local.resolve()) if src.local is not None else src.spec
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def missing(what: str, src: Source, detail: str = "") -> ModelNotFoundError:
+    if src.local is not None:
+        return ModelNotFoundError(f"{what} '{src.spec}' does not exist{detail}; check the path")
+    how = "is not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set" if offline() else "could not be fetched"
+    return ModelNotFoundError(f"{what} '{src.spec}' {how}{detail}; fetch it with: {src.fetch_command()}")
+
+
+def resolve_file(spec: str, what: str) -> Path:
+    """A local path to a single file (downloaded into the Hub cache if needed)."""
+    src = parse_source(spec)
+    if src.local is not None:
+        if not src.local.is_file():
+            raise missing(what, src)
+        return src.local
+    if not src.subpath:
+        raise InstantStyleError(f"{what} '{spec}' names a repository, not a file; use 'owner/repo/path/to/file'")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(src.repo_id, src.subpath))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise missing(what, src, f" ({type(exc).__name__})") from None
+
+
+def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """Defaults that work anywhere: CUDA fp16, else MPS fp16, else CPU fp32."""
+    if device is None:
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InstantStyleError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InstantStyleError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if dtype is None:
+        return dev, (torch.float16 if dev.type in ("cuda", "mps") else torch.float32)
+    if isinstance(dtype, torch.dtype):
+        return dev, dtype
+    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise InstantStyleError(f"--dtype {dtype!r} is not one of fp16, bf16, fp32")
+    return dev, names[dtype]
+
+
+def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None, pipeline_class=None):
+    """A ``StableDiffusionXLPipeline`` (or ``pipeline_class``) from a local dir or Hub id."""
+    from diffusers import StableDiffusionXLPipeline
+
+    cls = pipeline_class or StableDiffusionXLPipeline
+    src = parse_source(spec)
+    if src.local is not None:
+        if not (src.local / "model_index.json").is_file():
+            raise missing("base model", src, " as a diffusers directory (no model_index.json)")
+        target = str(src.local)
+    else:
+        target = src.repo_id if not src.subpath else src.spec
+    try:
+        kwargs = {"dtype": dtype}
+        if variant:
+            kwargs["variant"] = variant
+        return cls.from_pretrained(target, **kwargs)
+    except (OSError, ValueError) as exc:
+        if src.local is None and ("offline" in str(exc).lower() or "cache" in str(exc).lower()
+                                  or "connect" in str(exc).lower() or isinstance(exc, OSError)):
+            raise missing("base model", src) from None
+        raise InstantStyleError(f"base model '{spec}' could not be loaded: {str(exc).splitlines()[0]}") from None
+
+
+def image_processor(size: int):
+    """CLIP preprocessing (resize, centre crop, normalise) at ``size``, as diffusers' default.
+
+    The PIL implementation is used everywhere, so embeddings do not depend on whether
+    torchvision happens to be installed.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:  # transformers < 5
+        from transformers import CLIPImageProcessor as Processor
+    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def load_image_encoder(spec: str, dtype: torch.dtype):
+    """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` from a dir or Hub path."""
+    from transformers import CLIPVisionModelWithProjection
+
+    src = parse_source(spec)
+    if src.local is not None:
+        if not (src.local / "config.json").is_file():
+            raise missing("image encoder", src, " as a CLIPVisionModelWithProjection directory (no config.json)")
+        where, kwargs = str(src.local), {}
+    else:
+        where, kwargs = src.repo_id, ({"subfolder": src.subpath} if src.subpath else {})
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(where, dtype=dtype, **kwargs)
+    except OSError:
+        raise missing("image encoder", src) from None
+    size = encoder.config.image_size
+    # h94's encoder folders carry no preprocessor config; diffusers uses the CLIP defaults too.
+    return encoder.eval(), image_processor(size)
+
+
+def load_text_encoder_with_projection(spec: str, dtype: torch.dtype):
+    """A ``CLIPTextModelWithProjection`` + tokenizer (for content subtraction in another space)."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    src = parse_source(spec)
+    where, kwargs = (str(src.local), {}) if src.local is not None else (
+        src.repo_id, {"subfolder": src.subpath} if src.subpath else {})
+    try:
+        model = CLIPTextModelWithProjection.from_pretrained(where, dtype=dtype, **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(where, **kwargs)
+    except OSError:
+        raise missing("content text encoder", src) from None
+    return model.eval(), tokenizer
+
+
+def load_unet_config(spec: str) -> dict:
+    """Only the UNet's ``config.json`` (kilobytes), for inspecting blocks without loading weights."""
+    import json
+
+    if spec == TINY:
+        from .testing.tiny import tiny_unet_config
+
+        return tiny_unet_config()
+    src = parse_source(spec)
+    if src.local is not None:
+        path = src.local / "unet" / "config.json"
+        if not path.is_file():
+            raise missing("base model", src, " as a diffusers directory (no unet/config.json)")
+    else:
+        path = resolve_file(f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}unet/config.json", "base model")
+    return json.loads(Path(path).read_text())
+
+
+def meta_unet(config: dict):
+    """A UNet with this config on the meta device: its structure, no memory, no weights."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(config)
+
+
+def load_style_encoder(spec: str, device: str | None = None, dtype: str | torch.dtype | None = None):
+    """(encoder, feature extractor, canonical id) for the image encoder alone."""
+    dev, dt = device_and_dtype(device, dtype)
+    if spec == TINY:
+        from .testing.tiny import build_tiny
+
+        tiny = build_tiny()
+        return tiny.image_encoder.to(dev, dt), tiny.feature_extractor, TINY
+    encoder, extractor = load_image_encoder(spec, dt)
+    return encoder.to(dev), extractor, canonical_id(spec)

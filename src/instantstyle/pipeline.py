@@ -1,0 +1,311 @@
+"""``InstantStyle``: load SDXL + an IP-Adapter once, then generate in the style of reference images.
+
+Composes diffusers' stock ``StableDiffusionXLPipeline`` through its public extension points:
+the IP-Adapter is attached with ``load_ip_adapter``, the style goes in as precomputed
+``ip_adapter_image_embeds`` (so content subtraction and multi-reference mixing happen in CLIP
+space, before the adapter's projection), and the block restriction is a per-processor scale set
+inside ``adapter.scoped_scales`` for the duration of one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import adapter as adapter_mod
+from . import blocks, embeddings, models
+from .config import GenerateRequest, make_request
+from .errors import InstantStyleError
+from .images import DEFAULT_MAX_PIXELS, attach_metadata
+
+StyleRef = str | Path | Image.Image | embeddings.Style
+
+
+@dataclass
+class Prepared:
+    """Everything a diffusers pipeline call needs, resolved from a request."""
+
+    request: GenerateRequest
+    seed: int
+    width: int
+    height: int
+    ip_embeds: list[torch.Tensor]  # one per loaded adapter, [2 or 1, M, D]
+    scales: list[dict[str, float]]  # one per loaded adapter: attn2 processor -> scale
+    style_hashes: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)  # recorded in every output
+
+    def generator(self) -> torch.Generator:
+        # diffusers' meaning of a seed: a CPU generator, so images match across devices.
+        return torch.Generator("cpu").manual_seed(self.seed)
+
+
+class InstantStyle:
+    """Style-preserving text-to-image on SDXL (InstantStyle, arXiv 2404.02733)."""
+
+    def __init__(self, pipe, image_encoder, feature_extractor, adapter_info: adapter_mod.AdapterInfo, *,
+                 ids: dict[str, str], content_text=None, cache: embeddings.EmbeddingCache | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.pipe = pipe
+        self.image_encoder = image_encoder
+        self.feature_extractor = feature_extractor
+        self.adapter_info = adapter_info
+        self.ids = ids  # base / adapter / image_encoder identifiers, recorded in outputs
+        self.content_text = content_text  # optional (CLIPTextModelWithProjection, tokenizer)
+        self.styles = embeddings.StyleEncoder(image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels)
+        self.modules = blocks.discover(pipe.unet)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str = models.DEFAULT_BASE,
+        adapter: str | None = None,
+        image_encoder: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        variant: str | None = None,
+        content_text_encoder: str | None = None,
+        cache_dir: str | Path | None | bool = True,
+        progress: bool = True,
+    ) -> InstantStyle:
+        """Load base model, image encoder and IP-Adapter; check they fit together; attach.
+
+        ``base``/``adapter``/``image_encoder`` take a local path, a Hub reference or ``tiny``
+        (see ``instantstyle.models``). ``cache_dir=True`` caches image embeddings on disk in the
+        default place, a path puts them there, ``False``/``None`` keeps them in memory only.
+        """
+        # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32.
+        dev, dt = models.device_and_dtype(device, dtype)
+        tiny = base == models.TINY
+        adapter = adapter or (models.TINY if tiny else models.DEFAULT_ADAPTER)
+        image_encoder = image_encoder or (models.TINY if tiny else models.DEFAULT_IMAGE_ENCODER)
+
+        # 2. The parts that are cheap to check go first, so a bad adapter fails before SDXL loads.
+        tiny_models = None
+        if models.TINY in (base, adapter, image_encoder):
+            from .testing.tiny import build_tiny
+
+            tiny_models = build_tiny()
+        if adapter == models.TINY:
+            state_dict, adapter_id = tiny_models.adapter_state_dict, "tiny"
+        else:
+            path = models.resolve_file(adapter, "IP-Adapter")
+            state_dict, adapter_id = adapter_mod.load_state_dict(path), adapter
+        info = adapter_mod.inspect(state_dict)
+        if image_encoder == models.TINY:
+            encoder, extractor, encoder_id = tiny_models.image_encoder, tiny_models.feature_extractor, "tiny"
+        else:
+            encoder, extractor = models.load_image_encoder(image_encoder, dt)
+            encoder_id = image_encoder
+        if info.clip_dim != encoder.config.projection_dim:  # before the multi-GB base model loads
+            adapter_mod.check_compatible(info, encoder, None, 0)
+
+        # 3. Base model.
+        pipe = tiny_models.pipe if base == models.TINY else models.load_base_pipeline(base, dt, variant)
+        n_cross = sum(len(m.processors) for m in blocks.discover(pipe.unet))
+        adapter_mod.check_compatible(info, encoder, pipe.unet, n_cross)
+
+        # 4. Attach the adapter (scales rest at 0; each call sets its own inside a scope).
+        adapter_mod.attach(pipe, [state_dict], encoder, extractor)
+        _to(pipe, dev, dt)
+        content_text = None
+        if content_text_encoder:
+            model, tok = models.load_text_encoder_with_projection(content_text_encoder, dt)
+            content_text = (model.to(dev), tok)
+        pipe.set_progress_bar_config(disable=not progress)
+
+        if cache_dir is True:
+            cache_dir = embeddings.cache_dir()
+        cache = embeddings.EmbeddingCache(cache_dir or None)
+        ids = {"base": models.canonical_id(base), "adapter": models.canonical_id(adapter_id),
+               "image_encoder": models.canonical_id(encoder_id)}
+        return cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    @property
+    def native_size(self) -> int:
+        return self.pipe.default_sample_size * self.pipe.vae_scale_factor
+
+    # ------------------------------------------------------------------ styles
+
+    def encode_style(self, images: Sequence[StyleRef], weights: Sequence[float] | None = None) -> embeddings.Style:
+        """Embed one or several references (paths, PIL images, @saved styles) into a ``Style``."""
+        return self.styles.encode(images, weights)
+
+    @torch.no_grad()
+    def content_embedding(self, content_prompt: str) -> torch.Tensor:
+        """Pooled, projected text embedding ``[1, D]`` of ``content_prompt`` in the image encoder's space.
+
+        By default SDXL's own ``text_encoder_2`` (bigG, 1280-d, the same joint space as the bigG
+        image encoder); ``content_text_encoder`` overrides it for other adapter/encoder pairs.
+        """
+        if self.content_text is not None:
+            model, tok = self.content_text
+            ids = tok([content_prompt], padding="max_length", truncation=True, max_length=tok.model_max_length,
+                      return_tensors="pt").input_ids.to(self.device)
+            return model(ids).text_embeds.float().cpu()
+        pooled = self.pipe.encode_prompt(
+            content_prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )[2]
+        return pooled.float().cpu()
+
+    # ------------------------------------------------------------------ generation
+
+    def request(self, request: GenerateRequest | None = None, **params) -> GenerateRequest:
+        if request is None:
+            return make_request(flag_style=False, **params)
+        if params:
+            return make_request(flag_style=False, **{**request.model_dump(), **params})
+        return request
+
+    def resolve_scales(self, req: GenerateRequest) -> dict[str, float]:
+        spec = blocks.parse_spec(req.blocks) if req.blocks else blocks.preset_spec(req.mode)
+        return blocks.resolve(self.modules, spec, req.scale)
+
+    def prepare(self, req: GenerateRequest, style_images: Sequence[StyleRef] | None = None) -> Prepared:
+        """Steps 1-4 of a generation: everything but the denoising loop."""
+        # 1. Blocks: a misspelt name fails here, before any model runs.
+        scales = self.resolve_scales(req)
+        # 2. Size and seed.
+        width, height = req.width or self.native_size, req.height or self.native_size
+        unit = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        if width % unit or height % unit:
+            raise InstantStyleError(f"--width/--height {width}x{height}: must be multiples of {unit} for this model")
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        # 3. Style embedding in CLIP space: encode (cached), combine, subtract content.
+        refs = list(style_images or []) + list(req.style)
+        style = self.encode_style(refs, req.style_weights)
+        cond = embeddings.combine_styles(style.embeds, style.weights, req.style_combine)  # [M, D]
+        if req.content_prompt:
+            cond = embeddings.subtract_content(cond, self.content_embedding(req.content_prompt),
+                                               req.effective_content_scale)
+        # 4. Precomputed embeds for diffusers: unconditional = zeros, batch 1 (diffusers repeats it).
+        do_cfg = req.guidance > 1.0
+        ip_embeds = [embeddings.with_unconditional(cond, do_cfg).to(self.device, self.dtype)]
+        params = {
+            **req.model_dump(),
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "content_scale": req.effective_content_scale if req.content_prompt else None,
+            "active_blocks": blocks.active_modules(self.modules, scales),
+            "style_image_sha256": style.image_hashes,
+            **self.ids,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "versions": _versions(),
+        }
+        params["style"] = [str(s) for s in req.style] + [f"<image {h[:12]}>" for h in
+                                                         style.image_hashes[: len(style_images or [])]]
+        return Prepared(req, seed, width, height, ip_embeds, [scales], style.image_hashes, params)
+
+    def generate(
+        self,
+        request: GenerateRequest | None = None,
+        *,
+        style_images: Sequence[StyleRef] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        **params,
+    ) -> list[Image.Image]:
+        """Generate images; each carries its full parameters in ``image.info`` (see ``images.save_png``).
+
+        ``generate(prompt="a cat", style=["ref.png"], mode="style", content_prompt="a dog", seed=42)``
+        or ``generate(request)``; ``style_images`` adds in-memory PIL images / ``Style`` objects.
+        """
+        req = self.request(request, **params)
+        if req.method != "instantstyle":
+            from .methods import run_method
+
+            return run_method(self, req, style_images=style_images, on_step=on_step)
+        prep = self.prepare(req, style_images)
+        return self.run(self.pipe, prep, on_step=on_step)
+
+    def run(self, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None, **pipe_kwargs):
+        """The denoising loop: ``pipe`` (any SDXL pipeline sharing our components) with scoped scales."""
+        req = prep.request
+        kwargs = dict(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            ip_adapter_image_embeds=prep.ip_embeds,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance,
+            width=prep.width,
+            height=prep.height,
+            num_images_per_prompt=req.num_images,
+            generator=prep.generator(),
+        )
+        if on_step is not None:
+            def _callback(_pipe, i, _t, cb_kwargs):
+                on_step(i + 1, req.steps)
+                return cb_kwargs
+
+            kwargs["callback_on_step_end"] = _callback
+        kwargs.update(pipe_kwargs)
+        with adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), scoped_scheduler(pipe, req.scheduler):
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+        for i, image in enumerate(images):
+            attach_metadata(image, {**prep.params, "index": i})
+        return images
+
+
+# ---------------------------------------------------------------------- helpers
+
+_SCHEDULERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+
+
+@contextlib.contextmanager
+def scoped_scheduler(pipe, name: str):
+    """Swap the pipeline's scheduler for one call and restore it (no state leaks between requests)."""
+    import diffusers
+
+    cls_name, extra = _SCHEDULERS[name]
+    original = pipe.scheduler
+    if type(original).__name__ == cls_name and not extra:
+        yield original
+        return
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(original.config, **extra)
+    try:
+        yield pipe.scheduler
+    finally:
+        pipe.scheduler = original
+
+
+def _to(pipe, device: torch.device, dtype: torch.dtype) -> None:
+    """Move ``pipe`` and its IP-Adapter parts; cast only if needed (diffusers warns on a no-op cast)."""
+    if pipe.unet.dtype != dtype:
+        pipe.to(device, dtype)
+    else:
+        pipe.to(device)
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from . import __version__
+
+    return {"instantstyle": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
