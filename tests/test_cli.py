@@ -201,6 +201,7 @@ def test_content_prompt_in_another_space_is_refused(tmp_path, style_images, caps
     save_file({f"{p}.{k}": v for p in sd for k, v in sd[p].items()}, tmp_path / "a16.safetensors")
     tiny.pipe.save_pretrained(tmp_path / "sdxl")
     out = tmp_path / "o.png"
+    capsys.readouterr()
     code = main(["generate", "--base", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "a16.safetensors"),
                  "--image-encoder", str(tmp_path / "enc16"), "--style", str(style_images["red"]), "--prompt", "a cat",
                  "--content-prompt", "a dog", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu"])
@@ -208,9 +209,23 @@ def test_content_prompt_in_another_space_is_refused(tmp_path, style_images, caps
     assert code == 2 and "not in the same CLIP space" in err and "--content-text-encoder" in err
     assert err.count("\n") == 1 and not out.exists()
     # Without a content prompt the same models work.
-    assert main(["generate", "--base", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "a16.safetensors"),
-                 "--image-encoder", str(tmp_path / "enc16"), "--style", str(style_images["red"]),
-                 "--prompt", "a cat", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    common = ["generate", "--base", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "a16.safetensors"),
+              "--image-encoder", str(tmp_path / "enc16"), "--style", str(style_images["red"]), "--prompt", "a cat",
+              "--steps", "2", "--seed", "0", "--quiet", "--device", "cpu"]
+    assert main([*common, "--out", str(out)]) == 0
+    # With a text encoder in the image encoder's 16-d space, subtraction works and changes the picture.
+    from transformers import CLIPTextModelWithProjection
+
+    text_cfg = tiny.pipe.text_encoder_2.config
+    text_cfg.projection_dim = 16
+    torch.manual_seed(1)
+    CLIPTextModelWithProjection(text_cfg).save_pretrained(tmp_path / "text16")
+    tiny.pipe.tokenizer_2.save_pretrained(tmp_path / "text16")
+    sub = tmp_path / "sub.png"
+    assert main([*common, "--content-prompt", "a dog", "--content-scale", "2", "--content-text-encoder",
+                 str(tmp_path / "text16"), "--out", str(sub)]) == 0
+    diff = np.abs(np.asarray(Image.open(sub), dtype=float) - np.asarray(Image.open(out), dtype=float)).max()
+    assert diff > 20
 
 
 def test_debug_shows_the_traceback(run, tmp_path, style_images):
