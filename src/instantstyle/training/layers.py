@@ -179,7 +179,7 @@ def export_h94(unet, chosen: list[str], dtype: torch.dtype = torch.float16) -> d
             proc = unet.get_submodule(name)
             k, v = proc.to_k_ip[0].weight, proc.to_v_ip[0].weight
         else:
-            k = v = torch.zeros(attn.to_k.out_features, cross)
+            k, v = torch.zeros(attn.to_k.out_features, cross), torch.zeros(attn.to_k.out_features, cross)
         flat[f"ip_adapter.{idx}.to_k_ip.weight"] = k.detach().to("cpu", dtype).contiguous()
         flat[f"ip_adapter.{idx}.to_v_ip.weight"] = v.detach().to("cpu", dtype).contiguous()
     return flat
