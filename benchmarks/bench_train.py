@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny random UNet on CPU (seconds); for tests and smoke runs")
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; tiny: 32)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default 4; tiny: 2)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; tiny: 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; tiny: 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; tiny: 1)")
     p.add_argument("--modes", nargs="+", default=["style", "all"], help="--blocks specs to compare")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     tiny = args.tiny
     args.resolution = args.resolution or (32 if tiny else 1024)
     args.batch = args.batch or (2 if tiny else 4)
-    args.steps = args.steps or (2 if tiny else 5)
+    args.steps = args.steps or (1 if tiny else 5)
     args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
     if not tiny and not torch.cuda.is_available():
         print("bench_train: no CUDA device; use --tiny for the CPU smoke run", file=sys.stderr)

@@ -304,11 +304,11 @@ class AdapterTrainer:
         acc = self.accelerator
         directory = self.out / CHECKPOINTS / f"checkpoint-{self.global_step:07d}"
         acc.save_state(str(directory))
-        (directory / f"data_state_{acc.process_index}.json").write_text(json.dumps(self.stream.state_dict()))
+        (directory / f"data_state_{acc.process_index}.json").write_text(
+            json.dumps({**self.stream.state_dict(), "stats": self.stream.stats.as_dict()}))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"global_step": self.global_step, "data": self.stream.stats.as_dict(),
-                     "num_processes": acc.num_processes}
+            state = {"global_step": self.global_step, "num_processes": acc.num_processes}
             (directory / DONE_MARKER).write_text(json.dumps(state, indent=2))  # written last: complete
             self._prune_checkpoints()
         acc.wait_for_everyone()
@@ -337,10 +337,11 @@ class AdapterTrainer:
                 f"{acc.num_processes}; resume with the same number so every process continues at its data position"
             )
         acc.load_state(str(directory))
-        self.stream.load_state_dict(json.loads((directory / f"data_state_{acc.process_index}.json").read_text()))
+        data_state = json.loads((directory / f"data_state_{acc.process_index}.json").read_text())
+        self.stream.load_state_dict(data_state)
         self.global_step = int(state["global_step"])
-        for k in ("used", "missing_caption", "unreadable"):
-            setattr(self.stream.stats, k, state["data"][k])
+        for k in ("used", "missing_caption", "unreadable", "examples"):
+            setattr(self.stream.stats, k, data_state["stats"][k])
         self.log(f"resumed from {directory} at step {self.global_step}")
 
     # ------------------------------------------------------------------ encoding
@@ -481,7 +482,7 @@ class AdapterTrainer:
         if cfg.validation_prompts and not (cfg.validate_every and self.global_step % cfg.validate_every == 0):
             self.validate()
         adapter_path = self.save_adapter()
-        stats = self.stream.stats
+        stats = self._all_process_stats()
         if acc.is_main_process:
             (self.out / "data_report.json").write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
             self.log(f"data: {stats.summary()}")
@@ -490,6 +491,19 @@ class AdapterTrainer:
         acc.wait_for_everyone()
         acc.end_training()
         return TrainResult(self.out, adapter_path, self.global_step, losses, stats.as_dict())
+
+    def _all_process_stats(self) -> data_mod.DataStats:
+        """Data counts summed over processes (a folder/manifest's caption scan is global: counted once)."""
+        acc, mine = self.accelerator, self.stream.stats
+        if acc.num_processes == 1:
+            return mine
+        counts = torch.tensor([mine.used, mine.unreadable, mine.missing_caption], device=acc.device)
+        total = acc.gather(counts[None]).sum(0).tolist()
+        stats = copy.deepcopy(mine)
+        stats.used, stats.unreadable = int(total[0]), int(total[1])
+        if isinstance(self.source, data_mod.ShardSource):
+            stats.missing_caption = int(total[2])
+        return stats
 
     @contextlib.contextmanager
     def _ema_weights(self):
