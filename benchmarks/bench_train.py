@@ -140,7 +140,7 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
         "images_per_s": b * args.steps / elapsed,
         "peak_memory_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
     }
-    del model, opt
+    model = opt = None  # noqa: F841 - drop the references before the next mode
     acc.free_memory()
     unet.disable_gradient_checkpointing()
     return result
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; tiny: 32)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default 4; tiny: 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; tiny: 1)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; tiny: 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; tiny: 0)")
     p.add_argument("--modes", nargs="+", default=["style", "all"], help="--blocks specs to compare")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     args = p.parse_args(argv)
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     args.resolution = args.resolution or (32 if tiny else 1024)
     args.batch = args.batch or (2 if tiny else 4)
     args.steps = args.steps or (1 if tiny else 5)
-    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
+    args.warmup = args.warmup if args.warmup is not None else (0 if tiny else 2)
     if not tiny and not torch.cuda.is_available():
         print("bench_train: no CUDA device; use --tiny for the CPU smoke run", file=sys.stderr)
         return 2

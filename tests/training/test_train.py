@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from .conftest import K, RUN
+from .conftest import RUN, K
 
 
 def test_loss_goes_down(trained):
