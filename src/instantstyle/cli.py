@@ -1,4 +1,4 @@
-"""Command line: ``instantstyle generate | blocks | style | make-tiny``.
+"""Command line: ``instantstyle generate | blocks | style | make-tiny | train-adapter``.
 
 A thin front end: it parses flags into the shared ``GenerateRequest``, calls the library and
 writes files. Bad input exits with status 2 and one line ``instantstyle: error: ...`` (the
@@ -150,7 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a tiny random-weight SDXL (real block structure), image encoder and "
                                    "IP-Adapter in the standard on-disk layouts. Its images are noise.")
     t.add_argument("dir")
+
+    # train-adapter ---------------------------------------------------------------
+    _add_train_parser(sub, common)
     return parser
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  # style blocks only, one GPU, bf16, from scratch (data: folder of images + same-name .txt captions)
+  instantstyle train-adapter --base stabilityai/stable-diffusion-xl-base-1.0 --data ./my_images \\
+      --blocks style --out runs/house-style --mixed-precision bf16 --gradient-checkpointing --max-steps 20000
+
+  # many GPUs / nodes: the same command under accelerate
+  accelerate launch --multi_gpu --num_processes 8 -m instantstyle train-adapter \\
+      --data 'shards/train-{0000..0999}.tar' --blocks style --out runs/big --cache-dir /scratch/cache ...
+
+  # continue after an interruption; re-run a finished configuration
+  instantstyle train-adapter --config runs/house-style/train_config.json --resume latest
+  instantstyle generate --adapter runs/house-style/adapter.safetensors --style ref.png --prompt "a cat" --out cat.png
+"""
+
+
+def _add_train_parser(sub, common) -> None:
+    from .training.config import add_arguments
+
+    tr = sub.add_parser(
+        "train-adapter", parents=[common], help="train an IP-Adapter on chosen blocks (style blocks by default)",
+        description="Train an IP-Adapter (image projection + to_k_ip/to_v_ip of the chosen blocks only; UNet, text "
+                    "encoders, VAE and image encoder frozen) on image-caption pairs, with accelerate. Blocks outside "
+                    "--blocks get no IP weights (zeros in the saved h94-layout file). See docs/training.md.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(tr)
 
 
 # ---------------------------------------------------------------------- commands
@@ -329,7 +360,18 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "blocks": cmd_blocks, "style": cmd_style, "make-tiny": cmd_make_tiny}
+def cmd_train_adapter(args) -> int:
+    from .training.adapter_trainer import train_adapter
+    from .training.config import config_from_args
+
+    result = train_adapter(config_from_args(args), progress=not args.quiet)
+    if result.adapter is not None:
+        print(result.adapter)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "blocks": cmd_blocks, "style": cmd_style, "make-tiny": cmd_make_tiny,
+            "train-adapter": cmd_train_adapter}
 
 
 def main(argv: list[str] | None = None) -> int:
