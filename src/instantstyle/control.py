@@ -86,10 +86,6 @@ def canny(image, low: int = 50, high: int = 200):
 
 def read_config(ref: str) -> dict:
     """The ControlNet's ``config.json`` only (kilobytes), local or from the Hub cache."""
-    if ref == models.TINY:
-        from .testing.tiny import tiny_controlnet
-
-        return dict(tiny_controlnet().config)
     src = models.parse_source(ref)
     if src.local is not None:
         path = src.local / "config.json"
@@ -127,12 +123,13 @@ def load_controlnet(model, ref: str):
     cache = _LOADED.setdefault(model, {})
     if ref in cache:
         return cache[ref]
-    check_compatible(read_config(ref), model.pipe.unet.config, ref)
     if ref == models.TINY:
         from .testing.tiny import tiny_controlnet
 
         controlnet = tiny_controlnet()
+        check_compatible(dict(controlnet.config), model.pipe.unet.config, ref)
     else:
+        check_compatible(read_config(ref), model.pipe.unet.config, ref)  # before the weights load
         from diffusers import ControlNetModel
 
         src = models.parse_source(ref)

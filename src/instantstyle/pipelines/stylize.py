@@ -118,6 +118,32 @@ def _check_same_size(mask: Image.Image, content: Image.Image, label: str) -> Non
         )
 
 
+def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Every check that needs no weights, for the CLI to run before loading gigabytes.
+
+    Content / mask / control images (existence, pixel limit, mask channels and size) and each
+    ControlNet's config against the base UNet's config (kilobytes).
+    """
+    from .. import models
+
+    content = load_image(req.content, what="content image", max_pixels=max_pixels) if req.content else None
+    masks = ([("mask", req.mask)] if req.mask else []) + [(f"style mask {i + 1}", m) for i, m in
+                                                          enumerate(req.style_masks)]
+    for label, path in masks:
+        mask = load_mask(path, what=label, max_pixels=max_pixels)
+        if content is not None:
+            _check_same_size(mask, content, label)
+    for path in req.control_image:
+        if path is not None:
+            load_image(path, what="control image", max_pixels=max_pixels)
+    if req.control:
+        unet_config = models.load_unet_config(base)
+        for entry in req.control:
+            spec = control_mod.parse_control(entry, tiny=base == models.TINY)
+            if spec.model != models.TINY:
+                control_mod.check_compatible(control_mod.read_config(spec.model), unet_config, spec.model)
+
+
 def load_inputs(model, req: GenerateRequest, *, content_image=None, mask_image=None, style_masks=None,
                 control_images=None) -> Inputs:
     """Read and check every image of the request (in-memory images override the request's paths)."""

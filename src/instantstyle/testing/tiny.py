@@ -207,7 +207,7 @@ def build_tiny(seed: int = TINY_SEED) -> TinyModels:
 def tiny_controlnet(seed: int = TINY_SEED + 6):
     """A tiny random ControlNet for the tiny UNet (same down blocks and naming, as an SDXL ControlNet).
 
-    Built with ``ControlNetModel.from_unet`` on a fresh tiny UNet (never one with an IP-Adapter
+    Built with ``ControlNetModel.from_unet`` (config only, random weights) on a fresh tiny UNet (never one with an IP-Adapter
     attached, whose config would carry ``encoder_hid_dim_type``). Its zero convolutions are
     re-initialised at random, so unlike a freshly initialised ControlNet it visibly changes the
     output (a real one is trained; zeros would make every ControlNet test vacuous).
@@ -216,7 +216,8 @@ def tiny_controlnet(seed: int = TINY_SEED + 6):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config())
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32),
+                                           load_weights_from_unet=False)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
