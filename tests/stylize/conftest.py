@@ -18,6 +18,7 @@ def content_images(tmp_path_factory):
     wide = np.zeros((64, 96, 3), np.uint8)
     wide[10:50, 20:80] = 255
     Image.fromarray(wide).save(d / "wide.png")
+    Image.new("RGB", (80, 80), (10, 200, 10)).save(d / "big.png")  # 6400 px, over a 5000 px limit
     left = np.zeros((64, 64), np.uint8)
     left[:, :32] = 255
     Image.fromarray(left).save(d / "left.png")
