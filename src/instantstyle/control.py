@@ -92,7 +92,11 @@ def read_config(ref: str) -> dict:
         if not path.is_file():
             raise models.missing("ControlNet", src, " as a diffusers ControlNet directory (no config.json)")
     else:
-        path = models.resolve_file(f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}config.json", "ControlNet")
+        try:
+            path = models.resolve_file(f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}config.json",
+                                       "ControlNet")
+        except InstantStyleError:
+            raise models.missing("ControlNet", src) from None  # the fetch command for the whole model
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
