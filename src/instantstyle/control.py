@@ -122,6 +122,12 @@ def check_compatible(config: dict, unet_config, ref: str) -> None:
             )
 
 
+def register(model, ref: str, controlnet) -> None:
+    """Use an already-built ControlNet under ``ref`` for ``model`` (benchmarks, custom loaders)."""
+    check_compatible(dict(controlnet.config), model.pipe.unet.config, ref)
+    _LOADED.setdefault(model, {})[ref] = controlnet
+
+
 def load_controlnet(model, ref: str):
     """Load (once per ``InstantStyle``) and check a ControlNet; on the model's device and dtype."""
     cache = _LOADED.setdefault(model, {})

@@ -3,8 +3,6 @@ writes a PNG carrying every new parameter, at the content image's aspect ratio."
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -40,7 +40,7 @@ from PIL import Image
 from .. import control as control_mod
 from ..config import GenerateRequest
 from ..errors import InstantStyleError
-from ..images import DEFAULT_MAX_PIXELS, attach_metadata, image_hash, load_image
+from ..images import DEFAULT_MAX_PIXELS, image_hash, load_image
 
 MASK_MODES = ("1", "L")
 # A style-guidance hook (the Plus paper's CSD style/content guidance goes here): called after each
