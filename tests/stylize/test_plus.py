@@ -32,7 +32,7 @@ def test_plus_style_and_content_adapter_matter(tiny_model, tiny_paths, style_ima
     before = state(tiny_model.pipe.unet)
 
     def plus(style, **kw):
-        params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=2, seed=0,
+        params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=1, seed=0,
                       style=[str(style)], control=[f"tile={tiny_paths['controlnet_tile']}"]) | kw
         return np.asarray(tiny_model.generate(**params)[0], dtype=np.float32) / 255
 
