@@ -34,6 +34,19 @@ examples:
   instantstyle generate --style @watercolour --prompt "a lighthouse" --out l.png
 """
 
+STYLIZE_EXAMPLES = """\
+stylize a content image (see docs/stylize.md):
+  # keep photo.png's edges (Canny ControlNet, scale 0.6), paint it in ref.png's style
+  instantstyle generate --style ref.png --content photo.png --control canny --prompt "a house" --out a.png
+  # img2img, inpainting (white = repaint; the style goes only there)
+  instantstyle generate --style ref.png --content photo.png --strength 0.7 --prompt "a house" --out b.png
+  instantstyle generate --style ref.png --content photo.png --mask mask.png --prompt "a house" --out c.png
+  # two styles, one per region
+  instantstyle generate --style a.png --style-mask left.png --style b.png --style-mask right.png \\
+      --content photo.png --control canny --prompt "a street" --out d.png
+  # InstantStyle-Plus: inversion + tile ControlNet + content adapter 0.2 + style adapter 1.2
+  instantstyle stylize --style ref.png --content photo.png --prompt "a house by a lake" --out e.png
+"""
 
 def _field_help(name: str) -> str:
     from .config import GenerateRequest
@@ -63,6 +76,87 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
                    help="default: fp16 on cuda/mps, fp32 on cpu")
 
 
+class _ControlImage(argparse.Action):
+    """``--control-image`` belongs to the ``--control`` given just before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        controls = getattr(namespace, "control", None) or []
+        if not controls:
+            parser.error("--control-image must follow the --control it belongs to")
+        images = list(getattr(namespace, self.dest, None) or [])
+        images += [None] * (len(controls) - len(images))
+        if images[len(controls) - 1] is not None:
+            parser.error(f"--control {controls[-1]} already has a --control-image")
+        images[len(controls) - 1] = values
+        setattr(namespace, self.dest, images)
+
+
+def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize: bool = False) -> None:
+    from .config import TASKS
+
+    s = g.add_argument_group("style")
+    s.add_argument("--style", action="append", default=[], metavar="IMG|@NAME",
+                   help="style reference image, or @name of a saved style; repeat for several")
+    s.add_argument("--style-weights", nargs="+", default=None, metavar="W", help=_field_help("style_weights"))
+    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=_field_help("style_combine"))
+    s.add_argument("--style-mask", dest="style_masks", action="append", default=[], metavar="MASK",
+                   help=_field_help("style_masks") + " Repeat once per --style, in the same order.")
+    mode_choices = modes if stylize else (*modes, "plus")
+    s.add_argument("--mode", default=None, choices=mode_choices,
+                   help=_field_help("mode") + (" plus = --task plus." if not stylize else "") + " (default: style)")
+    s.add_argument("--scale", default=None, help=_field_help("scale") + (" (default: 1.2)" if stylize else
+                                                                          " (default: 1.0; plus: 1.2)"))
+    s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
+    s.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
+    s.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
+    s.add_argument("--method", default="instantstyle", help=_field_help("method"))
+    c = g.add_argument_group("content image (ControlNet, img2img, inpainting, InstantStyle-Plus)")
+    c.add_argument("--content", default=None, required=stylize, metavar="IMAGE", help=_field_help("content"))
+    if not stylize:
+        c.add_argument("--task", default=None, choices=TASKS, help=_field_help("task"))
+    c.add_argument("--control", action="append", default=[], metavar="KIND|KIND=MODEL|MODEL",
+                   help=_field_help("control") + " Repeat for several ControlNets"
+                   + (" (default: tile)." if stylize else "."))
+    c.add_argument("--control-image", dest="control_image", action=_ControlImage, default=[], metavar="IMAGE",
+                   help="control image for the --control just before it (e.g. a depth map); canny/tile derive "
+                        "theirs from --content")
+    c.add_argument("--control-scale", nargs="+", default=[], metavar="F", help=_field_help("control_scale"))
+    c.add_argument("--canny-low", default=None, metavar="N", help=_field_help("canny_low") + " (default: 50)")
+    c.add_argument("--canny-high", default=None, metavar="N", help=_field_help("canny_high") + " (default: 200)")
+    if not stylize:
+        c.add_argument("--strength", default=None, metavar="F", help=_field_help("strength"))
+        c.add_argument("--mask", default=None, metavar="MASK", help=_field_help("mask"))
+    c.add_argument("--content-ip-scale", default=None, metavar="F", help=_field_help("content_ip_scale"))
+    c.add_argument("--inversion-steps", default=None, metavar="N", help=_field_help("inversion_steps"))
+    c.add_argument("--inversion-prompt", default=None, metavar="TEXT", help=_field_help("inversion_prompt"))
+    p = g.add_argument_group("prompt and sampling")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help=_field_help("prompt"))
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT", help=_field_help("negative_prompt"))
+    p.add_argument("--steps", default=None, metavar="N",
+                   help=_field_help("steps") + (" (default: 50)" if stylize else " (default: 30; plus: 50)"))
+    p.add_argument("--guidance", default="5.0", metavar="F", help=_field_help("guidance") + " (default: 5.0)")
+    p.add_argument("--seed", default=None, metavar="N", help=_field_help("seed"))
+    p.add_argument("--width", default=None, metavar="W", help=_field_help("width"))
+    p.add_argument("--height", default=None, metavar="H", help=_field_help("height"))
+    p.add_argument("--num-images", default="1", metavar="N", help=_field_help("num_images") + " (default: 1)")
+    p.add_argument("--scheduler", default=None, choices=schedulers,
+                   help="sampler (default: euler, SDXL's own; plus: ddim, required)")
+    o = g.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="PATH",
+                   help="output PNG; with --num-images N, PATH-0.png ... PATH-(N-1).png; a directory (existing, "
+                        "or ending in /) gets instantstyle-SEED-I.png")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    o.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse style/content/mask images with more pixels (default 40M)")
+    o.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--memory", default="normal", choices=["normal", "low"],
+                   help="low: model CPU offload + VAE tiling (CUDA; InstantStyle-Plus at 1024 px in under 8 GiB, "
+                        "slower)")
+    _add_model_args(g)
+    g.set_defaults(stylize=stylize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import MODES, SCHEDULERS
 
@@ -82,40 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"instantstyle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    # generate ------------------------------------------------------------------
+    # generate / stylize -----------------------------------------------------------
     g = sub.add_parser("generate", parents=[common], help="generate images in the style of reference images",
-                       description="Generate images from a prompt in the style of one or more reference images.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s = g.add_argument_group("style")
-    s.add_argument("--style", action="append", default=[], metavar="IMG|@NAME",
-                   help="style reference image, or @name of a saved style; repeat for several")
-    s.add_argument("--style-weights", nargs="+", default=None, metavar="W", help=_field_help("style_weights"))
-    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=_field_help("style_combine"))
-    s.add_argument("--mode", default=None, choices=MODES, help=_field_help("mode") + " (default: style)")
-    s.add_argument("--scale", default="1.0", help=_field_help("scale") + " (default: 1.0)")
-    s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
-    s.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
-    s.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
-    s.add_argument("--method", default="instantstyle", help=_field_help("method"))
-    p = g.add_argument_group("prompt and sampling")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help=_field_help("prompt"))
-    p.add_argument("--negative-prompt", default=None, metavar="TEXT", help=_field_help("negative_prompt"))
-    p.add_argument("--steps", default="30", metavar="N", help=_field_help("steps") + " (default: 30)")
-    p.add_argument("--guidance", default="5.0", metavar="F", help=_field_help("guidance") + " (default: 5.0)")
-    p.add_argument("--seed", default=None, metavar="N", help=_field_help("seed"))
-    p.add_argument("--width", default=None, metavar="W", help=_field_help("width"))
-    p.add_argument("--height", default=None, metavar="H", help=_field_help("height"))
-    p.add_argument("--num-images", default="1", metavar="N", help=_field_help("num_images") + " (default: 1)")
-    p.add_argument("--scheduler", default="euler", choices=SCHEDULERS, help="sampler (default: euler, SDXL's own)")
-    o = g.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="PATH",
-                   help="output PNG; with --num-images N, PATH-0.png ... PATH-(N-1).png; a directory (existing, "
-                        "or ending in /) gets instantstyle-SEED-I.png")
-    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    o.add_argument("--max-pixels", type=int, default=None, help="refuse style images with more pixels (default 40M)")
-    o.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(g)
+                       description="Generate images from a prompt in the style of one or more reference images; "
+                                   "with --content, repaint a content image in that style (ControlNet, img2img, "
+                                   "inpainting, InstantStyle-Plus).",
+                       epilog=EXAMPLES + STYLIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_generate_args(g, MODES, SCHEDULERS)
+    z = sub.add_parser("stylize", parents=[common], help="InstantStyle-Plus: repaint --content in the style of --style",
+                       description="InstantStyle-Plus (= generate --task plus): DDIM inversion of the content image, "
+                                   "tile ControlNet on it (0.4), the IP-Adapter on the content image at a low global "
+                                   "scale (0.2) and on the style image in the style block only (1.2), guidance 5, "
+                                   "50 DDIM steps. One set of weights; the two adapters share them.",
+                       epilog=STYLIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_generate_args(z, MODES, SCHEDULERS, stylize=True)
 
     # blocks ----------------------------------------------------------------------
     b = sub.add_parser("blocks", parents=[common], help="list the UNet's cross-attention blocks and presets",
@@ -255,13 +329,25 @@ def cmd_generate(args) -> int:
     if args.mode is not None and args.blocks is not None:
         raise InstantStyleError("give --mode or --blocks, not both (--blocks replaces the preset)")
     seed = args.seed if args.seed is not None else str(secrets.randbelow(2**31))
-    req = make_request(
+    task = "plus" if args.stylize or args.mode == "plus" else getattr(args, "task", None)
+    if args.mode == "plus" and getattr(args, "task", None) not in (None, "plus"):
+        raise InstantStyleError(f"--mode plus means --task plus, not --task {args.task}")
+    params = dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, style=args.style,
         style_weights=args.style_weights, style_combine=args.style_combine, method=args.method,
-        mode=args.mode or "style", scale=args.scale, blocks=args.blocks, content_prompt=args.content_prompt,
-        content_scale=args.content_scale, steps=args.steps, guidance=args.guidance, seed=seed,
-        width=args.width, height=args.height, num_images=args.num_images, scheduler=args.scheduler,
+        mode=args.mode if args.mode not in (None, "plus") else "style", scale=args.scale, blocks=args.blocks,
+        content_prompt=args.content_prompt, content_scale=args.content_scale, steps=args.steps,
+        guidance=args.guidance, seed=seed, width=args.width, height=args.height, num_images=args.num_images,
+        scheduler=args.scheduler, task=task, content=args.content, control=args.control,
+        control_image=(args.control_image + [None] * (len(args.control) - len(args.control_image))
+                       if args.control_image else []),
+        control_scale=args.control_scale, canny_low=args.canny_low, canny_high=args.canny_high,
+        strength=getattr(args, "strength", None), mask=getattr(args, "mask", None), style_masks=args.style_masks,
+        content_ip_scale=args.content_ip_scale, inversion_steps=args.inversion_steps,
+        inversion_prompt=args.inversion_prompt,
     )
+    # Unset options take the schema's defaults (which depend on the task, e.g. Plus's scale 1.2).
+    req = make_request(**{k: v for k, v in params.items() if v is not None and v != []})
     if not req.style:
         raise InstantStyleError("no style image given; pass --style IMAGE (or --style @NAME of a saved style)")
     paths = _output_paths(args.out, req.num_images, req.seed, args.overwrite)
@@ -272,6 +358,9 @@ def cmd_generate(args) -> int:
     for ref in req.style:  # fail on a bad reference before loading gigabytes of weights
         load_style(ref) if ref.startswith("@") else load_image(ref, what="style image",
                                                                max_pixels=args.max_pixels or 40_000_000)
+    from .pipelines.stylize import enable_low_memory, precheck
+
+    precheck(req, args.base, args.max_pixels or 40_000_000)  # content, masks, ControlNet configs
 
     # 2. Load models, 3. generate, 4. write atomically.
     from .images import save_png
@@ -283,6 +372,8 @@ def cmd_generate(args) -> int:
     )
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
+    if args.memory == "low":
+        enable_low_memory(model)
     images = model.generate(req)
     for image, path in zip(images, paths, strict=True):
         save_png(image, path, overwrite=args.overwrite)
@@ -370,8 +461,8 @@ def cmd_train_adapter(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "blocks": cmd_blocks, "style": cmd_style, "make-tiny": cmd_make_tiny,
-            "train-adapter": cmd_train_adapter}
+COMMANDS = {"generate": cmd_generate, "stylize": cmd_generate, "blocks": cmd_blocks, "style": cmd_style,
+            "make-tiny": cmd_make_tiny, "train-adapter": cmd_train_adapter}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,6 +232,12 @@ class InstantStyle:
             from .methods import run_method
 
             return run_method(self, req, style_images=style_images, on_step=on_step)
+        from .pipelines.stylize import needs_stylize
+
+        if needs_stylize(req):  # content image, ControlNet, img2img, inpainting, regional styles, Plus
+            from .pipelines.stylize import stylize
+
+            return stylize(self, req, style_images=style_images, on_step=on_step)
         prep = self.prepare(req, style_images)
         return self.run(self.pipe, prep, on_step=on_step)
 
