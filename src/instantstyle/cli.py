@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--styles-dir", default=None,
                    help="saved styles (default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles)")
     q.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
+    q.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads per worker (default: torch's; 1 is often fastest for small CPU models)")
     _add_model_args(sv)
     sv._option_string_actions["--device"].help = (
         "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)")
@@ -368,6 +370,8 @@ def cmd_serve(args) -> int:
                     max_steps=args.max_steps)
     if args.queue_size < 1:
         raise InstantStyleError(f"--queue-size is {args.queue_size}; it must be >= 1")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        raise InstantStyleError(f"--cpu-threads is {args.cpu_threads}; it must be >= 1")
     if not 0 < args.port < 65536:
         raise InstantStyleError(f"--port {args.port}: use 1-65535")
     api_key = args.api_key or os.environ.get("INSTANTSTYLE_API_KEY") or None
@@ -391,7 +395,7 @@ def cmd_serve(args) -> int:
     # 3. Serve until interrupted.
     from .server.http_api import create_app
 
-    service = GenerationService(models, queue_size=args.queue_size, limits=limits)
+    service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads)
     app = create_app(service, api_key=api_key, ui=not args.no_ui)
     where = f"http://{args.host}:{args.port}"
     print(f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"

@@ -275,7 +275,7 @@ class GenerationService:
     """Loaded models + one worker thread each + one bounded FIFO queue + finished jobs kept a while."""
 
     def __init__(self, models, *, queue_size: int = 8, limits: Limits | None = None, keep_jobs: int = 128,
-                 job_ttl_s: float = 3600.0):
+                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None):
         self.models = list(models) if isinstance(models, list | tuple) else [models]
         if not self.models:
             raise InstantStyleError("the service needs at least one loaded model")
@@ -285,6 +285,7 @@ class GenerationService:
         self.queue_size = queue_size
         self.keep_jobs = keep_jobs
         self.job_ttl_s = job_ttl_s
+        self.cpu_threads = cpu_threads  # torch intra-op threads of each worker (None: torch's default)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
@@ -429,6 +430,10 @@ class GenerationService:
                 excess -= 1
 
     def _worker(self, model) -> None:
+        if self.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.cpu_threads)  # per worker thread
         while not self._stopping.is_set():
             try:
                 job = self._queue.get(timeout=0.25)
