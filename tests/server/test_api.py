@@ -114,6 +114,11 @@ def test_async_job_polling(client, red_png):
     assert body["status"] == "done" and [i["index"] for i in body["images"]] == [0, 1]
     assert {i["metadata"]["seed"] for i in body["images"]} == {7}
     assert "png_base64" not in client.get(f"/v1/jobs/{job_id}?images=false").json()["images"][0]
+    # the last step's latent preview stays available
+    assert body["preview_url"] == f"/v1/jobs/{job_id}/preview.png"
+    preview = client.get(body["preview_url"])
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(preview.content)).mode == "RGB"
 
 
 def test_saved_styles_crud_and_use(client, red_png, style_images):
@@ -225,16 +230,16 @@ def test_a_failing_job_fails_alone(client, service, red_png, monkeypatch):
     import torch
 
     model = service.model
-    real = model.generate
+    real = model.run
 
-    def flaky(req, **kw):
-        if req.prompt == "boom":
+    def flaky(pipe, prep, **kw):  # fails inside the denoising call, as a real OOM would
+        if prep.request.prompt == "boom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-        if req.prompt == "crash":
+        if prep.request.prompt == "crash":
             raise ValueError("something broke")
-        return real(req, **kw)
+        return real(pipe, prep, **kw)
 
-    monkeypatch.setattr(model, "generate", flaky)
+    monkeypatch.setattr(model, "run", flaky)
     r = _post(client, {"prompt": "boom", "steps": STEPS}, _upload(red_png))
     assert r.status_code == 503 and r.json()["error"]["code"] == "out_of_memory"
     assert "out of memory on cpu" in r.json()["error"]["message"]

@@ -65,6 +65,7 @@ def test_ui_upload_prompt_generate_gallery_reuse(browser, tiny_model, style_imag
         img = page.wait_for_selector("#gallery img")
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
         page.wait_for_selector("#params >> text=a red cat")
+        page.wait_for_selector("#preview img")  # the step preview of the latents
         page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
 
         # the gallery shows the service's real output: same pixels as the library for that seed

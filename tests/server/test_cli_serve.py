@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from instantstyle.cli import main
-
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -42,40 +34,32 @@ def test_serve_help_teaches():
     assert info.value.code == 0
 
 
-def test_serve_base_tiny_answers_over_http(red_png, tmp_path):
-    import httpx
+def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys):
+    """The real command, models and app; only uvicorn.run is replaced by an in-process client."""
+    import uvicorn
+    from fastapi.testclient import TestClient
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "INSTANTSTYLE_API_KEY": "k3y", "INSTANTSTYLE_STYLES": str(tmp_path / "styles"),
-           "INSTANTSTYLE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "instantstyle", "serve", "--base", "tiny", "--port", str(port),
-                             "--no-ui", "--cpu-threads", "1", "--device", "cpu"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                r = httpx.get(f"{url}/v1/health", headers={"X-API-Key": "k3y"}, timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up within 60 s"
-                time.sleep(0.2)
-        assert r.status_code == 200 and r.json()["models"]["base"] == "tiny" and r.json()["api_key_required"]
-        assert httpx.get(f"{url}/v1/health", timeout=5).status_code == 401  # the env key is enforced
-        r = httpx.post(f"{url}/v1/generate?wait=true", headers={"Authorization": "Bearer k3y"}, timeout=60,
+    seen = {}
+
+    def fake_run(app, host, port, **kwargs):
+        seen.update(host=host, port=port)
+        with TestClient(app) as c:
+            health = c.get("/v1/health", headers={"X-API-Key": "k3y"})
+            seen["health"] = health.json()
+            seen["no_key"] = c.get("/v1/health").status_code
+            seen["ui"] = c.get("/ui/", headers={"X-API-Key": "k3y"}).status_code
+            r = c.post("/v1/generate?wait=true", headers={"Authorization": "Bearer k3y"},
                        data={"params": json.dumps({"prompt": "a cat", "seed": 1, "steps": 2})},
                        files=[("images", ("red.png", red_png, "image/png"))])
-        assert r.status_code == 200, r.text
-        assert r.json()["images"][0]["metadata"]["seed"] == 1
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            seen["generate"] = (r.status_code, r.json())
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setenv("INSTANTSTYLE_API_KEY", "k3y")
+    assert main(["serve", "--base", "tiny", "--device", "cpu", "--cpu-threads", "1", "--no-ui"]) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 7860)  # this machine only, by default
+    assert seen["health"]["status"] == "ok" and seen["health"]["models"]["base"] == "tiny"
+    assert seen["health"]["api_key_required"] and seen["no_key"] == 401  # the environment's key is enforced
+    assert seen["ui"] == 404  # --no-ui
+    status, body = seen["generate"]
+    assert status == 200 and body["images"][0]["metadata"]["seed"] == 1
+    assert "serving cpu at http://127.0.0.1:7860" in capsys.readouterr().err

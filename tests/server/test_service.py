@@ -149,3 +149,19 @@ def test_parse_request_one_line_errors_and_weights_cover_uploads():
         parse_request("[1, 2]")
     with pytest.raises(InstantStyleError, match="bogus: Extra inputs are not permitted"):
         parse_request({"prompt": "a", "bogus": 1})
+
+
+def test_latent_preview_stretches_each_channel_to_0_255():
+    import torch
+
+    from instantstyle.server.service import latent_preview
+
+    h, w = 4, 5
+    ramp = torch.linspace(-3, 7, h * w).reshape(h, w)  # 1st..99th percentile span of the ramp
+    latents = torch.stack([ramp, -ramp, torch.zeros(h, w), torch.ones(h, w)])  # [4, h, w]
+    out = latent_preview(latents)
+    assert out.shape == (h, w, 3) and out.dtype.name == "uint8"
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255  # channel 0 rises
+    assert out[0, 0, 1] == 255 and out[-1, -1, 1] == 0  # channel 1 falls
+    assert (out[..., 2] == 0).all()  # a flat channel does not divide by zero
+    assert (out[..., 0].astype(int) + out[..., 1].astype(int) == 255).all()

@@ -146,6 +146,7 @@ def _image_entry(job: Job, result, with_data: bool) -> dict:
 
 def job_payload(service: GenerationService, job: Job, *, images: bool = True) -> dict:
     payload = job.summary()
+    payload["preview_url"] = f"/v1/jobs/{job.id}/preview.png" if job.preview is not None else None
     if job.request is not None:
         payload["request"] = job.request.model_dump()
     if job.status == QUEUED:
@@ -302,6 +303,20 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
         if index >= len(job.results):
             raise UnknownJobError(f"job {job_id} has {len(job.results)} images; no index {index}")
         return Response(job.results[index].png, media_type="image/png")
+
+    @v1.get("/jobs/{job_id}/preview.png", summary="The latest denoising-step preview of a running job",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def get_job_preview(job_id: str):
+        job = service.get(job_id)
+        if job.preview is None:
+            raise UnknownJobError(f"job {job_id} has no preview ({job.status}); previews exist while it runs")
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(job.preview).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
 
     @v1.get("/blocks", summary="The UNet's cross-attention modules and the mode presets")
     async def get_blocks():

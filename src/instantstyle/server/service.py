@@ -215,6 +215,7 @@ class Job:
     device: str | None = None
     results: list[Result] = field(default_factory=list)
     value: object = None  # what a non-image job returned
+    preview: object = None  # latest step preview (uint8 numpy array [h, w, 3]) of a running generation
     error: str | None = None
     error_type: str | None = None  # "bad_request" | "out_of_memory" | "internal" | "shutdown"
 
@@ -358,14 +359,30 @@ class GenerationService:
             self.counts["accepted"] += 1
         return job
 
-    def submit_generate(self, req: GenerateRequest, style_images: Sequence = ()) -> Job:
-        """Queue one generation; ``style_images`` are decoded PIL images (see ``decode_upload``)."""
+    def submit_generate(self, req: GenerateRequest, style_images: Sequence = (), *, previews: bool = True) -> Job:
+        """Queue one generation; ``style_images`` are decoded PIL images (see ``decode_upload``).
+
+        With ``previews``, each denoising step leaves a cheap preview of the latents in ``job.preview``
+        (InstantStyle method only: the same ``prepare`` + ``run`` as ``generate``, plus diffusers'
+        ``callback_on_step_end`` reading the latents; other methods report progress only).
+        """
         images = list(style_images)
 
         def work(model, job: Job) -> list[Result]:
             from ..images import METADATA_KEY, png_bytes
 
-            out = model.generate(req, style_images=images, on_step=job.on_step)
+            if previews and req.method == "instantstyle":
+                def on_step_end(_pipe, i, _t, tensors):
+                    job.on_step(i + 1, req.steps)
+                    if tensors.get("latents") is not None:
+                        job.preview = latent_preview(tensors["latents"][0])
+                    return tensors
+
+                prep = model.prepare(req, images)
+                out = model.run(model.pipe, prep, callback_on_step_end=on_step_end,
+                                callback_on_step_end_tensor_inputs=["latents"])
+            else:
+                out = model.generate(req, style_images=images, on_step=job.on_step)
             return [Result(i, png_bytes(im), json.loads(im.info[METADATA_KEY])) for i, im in enumerate(out)]
 
         return self.submit(work, kind="generate", request=req)
@@ -474,6 +491,20 @@ class GenerationService:
                 took = job.finished - job.started
                 self._avg_s = took if self._avg_s is None else 0.8 * self._avg_s + 0.2 * took
             job._finish()
+
+
+def latent_preview(latents):
+    """A rough RGB look at latents ``[C, h, w]`` (C >= 3): the first three channels, each stretched
+    to 0..255 between its 1st and 99th percentile -> uint8 ``[h, w, 3]``. Shows composition and
+    contrast while denoising; its colours are not the decoded image's (no VAE runs)."""
+    import torch
+
+    x = latents[:3].detach().float().cpu()  # [3, h, w]
+    flat = x.flatten(1)  # [3, h*w]
+    lo = torch.quantile(flat, 0.01, dim=1)[:, None, None]  # [3, 1, 1]
+    hi = torch.quantile(flat, 0.99, dim=1)[:, None, None]
+    x = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)  # [3, h, w] in 0..1
+    return (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # [h, w, 3]
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -109,6 +109,8 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                         scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="Sampler")
                 run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=5):
+                preview = gr.Image(label="Step preview (latents, rough colours)", elem_id="preview",
+                                   interactive=False, height=160, visible=True, show_label=True)
                 gallery = gr.Gallery(label="Results (click one for its parameters)", elem_id="gallery", columns=2,
                                      height=480, interactive=False)
                 params_view = gr.JSON(label="Parameters of the selected image", elem_id="params")
@@ -154,12 +156,16 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
             except InstantStyleError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             progress(0.0, desc="queued")
+            shown = None
             while not job.wait(0.1):
                 if job.status == QUEUED:
                     ahead = service.position(job)
                     progress(0.0, desc=f"queued ({ahead} ahead)" if ahead else "queued")
                 else:
                     progress((job.step, job.total), desc="generating", unit="steps")
+                if job.preview is not None and job.preview is not shown:
+                    shown = job.preview
+                    yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
             if job.status == FAILED:
                 raise gr.Error(job.error or "generation failed", print_exception=False)
             new = []
@@ -168,7 +174,7 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 path.write_bytes(r.png)
                 new.append({"path": str(path), "params": r.params, "style_files": paths})
             hist = (new + list(hist))[:MAX_HISTORY]
-            return _gallery(hist), hist, new[0]["params"], new[0]
+            yield job.preview, _gallery(hist), hist, new[0]["params"], new[0]
 
         def _gallery(hist):
             return [(h["path"], f"seed {h['params'].get('seed')} · {h['params'].get('prompt', '')[:40]}")
@@ -216,7 +222,7 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 raise gr.Error(str(exc), print_exception=False) from None
             return f"saved **@{name}** ({len(paths)} images)", gr.update(choices=list_styles(styles_dir))
 
-        run_btn.click(generate, inputs=[*form, history], outputs=[gallery, history, params_view, selected],
+        run_btn.click(generate, inputs=[*form, history], outputs=[preview, gallery, history, params_view, selected],
                       concurrency_limit=service.queue_size + len(service.models))
         gallery.select(on_select, inputs=[history], outputs=[params_view, selected])
         reuse_btn.click(reuse, inputs=[selected], outputs=form)
