@@ -63,3 +63,17 @@ def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys
     status, body = seen["generate"]
     assert status == 200 and body["images"][0]["metadata"]["seed"] == 1
     assert "serving cpu at http://127.0.0.1:7860" in capsys.readouterr().err
+
+
+def test_cli_parser_imports_no_web_framework():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, instantstyle.cli as c; c.build_parser(); import instantstyle.server.service; "
+            "heavy = [m for m in ('fastapi', 'gradio', 'uvicorn') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    src = str(Path(__file__).resolve().parents[2] / "src")  # this checkout's sources, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)

@@ -42,6 +42,17 @@ def _parse_weights(text: str | None) -> list[float] | None:
         raise InstantStyleError(f"style weights {text!r}: give numbers separated by commas, e.g. 0.7, 0.3") from None
 
 
+def _enlarge(preview, target: int = 256):
+    """A latent preview (uint8 [h, w, 3], 1/8 of the image size) blown up with visible pixels."""
+    if preview is None:
+        return None
+    from PIL import Image
+
+    image = Image.fromarray(preview)
+    k = max(1, target // max(image.size))
+    return image.resize((image.width * k, image.height * k), Image.Resampling.NEAREST)
+
+
 def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None = None):
     """The Gradio Blocks for ``service`` (call ``mount_ui`` to serve it on the API's app)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -165,7 +176,7 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                     progress((job.step, job.total), desc="generating", unit="steps")
                 if job.preview is not None and job.preview is not shown:
                     shown = job.preview
-                    yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    yield _enlarge(shown), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             if job.status == FAILED:
                 raise gr.Error(job.error or "generation failed", print_exception=False)
             new = []
@@ -174,7 +185,7 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 path.write_bytes(r.png)
                 new.append({"path": str(path), "params": r.params, "style_files": paths})
             hist = (new + list(hist))[:MAX_HISTORY]
-            yield job.preview, _gallery(hist), hist, new[0]["params"], new[0]
+            yield _enlarge(job.preview), _gallery(hist), hist, new[0]["params"], new[0]
 
         def _gallery(hist):
             return [(h["path"], f"seed {h['params'].get('seed')} · {h['params'].get('prompt', '')[:40]}")
