@@ -249,6 +249,20 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _no_progress_bars() -> None:
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except (ImportError, AttributeError):
+        pass
+
+
 def cmd_generate(args) -> int:
     from .config import make_request
 
@@ -425,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         _quiet_libraries()
+    if getattr(args, "quiet", False):
+        _no_progress_bars()
     try:
         return COMMANDS[args.command](args)
     except InstantStyleError as exc:

@@ -259,8 +259,9 @@ class InstantStyle:
         with adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), scoped_scheduler(pipe, req.scheduler):
             with torch.inference_mode():
                 images = pipe(**kwargs).images
-        for i, image in enumerate(images):
-            attach_metadata(image, {**prep.params, "index": i})
+        if pipe_kwargs.get("output_type", "pil") == "pil":
+            for i, image in enumerate(images):
+                attach_metadata(image, {**prep.params, "index": i})
         return images
 
 

@@ -143,7 +143,12 @@ def random_adapter_state_dict(unet, clip_dim: int = CLIP_DIM, tokens: int = IP_T
 
 def build_tiny(seed: int = TINY_SEED) -> TinyModels:
     """Build the tiny SDXL, image encoder and IP-Adapter in memory (CPU, float32, seconds)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import (
         CLIPTextModel,
         CLIPTextModelWithProjection,
