@@ -287,3 +287,16 @@ def test_api_key(service, red_png):
                    headers={"Authorization": "Bearer s3cret-key"})
         assert ok.status_code == 200
         assert c.get("/docs").status_code == 200  # the documentation stays readable
+
+
+def test_api_key_also_guards_the_ui(service):
+    pytest.importorskip("gradio", reason="needs the 'serve' extra (gradio)")
+    from fastapi.testclient import TestClient
+
+    from instantstyle.server.http_api import create_app
+
+    with TestClient(create_app(service, api_key="s3cret-key", ui=True)) as c:
+        assert c.get("/ui/config").status_code == 401
+        assert c.post("/ui/login", data={"username": "me", "password": "wrong"}).status_code >= 400
+        assert c.post("/ui/login", data={"username": "me", "password": "s3cret-key"}).status_code == 200
+        assert c.get("/ui/config").status_code == 200
