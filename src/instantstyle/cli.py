@@ -1,4 +1,4 @@
-"""Command line: ``instantstyle generate | blocks | style | make-tiny | train-adapter``.
+"""Command line: ``instantstyle generate | stylize | blocks | style | serve | make-tiny | train-adapter``.
 
 A thin front end: it parses flags into the shared ``GenerateRequest``, calls the library and
 writes files. Bad input exits with status 2 and one line ``instantstyle: error: ...`` (the
@@ -218,6 +218,52 @@ def build_parser() -> argparse.ArgumentParser:
     rm = st_sub.add_parser("rm", parents=[common], help="delete a saved style")
     rm.add_argument("name")
     rm.add_argument("--styles-dir", default=None)
+
+    # serve -----------------------------------------------------------------------
+    from .server.service import Limits
+
+    lim = Limits()
+    sv = sub.add_parser(
+        "serve", parents=[common], help="web UI + HTTP API: models loaded once, a bounded job queue",
+        description="Serve the web UI (at /ui) and the HTTP API (at /v1, documented at /docs) from one process. "
+                    "Models load once; one worker per device runs the jobs from a bounded queue (a full queue "
+                    "answers 429 with Retry-After). Needs the 'serve' extra: pip install 'instantstyle[serve]'.",
+        epilog="examples:\n  instantstyle serve --base tiny          # try it without weights (images are noise)\n"
+               "  instantstyle serve --api-key \"$(openssl rand -hex 16)\" --host 0.0.0.0\n"
+               "  curl -F images=@ref.png -F 'params={\"prompt\": \"a cat\", \"seed\": 1}' \\\n"
+               "       'http://127.0.0.1:7860/v1/generate?wait=true'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    n = sv.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes it: set an API key)")
+    n.add_argument("--port", type=int, default=7860, help="default: %(default)s")
+    n.add_argument("--api-key", default=None,
+                   help="require this key on every API call ('Authorization: Bearer KEY' or 'X-API-Key: KEY') and "
+                        "as the UI password (default: $INSTANTSTYLE_API_KEY, else none)")
+    n.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
+    q = sv.add_argument_group("queue and limits (per request)")
+    q.add_argument("--queue-size", type=int, default=8, help="jobs waiting at most; more get 429 (default: %(default)s)")
+    q.add_argument("--max-upload-bytes", type=int, default=lim.max_upload_bytes,
+                   help="bytes per uploaded image (default: %(default)s)")
+    q.add_argument("--max-pixels", type=int, default=lim.max_pixels,
+                   help="pixels per uploaded image (default: %(default)s)")
+    q.add_argument("--max-prompt-length", type=int, default=lim.max_prompt_length,
+                   help="characters per prompt (default: %(default)s)")
+    q.add_argument("--max-style-images", type=int, default=lim.max_style_images,
+                   help="uploaded images + saved styles per request (default: %(default)s)")
+    q.add_argument("--max-images", type=int, default=lim.max_num_images,
+                   help="generated images per request (default: %(default)s)")
+    q.add_argument("--min-size", type=int, default=lim.min_size, help="smallest width/height (default: %(default)s)")
+    q.add_argument("--max-size", type=int, default=lim.max_size, help="largest width/height (default: %(default)s)")
+    q.add_argument("--max-steps", type=int, default=lim.max_steps, help="most denoising steps (default: %(default)s)")
+    q.add_argument("--styles-dir", default=None,
+                   help="saved styles (default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles)")
+    q.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
+    q.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads per worker (default: torch's; 1 is often fastest for small CPU models)")
+    _add_model_args(sv)
+    sv._option_string_actions["--device"].help = (
+        "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)")
 
     # make-tiny -------------------------------------------------------------------
     t = sub.add_parser("make-tiny", parents=[common], help="write the tiny random-weight test model to DIR",
@@ -442,6 +488,61 @@ def cmd_style(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    # 1. Check everything that needs no model: the extra is installed, the limits make sense.
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise InstantStyleError(f"the server needs the 'serve' extra ({exc.name} is missing): "
+                                "pip install 'instantstyle[serve]'") from None
+    from .server.service import GenerationService, Limits
+
+    limits = Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                    max_prompt_length=args.max_prompt_length, max_style_images=args.max_style_images,
+                    max_num_images=args.max_images, min_size=args.min_size, max_size=args.max_size,
+                    max_steps=args.max_steps)
+    if args.queue_size < 1:
+        raise InstantStyleError(f"--queue-size is {args.queue_size}; it must be >= 1")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        raise InstantStyleError(f"--cpu-threads is {args.cpu_threads}; it must be >= 1")
+    if not 0 < args.port < 65536:
+        raise InstantStyleError(f"--port {args.port}: use 1-65535")
+    api_key = args.api_key or os.environ.get("INSTANTSTYLE_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
+              "port can generate (set --api-key or INSTANTSTYLE_API_KEY)", file=sys.stderr)
+
+    # 2. Load the models once per device.
+    from .pipeline import InstantStyle
+
+    devices = [d.strip() for d in args.device.split(",")] if args.device else [None]
+    models = []
+    for device in devices:
+        model = InstantStyle.from_pretrained(
+            args.base, args.adapter, args.image_encoder, device=device, dtype=args.dtype, variant=args.variant,
+            content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False)
+        model.styles.max_pixels = limits.max_pixels
+        model.styles.styles_directory = args.styles_dir
+        models.append(model)
+
+    # 3. Serve until interrupted.
+    from .server.http_api import create_app
+
+    service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads)
+    app = create_app(service, api_key=api_key, ui=not args.no_ui)
+    where = f"http://{args.host}:{args.port}"
+    print(f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"
+          + ("" if args.no_ui else f" (UI {where}/ui/, API docs {where}/docs)"), file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        service.close()
+    return 0
+
+
 def cmd_make_tiny(args) -> int:
     from .testing.tiny import make_tiny
 
@@ -462,7 +563,7 @@ def cmd_train_adapter(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "stylize": cmd_generate, "blocks": cmd_blocks, "style": cmd_style,
-            "make-tiny": cmd_make_tiny, "train-adapter": cmd_train_adapter}
+            "serve": cmd_serve, "make-tiny": cmd_make_tiny, "train-adapter": cmd_train_adapter}
 
 
 def main(argv: list[str] | None = None) -> int:

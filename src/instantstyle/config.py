@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InstantStyleError
 
@@ -185,10 +193,14 @@ class GenerateRequest(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> GenerateRequest:
-        if self.style_weights is not None and self.style and len(self.style_weights) != len(self.style):
+    def _consistent(self, info: ValidationInfo) -> GenerateRequest:
+        # Front ends that pass images in memory (web UI, HTTP uploads) validate with
+        # context={"style_images": N}: the weights then cover those N images first, then ``style``.
+        extra = int((info.context or {}).get("style_images", 0)) if info is not None else 0
+        n_refs = len(self.style) + extra
+        if self.style_weights is not None and n_refs and len(self.style_weights) != n_refs:
             raise ValueError(
-                f"style_weights has {len(self.style_weights)} values for {len(self.style)} style references"
+                f"style_weights has {len(self.style_weights)} values for {n_refs} style references"
             )
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
