@@ -265,7 +265,8 @@ def fp8_supported(device: torch.device) -> bool:
 
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Attention -> (source key, weight)
 _FP8: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> Float8Linear
-_COMPILED_ATTR = "_instantstyle_compiled"  # the block's compiled callable, kept for reuse
+_COMPILED_ATTR = "_instantstyle_compiled"  # the block's compiled callables, kept for reuse
+_STOCK_IP_PROCESSORS = ("IPAdapterAttnProcessor2_0", "IPAdapterAttnProcessor")
 
 
 def transformer_blocks(unet) -> list[torch.nn.Module]:
@@ -321,6 +322,8 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
         if attn is None:
             continue
         if name in ips:
+            if type(proc).__name__ not in _STOCK_IP_PROCESSORS:
+                continue  # someone else's processor (a method's own patch): leave it alone
             if masks or not options.light_inactive:
                 continue  # diffusers' processor (only it implements ip_adapter_masks)
             entries = _ip_entries(proc)
