@@ -221,3 +221,13 @@ def tiny_model_scales(model, mode):
     scales = model.resolve_scales(model.request(prompt="x", mode=mode))
     with scoped_scales(model.pipe.unet, [scales]):
         yield
+
+
+def test_cli_choices_match_fastpath():
+    from instantstyle.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "generate" in a.choices)
+    gen = sub.choices["generate"]
+    choices = {a.dest: tuple(a.choices) for a in gen._actions if a.dest in ("speed", "memory")}
+    assert choices == {"speed": fastpath.SPEEDS, "memory": fastpath.MEMORY_MODES}

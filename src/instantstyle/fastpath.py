@@ -237,7 +237,8 @@ class Float8Linear(torch.nn.Module):
         with torch.no_grad():
             w = linear.weight.detach().float()  # [out, in]
             sw = w.abs().amax().clamp(min=1e-12) / self.FP8_MAX
-            self.register_buffer("w8", (w / sw).to(torch.float8_e4m3fn), persistent=False)
+            w8 = (w / sw).clamp(-self.FP8_MAX, self.FP8_MAX).to(torch.float8_e4m3fn)  # e4m3fn: no inf, NaN past 448
+            self.register_buffer("w8", w8, persistent=False)
             self.register_buffer("sw", sw.reshape(()), persistent=False)
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -247,7 +248,7 @@ class Float8Linear(torch.nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [M, in]
         sx = (x2.abs().amax().float().clamp(min=1e-12) / self.FP8_MAX).reshape(())
-        x8 = (x2.float() / sx).to(torch.float8_e4m3fn)
+        x8 = (x2.float() / sx).clamp(-self.FP8_MAX, self.FP8_MAX).to(torch.float8_e4m3fn)
         if x.is_cuda:
             y = torch._scaled_mm(x8, self.w8.t(), scale_a=sx, scale_b=self.sw, out_dtype=x.dtype)
         else:
@@ -428,11 +429,14 @@ def _fp8_linears(unet):
 
 @contextlib.contextmanager
 def _channels_last(unet):
-    unet.to(memory_format=torch.channels_last)
+    # Outside inference mode, so the converted weights stay ordinary tensors (usable for training later).
+    with torch.inference_mode(False), torch.no_grad():
+        unet.to(memory_format=torch.channels_last)
     try:
         yield
     finally:
-        unet.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False), torch.no_grad():
+            unet.to(memory_format=torch.contiguous_format)
 
 
 def _sdpa_backend(name: str):
@@ -454,10 +458,13 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
     processors (only they implement masks); the rest of the fast path still applies.
     """
     unet = pipe.unet
-    options = options_for(options, unet.device)
+    device = getattr(pipe, "_execution_device", unet.device)
+    options = options_for(options, device)
+    if options.fuse_qkv and unet.device != device:
+        options = replace(options, fuse_qkv=False)  # CPU offload: fused copies would live on the wrong device
     if options.attention not in ATTENTION_BACKENDS:
         raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
-    if options.fp8 and not fp8_supported(unet.device) and unet.device.type == "cuda":
+    if options.fp8 and device.type == "cuda" and not fp8_supported(device):
         raise InstantStyleError("--speed fp8 needs a GPU with float8 matmuls (compute capability >= 8.9, "
                                 "e.g. H100/L40/RTX 4090); use --speed fast")
     if options.is_plain:
