@@ -399,8 +399,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, help="image size in pixels (default 1024; 64 with --tiny)")
     p.add_argument("--device", help="default: cuda if available (cpu with --tiny)")
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="full-size model dtype")
-    p.add_argument("--budget-s", type=float, default=330.0,
-                   help="skip rows that would end after this many seconds from the start (default 330)")
+    p.add_argument("--budget-s", type=float, default=320.0,
+                   help="skip rows that would end after this many seconds from the start (default 320)")
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 2 if args.tiny else 30
