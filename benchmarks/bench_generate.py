@@ -469,9 +469,12 @@ def main(argv=None) -> int:
         print(table_line(row, stock_s), flush=True)
         write_json(args.json, env, rows, time.perf_counter() - start)
     total = time.perf_counter() - start
-    print(f"# total {total:.1f} s", flush=True)
+    failed = [r.id for r in rows if "error" in r.result]
+    skipped = [r.id for r in rows if "skipped" in r.result]
+    print(f"# total {total:.1f} s; {len(rows) - len(failed) - len(skipped)} rows measured, "
+          f"skipped: {', '.join(skipped) or 'none'}; failed: {', '.join(failed) or 'none'}", flush=True)
     write_json(args.json, env, rows, total)
-    return 1 if any("error" in r.result for r in rows) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
