@@ -74,6 +74,14 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
                    help="default: fp16 on cuda/mps, fp32 on cpu")
+    if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
+        g.add_argument("--speed", default="auto", choices=["auto", "plain", "exact", "fast", "max", "fp8"],
+                       help="fast path: auto = fast on CUDA (compiled blocks, fused QKV, channels-last), exact on "
+                            "CPU; plain = stock diffusers; max adds CUDA graphs; fp8 (Hopper/Ada) changes the "
+                            "picture slightly (default: auto)")
+        g.add_argument("--memory", default="normal", choices=["normal", "low", "lowest"],
+                       help="low = model CPU offload + VAE tiling (fits ~8 GB GPUs); lowest = sequential "
+                            "offload (slow, ~4 GB) (default: normal)")
 
 
 class _ControlImage(argparse.Action):
@@ -415,6 +423,7 @@ def cmd_generate(args) -> int:
     model = InstantStyle.from_pretrained(
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=not args.quiet,
+        speed=args.speed, memory=args.memory,
     )
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
