@@ -42,97 +42,9 @@ MODES = ("txt2img", "controlnet", "img2img", "inpaint", "plus", "plus-low")
 PROMPT = "a lighthouse on a cliff at dusk"
 
 
-def build_full(device: torch.device, dtype: torch.dtype):
-    """Full-size SDXL parts + ControlNet with random weights, created on ``device`` in ``dtype``."""
-    from diffusers import (
-        AutoencoderKL,
-        ControlNetModel,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
-    from instantstyle.models import image_processor
-    from instantstyle.testing.tiny import _tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tokenizer(Path(tmp))  # offline; cost is per token, not per vocabulary entry
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            unet = UNet2DConditionModel(
-                sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
-                layers_per_block=2, transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=2048, use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816, norm_num_groups=32, norm_eps=1e-5,
-            )
-            # Before the adapter is attached (its config would otherwise carry encoder_hid_dim_type).
-            controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
-            vae = AutoencoderKL(
-                in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025, force_upcast=True,
-            )
-            common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                          pad_token_id=1)
-            text_encoder = CLIPTextModel(CLIPTextConfig(
-                hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                hidden_act="quick_gelu", projection_dim=768, **common))
-            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
-                hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                hidden_act="gelu", projection_dim=1280, **common))
-            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-                hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
-                patch_size=14, image_size=224, projection_dim=1280, hidden_act="gelu", layer_norm_eps=1e-5))
-    finally:
-        torch.set_default_dtype(previous)
-    for m in (unet, controlnet, vae, text_encoder, text_encoder_2, image_encoder):
-        m.eval().requires_grad_(False)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
-    return pipe, image_encoder, image_processor(224), random_adapter(unet, device, dtype), controlnet
-
-
-@torch.no_grad()
-def random_adapter(unet, device, dtype, clip_dim: int = 1280, tokens: int = 4) -> dict:
-    """ip-adapter_sdxl's h94 layout (proj 1280 -> 4 x 2048, 70 to_k_ip/to_v_ip pairs), random, on device."""
-    cross = unet.config.cross_attention_dim
-    g = torch.Generator(device).manual_seed(5)
-
-    def rnd(*shape, std):
-        return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * std).to(dtype)
-
-    image_proj = {"proj.weight": rnd(tokens * cross, clip_dim, std=clip_dim**-0.5),
-                  "proj.bias": rnd(tokens * cross, std=0.1),
-                  "norm.weight": 1 + rnd(cross, std=0.1), "norm.bias": rnd(cross, std=0.1)}
-    ip_adapter = {}
-    for idx, name in enumerate(unet.attn_processors):
-        if name.endswith("attn2.processor"):
-            hidden = unet.get_submodule(name[: -len(".processor")]).to_k.out_features
-            for key in ("to_k_ip", "to_v_ip"):
-                ip_adapter[f"{idx}.{key}.weight"] = rnd(hidden, cross, std=cross**-0.5)
-    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
-
-
 def load(args):
     """(InstantStyle, ControlNet ref to use) for the run."""
     from instantstyle import InstantStyle, control
-    from instantstyle import adapter as adapter_mod
-    from instantstyle.embeddings import EmbeddingCache
 
     if args.tiny:
         from instantstyle.testing.tiny import tiny_controlnet
@@ -140,15 +52,9 @@ def load(args):
         model = InstantStyle.from_pretrained("tiny", device="cpu", dtype="fp32", cache_dir=None, progress=False)
         controlnet = tiny_controlnet()
     else:
-        device = torch.device("cuda")
-        pipe, encoder, extractor, state_dict, controlnet = build_full(device, torch.float16)
-        info = adapter_mod.inspect(state_dict)
-        adapter_mod.attach(pipe, [state_dict], encoder, extractor)
-        del state_dict
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        ids = {"base": "random-sdxl", "adapter": "random-ip-adapter", "image_encoder": "random-bigG"}
-        model = InstantStyle(pipe, encoder, extractor, info, ids=ids, cache=EmbeddingCache(None))
+        from instantstyle.testing.fullsize import full_instantstyle
+
+        model, controlnet = full_instantstyle("cuda", torch.float16, controlnet=True)
     control.register(model, "bench-controlnet", controlnet)  # serves both the canny and the tile role
     return model
 

@@ -27,21 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, cross_attention_dim=2048, norm_num_groups=32, norm_eps=1e-5,
-    act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
-)
 SDXL_CLIP_DIM = 1280  # ViT-bigG projection (h94 sdxl_models/image_encoder)
 SDXL_POOLED = 1280  # text_encoder_2 projection
 
 
 def build_unet(tiny: bool, device: torch.device, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
+
+    from instantstyle.testing.fullsize import SDXL_UNET_CONFIG
 
     if tiny:
         from instantstyle.testing.tiny import CLIP_DIM, tiny_unet_config
@@ -53,7 +46,7 @@ def build_unet(tiny: bool, device: torch.device, dtype: torch.dtype):
     try:
         with torch.device(device):
             torch.manual_seed(0)
-            unet = UNet2DConditionModel(**SDXL_UNET)
+            unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
     finally:
         torch.set_default_dtype(previous)
     return unet, SDXL_CLIP_DIM, SDXL_POOLED

@@ -6,17 +6,7 @@ import pytest
 
 from instantstyle import blocks, models
 from instantstyle.errors import InstantStyleError
-
-# Full-size SDXL UNet config (stabilityai/stable-diffusion-xl-base-1.0/unet/config.json), built on
-# the meta device: structure only, no memory.
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280], layers_per_block=2,
-    transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20],
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=2048, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, use_linear_projection=True,
-)
+from instantstyle.testing.fullsize import SDXL_UNET_CONFIG as SDXL_UNET  # structure only (meta device)
 
 
 @pytest.fixture(scope="module")
