@@ -65,8 +65,8 @@ def shared_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: i
     mask = None
     if score_shift:
         length = k.shape[-2]
-        mask = torch.zeros(k_all.shape[-2], dtype=q.dtype, device=q.device)
-        mask[length:] = score_shift  # [2L], broadcast over batch, heads and queries
+        mask = torch.zeros(1, k_all.shape[-2], dtype=q.dtype, device=q.device)  # [1, 2L]
+        mask[:, length:] = score_shift  # broadcast over batch, heads and queries
     return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
 
 
