@@ -44,7 +44,7 @@ ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_bl
              "up_block_types", "mid_block_type", "transformer_layers_per_block", "attention_head_dim",
              "num_attention_heads", "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim",
              "projection_class_embeddings_input_dim", "use_linear_projection")
-EVAL_SAMPLES = 8  # fixed (timestep, noise) pairs for the before/after loss
+EVAL_SAMPLES = 4  # fixed (timestep, noise) pairs for the before/after loss
 
 
 # ---------------------------------------------------------------------- base model identity
@@ -81,8 +81,10 @@ def _targets(unet, module_names) -> list[str]:
 
 @contextlib.contextmanager
 def scoped_lora(unet, targets: list[str], rank: int, alpha: float, state_dict: dict | None = None,
-                adapter_name: str = "blora") -> Iterator[list[torch.nn.Parameter]]:
+                adapter_name: str = "blora", seed: int = 0) -> Iterator[list[torch.nn.Parameter]]:
     """Inject a PEFT LoRA into exactly ``targets`` for the block; yields its parameters.
+
+    The LoRA's random initialisation (``lora_A``) comes from ``seed``, not from the global RNG.
 
     On exit the original ``Linear`` modules, the ``requires_grad`` flags and the model's attributes
     are put back, so the UNet is exactly as before (same module objects, same state dict).
@@ -98,7 +100,9 @@ def scoped_lora(unet, targets: list[str], rank: int, alpha: float, state_dict: d
     attrs = dict(vars(unet))
     try:
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True)
-        unet.add_adapter(config, adapter_name=adapter_name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet.add_adapter(config, adapter_name=adapter_name)
         if state_dict is not None:
             result = set_peft_model_state_dict(unet, state_dict, adapter_name=adapter_name)
             unexpected = list(getattr(result, "unexpected_keys", []) or [])
@@ -135,7 +139,8 @@ class TrainResult:
     eval_loss_before: float  # mean loss on fixed (timestep, noise) pairs before training
     eval_loss_after: float
     losses: list[float]  # training loss per step
-    seconds: float
+    seconds: float  # the whole call
+    step_seconds: float  # mean time of one optimisation step in this call
 
 
 def _atomic_save(obj, path: Path, save) -> None:
@@ -224,7 +229,7 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
 
     # 3. LoRA on both blocks, Adam, the step loop with checkpoints.
     targets = _targets(unet, [blocks.BLORA_CONTENT_BLOCK, blocks.BLORA_STYLE_BLOCK])
-    with scoped_lora(unet, targets, rank, rank) as params:
+    with scoped_lora(unet, targets, rank, rank, seed=seed) as params:
         for p in params:
             p.data = p.data.float()  # LoRA weights train in fp32 even on an fp16 base
         optimizer = torch.optim.Adam(params, lr=lr)
@@ -240,6 +245,7 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
         else:
             before = eval_loss()
         bar = tqdm(range(start, steps), desc="B-LoRA", initial=start, total=steps, disable=not progress)
+        loop_start = time.perf_counter()
         for step in bar:
             t = torch.randint(0, n_train, (1,), generator=gen)
             noise = torch.randn(latents.shape, generator=gen)
@@ -256,6 +262,7 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
                          "generator": gen.get_state(), "losses": losses, "eval_before": before,
                          "settings": json.dumps(settings)}
                 _atomic_save(state, out / CHECKPOINT_FILE, torch.save)
+        step_seconds = (time.perf_counter() - loop_start) / max(steps - start, 1)
         after = eval_loss()
         weights = {f"unet.{k}": v for k, v in _peft_state(unet, "blora").items()}
 
@@ -264,7 +271,7 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
     info = {**settings, "steps": steps, "eval_loss_before": before, "eval_loss_after": after,
             "final_loss": losses[-1] if losses else None, "format": "instantstyle-blora/1"}
     _atomic_save(info, out / INFO_FILE, lambda obj, p: p.write_text(json.dumps(obj, indent=2)))
-    return TrainResult(out, steps, before, after, losses, time.perf_counter() - t0)
+    return TrainResult(out, steps, before, after, losses, time.perf_counter() - t0, step_seconds)
 
 
 # ---------------------------------------------------------------------- generation
