@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from instantstyle import blocks
 from instantstyle.errors import InstantStyleError
 from instantstyle.methods import b_lora
+from instantstyle.testing.state import assert_same, snapshot
 
 TRAIN = dict(rank=4, lr=1e-3, resolution=8, progress=False)
 
@@ -21,8 +22,6 @@ TRAIN = dict(rank=4, lr=1e-3, resolution=8, progress=False)
 @pytest.fixture(scope="session")
 def blora_dir(tiny_model, style_images, tmp_path_factory):
     """A B-LoRA trained on the shared tiny model's own pipe (which must come back unchanged)."""
-    from tests.test_methods import assert_same, snapshot
-
     out = tmp_path_factory.mktemp("blora") / "red"
     before = snapshot(tiny_model)
     result = b_lora.train(tiny_model.pipe, style_images["red"], out, steps=24, checkpoint_every=12, base_id="tiny", **TRAIN)
@@ -64,8 +63,6 @@ def test_resuming_from_a_checkpoint_continues_exactly(style_images, tiny_model, 
 def test_style_only_application_loads_only_the_style_block(blora_dir, tiny_model):
     from peft.tuners.lora import LoraLayer
 
-    from tests.test_methods import assert_same, snapshot
-
     out, _ = blora_dir
     unet = tiny_model.pipe.unet
     info, style = b_lora.load_style(out, unet)
@@ -84,8 +81,6 @@ def test_style_only_application_loads_only_the_style_block(blora_dir, tiny_model
 
 def test_b_lora_generation_applies_the_style_and_restores_the_model(blora_dir, tiny_model, tmp_path):
     from safetensors.torch import save_file
-
-    from tests.test_methods import assert_same, snapshot
 
     # The tiny LoRA trained for a few steps is small; amplify its update so the effect is visible.
     out = tmp_path / "strong"

@@ -7,33 +7,10 @@ import torch
 
 from instantstyle import blocks
 from instantstyle.errors import InstantStyleError
+from instantstyle.testing.state import assert_same, snapshot
 
 FAST = dict(steps=2, width=64, height=64, seed=7, guidance=3.0)
 REF = dict(reference_prompt="a red square")
-
-
-def snapshot(model):
-    """Everything a method could leave changed on the shared model."""
-    unet = model.pipe.unet
-    from instantstyle.adapter import ip_processors
-
-    return {
-        "processors": {n: id(p) for n, p in unet.attn_processors.items()},
-        "ip_scales": {n: list(p.scale) for n, p in ip_processors(unet).items()},
-        "modules": [(n, type(m).__name__, id(m)) for n, m in unet.named_modules()],
-        "forwards": [n for n, m in unet.named_modules() if "forward" in vars(m)],
-        "grads": {n: p.requires_grad for n, p in unet.named_parameters()},
-        "attrs": sorted(vars(unet)),
-        "scheduler": id(model.pipe.scheduler),
-        "weights": {n: p.detach().clone() for n, p in unet.state_dict().items()},
-    }
-
-
-def assert_same(before, after):
-    weights_b, weights_a = before.pop("weights"), after.pop("weights")
-    assert before == after
-    assert weights_b.keys() == weights_a.keys()
-    assert all(torch.equal(weights_b[k], weights_a[k]) for k in weights_b)
 
 
 @pytest.mark.parametrize("method, extra", [("ip-adapter", {}), ("style-aligned", {**REF, "share_group_norm": True,

@@ -89,9 +89,12 @@ def scoped_lora(unet, targets: list[str], rank: int, alpha: float, state_dict: d
     On exit the original ``Linear`` modules, the ``requires_grad`` flags and the model's attributes
     are put back, so the UNet is exactly as before (same module objects, same state dict).
     """
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils import set_peft_model_state_dict
+    try:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import set_peft_model_state_dict
+    except ImportError:
+        raise InstantStyleError("B-LoRA needs peft: pip install 'instantstyle[train]'") from None
 
     originals = {name: unet.get_submodule(name) for name in targets}
     if any(isinstance(m, BaseTunerLayer) for m in originals.values()):
