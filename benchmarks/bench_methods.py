@@ -94,13 +94,14 @@ def build_random_sdxl(device: str, dtype: torch.dtype):
     info = adapter.inspect(state)
     return InstantStyle(pipe, encoder, extractor, info, ids={"base": "random-sdxl", "adapter": "random",
                                                              "image_encoder": "random-vit-bigG"},
-                        cache=embeddings.EmbeddingCache(None))
+                        cache=embeddings.EmbeddingCache(None), speed="plain")  # stock diffusers for every method
 
 
 def load_tiny():
     from instantstyle.pipeline import InstantStyle
 
-    return InstantStyle.from_pretrained("tiny", device="cpu", dtype="fp32", cache_dir=None, progress=False)
+    return InstantStyle.from_pretrained("tiny", device="cpu", dtype="fp32", cache_dir=None, progress=False,
+                                        speed="plain")
 
 
 def _sync(device) -> None:

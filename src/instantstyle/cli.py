@@ -1,4 +1,4 @@
-"""Command line: ``instantstyle generate | blocks | style | compare | train-blora | make-tiny``.
+"""Command line: ``instantstyle generate | stylize | blocks | style | serve | compare | train-blora | make-tiny | train-adapter``.
 
 A thin front end: it parses flags into the shared ``GenerateRequest``, calls the library and
 writes files. Bad input exits with status 2 and one line ``instantstyle: error: ...`` (the
@@ -42,6 +42,19 @@ examples:
   instantstyle generate --style @watercolour --prompt "a lighthouse" --out l.png
 """
 
+STYLIZE_EXAMPLES = """\
+stylize a content image (see docs/stylize.md):
+  # keep photo.png's edges (Canny ControlNet, scale 0.6), paint it in ref.png's style
+  instantstyle generate --style ref.png --content photo.png --control canny --prompt "a house" --out a.png
+  # img2img, inpainting (white = repaint; the style goes only there)
+  instantstyle generate --style ref.png --content photo.png --strength 0.7 --prompt "a house" --out b.png
+  instantstyle generate --style ref.png --content photo.png --mask mask.png --prompt "a house" --out c.png
+  # two styles, one per region
+  instantstyle generate --style a.png --style-mask left.png --style b.png --style-mask right.png \\
+      --content photo.png --control canny --prompt "a street" --out d.png
+  # InstantStyle-Plus: inversion + tile ControlNet + content adapter 0.2 + style adapter 1.2
+  instantstyle stylize --style ref.png --content photo.png --prompt "a house by a lake" --out e.png
+"""
 
 def _field_help(name: str) -> str:
     from .config import GenerateRequest
@@ -69,6 +82,96 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
                    help="default: fp16 on cuda/mps, fp32 on cpu")
+    if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
+        g.add_argument("--speed", default="auto", choices=["auto", "plain", "exact", "fast", "max", "fp8"],
+                       help="fast path: auto = fast on CUDA (compiled blocks, fused QKV, channels-last), exact on "
+                            "CPU; plain = stock diffusers; max adds CUDA graphs; fp8 (Hopper/Ada) changes the "
+                            "picture slightly (default: auto)")
+        g.add_argument("--memory", default="normal", choices=["normal", "low", "lowest"],
+                       help="low = model CPU offload + VAE tiling (fits ~8 GB GPUs); lowest = sequential "
+                            "offload (slow, ~4 GB) (default: normal)")
+
+
+class _ControlImage(argparse.Action):
+    """``--control-image`` belongs to the ``--control`` given just before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        controls = getattr(namespace, "control", None) or []
+        if not controls:
+            parser.error("--control-image must follow the --control it belongs to")
+        images = list(getattr(namespace, self.dest, None) or [])
+        images += [None] * (len(controls) - len(images))
+        if images[len(controls) - 1] is not None:
+            parser.error(f"--control {controls[-1]} already has a --control-image")
+        images[len(controls) - 1] = values
+        setattr(namespace, self.dest, images)
+
+
+def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize: bool = False) -> None:
+    from .config import TASKS
+
+    s = g.add_argument_group("style")
+    s.add_argument("--style", action="append", default=[], metavar="IMG|@NAME",
+                   help="style reference image, or @name of a saved style; repeat for several")
+    s.add_argument("--style-weights", nargs="+", default=None, metavar="W", help=_field_help("style_weights"))
+    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=_field_help("style_combine"))
+    s.add_argument("--style-mask", dest="style_masks", action="append", default=[], metavar="MASK",
+                   help=_field_help("style_masks") + " Repeat once per --style, in the same order.")
+    mode_choices = modes if stylize else (*modes, "plus")
+    s.add_argument("--mode", default=None, choices=mode_choices,
+                   help=_field_help("mode") + (" plus = --task plus." if not stylize else "") + " (default: style)")
+    s.add_argument("--scale", default=None, help=_field_help("scale") + (" (default: 1.2)" if stylize else
+                                                                          " (default: 1.0; plus: 1.2)"))
+    s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
+    s.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
+    s.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
+    s.add_argument("--method", default="instantstyle", help=_method_help())
+    _add_method_args(g)
+    c = g.add_argument_group("content image (ControlNet, img2img, inpainting, InstantStyle-Plus)")
+    c.add_argument("--content", default=None, required=stylize, metavar="IMAGE", help=_field_help("content"))
+    if not stylize:
+        c.add_argument("--task", default=None, choices=TASKS, help=_field_help("task"))
+    c.add_argument("--control", action="append", default=[], metavar="KIND|KIND=MODEL|MODEL",
+                   help=_field_help("control") + " Repeat for several ControlNets"
+                   + (" (default: tile)." if stylize else "."))
+    c.add_argument("--control-image", dest="control_image", action=_ControlImage, default=[], metavar="IMAGE",
+                   help="control image for the --control just before it (e.g. a depth map); canny/tile derive "
+                        "theirs from --content")
+    c.add_argument("--control-scale", nargs="+", default=[], metavar="F", help=_field_help("control_scale"))
+    c.add_argument("--canny-low", default=None, metavar="N", help=_field_help("canny_low") + " (default: 50)")
+    c.add_argument("--canny-high", default=None, metavar="N", help=_field_help("canny_high") + " (default: 200)")
+    if not stylize:
+        c.add_argument("--strength", default=None, metavar="F", help=_field_help("strength"))
+        c.add_argument("--mask", default=None, metavar="MASK", help=_field_help("mask"))
+    c.add_argument("--content-ip-scale", default=None, metavar="F", help=_field_help("content_ip_scale"))
+    c.add_argument("--inversion-steps", default=None, metavar="N", help=_field_help("inversion_steps"))
+    c.add_argument("--inversion-prompt", default=None, metavar="TEXT", help=_field_help("inversion_prompt"))
+    p = g.add_argument_group("prompt and sampling")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help=_field_help("prompt"))
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT", help=_field_help("negative_prompt"))
+    p.add_argument("--steps", default=None, metavar="N",
+                   help=_field_help("steps") + (" (default: 50)" if stylize else " (default: 30; plus: 50)"))
+    p.add_argument("--guidance", default="5.0", metavar="F", help=_field_help("guidance") + " (default: 5.0)")
+    p.add_argument("--seed", default=None, metavar="N", help=_field_help("seed"))
+    p.add_argument("--width", default=None, metavar="W", help=_field_help("width"))
+    p.add_argument("--height", default=None, metavar="H", help=_field_help("height"))
+    p.add_argument("--num-images", default="1", metavar="N", help=_field_help("num_images") + " (default: 1)")
+    p.add_argument("--scheduler", default=None, choices=schedulers,
+                   help="sampler (default: euler, SDXL's own; plus: ddim, required)")
+    o = g.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="PATH",
+                   help="output PNG; with --num-images N, PATH-0.png ... PATH-(N-1).png; a directory (existing, "
+                        "or ending in /) gets instantstyle-SEED-I.png")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    o.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse style/content/mask images with more pixels (default 40M)")
+    o.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--memory", default="normal", choices=["normal", "low"],
+                   help="low: model CPU offload + VAE tiling (CUDA; InstantStyle-Plus at 1024 px in under 8 GiB, "
+                        "slower)")
+    _add_model_args(g)
+    g.set_defaults(stylize=stylize)
 
 
 def _method_help() -> str:
@@ -121,41 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"instantstyle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    # generate ------------------------------------------------------------------
+    # generate / stylize -----------------------------------------------------------
     g = sub.add_parser("generate", parents=[common], help="generate images in the style of reference images",
-                       description="Generate images from a prompt in the style of one or more reference images.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s = g.add_argument_group("style")
-    s.add_argument("--style", action="append", default=[], metavar="IMG|@NAME",
-                   help="style reference image, or @name of a saved style; repeat for several")
-    s.add_argument("--style-weights", nargs="+", default=None, metavar="W", help=_field_help("style_weights"))
-    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=_field_help("style_combine"))
-    s.add_argument("--mode", default=None, choices=MODES, help=_field_help("mode") + " (default: style)")
-    s.add_argument("--scale", default="1.0", help=_field_help("scale") + " (default: 1.0)")
-    s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
-    s.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
-    s.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
-    s.add_argument("--method", default="instantstyle", help=_method_help())
-    _add_method_args(g)
-    p = g.add_argument_group("prompt and sampling")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help=_field_help("prompt"))
-    p.add_argument("--negative-prompt", default=None, metavar="TEXT", help=_field_help("negative_prompt"))
-    p.add_argument("--steps", default="30", metavar="N", help=_field_help("steps") + " (default: 30)")
-    p.add_argument("--guidance", default="5.0", metavar="F", help=_field_help("guidance") + " (default: 5.0)")
-    p.add_argument("--seed", default=None, metavar="N", help=_field_help("seed"))
-    p.add_argument("--width", default=None, metavar="W", help=_field_help("width"))
-    p.add_argument("--height", default=None, metavar="H", help=_field_help("height"))
-    p.add_argument("--num-images", default="1", metavar="N", help=_field_help("num_images") + " (default: 1)")
-    p.add_argument("--scheduler", default="euler", choices=SCHEDULERS, help="sampler (default: euler, SDXL's own)")
-    o = g.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="PATH",
-                   help="output PNG; with --num-images N, PATH-0.png ... PATH-(N-1).png; a directory (existing, "
-                        "or ending in /) gets instantstyle-SEED-I.png")
-    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    o.add_argument("--max-pixels", type=int, default=None, help="refuse style images with more pixels (default 40M)")
-    o.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(g)
+                       description="Generate images from a prompt in the style of one or more reference images; "
+                                   "with --content, repaint a content image in that style (ControlNet, img2img, "
+                                   "inpainting, InstantStyle-Plus).",
+                       epilog=EXAMPLES + STYLIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_generate_args(g, MODES, SCHEDULERS)
+    z = sub.add_parser("stylize", parents=[common], help="InstantStyle-Plus: repaint --content in the style of --style",
+                       description="InstantStyle-Plus (= generate --task plus): DDIM inversion of the content image, "
+                                   "tile ControlNet on it (0.4), the IP-Adapter on the content image at a low global "
+                                   "scale (0.2) and on the style image in the style block only (1.2), guidance 5, "
+                                   "50 DDIM steps. One set of weights; the two adapters share them.",
+                       epilog=STYLIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_generate_args(z, MODES, SCHEDULERS, stylize=True)
 
     # blocks ----------------------------------------------------------------------
     b = sub.add_parser("blocks", parents=[common], help="list the UNet's cross-attention blocks and presets",
@@ -184,6 +266,52 @@ def build_parser() -> argparse.ArgumentParser:
     rm = st_sub.add_parser("rm", parents=[common], help="delete a saved style")
     rm.add_argument("name")
     rm.add_argument("--styles-dir", default=None)
+
+    # serve -----------------------------------------------------------------------
+    from .server.service import Limits
+
+    lim = Limits()
+    sv = sub.add_parser(
+        "serve", parents=[common], help="web UI + HTTP API: models loaded once, a bounded job queue",
+        description="Serve the web UI (at /ui) and the HTTP API (at /v1, documented at /docs) from one process. "
+                    "Models load once; one worker per device runs the jobs from a bounded queue (a full queue "
+                    "answers 429 with Retry-After). Needs the 'serve' extra: pip install 'instantstyle[serve]'.",
+        epilog="examples:\n  instantstyle serve --base tiny          # try it without weights (images are noise)\n"
+               "  instantstyle serve --api-key \"$(openssl rand -hex 16)\" --host 0.0.0.0\n"
+               "  curl -F images=@ref.png -F 'params={\"prompt\": \"a cat\", \"seed\": 1}' \\\n"
+               "       'http://127.0.0.1:7860/v1/generate?wait=true'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    n = sv.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes it: set an API key)")
+    n.add_argument("--port", type=int, default=7860, help="default: %(default)s")
+    n.add_argument("--api-key", default=None,
+                   help="require this key on every API call ('Authorization: Bearer KEY' or 'X-API-Key: KEY') and "
+                        "as the UI password (default: $INSTANTSTYLE_API_KEY, else none)")
+    n.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
+    q = sv.add_argument_group("queue and limits (per request)")
+    q.add_argument("--queue-size", type=int, default=8, help="jobs waiting at most; more get 429 (default: %(default)s)")
+    q.add_argument("--max-upload-bytes", type=int, default=lim.max_upload_bytes,
+                   help="bytes per uploaded image (default: %(default)s)")
+    q.add_argument("--max-pixels", type=int, default=lim.max_pixels,
+                   help="pixels per uploaded image (default: %(default)s)")
+    q.add_argument("--max-prompt-length", type=int, default=lim.max_prompt_length,
+                   help="characters per prompt (default: %(default)s)")
+    q.add_argument("--max-style-images", type=int, default=lim.max_style_images,
+                   help="uploaded images + saved styles per request (default: %(default)s)")
+    q.add_argument("--max-images", type=int, default=lim.max_num_images,
+                   help="generated images per request (default: %(default)s)")
+    q.add_argument("--min-size", type=int, default=lim.min_size, help="smallest width/height (default: %(default)s)")
+    q.add_argument("--max-size", type=int, default=lim.max_size, help="largest width/height (default: %(default)s)")
+    q.add_argument("--max-steps", type=int, default=lim.max_steps, help="most denoising steps (default: %(default)s)")
+    q.add_argument("--styles-dir", default=None,
+                   help="saved styles (default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles)")
+    q.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
+    q.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads per worker (default: torch's; 1 is often fastest for small CPU models)")
+    _add_model_args(sv)
+    sv._option_string_actions["--device"].help = (
+        "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)")
 
     # compare ---------------------------------------------------------------------
     c = sub.add_parser("compare", parents=[common], help="run several methods side by side and write a labelled grid",
@@ -246,7 +374,38 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a tiny random-weight SDXL (real block structure), image encoder and "
                                    "IP-Adapter in the standard on-disk layouts. Its images are noise.")
     t.add_argument("dir")
+
+    # train-adapter ---------------------------------------------------------------
+    _add_train_parser(sub, common)
     return parser
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  # style blocks only, one GPU, bf16, from scratch (data: folder of images + same-name .txt captions)
+  instantstyle train-adapter --base stabilityai/stable-diffusion-xl-base-1.0 --data ./my_images \\
+      --blocks style --out runs/house-style --mixed-precision bf16 --gradient-checkpointing --max-steps 20000
+
+  # many GPUs / nodes: the same command under accelerate
+  accelerate launch --multi_gpu --num_processes 8 -m instantstyle train-adapter \\
+      --data 'shards/train-{0000..0999}.tar' --blocks style --out runs/big --cache-dir /scratch/cache ...
+
+  # continue after an interruption; re-run a finished configuration
+  instantstyle train-adapter --config runs/house-style/train_config.json --resume latest
+  instantstyle generate --adapter runs/house-style/adapter.safetensors --style ref.png --prompt "a cat" --out cat.png
+"""
+
+
+def _add_train_parser(sub, common) -> None:
+    from .training.config import add_arguments
+
+    tr = sub.add_parser(
+        "train-adapter", parents=[common], help="train an IP-Adapter on chosen blocks (style blocks by default)",
+        description="Train an IP-Adapter (image projection + to_k_ip/to_v_ip of the chosen blocks only; UNet, text "
+                    "encoders, VAE and image encoder frozen) on image-caption pairs, with accelerate. Blocks outside "
+                    "--blocks get no IP weights (zeros in the saved h94-layout file). See docs/training.md.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(tr)
 
 
 # ---------------------------------------------------------------------- commands
@@ -319,6 +478,20 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _no_progress_bars() -> None:
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except (ImportError, AttributeError):
+        pass
+
+
 def cmd_generate(args) -> int:
     from .config import make_request
 
@@ -326,14 +499,25 @@ def cmd_generate(args) -> int:
     if args.mode is not None and args.blocks is not None:
         raise InstantStyleError("give --mode or --blocks, not both (--blocks replaces the preset)")
     seed = args.seed if args.seed is not None else str(secrets.randbelow(2**31))
-    req = make_request(
+    task = "plus" if args.stylize or args.mode == "plus" else getattr(args, "task", None)
+    if args.mode == "plus" and getattr(args, "task", None) not in (None, "plus"):
+        raise InstantStyleError(f"--mode plus means --task plus, not --task {args.task}")
+    params = dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, style=args.style,
         style_weights=args.style_weights, style_combine=args.style_combine, method=args.method,
-        mode=args.mode or "style", scale=args.scale, blocks=args.blocks, content_prompt=args.content_prompt,
-        content_scale=args.content_scale, steps=args.steps, guidance=args.guidance, seed=seed,
-        width=args.width, height=args.height, num_images=args.num_images, scheduler=args.scheduler,
-        **_method_params(args),
+        mode=args.mode if args.mode not in (None, "plus") else "style", scale=args.scale, blocks=args.blocks,
+        content_prompt=args.content_prompt, content_scale=args.content_scale, steps=args.steps,
+        guidance=args.guidance, seed=seed, width=args.width, height=args.height, num_images=args.num_images,
+        scheduler=args.scheduler, task=task, content=args.content, control=args.control,
+        control_image=(args.control_image + [None] * (len(args.control) - len(args.control_image))
+                       if args.control_image else []),
+        control_scale=args.control_scale, canny_low=args.canny_low, canny_high=args.canny_high,
+        strength=getattr(args, "strength", None), mask=getattr(args, "mask", None), style_masks=args.style_masks,
+        content_ip_scale=args.content_ip_scale, inversion_steps=args.inversion_steps,
+        inversion_prompt=args.inversion_prompt, **_method_params(args),
     )
+    # Unset options take the schema's defaults (which depend on the task, e.g. Plus's scale 1.2).
+    req = make_request(**{k: v for k, v in params.items() if v is not None and v != []})
     if not req.style and req.method != "b-lora":
         raise InstantStyleError("no style image given; pass --style IMAGE (or --style @NAME of a saved style)")
     paths = _output_paths(args.out, req.num_images, req.seed, args.overwrite)
@@ -345,6 +529,9 @@ def cmd_generate(args) -> int:
     for ref in req.style:  # fail on a bad reference before loading gigabytes of weights
         load_style(ref) if ref.startswith("@") else load_image(ref, what="style image",
                                                                max_pixels=args.max_pixels or 40_000_000)
+    from .pipelines.stylize import enable_low_memory, precheck
+
+    precheck(req, args.base, args.max_pixels or 40_000_000)  # content, masks, ControlNet configs
 
     # 2. Load models, 3. generate, 4. write atomically.
     from .images import save_png
@@ -353,9 +540,12 @@ def cmd_generate(args) -> int:
     model = InstantStyle.from_pretrained(
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=not args.quiet,
+        speed=args.speed, memory=args.memory,
     )
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
+    if args.memory == "low":
+        enable_low_memory(model)
     images = model.generate(req)
     for image, path in zip(images, paths, strict=True):
         save_png(image, path, overwrite=args.overwrite)
@@ -424,6 +614,61 @@ def cmd_style(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    # 1. Check everything that needs no model: the extra is installed, the limits make sense.
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise InstantStyleError(f"the server needs the 'serve' extra ({exc.name} is missing): "
+                                "pip install 'instantstyle[serve]'") from None
+    from .server.service import GenerationService, Limits
+
+    limits = Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                    max_prompt_length=args.max_prompt_length, max_style_images=args.max_style_images,
+                    max_num_images=args.max_images, min_size=args.min_size, max_size=args.max_size,
+                    max_steps=args.max_steps)
+    if args.queue_size < 1:
+        raise InstantStyleError(f"--queue-size is {args.queue_size}; it must be >= 1")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        raise InstantStyleError(f"--cpu-threads is {args.cpu_threads}; it must be >= 1")
+    if not 0 < args.port < 65536:
+        raise InstantStyleError(f"--port {args.port}: use 1-65535")
+    api_key = args.api_key or os.environ.get("INSTANTSTYLE_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
+              "port can generate (set --api-key or INSTANTSTYLE_API_KEY)", file=sys.stderr)
+
+    # 2. Load the models once per device.
+    from .pipeline import InstantStyle
+
+    devices = [d.strip() for d in args.device.split(",")] if args.device else [None]
+    models = []
+    for device in devices:
+        model = InstantStyle.from_pretrained(
+            args.base, args.adapter, args.image_encoder, device=device, dtype=args.dtype, variant=args.variant,
+            content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False)
+        model.styles.max_pixels = limits.max_pixels
+        model.styles.styles_directory = args.styles_dir
+        models.append(model)
+
+    # 3. Serve until interrupted.
+    from .server.http_api import create_app
+
+    service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads)
+    app = create_app(service, api_key=api_key, ui=not args.no_ui)
+    where = f"http://{args.host}:{args.port}"
+    print(f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"
+          + ("" if args.no_ui else f" (UI {where}/ui/, API docs {where}/docs)"), file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        service.close()
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import build_requests, compare, parse_methods
 
@@ -447,6 +692,7 @@ def cmd_compare(args) -> int:
     model = InstantStyle.from_pretrained(
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=True, progress=not args.quiet,
+        speed=args.speed, memory=args.memory,
     )
     result = compare(model, args.style, args.prompt, args.out, methods=methods, settings=settings,
                      overwrite=args.overwrite, log=lambda msg: print(msg, file=sys.stderr))
@@ -493,8 +739,19 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "blocks": cmd_blocks, "style": cmd_style, "compare": cmd_compare,
-            "train-blora": cmd_train_blora, "make-tiny": cmd_make_tiny}
+def cmd_train_adapter(args) -> int:
+    from .training.adapter_trainer import train_adapter
+    from .training.config import config_from_args
+
+    result = train_adapter(config_from_args(args), progress=not args.quiet)
+    if result.adapter is not None:
+        print(result.adapter)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "stylize": cmd_generate, "blocks": cmd_blocks, "style": cmd_style,
+            "serve": cmd_serve, "compare": cmd_compare, "train-blora": cmd_train_blora, "make-tiny": cmd_make_tiny,
+            "train-adapter": cmd_train_adapter}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -502,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         _quiet_libraries()
+    if getattr(args, "quiet", False):
+        _no_progress_bars()
     try:
         return COMMANDS[args.command](args)
     except InstantStyleError as exc:

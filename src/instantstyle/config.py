@@ -9,13 +9,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InstantStyleError
 
 SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", "heun", "lms")
 MODES = ("style", "layout", "style+layout", "full")
 MAX_SEED = 2**63 - 1
+TASKS = ("txt2img", "controlnet", "img2img", "inpaint", "plus")
+# InstantStyle-Plus defaults (its reference pipeline): style-only adapter at 1.2, 50 DDIM steps,
+# tile ControlNet at 0.4 on the content image, content adapter at 0.2 everywhere, guidance 5.
+PLUS_DEFAULTS = {"scale": 1.2, "steps": 50, "scheduler": "ddim", "control": ["tile"]}
+DEFAULT_CONTENT_IP_SCALE = 0.2
+DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 0.99}
 
 
 class GenerateRequest(BaseModel):
@@ -65,7 +79,61 @@ class GenerateRequest(BaseModel):
     num_images: int = Field(1, ge=1, le=16, description="Images per call (one seed, one batch, as diffusers).")
     scheduler: Literal[SCHEDULERS] = Field("euler", description="Sampler.")  # type: ignore[valid-type]
 
-    # Baselines (instantstyle.methods). Each field is read by the methods listed in
+    # ---- stylizing a content image (ControlNet, img2img, inpainting, regional styles, Plus)
+    task: Literal[TASKS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="txt2img, controlnet, img2img, inpaint or plus (InstantStyle-Plus); default: inferred "
+        "(--mask -> inpaint, --strength -> img2img, --control -> controlnet, else txt2img).",
+    )
+    content: str | None = Field(
+        None, max_length=4096,
+        description="Content image to stylize (its structure is kept); the output takes its aspect ratio, "
+        "short side at the model's native size.",
+    )
+    control: list[str] = Field(
+        default_factory=list, max_length=4,
+        description="ControlNet(s): canny (edges of --content), tile (--content itself), KIND=MODEL to use another "
+        "ControlNet for that kind, or any SDXL ControlNet path / Hub id fed its --control-image.",
+    )
+    control_image: list[str | None] = Field(
+        default_factory=list, max_length=4,
+        description="Control image per --control (None: derived from --content for canny/tile).",
+    )
+    control_scale: list[float] = Field(
+        default_factory=list, max_length=4,
+        description="ControlNet conditioning scale: one for all or one per --control, each in [0, 2] "
+        "(default: canny 0.6, tile 0.4, other 0.6).",
+    )
+    canny_low: int = Field(50, ge=0, le=1000, description="Canny lower hysteresis threshold.")
+    canny_high: int = Field(200, ge=1, le=1000, description="Canny upper hysteresis threshold.")
+    strength: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="img2img / inpainting: how much of the content is repainted, 0 < F <= 1 "
+        "(default: 0.8 img2img, 0.99 inpainting).",
+    )
+    mask: str | None = Field(
+        None, max_length=4096,
+        description="Inpainting mask: single-channel image the size of --content; white = repaint (and style), "
+        "black = keep.",
+    )
+    style_masks: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Regional styles: one single-channel mask per --style (white = that style's region), "
+        "the size of --content (any size without --content).",
+    )
+    content_ip_scale: float | None = Field(
+        None, ge=0.0, le=10.0,
+        description="plus: global IP-Adapter scale of the content image, every block (default 0.2).",
+    )
+    inversion_steps: int | None = Field(
+        None, ge=1, le=1000, description="plus: DDIM inversion steps (default: --steps, 50)."
+    )
+    inversion_prompt: str | None = Field(
+        None, max_length=2000,
+        description="plus: prompt describing the content image, conditions the inversion (default: --prompt).",
+    )
+
+    # ---- baselines (instantstyle.methods). Each field is read by the methods listed in
     # ``methods.METHODS[name].options``; a non-default value for another method is an error.
     reference_prompt: str | None = Field(
         None, max_length=2000,
@@ -131,20 +199,108 @@ class GenerateRequest(BaseModel):
             raise ValueError("must not be blank")
         return v
 
+    @field_validator("control_scale")
+    @classmethod
+    def _control_scales(cls, v: list[float]) -> list[float]:
+        if any(not (0.0 <= s <= 2.0) for s in v):
+            raise ValueError(f"each scale must be in [0, 2] (got {v})")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_task(cls, data):
+        """Resolve ``task`` from the inputs given, and fill Plus's defaults for what was not given."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        task = data.get("task")
+        if task is None:
+            if data.get("mask") is not None:
+                task = "inpaint"
+            elif data.get("strength") is not None:
+                task = "img2img"
+            elif data.get("control"):
+                task = "controlnet"
+            elif data.get("content") is not None:
+                raise ValueError(
+                    "--content needs a way to use it: --control canny (keep its edges), --strength F (img2img), "
+                    "--mask MASK (inpainting) or --task plus (InstantStyle-Plus)"
+                )
+            else:
+                task = "txt2img"
+            data["task"] = task
+        if task == "plus":
+            for key, value in PLUS_DEFAULTS.items():
+                if data.get(key) in (None, []):
+                    data[key] = value
+        elif task == "controlnet" and not data.get("control"):
+            data["control"] = ["canny"]
+        return data
+
     @model_validator(mode="after")
-    def _consistent(self) -> GenerateRequest:
-        if self.style_weights is not None and self.style and len(self.style_weights) != len(self.style):
+    def _consistent(self, info: ValidationInfo) -> GenerateRequest:
+        # Front ends that pass images in memory (web UI, HTTP uploads) validate with
+        # context={"style_images": N}: the weights then cover those N images first, then ``style``.
+        extra = int((info.context or {}).get("style_images", 0)) if info is not None else 0
+        n_refs = len(self.style) + extra
+        if self.style_weights is not None and n_refs and len(self.style_weights) != n_refs:
             raise ValueError(
-                f"style_weights has {len(self.style_weights)} values for {len(self.style)} style references"
+                f"style_weights has {len(self.style_weights)} values for {n_refs} style references"
             )
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
+        self._check_stylize()
         if self.swap_start >= self.swap_end:
             raise ValueError(f"swap_start ({self.swap_start}) must be below swap_end ({self.swap_end})")
         from .methods import check_options
 
         check_options(self)
         return self
+
+    def _check_stylize(self) -> None:
+        task = self.task
+        if task in ("img2img", "inpaint", "plus") and not self.content:
+            raise ValueError(f"task {task} needs a content image (--content IMAGE)")
+        if task == "inpaint" and not self.mask:
+            raise ValueError("task inpaint needs --mask MASK (white = repaint)")
+        if self.mask and task != "inpaint":
+            raise ValueError(f"--mask is for inpainting, not task {task}")
+        if self.strength is not None and task not in ("img2img", "inpaint"):
+            raise ValueError(f"--strength is for img2img and inpainting, not task {task}")
+        if task == "txt2img" and self.content:
+            raise ValueError("task txt2img does not use --content")
+        if self.control and task == "txt2img":
+            raise ValueError("--control needs task controlnet, img2img, inpaint or plus")
+        if task == "controlnet" and not self.control:
+            raise ValueError("task controlnet needs --control")
+        if self.control_image and len(self.control_image) != len(self.control):
+            raise ValueError(f"{len(self.control_image)} control images for {len(self.control)} --control entries")
+        if len(self.control_scale) not in (0, 1, len(self.control)):
+            raise ValueError(f"{len(self.control_scale)} control scales for {len(self.control)} --control entries; "
+                             "give one for all or one each")
+        if self.canny_low >= self.canny_high:
+            raise ValueError(f"canny_low {self.canny_low} must be below canny_high {self.canny_high}")
+        if self.style_masks and self.style and len(self.style_masks) != len(self.style):
+            raise ValueError(f"{len(self.style_masks)} style masks for {len(self.style)} style references; "
+                             "give one --style-mask per --style")
+        plus_only = {"content_ip_scale": self.content_ip_scale, "inversion_steps": self.inversion_steps,
+                     "inversion_prompt": self.inversion_prompt}
+        for name, value in plus_only.items():
+            if value is not None and task != "plus":
+                raise ValueError(f"{name} is for task plus (InstantStyle-Plus), not task {task}")
+        if task == "plus" and self.scheduler != "ddim":
+            raise ValueError(f"task plus samples with DDIM (it undoes the DDIM inversion); drop --scheduler "
+                             f"{self.scheduler}")
+
+    @property
+    def effective_strength(self) -> float | None:
+        if self.task not in DEFAULT_STRENGTH:
+            return None
+        return DEFAULT_STRENGTH[self.task] if self.strength is None else self.strength
+
+    @property
+    def effective_content_ip_scale(self) -> float:
+        return DEFAULT_CONTENT_IP_SCALE if self.content_ip_scale is None else self.content_ip_scale
 
     @property
     def effective_content_scale(self) -> float:

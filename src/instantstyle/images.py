@@ -40,15 +40,18 @@ def load_image(
         data = source
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit (checked from the header just below) replaces PIL's warning;
+            # PIL still raises DecompressionBombError past twice its limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_pixels(image.size, label, max_pixels)
             image.load()
     except InstantStyleError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise InstantStyleError(
-            f"{label} is too large to decode safely (decompression bomb guard); use a smaller image"
+            f"{label} has more pixels than PIL will decode safely ({2 * Image.MAX_IMAGE_PIXELS}), over the "
+            f"limit of {max_pixels}; use a smaller image"
         ) from None
     except UnidentifiedImageError:
         raise InstantStyleError(f"{label} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None

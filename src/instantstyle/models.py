@@ -25,6 +25,8 @@ from .errors import InstantStyleError, ModelNotFoundError
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
 DEFAULT_IMAGE_ENCODER = "h94/IP-Adapter/sdxl_models/image_encoder"
+DEFAULT_CONTROLNET_CANNY = "diffusers/controlnet-canny-sdxl-1.0"
+DEFAULT_CONTROLNET_TILE = "xinsir/controlnet-tile-sdxl-1.0"
 TINY = "tiny"
 
 

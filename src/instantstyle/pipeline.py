@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import adapter as adapter_mod
-from . import blocks, embeddings, models
+from . import blocks, embeddings, fastpath, models
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
 from .images import DEFAULT_MAX_PIXELS, attach_metadata
@@ -50,7 +50,7 @@ class InstantStyle:
 
     def __init__(self, pipe, image_encoder, feature_extractor, adapter_info: adapter_mod.AdapterInfo, *,
                  ids: dict[str, str], content_text=None, cache: embeddings.EmbeddingCache | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, speed: str | fastpath.FastOptions | None = "auto"):
         self.pipe = pipe
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
@@ -59,6 +59,7 @@ class InstantStyle:
         self.content_text = content_text  # optional (CLIPTextModelWithProjection, tokenizer)
         self.styles = embeddings.StyleEncoder(image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels)
         self.modules = blocks.discover(pipe.unet)
+        self.speed = fastpath.options_for(speed, self.device)  # fast-path pieces used by run()
 
     # ------------------------------------------------------------------ loading
 
@@ -75,12 +76,16 @@ class InstantStyle:
         content_text_encoder: str | None = None,
         cache_dir: str | Path | None | bool = True,
         progress: bool = True,
+        speed: str = "auto",
+        memory: str = "normal",
     ) -> InstantStyle:
         """Load base model, image encoder and IP-Adapter; check they fit together; attach.
 
         ``base``/``adapter``/``image_encoder`` take a local path, a Hub reference or ``tiny``
         (see ``instantstyle.models``). ``cache_dir=True`` caches image embeddings on disk in the
         default place, a path puts them there, ``False``/``None`` keeps them in memory only.
+        ``speed`` picks the fast path (``instantstyle.fastpath.options_for``: auto, plain, exact,
+        fast, max, fp8); ``memory`` = normal | low | lowest (``fastpath.apply_memory_mode``).
         """
         # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32.
         dev, dt = models.device_and_dtype(device, dtype)
@@ -115,7 +120,8 @@ class InstantStyle:
 
         # 4. Attach the adapter (scales rest at 0; each call sets its own inside a scope).
         adapter_mod.attach(pipe, [state_dict], encoder, extractor)
-        _to(pipe, dev, dt)
+        _to(pipe, dev if memory == "normal" else torch.device("cpu"), dt)
+        fastpath.apply_memory_mode(pipe, memory, dev)
         content_text = None
         if content_text_encoder:
             model, tok = models.load_text_encoder_with_projection(content_text_encoder, dt)
@@ -127,11 +133,11 @@ class InstantStyle:
         cache = embeddings.EmbeddingCache(cache_dir or None)
         ids = {"base": models.canonical_id(base), "adapter": models.canonical_id(adapter_id),
                "image_encoder": models.canonical_id(encoder_id)}
-        return cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache)
+        return cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=speed)
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.pipe._execution_device  # the GPU also under CPU offload
 
     @property
     def dtype(self) -> torch.dtype:
@@ -232,6 +238,12 @@ class InstantStyle:
             from .methods import run_method
 
             return run_method(self, req, style_images=style_images, on_step=on_step)
+        from .pipelines.stylize import needs_stylize
+
+        if needs_stylize(req):  # content image, ControlNet, img2img, inpainting, regional styles, Plus
+            from .pipelines.stylize import stylize
+
+            return stylize(self, req, style_images=style_images, on_step=on_step)
         prep = self.prepare(req, style_images)
         return self.run(self.pipe, prep, on_step=on_step)
 
@@ -257,10 +269,11 @@ class InstantStyle:
             kwargs["callback_on_step_end"] = _callback
         kwargs.update(pipe_kwargs)
         with adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), scoped_scheduler(pipe, req.scheduler):
-            with torch.inference_mode():
+            with torch.inference_mode(), fastpath.scope(pipe, self.speed, kwargs.get("cross_attention_kwargs")):
                 images = pipe(**kwargs).images
-        for i, image in enumerate(images):
-            attach_metadata(image, {**prep.params, "index": i})
+        if pipe_kwargs.get("output_type", "pil") == "pil":
+            for i, image in enumerate(images):
+                attach_metadata(image, {**prep.params, "index": i})
         return images
 
 

@@ -92,6 +92,12 @@ def check_options(req) -> None:
         extra = " (these methods sample with DDIM, as their papers)" if name == "scheduler" else ""
         raise ValueError(f"{_flag(name)} {value!r} is read only by --method {' / '.join(users)}, not by "
                          f"--method {req.method}; remove it{extra}")
+    stylize = {"task": req.task not in (None, "txt2img"), "content": bool(req.content), "control": bool(req.control),
+               "style_masks": bool(req.style_masks)}
+    if req.method != DEFAULT_METHOD and any(stylize.values()):
+        used = next(k for k, v in stylize.items() if v)
+        raise ValueError(f"{_flag(used)} (stylizing a content image, regional styles) is for --method instantstyle; "
+                         f"--method {req.method} is text-to-image only")
     if req.method == "b-lora" and not req.lora:
         raise ValueError("--method b-lora needs --lora DIR, a B-LoRA trained on the style image "
                          "(`instantstyle train-blora --image REF --out DIR`)")

@@ -16,7 +16,8 @@ SDXL block naming"):
 
 ``make_tiny(dir)`` writes everything in the standard on-disk layouts so the real loaders are
 exercised: ``DIR/sdxl`` (diffusers), ``DIR/IP-Adapter/sdxl_models/{ip-adapter_sdxl.safetensors,
-ip-adapter_sdxl.bin, image_encoder/}`` (the h94 repository layout).
+ip-adapter_sdxl.bin, image_encoder/}`` (the h94 repository layout), ``DIR/controlnet-canny`` and
+``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout).
 """
 
 from __future__ import annotations
@@ -203,11 +204,47 @@ def build_tiny(seed: int = TINY_SEED) -> TinyModels:
     return TinyModels(pipe, image_encoder, feature_extractor, adapter)
 
 
+def tiny_controlnet(seed: int = TINY_SEED + 6):
+    """A tiny random ControlNet for the tiny UNet (same down blocks and naming, as an SDXL ControlNet).
+
+    Built with ``ControlNetModel.from_unet`` (config only, random weights) on a fresh tiny UNet (never one with an IP-Adapter
+    attached, whose config would carry ``encoder_hid_dim_type``). Its zero convolutions are
+    re-initialised at random, so unlike a freshly initialised ControlNet it visibly changes the
+    output (a real one is trained; zeros would make every ControlNet test vacuous).
+    """
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config())
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32),
+                                           load_weights_from_unet=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]
+        for conv in zero_convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+    return controlnet.eval()
+
+
+def damp_unet_output(unet, factor: float = 1e-3) -> None:
+    """Scale the UNet's last convolution in place, so its prediction barely depends on the latent.
+
+    Used by the DDIM inversion test: a random UNet's prediction is far from smooth in its input, so
+    invert-then-regenerate diverges on it; a damped one behaves like a well-trained model there.
+    Only ever applied to a model built for that test, never to the shared tiny model.
+    """
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(factor)
+        unet.conv_out.bias.mul_(factor)
+
+
 def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     """Write the tiny model to ``directory`` in the standard layouts; return the paths to use.
 
     Returns ``{"base": DIR/sdxl, "adapter": .../ip-adapter_sdxl.safetensors,
-    "adapter_bin": .../ip-adapter_sdxl.bin, "image_encoder": .../image_encoder}``.
+    "adapter_bin": .../ip-adapter_sdxl.bin, "image_encoder": .../image_encoder,
+    "controlnet_canny": DIR/controlnet-canny, "controlnet_tile": DIR/controlnet-tile}``.
     """
     from safetensors.torch import save_file
 
@@ -223,6 +260,8 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     flat.update({f"ip_adapter.{k}": v for k, v in models.adapter_state_dict["ip_adapter"].items()})
     save_file({k: v.contiguous() for k, v in flat.items()}, sdxl_models / "ip-adapter_sdxl.safetensors")
     torch.save(models.adapter_state_dict, sdxl_models / "ip-adapter_sdxl.bin")
+    tiny_controlnet(seed + 6).save_pretrained(directory / "controlnet-canny", safe_serialization=True)
+    tiny_controlnet(seed + 7).save_pretrained(directory / "controlnet-tile", safe_serialization=True)
     (directory / "README.txt").write_text(
         "Tiny random-weight SDXL written by `instantstyle make-tiny`. Its images are noise;\n"
         "it exists for tests and smoke runs. Real use needs the SDXL and IP-Adapter weights.\n"
@@ -232,4 +271,6 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
         "adapter": sdxl_models / "ip-adapter_sdxl.safetensors",
         "adapter_bin": sdxl_models / "ip-adapter_sdxl.bin",
         "image_encoder": encoder_dir,
+        "controlnet_canny": directory / "controlnet-canny",
+        "controlnet_tile": directory / "controlnet-tile",
     }

@@ -1,0 +1,508 @@
+"""The fast path: scoped speed-ups around one denoising call, each switchable on its own.
+
+Everything here is a patch applied by ``scope(pipe, options)`` for the duration of one pipeline
+call and undone in ``finally`` (processors back to the identical objects, ``encoder_hid_proj``
+back, compiled wrappers detached, memory format restored). Outside the scope the pipeline is
+stock diffusers again, which is what lets the benchmark time both in one process.
+
+Pieces (``FastOptions`` fields), all exact up to floating-point rounding unless marked:
+
+- ``light_inactive``: every cross-attention whose IP scale is 0 gets ``FastCrossAttention`` with
+  no image branch at all (plain text attention); active ones get the same class with their
+  ``to_k_ip``/``to_v_ip`` weights and the scale held as a 0-d *tensor*, so a compiled graph does
+  not bake the scale in and a scale change does not recompile.
+- ``project_once``: diffusers runs ``unet.encoder_hid_proj`` (the IP image projection) at every
+  UNet call; ``ProjectOnce`` computes it on the first step and returns the same tokens for the
+  same input tensors afterwards.
+- ``compile``: ``torch.compile`` of the repeated ``BasicTransformerBlock`` modules only
+  (regional compilation: one graph per distinct block shape, shared by all instances), kept
+  across calls; ``compile_mode="reduce-overhead"`` adds CUDA graphs.
+- ``fuse_qkv``: self-attention q/k/v and cross-attention k/v as one matmul (cached weights).
+- ``channels_last``: the UNet's convolution weights in NHWC for the call.
+- ``attention``: pin the SDPA kernel (``flash``, ``efficient``, ``cudnn``, ``math``).
+- ``fp8`` (*approximation*, opt-in, CUDA compute capability >= 8.9): the transformer blocks'
+  linears as float8 e4m3 matmuls (``torch._scaled_mm``, per-tensor scales).
+
+Memory modes (``apply_memory_mode``, a load-time choice, not per call): ``normal``; ``low`` =
+model CPU offload + VAE tiling/slicing; ``lowest`` = sequential CPU offload + VAE tiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InstantStyleError
+
+SPEEDS = ("auto", "plain", "exact", "fast", "max", "fp8")
+MEMORY_MODES = ("normal", "low", "lowest")
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    """Which fast-path pieces a call uses (see the module docstring)."""
+
+    light_inactive: bool = True
+    project_once: bool = True
+    compile: bool = False
+    compile_mode: str | None = None  # None (default inductor) | "reduce-overhead" (CUDA graphs) | ...
+    compile_backend: str = "inductor"  # "eager"/"aot_eager" trace without code generation (tests)
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    attention: str = "auto"
+    fp8: bool = False
+
+    @property
+    def is_plain(self) -> bool:
+        return self == PLAIN
+
+    @property
+    def exact(self) -> bool:
+        """False when the option changes the picture beyond rounding (fp8)."""
+        return not self.fp8
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PLAIN = FastOptions(light_inactive=False, project_once=False)
+EXACT = FastOptions()
+FAST = FastOptions(compile=True, fuse_qkv=True, channels_last=True)
+
+
+def options_for(speed: str | FastOptions | None, device: torch.device | str = "cpu") -> FastOptions:
+    """Resolve a ``speed`` name to options.
+
+    ``plain``: stock diffusers processors; ``exact``: light inactive blocks + projection once (no
+    compilation, the CPU default); ``fast``: exact + regional torch.compile + fused QKV +
+    channels-last (the CUDA default, ``auto``); ``max``: fast + CUDA graphs; ``fp8``: fast +
+    float8 linears (changes the picture slightly; opt-in).
+    """
+    if isinstance(speed, FastOptions):
+        return speed
+    speed = speed or "auto"
+    cuda = torch.device(device).type == "cuda"
+    if speed == "auto":
+        speed = "fast" if cuda else "exact"
+    if speed == "plain":
+        return PLAIN
+    if speed == "exact":
+        return EXACT
+    if speed == "fast":
+        return FAST
+    if speed == "max":
+        return replace(FAST, compile_mode="reduce-overhead")
+    if speed == "fp8":
+        return replace(FAST, fp8=True, fuse_qkv=False)
+    raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
+
+
+# ---------------------------------------------------------------------- attention maths
+
+
+def _attention(attn, hidden_states: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA over heads: q [B, N, C], k/v [B, M, C] -> [B, N, C] (as diffusers' AttnProcessor2_0)."""
+    batch = q.shape[0]
+    head_dim = k.shape[-1] // attn.heads
+    q = q.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, N, d]
+    k = k.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, M, d]
+    v = v.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)  # [B, N, C]
+
+
+class FastAttention:
+    """Attention processor for one ``Attention`` module during a fast call.
+
+    Mirrors diffusers 0.42 ``AttnProcessor2_0`` / ``IPAdapterAttnProcessor2_0`` (no masks) step by
+    step. ``ip`` holds ``(adapter index, to_k_ip, to_v_ip, scale tensor)`` for the adapters that
+    are active on this layer; empty means plain text cross-attention (the image tokens are not
+    touched). ``qkv``/``kv`` are optional fused weights.
+    """
+
+    def __init__(self, ip: tuple = (), qkv: torch.Tensor | None = None, kv: torch.Tensor | None = None):
+        self.ip = ip
+        self.qkv = qkv
+        self.kv = kv
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        ip_tokens = None
+        if isinstance(encoder_hidden_states, tuple):
+            encoder_hidden_states, ip_tokens = encoder_hidden_states
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, seq = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape[:2]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        if self.qkv is not None and encoder_hidden_states is None:  # fused self-attention
+            q, k, v = F.linear(hidden_states, self.qkv).chunk(3, dim=-1)
+        else:
+            q = attn.to_q(hidden_states)
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            if encoder_hidden_states is not None and attn.norm_cross:
+                context = attn.norm_encoder_hidden_states(context)
+            if self.kv is not None:
+                k, v = F.linear(context, self.kv).chunk(2, dim=-1)
+            else:
+                k, v = attn.to_k(context), attn.to_v(context)
+        out = _attention(attn, hidden_states, q, k, v, attention_mask)  # [B, N, C]
+
+        for index, to_k_ip, to_v_ip, scale in self.ip:  # active adapters only
+            tokens = ip_tokens[index]  # [B, n_img, T, D]
+            out = out + scale * _attention(attn, hidden_states, q, to_k_ip(tokens), to_v_ip(tokens), None)
+
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+# ---------------------------------------------------------------------- projection once
+
+
+class ProjectOnce(torch.nn.Module):
+    """Wraps ``unet.encoder_hid_proj``: same input tensors -> the tokens computed the first time.
+
+    The key is the identity, storage and version counter (when the tensor has one) of every
+    input tensor, so a new or modified embedding is projected again. Exact by construction.
+    """
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self._inputs = None  # keeps the keyed tensors alive (ids stay unique)
+        self._key = None
+        self._out = None
+        self.calls = 0  # projections actually computed (for tests)
+
+    @staticmethod
+    def _key_of(embeds) -> tuple:
+        items = embeds if isinstance(embeds, (list, tuple)) else [embeds]
+        # inference tensors have no version counter; the pipeline never writes to its embeddings
+        return tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape)) for t in items)
+
+    def forward(self, image_embeds):
+        key = self._key_of(image_embeds)
+        if key != self._key:
+            self._out = self.inner(image_embeds)
+            self._inputs, self._key = image_embeds, key
+            self.calls += 1
+        return self._out
+
+    def __getattr__(self, name):  # num_ip_adapters, image_projection_layers, ... from the wrapped module
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
+# ---------------------------------------------------------------------- fp8 linears
+
+
+class Float8Linear(torch.nn.Module):
+    """``y = x W^T + b`` with x and W in float8 e4m3, per-tensor scales (approximation).
+
+    Weight quantised once (``W ~ W8 * sw``); activations quantised per call (``x ~ x8 * sx``,
+    ``sx = amax(|x|) / 448``). On CUDA the product runs in ``torch._scaled_mm``; elsewhere a
+    dequantised reference matmul gives the same numbers (used by the CPU tests).
+    """
+
+    FP8_MAX = 448.0
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        with torch.no_grad():
+            w = linear.weight.detach().float()  # [out, in]
+            sw = w.abs().amax().clamp(min=1e-12) / self.FP8_MAX
+            w8 = (w / sw).clamp(-self.FP8_MAX, self.FP8_MAX).to(torch.float8_e4m3fn)  # e4m3fn: no inf, NaN past 448
+            self.register_buffer("w8", w8, persistent=False)
+            self.register_buffer("sw", sw.reshape(()), persistent=False)
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.source = (linear.weight.data_ptr(), linear.weight._version)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])  # [M, in]
+        sx = (x2.abs().amax().float().clamp(min=1e-12) / self.FP8_MAX).reshape(())
+        x8 = (x2.float() / sx).clamp(-self.FP8_MAX, self.FP8_MAX).to(torch.float8_e4m3fn)
+        if x.is_cuda:
+            y = torch._scaled_mm(x8, self.w8.t(), scale_a=sx, scale_b=self.sw, out_dtype=x.dtype)
+        else:
+            y = ((x8.float() * sx) @ (self.w8.float() * self.sw).t()).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def fp8_supported(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+# ---------------------------------------------------------------------- the scope
+
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Attention -> (source key, weight)
+_FP8: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> Float8Linear
+_COMPILED_ATTR = "_instantstyle_compiled"  # the block's compiled callables, kept for reuse
+_STOCK_IP_PROCESSORS = ("IPAdapterAttnProcessor2_0", "IPAdapterAttnProcessor")
+
+
+def transformer_blocks(unet) -> list[torch.nn.Module]:
+    """The repeated ``BasicTransformerBlock`` modules (the regions we compile)."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+
+
+def _fused(attn, names: tuple[str, ...]) -> torch.Tensor | None:
+    """Cached ``cat([to_q, to_k, to_v])`` (or k, v) weights; None if the layers have biases."""
+    layers = [getattr(attn, n) for n in names]
+    if any(getattr(layer, "bias", None) is not None or not isinstance(layer, torch.nn.Linear) for layer in layers):
+        return None
+    key = (names, tuple((layer.weight.data_ptr(), layer.weight._version) for layer in layers))
+    hit = _FUSED.get(attn)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        weight = torch.cat([layer.weight.detach() for layer in layers])
+    _FUSED[attn] = (key, weight)
+    return weight
+
+
+def _ip_entries(proc) -> tuple | None:
+    """(index, to_k_ip, to_v_ip, scale tensor) per adapter with a non-zero scale on this layer.
+
+    None when a scale is a per-image list (masked multi-image use): that layer keeps diffusers'
+    processor.
+    """
+    entries = []
+    for i, scale in enumerate(proc.scale):
+        if isinstance(scale, list):
+            return None
+        if scale == 0:
+            continue  # inactive: no image branch at all
+        weight = proc.to_k_ip[i].weight
+        entries.append((i, proc.to_k_ip[i], proc.to_v_ip[i],
+                        torch.tensor(float(scale), dtype=weight.dtype, device=weight.device)))
+    return tuple(entries)
+
+
+def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str, object]:
+    """The processors a fast call installs: ``{name: processor}`` for those it replaces."""
+    from .adapter import ip_processors
+
+    ips = ip_processors(unet)
+    attn_modules = {f"{name}.processor": module for name, module in unet.named_modules()
+                    if hasattr(module, "set_processor") and hasattr(module, "to_q")}
+    plan: dict[str, object] = {}
+    for name, proc in unet.attn_processors.items():
+        attn = attn_modules.get(name)
+        if attn is None:
+            continue
+        if name in ips:
+            if type(proc).__name__ not in _STOCK_IP_PROCESSORS:
+                continue  # someone else's processor (a method's own patch): leave it alone
+            if masks or not options.light_inactive:
+                continue  # diffusers' processor (only it implements ip_adapter_masks)
+            entries = _ip_entries(proc)
+            if entries is None:
+                continue
+            kv = _fused(attn, ("to_k", "to_v")) if options.fuse_qkv and not options.fp8 else None
+            plan[name] = FastAttention(ip=entries, kv=kv)
+        elif options.fuse_qkv and not options.fp8 and not attn.is_cross_attention:
+            qkv = _fused(attn, ("to_q", "to_k", "to_v"))
+            if qkv is not None and type(proc).__name__ == "AttnProcessor2_0":
+                plan[name] = FastAttention(qkv=qkv)
+    return plan
+
+
+@contextlib.contextmanager
+def _swap_processors(unet, plan: Mapping[str, object]):
+    if not plan:
+        yield
+        return
+    modules = {f"{name}.processor": m for name, m in unet.named_modules() if hasattr(m, "set_processor")}
+    saved = {name: modules[name].processor for name in plan}
+    try:
+        for name, proc in plan.items():
+            modules[name].set_processor(proc)
+        yield
+    finally:
+        for name, proc in saved.items():
+            modules[name].set_processor(proc)
+
+
+@contextlib.contextmanager
+def _project_once(unet):
+    inner = getattr(unet, "encoder_hid_proj", None)
+    if inner is None or getattr(unet.config, "encoder_hid_dim_type", None) != "ip_image_proj":
+        yield None
+        return
+    wrapper = ProjectOnce(inner)
+    unet.encoder_hid_proj = wrapper
+    try:
+        yield wrapper
+    finally:
+        unet.encoder_hid_proj = inner
+
+
+def configure_dynamo(limit: int = 64) -> None:
+    """Room for one graph per distinct block shape x processor kind x batch size."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, limit)
+    cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 4 * limit)
+
+
+@contextlib.contextmanager
+def _compiled_blocks(unet, options: FastOptions):
+    """Attach each block's cached ``torch.compile`` wrapper for the call; detach afterwards."""
+    blocks = transformer_blocks(unet)
+    configure_dynamo()
+    key = (options.compile_backend, options.compile_mode)
+    saved = [b._compiled_call_impl for b in blocks]
+    try:
+        for b in blocks:
+            cache = b.__dict__.setdefault(_COMPILED_ATTR, {})
+            if key not in cache:
+                cache[key] = torch.compile(b._call_impl, backend=options.compile_backend,
+                                           mode=options.compile_mode, dynamic=False)
+            b._compiled_call_impl = cache[key]
+        yield
+    finally:
+        for b, fn in zip(blocks, saved, strict=True):
+            b._compiled_call_impl = fn
+
+
+@contextlib.contextmanager
+def _fp8_linears(unet):
+    """Swap the transformer blocks' big linears for cached ``Float8Linear`` twins."""
+    swaps = []  # (parent, child name, original)
+    for block in transformer_blocks(unet):
+        skip = {id(m) for attn in (block.attn1, getattr(block, "attn2", None)) if attn is not None
+                and isinstance(attn._modules.get("processor"), torch.nn.Module)
+                for m in attn._modules["processor"].modules()}  # IP weights act on 4 tokens: keep them
+        for parent in block.modules():
+            if id(parent) in skip:
+                continue
+            for child_name, child in list(parent._modules.items()):
+                if not isinstance(child, torch.nn.Linear) or child.in_features % 16 or child.out_features % 16:
+                    continue
+                if child_name in ("to_k", "to_v") and getattr(parent, "is_cross_attention", False):
+                    continue  # 77 text tokens: not worth it, and not a multiple of 16
+                twin = _FP8.get(child)
+                if twin is None or twin.source != (child.weight.data_ptr(), child.weight._version):
+                    twin = _FP8[child] = Float8Linear(child)
+                swaps.append((parent, child_name, child, twin))
+    try:
+        for parent, name, _, twin in swaps:
+            parent._modules[name] = twin
+        yield
+    finally:
+        for parent, name, original, _ in swaps:
+            parent._modules[name] = original
+
+
+@contextlib.contextmanager
+def _channels_last(unet):
+    # Outside inference mode, so the converted weights stay ordinary tensors (usable for training later).
+    with torch.inference_mode(False), torch.no_grad():
+        unet.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            unet.to(memory_format=torch.contiguous_format)
+
+
+def _sdpa_backend(name: str):
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([backend])
+
+
+@contextlib.contextmanager
+def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwargs: Mapping | None = None):
+    """Apply the fast path to ``pipe.unet`` for one call; everything is restored on exit.
+
+    Reads the IP processors' current scales (so enter it *inside* ``adapter.scoped_scales``).
+    With ``ip_adapter_masks`` in ``cross_attention_kwargs`` the IP layers keep diffusers'
+    processors (only they implement masks); the rest of the fast path still applies.
+    """
+    unet = pipe.unet
+    device = getattr(pipe, "_execution_device", unet.device)
+    options = options_for(options, device)
+    if options.fuse_qkv and unet.device != device:
+        options = replace(options, fuse_qkv=False)  # CPU offload: fused copies would live on the wrong device
+    if options.attention not in ATTENTION_BACKENDS:
+        raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    if options.fp8 and device.type == "cuda" and not fp8_supported(device):
+        raise InstantStyleError("--speed fp8 needs a GPU with float8 matmuls (compute capability >= 8.9, "
+                                "e.g. H100/L40/RTX 4090); use --speed fast")
+    if options.is_plain:
+        yield options
+        return
+    masks = bool(cross_attention_kwargs and cross_attention_kwargs.get("ip_adapter_masks") is not None)
+    with contextlib.ExitStack() as stack:
+        if options.fp8:
+            stack.enter_context(_fp8_linears(unet))
+        stack.enter_context(_swap_processors(unet, plan_processors(unet, options, masks)))
+        if options.project_once:
+            stack.enter_context(_project_once(unet))
+        if options.channels_last:
+            stack.enter_context(_channels_last(unet))
+        if options.compile:
+            stack.enter_context(_compiled_blocks(unet, options))
+        stack.enter_context(_sdpa_backend(options.attention))
+        yield options
+
+
+# ---------------------------------------------------------------------- memory modes
+
+
+def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
+    """Load-time memory layout. ``normal``: everything on ``device``. ``low``: model CPU offload
+    (one model on the GPU at a time) + VAE tiling and slicing. ``lowest``: sequential CPU
+    offload (one layer at a time; slow) + VAE tiling."""
+    device = torch.device(device)
+    if mode not in MEMORY_MODES:
+        raise InstantStyleError(f"--memory {mode!r} is not one of {', '.join(MEMORY_MODES)}")
+    if mode == "normal":
+        pipe.to(device)
+        return
+    if device.type != "cuda":
+        raise InstantStyleError(f"--memory {mode} offloads to the CPU between uses of a GPU; it needs --device cuda")
+    if mode == "low":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+    pipe.vae.enable_tiling()
+    pipe.vae.enable_slicing()

@@ -1,0 +1,432 @@
+"""The HTTP API: FastAPI over a ``GenerationService`` (OpenAPI schema and a try-it page at ``/docs``).
+
+Endpoints (all under ``/v1``; with an API key set, each needs ``Authorization: Bearer KEY`` or
+``X-API-Key: KEY``):
+
+- ``POST /v1/generate``: multipart form: ``params`` (JSON of ``GenerateRequest`` fields) and
+  ``images`` (style image files, several allowed). ``?wait=true`` answers with the images
+  (base64 PNG + parameters); otherwise 202 with a job id to poll.
+- ``GET /v1/jobs/{id}`` (status, progress, results), ``GET /v1/jobs/{id}/images/{i}.png``.
+- ``GET /v1/blocks``, ``GET/POST /v1/styles``, ``DELETE /v1/styles/{name}``, ``GET /v1/health``.
+
+Every error is JSON ``{"error": {"status", "code", "message"}}`` with a one-line message.
+"""
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, File, Form, Path, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import GenerateRequest
+from ..errors import InstantStyleError
+from .service import (
+    DONE,
+    FAILED,
+    QUEUED,
+    GenerationService,
+    Job,
+    JobFailedError,
+    QueueFullError,
+    UnknownJobError,
+    UploadTooLargeError,
+    decode_upload,
+    parse_request,
+)
+
+log = logging.getLogger("instantstyle.server")
+
+_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "too_large", 422: "invalid_request", 429: "queue_full",
+          500: "internal_error", 503: "unavailable", 504: "timeout"}
+_JOB_ERROR_STATUS = {"bad_request": 400, "out_of_memory": 503, "internal": 500, "shutdown": 503}
+
+PARAMS_HELP = (
+    "JSON object of request fields (the GenerateRequest schema below), e.g. "
+    '{"prompt": "a cat", "seed": 1, "mode": "style", "content_prompt": "a dog"}. '
+    "`style` may only hold saved styles as \"@name\"; images are sent as files. "
+    "`style_weights` has one weight per uploaded image, then one per saved style."
+)
+
+
+def error_response(status: int, message: str, *, code: str | None = None, headers: dict | None = None,
+                   **extra) -> JSONResponse:
+    body = {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": message, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def api_key_ok(headers, api_key: str) -> bool:
+    """``X-API-Key: KEY`` or ``Authorization: Bearer KEY``, compared in constant time."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, token = (headers.get("authorization") or "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else ""
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Pure ASGI, in front of every ``/v1`` route: the API key, then the body size, BEFORE any parsing.
+
+    Declared bodies over the limit are refused from ``Content-Length``; a streamed body is
+    counted as it arrives and cut off with 413 once over the limit.
+    """
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, prefix: str = "/v1/"):
+        self.app = app
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        if self.api_key and not api_key_ok(headers, self.api_key):
+            response = error_response(401, "missing or wrong API key; send 'Authorization: Bearer KEY' or "
+                                           "'X-API-Key: KEY'", headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            return await self._too_large(scope, receive, send, int(length))
+
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def counted_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.max_body_bytes:
+                    state["over"] = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # whatever the app answers to a cut-off body, the client gets 413
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._too_large(scope, receive, send, state["seen"])
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _BodyTooLarge:
+            if not state["started"]:
+                await self._too_large(scope, receive, send, state["seen"])
+
+    async def _too_large(self, scope, receive, send, size: int):
+        response = error_response(413, f"request body is {size}+ bytes, over the limit of {self.max_body_bytes} "
+                                       "bytes; send fewer or smaller images (server flags --max-upload-bytes, "
+                                       "--max-style-images)")
+        await response(scope, receive, send)
+
+
+def _image_entry(job: Job, result, with_data: bool) -> dict:
+    p = result.params
+    entry = {"index": result.index, "seed": p.get("seed"), "width": p.get("width"), "height": p.get("height"),
+             "url": f"/v1/jobs/{job.id}/images/{result.index}.png", "metadata": p}
+    if with_data:
+        entry["png_base64"] = base64.b64encode(result.png).decode("ascii")
+    return entry
+
+
+def job_payload(service: GenerationService, job: Job, *, images: bool = True) -> dict:
+    payload = job.summary()
+    payload["preview_url"] = f"/v1/jobs/{job.id}/preview.png" if job.preview is not None else None
+    if job.request is not None:
+        payload["request"] = job.request.model_dump()
+    if job.status == QUEUED:
+        payload["queue_position"] = service.position(job)
+    payload["images"] = [_image_entry(job, r, images) for r in job.results] if job.status == DONE else []
+    return payload
+
+
+async def wait_for_job(job: Job, timeout: float) -> bool:
+    """Await a job from the event loop without holding a thread; False on timeout."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def _done(_job: Job) -> None:
+        def _set() -> None:
+            if not finished.done():
+                finished.set_result(True)
+
+        try:
+            loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # the loop is gone (server stopping); nobody is waiting any more
+            pass
+
+    job.add_done_callback(_done)
+    try:
+        await asyncio.wait_for(finished, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+def _failed_job_response(job: Job) -> JSONResponse:
+    status = _JOB_ERROR_STATUS.get(job.error_type or "internal", 500)
+    return error_response(status, job.error or "job failed", code=job.error_type, job_id=job.id)
+
+
+async def _read_uploads(files: list[UploadFile] | None, service: GenerationService) -> list:
+    """Uploaded files -> decoded PIL images: count, then bytes (read at most limit+1), then pixels."""
+    files = [f for f in (files or []) if f is not None]
+    limits = service.limits
+    if len(files) > limits.max_style_images:
+        raise InstantStyleError(f"{len(files)} images uploaded, over the limit of {limits.max_style_images}; "
+                                "send fewer (server flag --max-style-images)")
+    images = []
+    for i, f in enumerate(files):
+        name = f.filename or f"upload {i}"
+        if f.size is not None and f.size > limits.max_upload_bytes:
+            raise UploadTooLargeError(f"style image {name!r} is {f.size} bytes, over the limit of "
+                                      f"{limits.max_upload_bytes} bytes; send a smaller file "
+                                      "(server flag --max-upload-bytes)")
+        data = await f.read(limits.max_upload_bytes + 1)
+        images.append(await run_in_threadpool(decode_upload, data, name, limits))
+    return images
+
+
+def create_app(service: GenerationService, *, api_key: str | None = None, ui: bool = True,
+               ui_path: str = "/ui") -> FastAPI:
+    """The FastAPI app (and, with ``ui``, the Gradio UI mounted at ``ui_path``). Starts the workers."""
+    service.start()
+    limits = service.limits
+    app = FastAPI(
+        title="InstantStyle",
+        version=__version__,
+        description="Style-preserving text-to-image on SDXL (InstantStyle). Upload style images, send a "
+                    "prompt, get PNGs with their parameters embedded. "
+                    + ("An API key is required: `Authorization: Bearer KEY` or `X-API-Key: KEY`."
+                       if api_key else ""),
+    )
+    app.state.service = service
+    app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+
+    # ------------------------------------------------------------------ errors as one JSON shape
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(_request, exc: QueueFullError):
+        return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after)},
+                              retry_after=exc.retry_after)
+
+    @app.exception_handler(UploadTooLargeError)
+    async def _too_large(_request, exc):
+        return error_response(413, str(exc))
+
+    @app.exception_handler(UnknownJobError)
+    async def _unknown_job(_request, exc):
+        return error_response(404, str(exc))
+
+    @app.exception_handler(JobFailedError)
+    async def _job_failed(_request, exc: JobFailedError):
+        return _failed_job_response(exc.job)
+
+    @app.exception_handler(InstantStyleError)
+    async def _bad_input(_request, exc):
+        return error_response(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+            parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+        return error_response(422, "; ".join(parts) + " (see /docs for the request format)")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(_request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, f"internal error: {type(exc).__name__}; the server keeps running")
+
+    # ------------------------------------------------------------------ routes
+
+    v1 = APIRouter(prefix="/v1")
+
+    @v1.post("/generate", status_code=200, summary="Generate images in the style of uploaded images",
+             responses={202: {"description": "queued; poll GET /v1/jobs/{id}"},
+                        400: {"description": "bad input"}, 413: {"description": "upload too large"},
+                        429: {"description": "queue full; see Retry-After"}})
+    async def generate(
+        params: Annotated[str, Form(description=PARAMS_HELP)],
+        images: Annotated[list[UploadFile] | None, File(description="style reference images (PNG, JPEG, WebP...)")]
+        = None,
+        wait: Annotated[bool, Query(description="answer with the images when done instead of a job id")] = False,
+        timeout: Annotated[float | None, Query(gt=0, description="longest wait in seconds (default: server's)")]
+        = None,
+    ):
+        n_uploads = len([f for f in (images or []) if f is not None])
+        req = parse_request(params, style_images=n_uploads)
+        await run_in_threadpool(service.check, req, style_images=n_uploads)
+        style_images = await _read_uploads(images, service)
+        job = service.submit_generate(req, style_images)
+        queued = JSONResponse(job_payload(service, job), status_code=202,
+                              headers={"Location": f"/v1/jobs/{job.id}"})
+        if not wait:
+            return queued
+        if not await wait_for_job(job, min(timeout or limits.max_wait_s, limits.max_wait_s)):
+            return JSONResponse(job_payload(service, job), status_code=202,
+                                headers={"Location": f"/v1/jobs/{job.id}"})
+        if job.status == FAILED:
+            return _failed_job_response(job)
+        return job_payload(service, job)
+
+    @v1.get("/jobs/{job_id}", summary="A job's status, progress and results")
+    async def get_job(job_id: str, images: Annotated[bool, Query(description="include base64 PNG data")] = True):
+        return job_payload(service, service.get(job_id), images=images)
+
+    @v1.get("/jobs/{job_id}/images/{index}.png", summary="One result as a PNG file (parameters embedded)",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def get_job_image(job_id: str, index: Annotated[int, Path(ge=0)]):
+        job = service.get(job_id)
+        if job.status != DONE:
+            raise InstantStyleError(f"job {job_id} is {job.status}; images exist once it is done")
+        if index >= len(job.results):
+            raise UnknownJobError(f"job {job_id} has {len(job.results)} images; no index {index}")
+        return Response(job.results[index].png, media_type="image/png")
+
+    @v1.get("/jobs/{job_id}/preview.png", summary="The latest denoising-step preview of a running job",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def get_job_preview(job_id: str):
+        job = service.get(job_id)
+        if job.preview is None:
+            raise UnknownJobError(f"job {job_id} has no preview ({job.status}); previews exist while it runs")
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(job.preview).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    @v1.get("/blocks", summary="The UNet's cross-attention modules and the mode presets")
+    async def get_blocks():
+        from ..blocks import PRESETS, describe
+        from ..config import MODES
+
+        model = service.model
+        sample_size = model.pipe.unet.config.sample_size
+        return {"base": model.ids.get("base"), "modules": describe(model.modules, sample_size),
+                "presets": {k: list(v) for k, v in PRESETS.items()}, "modes": list(MODES)}
+
+    @v1.get("/styles", summary="Saved styles (use them as \"@name\" in style)")
+    async def get_styles():
+        return {"styles": await run_in_threadpool(_list_styles, service)}
+
+    @v1.post("/styles", status_code=201, summary="Encode uploaded images once and save them as a style")
+    async def post_style(
+        name: Annotated[str, Form(description="1-64 letters, digits, '_', '-', '.'")],
+        images: Annotated[list[UploadFile], File(description="reference images")],
+        weights: Annotated[str | None, Form(description="JSON list or comma-separated, one per image")] = None,
+        overwrite: Annotated[bool, Form()] = False,
+    ):
+        from ..embeddings import combine_styles, save_style, style_path
+
+        directory = service.model.styles.styles_directory
+        path = style_path(name, directory)  # checks the name: no request leaves the styles directory
+        if path.exists() and not overwrite:
+            return error_response(409, f"style '{name}' already exists; send overwrite=true to replace it")
+        w = _parse_weights(weights)
+        pil = await _read_uploads(images, service)
+        if not pil:
+            raise InstantStyleError("no image uploaded; send one or more files in 'images'")
+        if w is not None and len(w) != len(pil):
+            raise InstantStyleError(f"weights has {len(w)} values for {len(pil)} images")
+
+        style = await run_in_threadpool(service.call, lambda model: model.encode_style(pil, w), kind="style")
+        combine_styles(style.embeds, style.weights)  # validates the weights (>= 0, not all zero)
+        await run_in_threadpool(save_style, style, name, directory, overwrite)
+        return _style_entry(style)
+
+    @v1.delete("/styles/{name}", status_code=204, summary="Delete a saved style")
+    async def delete_style_route(name: str):
+        from ..embeddings import delete_style, style_path
+
+        if not style_path(name, service.model.styles.styles_directory).is_file():
+            return error_response(404, f"style '{name}' not found")
+        delete_style(name, service.model.styles.styles_directory)
+        return Response(status_code=204)
+
+    @v1.get("/health", summary="Workers, queue and model identifiers")
+    async def health():
+        info = {**service.health(), "version": __version__, "limits": limits.as_dict(),
+                "api_key_required": bool(api_key)}
+        return JSONResponse(info, status_code=200 if info["status"] == "ok" else 503)
+
+    app.include_router(v1)
+    _document_request_schema(app)
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse(f"{ui_path}/" if ui else "/docs")
+
+    if ui:
+        from .ui import mount_ui
+
+        mount_ui(app, service, path=ui_path, api_key=api_key)
+    return app
+
+
+def _document_request_schema(app: FastAPI) -> None:
+    """Put ``GenerateRequest`` (sent as the JSON ``params`` form field) into the OpenAPI components."""
+    build = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {})["GenerateRequest"] = \
+                GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        values = json.loads(text) if text.strip().startswith("[") else [float(x) for x in text.split(",")]
+        return [float(v) for v in values]
+    except (ValueError, TypeError):
+        raise InstantStyleError(f"weights {text!r}: give numbers, e.g. [0.7, 0.3] or 0.7,0.3") from None
+
+
+def _style_entry(style) -> dict:
+    return {"name": style.name, "images": len(style.weights), "weights": style.weights,
+            "encoder_id": style.encoder_id, "created": style.created}
+
+
+def _list_styles(service: GenerationService) -> list[dict]:
+    from ..embeddings import list_styles, load_style
+
+    directory = service.model.styles.styles_directory
+    out = []
+    for name in list_styles(directory):
+        try:
+            out.append(_style_entry(load_style(name, directory)))
+        except InstantStyleError as exc:
+            out.append({"name": name, "error": str(exc)})
+    return out
+
+
+__all__ = ["create_app", "GuardMiddleware", "api_key_ok", "error_response"]

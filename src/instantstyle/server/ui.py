@@ -1,0 +1,260 @@
+"""The web UI: Gradio Blocks mounted on the API's FastAPI app (same process, same job queue).
+
+Drop one or several style images (with weights) or pick saved styles, type a prompt, choose a
+mode preset or per-block scales, content subtraction, seed, steps, guidance and size, and
+generate. A progress bar follows the job (queue position, then denoising steps); the gallery
+keeps this session's results, shows each image's parameters and can re-use them.
+
+The UI builds the same ``GenerateRequest`` and goes through the same checks
+(``service.check``/``decode_upload``) as the HTTP API, so its limits are the server's limits.
+"""
+
+import hmac
+import os
+import tempfile
+from pathlib import Path
+
+from ..config import MODES, SCHEDULERS
+from ..errors import InstantStyleError
+from .service import FAILED, QUEUED, GenerationService, decode_upload, parse_request
+
+MAX_HISTORY = 48
+
+
+def _block_slider_values(model, mode: str) -> list[float]:
+    """Per-module values that reproduce a mode preset (1 where the preset puts the style, else 0)."""
+    from ..blocks import active_modules, preset_spec, resolve
+
+    active = set(active_modules(model.modules, resolve(model.modules, preset_spec(mode), 1.0)))
+    return [1.0 if m.name in active else 0.0 for m in model.modules]
+
+
+def _blocks_spec(model, values) -> str:
+    return ",".join(f"{m.name}={float(v):g}" for m, v in zip(model.modules, values, strict=True))
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if not text or not text.strip():
+        return None
+    try:
+        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise InstantStyleError(f"style weights {text!r}: give numbers separated by commas, e.g. 0.7, 0.3") from None
+
+
+def _enlarge(preview, target: int = 256):
+    """A latent preview (uint8 [h, w, 3], 1/8 of the image size) blown up with visible pixels."""
+    if preview is None:
+        return None
+    from PIL import Image
+
+    image = Image.fromarray(preview)
+    k = max(1, target // max(image.size))
+    return image.resize((image.width * k, image.height * k), Image.Resampling.NEAREST)
+
+
+def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None = None):
+    """The Gradio Blocks for ``service`` (call ``mount_ui`` to serve it on the API's app)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from ..embeddings import list_styles
+
+    model, limits = service.model, service.limits
+    styles_dir = model.styles.styles_directory
+    out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="instantstyle-ui-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    native = min(max(model.native_size, limits.min_size), limits.max_size)
+
+    def saved_choices():
+        return gr.update(choices=list_styles(styles_dir))
+
+    with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
+        gr.Markdown("## InstantStyle\nStyle from reference images, content from your prompt. "
+                    f"Models: `{model.ids.get('base')}` + `{model.ids.get('adapter')}`. "
+                    "The same service is an HTTP API: see [/docs](/docs).")
+        history = gr.State([])
+        selected = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=5):
+                files = gr.File(label="Style images (drop one or several)", file_count="multiple",
+                                file_types=["image"], elem_id="style-files")
+                weights = gr.Textbox(label="Style weights (optional)", elem_id="style-weights",
+                                     placeholder="one per image, then one per saved style, e.g. 0.7, 0.3")
+                with gr.Row():
+                    saved = gr.Dropdown(choices=list_styles(styles_dir), multiselect=True, label="Saved styles",
+                                        elem_id="saved-styles", scale=5)
+                    refresh = gr.Button("Refresh", scale=1, size="sm")
+                with gr.Accordion("Save the uploaded images as a style", open=False):
+                    with gr.Row():
+                        style_name = gr.Textbox(label="Style name", placeholder="watercolour", scale=4)
+                        save_btn = gr.Button("Save style", scale=1)
+                    save_status = gr.Markdown()
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                    max_length=limits.max_prompt_length, placeholder="a cat, masterpiece")
+                negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt",
+                                      max_length=limits.max_prompt_length)
+                with gr.Row():
+                    mode = gr.Radio(list(MODES), value="style", label="Mode (blocks that get the style)")
+                    scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Style strength")
+                with gr.Accordion("Per-block scales", open=False):
+                    custom = gr.Checkbox(False, label="Use these per-block scales (replaces the mode)")
+                    sliders = [gr.Slider(0.0, 2.0, value=v, step=0.05, label=f"{m.name} ({m.level}, /{m.downsample})")
+                               for m, v in zip(model.modules, _block_slider_values(model, "style"), strict=True)]
+                with gr.Accordion("Content subtraction", open=False):
+                    content_prompt = gr.Textbox(label="Content of the reference to remove (e.g. 'a dog')",
+                                                max_length=limits.max_prompt_length)
+                    content_scale = gr.Slider(0.0, 2.0, value=0.5, step=0.05, label="Content scale")
+                with gr.Accordion("Sampling", open=True):
+                    with gr.Row():
+                        seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="seed")
+                        steps = gr.Slider(1, limits.max_steps, value=min(30, limits.max_steps), step=1,
+                                          label="Steps", elem_id="steps")
+                        guidance = gr.Slider(0.0, 20.0, value=5.0, step=0.5, label="Guidance")
+                    with gr.Row():
+                        width = gr.Slider(limits.min_size, limits.max_size, value=native, step=8, label="Width",
+                                          elem_id="width")
+                        height = gr.Slider(limits.min_size, limits.max_size, value=native, step=8, label="Height",
+                                           elem_id="height")
+                        num_images = gr.Slider(1, limits.max_num_images, value=1, step=1, label="Images")
+                        scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="Sampler")
+                run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=5):
+                preview = gr.Image(label="Step preview (latents, rough colours)", elem_id="preview",
+                                   interactive=False, height=160, visible=True, show_label=True)
+                gallery = gr.Gallery(label="Results (click one for its parameters)", elem_id="gallery", columns=2,
+                                     height=480, interactive=False)
+                params_view = gr.JSON(label="Parameters of the selected image", elem_id="params")
+                reuse_btn = gr.Button("Re-use these parameters", elem_id="reuse")
+
+        form = [files, weights, saved, prompt, negative, mode, scale, custom, content_prompt, content_scale,
+                seed, steps, guidance, width, height, num_images, scheduler, *sliders]
+        names = ["files", "weights", "saved", "prompt", "negative", "mode", "scale", "custom", "content_prompt",
+                 "content_scale", "seed", "steps", "guidance", "width", "height", "num_images", "scheduler"]
+
+        def build(values: list):
+            v = dict(zip(names, values[: len(names)], strict=True))
+            block_values = values[len(names):]
+            paths = [p if isinstance(p, str) else getattr(p, "name", p) for p in (v["files"] or [])]
+            params = {
+                "prompt": v["prompt"] or "",
+                "negative_prompt": v["negative"] or None,
+                "style": [f"@{n}" for n in (v["saved"] or [])],
+                "style_weights": _parse_weights(v["weights"]),
+                "mode": v["mode"],
+                "scale": v["scale"],
+                "blocks": _blocks_spec(model, block_values) if v["custom"] else None,
+                "content_prompt": v["content_prompt"] or None,
+                "content_scale": v["content_scale"] if v["content_prompt"] else None,
+                "seed": None if v["seed"] is None or int(v["seed"]) < 0 else int(v["seed"]),
+                "steps": int(v["steps"]),
+                "guidance": v["guidance"],
+                "width": int(v["width"]),
+                "height": int(v["height"]),
+                "num_images": int(v["num_images"]),
+                "scheduler": v["scheduler"],
+            }
+            req = parse_request(params, style_images=len(paths))
+            service.check(req, style_images=len(paths))
+            images = [decode_upload(Path(p).read_bytes(), Path(p).name, limits) for p in paths]
+            return req, images, paths
+
+        def generate(*values, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+            hist = values[-1]
+            try:
+                req, images, paths = build(list(values[:-1]))
+                job = service.submit_generate(req, images)
+            except InstantStyleError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            progress(0.0, desc="queued")
+            shown = None
+            while not job.wait(0.1):
+                if job.status == QUEUED:
+                    ahead = service.position(job)
+                    progress(0.0, desc=f"queued ({ahead} ahead)" if ahead else "queued")
+                else:
+                    progress((job.step, job.total), desc="generating", unit="steps")
+                if job.preview is not None and job.preview is not shown:
+                    shown = job.preview
+                    yield _enlarge(shown), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if job.status == FAILED:
+                raise gr.Error(job.error or "generation failed", print_exception=False)
+            new = []
+            for r in job.results:
+                path = out_dir / f"{job.id}-{r.index}.png"
+                path.write_bytes(r.png)
+                new.append({"path": str(path), "params": r.params, "style_files": paths})
+            hist = (new + list(hist))[:MAX_HISTORY]
+            yield _enlarge(job.preview), _gallery(hist), hist, new[0]["params"], new[0]
+
+        def _gallery(hist):
+            return [(h["path"], f"seed {h['params'].get('seed')} · {h['params'].get('prompt', '')[:40]}")
+                    for h in hist]
+
+        def on_select(hist, evt: gr.SelectData):
+            item = hist[evt.index] if evt.index is not None and evt.index < len(hist) else None
+            return (item["params"] if item else None), item
+
+        def reuse(item):
+            if not item:
+                raise gr.Error("select an image in the gallery first", print_exception=False)
+            p = item["params"]
+            block_values = _block_slider_values(model, p.get("mode") or "style")
+            is_custom = bool(p.get("blocks"))
+            if is_custom:
+                from ..blocks import parse_spec
+
+                given = dict(parse_spec(p["blocks"]))
+                block_values = [given.get(m.name, 0.0) for m in model.modules]
+            saved_names = [s[1:] for s in p.get("style", []) if s.startswith("@")]
+            return [
+                item.get("style_files") or None, "" if p.get("style_weights") is None else
+                ", ".join(f"{w:g}" for w in p["style_weights"]), saved_names, p.get("prompt", ""),
+                p.get("negative_prompt") or "", p.get("mode") or "style", p.get("scale", 1.0), is_custom,
+                p.get("content_prompt") or "", p.get("content_scale") or 0.5, p.get("seed", -1),
+                p.get("steps", 30), p.get("guidance", 5.0), p.get("width", native), p.get("height", native),
+                p.get("num_images", 1), p.get("scheduler", "euler"), *block_values,
+            ]
+
+        def save_style(files_value, name, weights_text):
+            from ..embeddings import save_style as save
+            from ..embeddings import style_path
+
+            try:
+                paths = [p if isinstance(p, str) else getattr(p, "name", p) for p in (files_value or [])]
+                if not paths:
+                    raise InstantStyleError("upload one or more style images first")
+                style_path(name or "", styles_dir)  # validates the name
+                w = _parse_weights(weights_text)
+                images = [decode_upload(Path(p).read_bytes(), Path(p).name, limits) for p in paths]
+                style = service.call(lambda m: m.encode_style(images, w), kind="style")
+                save(style, name, styles_dir, overwrite=False)
+            except InstantStyleError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            return f"saved **@{name}** ({len(paths)} images)", gr.update(choices=list_styles(styles_dir))
+
+        run_btn.click(generate, inputs=[*form, history], outputs=[preview, gallery, history, params_view, selected],
+                      concurrency_limit=service.queue_size + len(service.models))
+        gallery.select(on_select, inputs=[history], outputs=[params_view, selected])
+        reuse_btn.click(reuse, inputs=[selected], outputs=form)
+        mode.change(lambda m: _block_slider_values(model, m), inputs=[mode], outputs=sliders)
+        refresh.click(saved_choices, outputs=[saved])
+        save_btn.click(save_style, inputs=[files, style_name, weights], outputs=[save_status, saved])
+        demo.load(saved_choices, outputs=[saved])
+    return demo
+
+
+def mount_ui(app, service: GenerationService, *, path: str = "/ui", api_key: str | None = None,
+             output_dir: str | os.PathLike | None = None):
+    """Mount the UI on ``app`` at ``path``; with an API key, the UI asks for it (any user name)."""
+    import gradio as gr
+
+    demo = build_ui(service, output_dir=output_dir)
+    auth = None
+    if api_key:
+        def auth(_user: str, password: str) -> bool:
+            return hmac.compare_digest(password.encode(), api_key.encode())
+
+    return gr.mount_gradio_app(app, demo, path=path, auth=auth, max_file_size=service.limits.max_upload_bytes,
+                               auth_message="Enter the server's API key as the password (any user name)."
+                               if api_key else None, footer_links=["api"])

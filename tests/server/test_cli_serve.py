@@ -1,0 +1,79 @@
+"""`instantstyle serve`: bad flags fail in one line before any model loads; `--base tiny` serves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from instantstyle.cli import main
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--min-size", "512", "--max-size", "256"], "--min-size 512 is above --max-size 256"),
+    (["--queue-size", "0"], "--queue-size is 0"),
+    (["--max-upload-bytes", "-1"], "--max-upload-bytes is -1"),
+    (["--port", "70000"], "--port 70000"),
+    (["--cpu-threads", "0"], "--cpu-threads is 0"),
+])
+def test_bad_serve_flags_exit_2_in_one_line(flags, words, capsys, monkeypatch):
+    import instantstyle.pipeline as pipeline
+
+    def no_loading(*a, **k):
+        raise AssertionError("models must not load before the flags are checked")
+
+    monkeypatch.setattr(pipeline.InstantStyle, "from_pretrained", no_loading)
+    assert main(["serve", "--base", "tiny", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("instantstyle: error: ") and words in err and err.count("\n") == 1
+
+
+def test_serve_help_teaches():
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+
+
+def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys):
+    """The real command, models and app; only uvicorn.run is replaced by an in-process client."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    seen = {}
+
+    def fake_run(app, host, port, **kwargs):
+        seen.update(host=host, port=port)
+        with TestClient(app) as c:
+            health = c.get("/v1/health", headers={"X-API-Key": "k3y"})
+            seen["health"] = health.json()
+            seen["no_key"] = c.get("/v1/health").status_code
+            seen["ui"] = c.get("/ui/", headers={"X-API-Key": "k3y"}).status_code
+            r = c.post("/v1/generate?wait=true", headers={"Authorization": "Bearer k3y"},
+                       data={"params": json.dumps({"prompt": "a cat", "seed": 1, "steps": 2})},
+                       files=[("images", ("red.png", red_png, "image/png"))])
+            seen["generate"] = (r.status_code, r.json())
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setenv("INSTANTSTYLE_API_KEY", "k3y")
+    assert main(["serve", "--base", "tiny", "--device", "cpu", "--cpu-threads", "1", "--no-ui"]) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 7860)  # this machine only, by default
+    assert seen["health"]["status"] == "ok" and seen["health"]["models"]["base"] == "tiny"
+    assert seen["health"]["api_key_required"] and seen["no_key"] == 401  # the environment's key is enforced
+    assert seen["ui"] == 404  # --no-ui
+    status, body = seen["generate"]
+    assert status == 200 and body["images"][0]["metadata"]["seed"] == 1
+    assert "serving cpu at http://127.0.0.1:7860" in capsys.readouterr().err
+
+
+def test_cli_parser_imports_no_web_framework():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, instantstyle.cli as c; c.build_parser(); import instantstyle.server.service; "
+            "heavy = [m for m in ('fastapi', 'gradio', 'uvicorn') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    src = str(Path(__file__).resolve().parents[2] / "src")  # this checkout's sources, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)

@@ -1,0 +1,233 @@
+"""The fast path (instantstyle.fastpath): exact vs the plain path, only the intended layers
+change, everything restored, no recompiles, fp8 maths, bad inputs, the benchmark's tiny mode."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from instantstyle import fastpath
+from instantstyle.adapter import ip_processors
+from instantstyle.blocks import PRESETS
+from instantstyle.errors import InstantStyleError
+
+TOL = 2  # 2/255 on uint8 images
+BASE = dict(prompt="a cat", seed=3, steps=2, width=64, height=64)
+# The eager backend traces with dynamo (guards, graphs, recompiles) without C++ code generation.
+FAST_EAGER = fastpath.FastOptions(compile=True, compile_backend="eager", fuse_qkv=True, channels_last=True)
+
+
+@contextlib.contextmanager
+def speed(model, options):
+    saved = model.speed
+    model.speed = fastpath.options_for(options)
+    try:
+        yield
+    finally:
+        model.speed = saved
+
+
+def generate(model, options, style, **params):
+    with speed(model, options):
+        image = model.generate(style=[str(style)], **{**BASE, **params})[0]
+    return np.asarray(image).astype(np.int16)
+
+
+def state(unet):
+    """Everything the scope may touch, by identity."""
+    blocks = fastpath.transformer_blocks(unet)
+    conv = next(m for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
+    return {
+        "processors": {k: id(v) for k, v in unet.attn_processors.items()},
+        "proj": id(unet.encoder_hid_proj),
+        "compiled": [b._compiled_call_impl for b in blocks],
+        "contiguous": conv.weight.is_contiguous(),
+        "modules": [id(m) for m in unet.modules()],
+        "scales": {k: list(p.scale) for k, p in ip_processors(unet).items()},
+    }
+
+
+def active_processors(model, mode="style"):
+    return {p for m in model.modules if m.name in PRESETS[mode] for p in m.processors}
+
+
+def test_fast_path_matches_plain_and_style_still_matters(tiny_model, style_images):
+    plain = generate(tiny_model, "plain", style_images["red"])
+    exact = generate(tiny_model, "exact", style_images["red"])
+    fast = generate(tiny_model, FAST_EAGER, style_images["red"])
+    fast_blue = generate(tiny_model, FAST_EAGER, style_images["blue"])
+    assert np.abs(exact - plain).max() <= TOL
+    assert np.abs(fast - plain).max() <= TOL
+    assert np.abs(fast_blue - fast).max() > 20 * TOL  # the style reference still drives the picture
+
+
+def test_style_layout_preset_matches_plain(tiny_model, style_images):
+    plain = generate(tiny_model, "plain", style_images["green"], mode="style+layout", scale=0.6, steps=1)
+    exact = generate(tiny_model, "exact", style_images["green"], mode="style+layout", scale=0.6, steps=1)
+    assert np.abs(exact - plain).max() <= TOL
+
+
+def test_light_processors_only_on_inactive_blocks(tiny_model):
+    unet = tiny_model.pipe.unet
+    active = active_processors(tiny_model)
+    with tiny_model_scales(tiny_model, "style"), fastpath.scope(tiny_model.pipe, "exact"):
+        procs = unet.attn_processors
+        for name in ip_processors_names(tiny_model):
+            proc = procs[name]
+            assert isinstance(proc, fastpath.FastAttention)
+            assert bool(proc.ip) == (name in active), name
+        assert any(isinstance(p, fastpath.FastAttention) and p.ip for p in procs.values())
+
+
+def test_image_weights_run_only_on_active_blocks(tiny_model, style_images):
+    """Hooks on every to_k_ip: under the fast path only the style block's layers call them."""
+    unet = tiny_model.pipe.unet
+    called, handles = set(), []
+    for name, proc in ip_processors(unet).items():
+        handles.append(proc.to_k_ip[0].register_forward_hook(lambda *a, n=name: called.add(n)))
+    try:
+        generate(tiny_model, "exact", style_images["red"])
+        assert called == active_processors(tiny_model)
+        called.clear()
+        generate(tiny_model, "plain", style_images["red"])  # diffusers also skips scale 0, in Python
+        assert called == active_processors(tiny_model)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_projection_runs_once_per_call(tiny_model, style_images):
+    inner = tiny_model.pipe.unet.encoder_hid_proj
+    calls = []
+    handle = inner.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        generate(tiny_model, "plain", style_images["red"], steps=3)
+        assert len(calls) == 3  # diffusers: every UNet call
+        calls.clear()
+        generate(tiny_model, "exact", style_images["red"], steps=3)
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+
+
+def test_every_patch_is_restored(tiny_model, style_images):
+    unet = tiny_model.pipe.unet
+    before = state(unet)
+    generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)
+    assert state(unet) == before
+    with pytest.raises(RuntimeError, match="boom"), fastpath.scope(tiny_model.pipe, FAST_EAGER):
+        assert state(unet) != before
+        raise RuntimeError("boom")
+    assert state(unet) == before
+
+
+def test_no_recompiles_when_style_prompt_scale_or_preset_change(tiny_model, style_images):
+    pytest.importorskip("torch._dynamo")
+    if not hasattr(torch, "compile"):  # pragma: no cover - depends on the torch build
+        pytest.skip("torch.compile unavailable")
+    from torch._dynamo.utils import counters
+
+    generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)
+    graphs = counters["stats"]["unique_graphs"]  # since the process started
+    assert graphs > 0  # the blocks really were compiled
+    generate(tiny_model, FAST_EAGER, style_images["blue"], steps=1, prompt="a dog", scale=0.5)
+    generate(tiny_model, FAST_EAGER, style_images["green"], steps=1, mode="style+layout", scale=1.3)
+    generate(tiny_model, FAST_EAGER, style_images["green"], steps=1, mode="layout", seed=9)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_masks_keep_diffusers_processors(tiny_model):
+    with tiny_model_scales(tiny_model, "style"):
+        plan = fastpath.plan_processors(tiny_model.pipe.unet, fastpath.EXACT, masks=True)
+        assert not set(plan) & set(ip_processors_names(tiny_model))
+        plan = fastpath.plan_processors(tiny_model.pipe.unet, fastpath.EXACT, masks=False)
+        assert set(plan) == set(ip_processors_names(tiny_model))
+
+
+def test_float8_linear_is_close_but_not_exact():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(5, 7, 64)
+    with torch.no_grad():
+        ref = linear(x)
+        out = fastpath.Float8Linear(linear)(x)
+    rel = float((out - ref).norm() / ref.norm().detach())
+    assert out.shape == ref.shape
+    assert 0 < rel < 0.1
+
+
+def test_fp8_scope_swaps_only_transformer_linears_and_restores(tiny_model):
+    unet = tiny_model.pipe.unet
+    before = state(unet)
+    with tiny_model_scales(tiny_model, "style"), fastpath.scope(tiny_model.pipe, fastpath.FastOptions(fp8=True)):
+        swapped = [m for m in unet.modules() if isinstance(m, fastpath.Float8Linear)]
+        assert swapped
+        for proc in ip_processors(unet).values():  # the IP weights (4 tokens) stay as they are
+            assert isinstance(proc.to_k_ip[0], torch.nn.Linear)
+        assert isinstance(unet.time_embedding.linear_1, torch.nn.Linear)
+    assert state(unet) == before
+
+
+def test_bad_speed_and_memory_are_one_line_errors(tiny_model):
+    with pytest.raises(InstantStyleError, match="--speed 'warp'"):
+        fastpath.options_for("warp")
+    with pytest.raises(InstantStyleError, match="--memory 'tiny'"):
+        fastpath.apply_memory_mode(tiny_model.pipe, "tiny", "cpu")
+    with pytest.raises(InstantStyleError, match="needs --device cuda"):
+        fastpath.apply_memory_mode(tiny_model.pipe, "low", "cpu")
+    assert fastpath.options_for("auto", "cpu") == fastpath.EXACT
+    assert fastpath.options_for("auto", "cuda") == fastpath.FAST
+    assert not fastpath.options_for("fp8").exact
+
+
+def test_benchmark_tiny_mode_runs(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.modules.pop(spec.name, None)
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--tiny", "--json", str(out), "--repeats", "1", "--warmup", "0", "--only",
+                     "stock-style-b1,ours-plain-style-b1,ours-fp8-style-b1,ours-low-style-b1"])
+    assert rc == 0
+    rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["stock-style-b1"]["s_per_image"] > 0
+    assert rows["ours-plain-style-b1"]["rel_l2_vs_stock"] == 0.0  # same processors, same numbers
+    assert 0 < rows["ours-fp8-style-b1"]["rel_l2_vs_stock"] < 0.5  # an approximation, and reported
+    assert rows["ours-low-style-b1"]["skipped"] == "CUDA only"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def ip_processors_names(model):
+    return [p for m in model.modules for p in m.processors]
+
+
+@contextlib.contextmanager
+def tiny_model_scales(model, mode):
+    from instantstyle.adapter import scoped_scales
+
+    scales = model.resolve_scales(model.request(prompt="x", mode=mode))
+    with scoped_scales(model.pipe.unet, [scales]):
+        yield
+
+
+def test_cli_choices_match_fastpath():
+    from instantstyle.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "generate" in a.choices)
+    gen = sub.choices["generate"]
+    choices = {a.dest: tuple(a.choices) for a in gen._actions if a.dest in ("speed", "memory")}
+    assert choices == {"speed": fastpath.SPEEDS, "memory": fastpath.MEMORY_MODES}
