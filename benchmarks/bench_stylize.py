@@ -231,9 +231,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 if mode == "plus-low":
-                    from instantstyle.pipelines.stylize import enable_low_memory
-
-                    enable_low_memory(model)
+                    model.set_memory("low")
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()

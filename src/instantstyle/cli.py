@@ -167,9 +167,6 @@ def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize
                    help="refuse style/content/mask images with more pixels (default 40M)")
     o.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
-    o.add_argument("--memory", default="normal", choices=["normal", "low"],
-                   help="low: model CPU offload + VAE tiling (CUDA; InstantStyle-Plus at 1024 px in under 8 GiB, "
-                        "slower)")
     _add_model_args(g)
     g.set_defaults(stylize=stylize)
 
@@ -529,7 +526,7 @@ def cmd_generate(args) -> int:
     for ref in req.style:  # fail on a bad reference before loading gigabytes of weights
         load_style(ref) if ref.startswith("@") else load_image(ref, what="style image",
                                                                max_pixels=args.max_pixels or 40_000_000)
-    from .pipelines.stylize import enable_low_memory, precheck
+    from .pipelines.stylize import precheck
 
     precheck(req, args.base, args.max_pixels or 40_000_000)  # content, masks, ControlNet configs
 
@@ -544,8 +541,6 @@ def cmd_generate(args) -> int:
     )
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
-    if args.memory == "low":
-        enable_low_memory(model)
     images = model.generate(req)
     for image, path in zip(images, paths, strict=True):
         save_png(image, path, overwrite=args.overwrite)

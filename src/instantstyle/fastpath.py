@@ -278,17 +278,31 @@ def transformer_blocks(unet) -> list[torch.nn.Module]:
 
 
 def _fused(attn, names: tuple[str, ...]) -> torch.Tensor | None:
-    """Cached ``cat([to_q, to_k, to_v])`` (or k, v) weights; None if the layers have biases."""
+    """``cat([to_q, to_k, to_v])`` (or k, v) weights, without a second copy in memory.
+
+    The first time, the layers' weights are moved into one contiguous tensor and each layer's
+    ``weight`` becomes a view of its rows: the values are unchanged (so the plain path and stock
+    diffusers see the same numbers), and fusing costs no memory (a separate fused copy would be
+    ~1.3 GB in fp16 on SDXL). None if the layers have biases or are not plain ``nn.Linear``.
+    """
     layers = [getattr(attn, n) for n in names]
     if any(getattr(layer, "bias", None) is not None or not isinstance(layer, torch.nn.Linear) for layer in layers):
         return None
-    key = (names, tuple((layer.weight.data_ptr(), layer.weight._version) for layer in layers))
+
+    def key():
+        return names, tuple((layer.weight.data_ptr(), layer.weight._version) for layer in layers)
+
     hit = _FUSED.get(attn)
-    if hit is not None and hit[0] == key:
+    if hit is not None and hit[0] == key():
         return hit[1]
     with torch.no_grad():
         weight = torch.cat([layer.weight.detach() for layer in layers])
-    _FUSED[attn] = (key, weight)
+        start = 0
+        for layer in layers:
+            rows = layer.weight.shape[0]
+            layer.weight.data = weight[start : start + rows]  # a view: shared storage, same values
+            start += rows
+    _FUSED[attn] = (key(), weight)
     return weight
 
 

@@ -60,6 +60,9 @@ class InstantStyle:
         self.styles = embeddings.StyleEncoder(image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels)
         self.modules = blocks.discover(pipe.unet)
         self.speed = fastpath.options_for(speed, self.device)  # fast-path pieces used by run()
+        self.memory = "normal"  # load-time memory layout (fastpath.MEMORY_MODES); see set_memory
+        self._memory_device = self.device
+        self._laid_out = pipe  # the pipeline whose offload hooks are current
 
     # ------------------------------------------------------------------ loading
 
@@ -121,7 +124,7 @@ class InstantStyle:
         # 4. Attach the adapter (scales rest at 0; each call sets its own inside a scope).
         adapter_mod.attach(pipe, [state_dict], encoder, extractor)
         _to(pipe, dev if memory == "normal" else torch.device("cpu"), dt)
-        fastpath.apply_memory_mode(pipe, memory, dev)
+        fastpath.apply_memory_mode(pipe, memory, dev)  # fails early (one line) for offload without CUDA
         content_text = None
         if content_text_encoder:
             model, tok = models.load_text_encoder_with_projection(content_text_encoder, dt)
@@ -133,7 +136,14 @@ class InstantStyle:
         cache = embeddings.EmbeddingCache(cache_dir or None)
         ids = {"base": models.canonical_id(base), "adapter": models.canonical_id(adapter_id),
                "image_encoder": models.canonical_id(encoder_id)}
-        return cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=speed)
+        model = cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=speed)
+        model.memory, model._memory_device = memory, dev
+        return model
+
+    def set_memory(self, mode: str) -> None:
+        """Switch the memory layout (``normal`` | ``low`` | ``lowest``) after loading."""
+        fastpath.apply_memory_mode(self.pipe, mode, self._memory_device)
+        self.memory, self._laid_out = mode, self.pipe
 
     @property
     def device(self) -> torch.device:
@@ -250,6 +260,11 @@ class InstantStyle:
     def run(self, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None, **pipe_kwargs):
         """The denoising loop: ``pipe`` (any SDXL pipeline sharing our components) with scoped scales."""
         req = prep.request
+        if self.memory != "normal" and pipe is not self._laid_out:
+            # A pipeline built with from_pipe shares our modules; offload hooks are per pipeline,
+            # so lay out the one about to run (its own order includes e.g. its ControlNet).
+            fastpath.apply_memory_mode(pipe, self.memory, self._memory_device)
+            self._laid_out = pipe
         kwargs = dict(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,

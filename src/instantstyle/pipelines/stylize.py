@@ -48,7 +48,6 @@ MASK_MODES = ("1", "L")
 StyleGuidance = Callable[[object, int, int, torch.Tensor], torch.Tensor]
 
 _PIPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # InstantStyle -> {key: derived pipeline}
-_LOW_MEMORY: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass
@@ -212,29 +211,8 @@ def derived_pipeline(model, cls_name: str, controlnets: Sequence = ()):
             warnings.simplefilter("ignore")
             pipe = getattr(diffusers, cls_name).from_pipe(model.pipe, **kwargs)
         pipe.set_progress_bar_config(**getattr(model.pipe, "_progress_bar_config", {}))
-        if model in _LOW_MEMORY:
-            _offload(pipe)
         cache[key] = pipe
     return cache[key]
-
-
-def enable_low_memory(model) -> None:
-    """Model CPU offload + VAE tiling for every pipeline of ``model`` (CUDA; for cards under 16 GiB).
-
-    Each component moves to the GPU only while it runs (accelerate hooks), and the VAE decodes
-    in tiles. Costs time (host<->device copies every call), saves most of the weights' memory.
-    """
-    if model.device.type != "cuda":
-        raise InstantStyleError("--memory low (model CPU offload) needs a CUDA device")
-    _LOW_MEMORY.add(model)
-    _offload(model.pipe)
-    for pipe in _PIPES.get(model, {}).values():
-        _offload(pipe)
-
-
-def _offload(pipe) -> None:
-    pipe.enable_model_cpu_offload()
-    pipe.vae.enable_tiling()
 
 
 @contextlib.contextmanager
