@@ -140,6 +140,7 @@ def test_importing_methods_and_config_does_not_import_torch():
         ({"method": "visual-style-prompting", "reference_prompt": "r", "scheduler": "unipc"}, "sample with DDIM"),
         ({"method": "visual-style-prompting", "reference_prompt": "r", "swap_start": 0.6, "swap_end": 0.5},
          "swap_start"),
+        ({"method": "b-lora", "lora": "d", "task": "img2img", "content": "c.png"}, "text-to-image only"),
     ],
 )
 def test_bad_method_requests_fail_with_one_line(params, message):
