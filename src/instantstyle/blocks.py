@@ -40,6 +40,12 @@ DEFAULT_PRESET = "style"
 BLORA_CONTENT_BLOCK = "up_blocks.0.attentions.0"
 BLORA_STYLE_BLOCK = STYLE_BLOCK
 
+# Self-attention layers the training-free baselines patch (names as accepted by ``self_attention_layers``).
+# StyleAligned (arXiv 2312.02133, Sec. 3) shares attention in every self-attention layer;
+# Visual Style Prompting (arXiv 2402.12974, Sec. 4) swaps keys/values in the late ones, up_blocks.1.
+STYLE_ALIGNED_LAYERS = (ALL,)
+VSP_LAYERS = ("up_blocks.1",)
+
 
 @dataclass(frozen=True)
 class AttentionModule:
@@ -238,3 +244,17 @@ def describe(modules: list[AttentionModule], sample_size: int | None = None) -> 
             }
         )
     return rows
+
+
+def self_attention_layers(modules: list[AttentionModule], names: Iterable[str]) -> list[str]:
+    """Resolve names (``*``/a preset, a block, a module or a layer) to ``attn1`` module paths.
+
+    Uses the same vocabulary and the same one-line errors as ``resolve``; every transformer layer
+    of SDXL has one self-attention (``attn1``) next to its cross-attention (``attn2``).
+    """
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise InstantStyleError(f"no attention layers given; use e.g. '{VSP_LAYERS[0]}' or '{ALL}' for all")
+    spec = [("full" if n == ALL else n, 1.0) for n in names]
+    scales = resolve(modules, spec)
+    return [p.removesuffix(".attn2.processor") + ".attn1" for p, s in scales.items() if s]

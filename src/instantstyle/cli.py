@@ -1,4 +1,4 @@
-"""Command line: ``instantstyle generate | stylize | blocks | style | serve | make-tiny | train-adapter``.
+"""Command line: ``instantstyle generate | stylize | blocks | style | serve | compare | train-blora | make-tiny | train-adapter``.
 
 A thin front end: it parses flags into the shared ``GenerateRequest``, calls the library and
 writes files. Bad input exits with status 2 and one line ``instantstyle: error: ...`` (the
@@ -28,6 +28,14 @@ examples:
   instantstyle generate --style ref.png --prompt "a house" --mode style+layout --scale 0.8 --out h.png
   instantstyle generate --style ref.png --prompt "a house" --out h.png \\
       --blocks up_blocks.0.attentions.1=1.0,down_blocks.2.attentions.1=0.5
+
+  # the baselines, and all methods side by side (see docs/comparing.md)
+  instantstyle generate --method style-aligned --style ref.png --reference-prompt "a watercolour harbour" \
+      --prompt "a lighthouse, watercolour" --out sa.png
+  instantstyle train-blora --image ref.png --out blora/
+  instantstyle generate --method b-lora --lora blora/ --prompt "a lighthouse" --out bl.png
+  instantstyle compare --style ref.png --prompt "a lighthouse" --prompt "a cat" \
+      --reference-prompt "a watercolour harbour" --out cmp/
 
   # two references mixed 70/30, saved once and reused
   instantstyle style save watercolour a.png b.png --weights 0.7 0.3
@@ -117,7 +125,8 @@ def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize
     s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
     s.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
     s.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
-    s.add_argument("--method", default="instantstyle", help=_field_help("method"))
+    s.add_argument("--method", default="instantstyle", help=_method_help())
+    _add_method_args(g)
     c = g.add_argument_group("content image (ControlNet, img2img, inpainting, InstantStyle-Plus)")
     c.add_argument("--content", default=None, required=stylize, metavar="IMAGE", help=_field_help("content"))
     if not stylize:
@@ -160,6 +169,37 @@ def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(g)
     g.set_defaults(stylize=stylize)
+
+
+def _method_help() -> str:
+    from .methods import METHODS
+
+    return "generation method: " + "; ".join(f"{m.name} = {m.summary} ({m.paper})" for m in METHODS.values()) + \
+        " (default: instantstyle)"
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """Options of the baselines (each is refused for a method that does not read it)."""
+    m = p.add_argument_group("baseline methods (--method style-aligned | visual-style-prompting | b-lora)")
+    m.add_argument("--reference-prompt", default=None, metavar="TEXT", help=_field_help("reference_prompt"))
+    m.add_argument("--attention-layers", default=None, metavar="NAMES", help=_field_help("attention_layers"))
+    m.add_argument("--share-group-norm", action="store_true", default=None, help=_field_help("share_group_norm"))
+    m.add_argument("--shared-score-shift", default=None, metavar="F", help=_field_help("shared_score_shift"))
+    m.add_argument("--swap-start", default=None, metavar="F", help=_field_help("swap_start"))
+    m.add_argument("--swap-end", default=None, metavar="F", help=_field_help("swap_end"))
+    m.add_argument("--no-color-calibration", dest="color_calibration", action="store_false", default=None,
+                   help="visual-style-prompting: skip the colour calibration of x0")
+    m.add_argument("--lora", default=None, metavar="DIR", help=_field_help("lora"))
+    m.add_argument("--lora-scale", default=None, metavar="F", help=_field_help("lora_scale"))
+
+
+METHOD_FIELDS = ("reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift", "swap_start",
+                 "swap_end", "color_calibration", "lora", "lora_scale")
+
+
+def _method_params(args) -> dict:
+    """The baseline options the user gave (unset ones keep the request's defaults)."""
+    return {f: getattr(args, f) for f in METHOD_FIELDS if getattr(args, f, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +310,62 @@ def build_parser() -> argparse.ArgumentParser:
     sv._option_string_actions["--device"].help = (
         "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)")
 
+    # compare ---------------------------------------------------------------------
+    c = sub.add_parser("compare", parents=[common], help="run several methods side by side and write a labelled grid",
+                       description="Run every method with the same seed and settings on one style image and one "
+                                   "or more prompts. Writes DIR/grid.png (a column per method, a row per prompt), "
+                                   "DIR/singles/METHOD-I.png, DIR/report.json and DIR/report.md (seconds per "
+                                   "image, peak memory).",
+                       epilog="example:\n  instantstyle compare --style ref.png --prompt 'a lighthouse' --prompt "
+                              "'a cat' \\\n      --reference-prompt 'a watercolour harbour' --seed 42 --out cmp/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--style", required=True, metavar="IMG", help="the style image (one)")
+    c.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="repeat for several rows")
+    c.add_argument("--methods", default=None, metavar="A,B,...",
+                   help="comma-separated (default: instantstyle,ip-adapter,style-aligned,visual-style-prompting, "
+                        "plus b-lora when --lora is given)")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    c.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    cs = c.add_argument_group("settings shared by every method")
+    for flag, field in (("--negative-prompt", "negative_prompt"), ("--steps", "steps"), ("--guidance", "guidance"),
+                        ("--seed", "seed"), ("--width", "width"), ("--height", "height")):
+        cs.add_argument(flag, default=None, help=_field_help(field))
+    ci = c.add_argument_group("instantstyle / ip-adapter options")
+    ci.add_argument("--scale", default=None, help=_field_help("scale"))
+    ci.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
+    ci.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
+    _add_method_args(c)
+    _add_model_args(c)
+
+    # train-blora -----------------------------------------------------------------
+    tb = sub.add_parser("train-blora", parents=[common], help="train a B-LoRA on one style image",
+                        description="Train B-LoRA (arXiv 2403.14572) on one image: LoRA on q/k/v/out of both "
+                                    "attentions in the content and style blocks (up_blocks.0.attentions.0 and .1), "
+                                    "prompt 'A [v]', Adam, constant learning rate. Use it with `instantstyle "
+                                    "generate --method b-lora --lora DIR`. About 10 minutes on an A100 for 1000 "
+                                    "steps at 1024 px (paper).",
+                        epilog="example:\n  instantstyle train-blora --image ref.png --out blora/\n"
+                               "  instantstyle train-blora --image ref.png --out blora/ --steps 1500 --resume",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tb.add_argument("--image", required=True, metavar="IMG", help="the style image")
+    tb.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty, unless --resume)")
+    tb.add_argument("--steps", type=int, default=1000, help="training steps (default: %(default)s, the paper's)")
+    tb.add_argument("--rank", type=int, default=64, help="LoRA rank (default: %(default)s, the paper's)")
+    tb.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate, constant (default: %(default)s)")
+    tb.add_argument("--resolution", type=int, default=None,
+                    help="square training size in pixels (default: the model's native size, 1024 for SDXL)")
+    tb.add_argument("--seed", type=int, default=0, help="seed for noise and timesteps (default: %(default)s)")
+    tb.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                    help="save DIR/checkpoint.pt every N steps (default: %(default)s)")
+    tb.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (same image and settings)")
+    tb.add_argument("--quiet", action="store_true", help="no progress bar")
+    tb.add_argument("--base", default=None, help="SDXL base model (default: stabilityai/stable-diffusion-xl-base-1.0)")
+    tb.add_argument("--variant", default=None, help="weights variant to fetch, e.g. fp16")
+    tb.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    tb.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
+                    help="base weights dtype (default: fp16 on cuda/mps, fp32 on cpu); LoRA weights train in fp32")
+
     # make-tiny -------------------------------------------------------------------
     t = sub.add_parser("make-tiny", parents=[common], help="write the tiny random-weight test model to DIR",
                        description="Write a tiny random-weight SDXL (real block structure), image encoder and "
@@ -341,6 +437,26 @@ def _check_blocks(base: str, req) -> None:
     blocks.resolve(blocks.discover(models.meta_unet(config)), spec, req.scale)
 
 
+def _check_lora(base: str, req) -> None:
+    """A B-LoRA directory must exist and match the base's UNet architecture (read from its config)."""
+    from . import models
+
+    if not req.lora:
+        return
+    from .methods.b_lora import read_info
+
+    try:
+        if base == models.TINY:
+            from .testing.tiny import tiny_unet_config
+
+            config = tiny_unet_config()
+        else:
+            config = models.load_unet_config(base)
+    except InstantStyleError:
+        config = None  # the full load reports the missing model
+    read_info(req.lora, config)
+
+
 def _quiet_libraries() -> None:
     """Library chatter (deprecation notes, backend fallbacks) is not for CLI users; --debug keeps it."""
     import logging
@@ -395,14 +511,15 @@ def cmd_generate(args) -> int:
         control_scale=args.control_scale, canny_low=args.canny_low, canny_high=args.canny_high,
         strength=getattr(args, "strength", None), mask=getattr(args, "mask", None), style_masks=args.style_masks,
         content_ip_scale=args.content_ip_scale, inversion_steps=args.inversion_steps,
-        inversion_prompt=args.inversion_prompt,
+        inversion_prompt=args.inversion_prompt, **_method_params(args),
     )
     # Unset options take the schema's defaults (which depend on the task, e.g. Plus's scale 1.2).
     req = make_request(**{k: v for k, v in params.items() if v is not None and v != []})
-    if not req.style:
+    if not req.style and req.method != "b-lora":
         raise InstantStyleError("no style image given; pass --style IMAGE (or --style @NAME of a saved style)")
     paths = _output_paths(args.out, req.num_images, req.seed, args.overwrite)
     _check_blocks(args.base, req)
+    _check_lora(args.base, req)
     from .embeddings import load_style
     from .images import load_image
 
@@ -547,6 +664,67 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import build_requests, compare, parse_methods
+
+    # 1. Validate methods, settings and every request before loading anything.
+    settings = {k: getattr(args, k) for k in ("negative_prompt", "steps", "guidance", "seed", "width", "height",
+                                              "scale", "content_prompt", "content_scale")
+                if getattr(args, k) is not None}
+    settings.update(_method_params(args))
+    settings.setdefault("seed", str(secrets.randbelow(2**31)))
+    methods = parse_methods(args.methods, bool(settings.get("lora")))
+    from .images import load_image
+
+    load_image(args.style, what="style image")
+    requests = build_requests(methods, args.prompt, args.style, settings)
+    for reqs in requests.values():
+        _check_lora(args.base, reqs[0])
+        settings.update({k: getattr(reqs[0], k) for k in settings if k in reqs[0].model_fields_set})  # typed
+    # 2. Load models once, 3. run every method, 4. write grid, singles and reports.
+    from .pipeline import InstantStyle
+
+    model = InstantStyle.from_pretrained(
+        args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
+        content_text_encoder=args.content_text_encoder, cache_dir=True, progress=not args.quiet,
+        speed=args.speed, memory=args.memory,
+    )
+    result = compare(model, args.style, args.prompt, args.out, methods=methods, settings=settings,
+                     overwrite=args.overwrite, log=lambda msg: print(msg, file=sys.stderr))
+    print(result.grid)
+    print(Path(args.out) / "report.md")
+    return 0
+
+
+def cmd_train_blora(args) -> int:
+    from . import models
+    from .images import load_image
+    from .methods import b_lora
+
+    # 1. Check the image and the output directory before loading the base model.
+    image = load_image(args.image, what="B-LoRA image")
+    out = Path(args.out)
+    if not args.resume and out.exists() and any(out.iterdir()):
+        raise InstantStyleError(f"--out '{out}' is not empty; pass --resume to continue its training or choose a new directory")
+    # 2. Load the base (no IP-Adapter needed), 3. train, 4. report.
+    base = args.base or models.DEFAULT_BASE
+    dev, dt = models.device_and_dtype(args.device, args.dtype)
+    if base == models.TINY:
+        from .testing.tiny import build_tiny
+
+        pipe = build_tiny().pipe
+    else:
+        pipe = models.load_base_pipeline(base, dt, args.variant)
+    pipe.to(dev)
+    result = b_lora.train(pipe, image, out, steps=args.steps, rank=args.rank, lr=args.lr, resolution=args.resolution,
+                          seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          base_id=models.canonical_id(base), progress=not args.quiet)
+    print(f"eval loss {result.eval_loss_before:.5f} -> {result.eval_loss_after:.5f} "
+          f"({result.steps} steps, {result.seconds:.1f} s)", file=sys.stderr)
+    print(out)
+    return 0
+
+
 def cmd_make_tiny(args) -> int:
     from .testing.tiny import make_tiny
 
@@ -567,7 +745,8 @@ def cmd_train_adapter(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "stylize": cmd_generate, "blocks": cmd_blocks, "style": cmd_style,
-            "serve": cmd_serve, "make-tiny": cmd_make_tiny, "train-adapter": cmd_train_adapter}
+            "serve": cmd_serve, "compare": cmd_compare, "train-blora": cmd_train_blora, "make-tiny": cmd_make_tiny,
+            "train-adapter": cmd_train_adapter}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,6 +133,51 @@ class GenerateRequest(BaseModel):
         description="plus: prompt describing the content image, conditions the inversion (default: --prompt).",
     )
 
+    # ---- baselines (instantstyle.methods). Each field is read by the methods listed in
+    # ``methods.METHODS[name].options``; a non-default value for another method is an error.
+    reference_prompt: str | None = Field(
+        None, max_length=2000,
+        description="style-aligned, visual-style-prompting: a description of the style image "
+        "(e.g. 'a watercolour painting of a harbour'); StyleAligned inverts the image with it.",
+    )
+    attention_layers: str | None = Field(
+        None, max_length=4000,
+        description="style-aligned, visual-style-prompting: self-attention layers to patch, comma-separated "
+        "blocks/modules/layers or '*' (default: '*' for style-aligned, up_blocks.1 for visual-style-prompting).",
+    )
+    share_group_norm: bool = Field(
+        False, description="style-aligned: GroupNorm statistics over [own | reference] features (the paper's "
+        "real-image setting).",
+    )
+    shared_score_shift: float = Field(
+        0.0, ge=-10.0, le=10.0,
+        description="style-aligned: added to the attention logits of the reference's tokens (log 2 = 0.69 in the "
+        "paper's real-image setting; > 0 strengthens the style).",
+    )
+    swap_start: float = Field(
+        0.0, ge=0.0, le=1.0, description="visual-style-prompting: first fraction of the steps that swaps (0 = from the start)."
+    )
+    swap_end: float = Field(
+        1.0, ge=0.0, le=1.0, description="visual-style-prompting: fraction of the steps after which swapping stops (1 = to the end)."
+    )
+    color_calibration: bool = Field(
+        True, description="visual-style-prompting: AdaIN the predicted x0 toward the reference latent for 100 < t < 150."
+    )
+    lora: str | None = Field(
+        None, max_length=4000, description="b-lora: directory written by `instantstyle train-blora`."
+    )
+    lora_scale: float = Field(
+        1.0, ge=0.0, le=4.0,
+        description="b-lora: strength of the style LoRA (multiplies its update; the B-LoRA repo's alpha 1.1 = 1.21).",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from .methods import check_name
+
+        return check_name(v)
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, v: int | None) -> int | None:
@@ -205,6 +250,11 @@ class GenerateRequest(BaseModel):
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
         self._check_stylize()
+        if self.swap_start >= self.swap_end:
+            raise ValueError(f"swap_start ({self.swap_start}) must be below swap_end ({self.swap_end})")
+        from .methods import check_options
+
+        check_options(self)
         return self
 
     def _check_stylize(self) -> None:

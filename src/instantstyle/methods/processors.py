@@ -1,0 +1,69 @@
+"""A self-attention processor whose attention maths is pluggable (for StyleAligned and VSP).
+
+It follows diffusers 0.42's ``AttnProcessor2_0`` step for step for a self-attention (``attn1``)
+layer of SDXL, and replaces only the ``scaled_dot_product_attention`` call by ``fn(q, k, v, group)``
+while ``state.active``; inactive, it is ``AttnProcessor2_0`` exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PatchState:
+    """Shared by every patched layer of one call."""
+
+    group: int  # images per CFG half, reference first
+    active: bool = True  # whether the current step uses the patched maths
+    calls: int = 0  # patched-layer evaluations so far (for tests and cost accounting)
+
+
+class SelfAttentionPatch:
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor], state: PatchState):
+        self.fn = fn
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise RuntimeError("SelfAttentionPatch is for self-attention layers (attn1) without masks")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)  # [N, L, C]
+        head_dim = k.shape[-1] // attn.heads
+        q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (q, k, v))  # [N, H, L, Dh]
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+
+        if batch % self.state.group:
+            raise RuntimeError(f"batch of {batch} rows is not a multiple of the group size {self.state.group}")
+        if self.state.active:
+            self.state.calls += 1
+            out = self.fn(q, k, v, self.state.group)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)  # [N, L, C]
+
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
