@@ -36,65 +36,11 @@ WORK = {
 
 
 def build_random_sdxl(device: str, dtype: torch.dtype):
-    """Full-size SDXL + ViT-bigG + IP-Adapter with random weights, built on ``device``."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    """Full-size SDXL + ViT-bigG + IP-Adapter with random weights, built on ``device``; stock diffusers
+    attention (``speed="plain"``) for every method, so the comparison is like for like."""
+    from instantstyle.testing.fullsize import full_instantstyle
 
-    from instantstyle import adapter, embeddings
-    from instantstyle.models import image_processor
-    from instantstyle.pipeline import InstantStyle
-    from instantstyle.testing.tiny import _tokenizer, random_adapter_state_dict
-
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=(5, 10, 20),
-            transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, cross_attention_dim=2048,
-            norm_num_groups=32).to(dtype)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=1024,
-                            layers_per_block=2, scaling_factor=0.13025, force_upcast=True).to(dtype)
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                                           num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu",
-                                           vocab_size=49408)).to(dtype)
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120,
-                                                         num_attention_heads=20, num_hidden_layers=32,
-                                                         projection_dim=1280, hidden_act="gelu",
-                                                         vocab_size=49408)).to(dtype)
-        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1664, intermediate_size=8192, num_attention_heads=16, num_hidden_layers=48, patch_size=14,
-            image_size=224, projection_dim=1280, hidden_act="gelu")).to(dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tokenizer(Path(tmp))  # offline; token ids do not change the cost
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
-    for m in (unet, vae, te1, te2, encoder):
-        m.eval()
-    state = random_adapter_state_dict(unet, clip_dim=1280, tokens=4)
-    extractor = image_processor(224)
-    adapter.attach(pipe, [state], encoder, extractor)
-    pipe.to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    info = adapter.inspect(state)
-    return InstantStyle(pipe, encoder, extractor, info, ids={"base": "random-sdxl", "adapter": "random",
-                                                             "image_encoder": "random-vit-bigG"},
-                        cache=embeddings.EmbeddingCache(None), speed="plain")  # stock diffusers for every method
+    return full_instantstyle(device, dtype, speed="plain")[0]
 
 
 def load_tiny():

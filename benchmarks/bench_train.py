@@ -34,21 +34,16 @@ SDXL_POOLED = 1280  # text_encoder_2 projection
 def build_unet(tiny: bool, device: torch.device, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
-    from instantstyle.testing.fullsize import SDXL_UNET_CONFIG
+    from instantstyle.testing.fullsize import SDXL_UNET_CONFIG, on_device
 
     if tiny:
         from instantstyle.testing.tiny import CLIP_DIM, tiny_unet_config
 
         torch.manual_seed(0)
         return UNet2DConditionModel(**tiny_unet_config()).to(device, dtype), CLIP_DIM, CLIP_DIM
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
-    finally:
-        torch.set_default_dtype(previous)
+    with on_device(device, dtype):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
     return unet, SDXL_CLIP_DIM, SDXL_POOLED
 
 

@@ -9,6 +9,7 @@ downloaded. The configs are SDXL base 1.0's and h94's (see
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,18 @@ SDXL_UNET_CONFIG = dict(
     norm_num_groups=32, norm_eps=1e-5,
 )
 IMAGE_ENCODER_DIM = 1280  # ViT-bigG projection, the input of ip-adapter_sdxl's image projection
+
+
+@contextlib.contextmanager
+def on_device(device: torch.device | str, dtype: torch.dtype):
+    """Create modules directly on ``device`` in ``dtype`` (no float32 CPU copy first)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 @dataclass
@@ -61,34 +74,29 @@ def build_full_sdxl(device: torch.device | str, dtype: torch.dtype = torch.float
     device = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp))  # offline; cost is per token, not per vocabulary entry
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
-            cnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False) if controlnet else None
-            vae = AutoencoderKL(
-                in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025, force_upcast=True,
-            )
-            text_encoder = text_encoder_2 = encoder = None
-            common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-            if text_encoders:
-                text_encoder = CLIPTextModel(CLIPTextConfig(
-                    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                    hidden_act="quick_gelu", projection_dim=768, **common))
-                text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
-                    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                    hidden_act="gelu", projection_dim=1280, **common))
-            if image_encoder:
-                encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-                    hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
-                    patch_size=14, image_size=224, projection_dim=IMAGE_ENCODER_DIM, hidden_act="gelu",
-                    layer_norm_eps=1e-5))
-    finally:
-        torch.set_default_dtype(previous)
+    with on_device(device, dtype):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        cnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False) if controlnet else None
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, layers_per_block=2,
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025, force_upcast=True,
+        )
+        text_encoder = text_encoder_2 = encoder = None
+        common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        if text_encoders:
+            text_encoder = CLIPTextModel(CLIPTextConfig(
+                hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                hidden_act="quick_gelu", projection_dim=768, **common))
+            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+                hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                hidden_act="gelu", projection_dim=1280, **common))
+        if image_encoder:
+            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+                hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
+                patch_size=14, image_size=224, projection_dim=IMAGE_ENCODER_DIM, hidden_act="gelu",
+                layer_norm_eps=1e-5))
     for m in (unet, cnet, vae, text_encoder, text_encoder_2, encoder):
         if m is not None:
             m.eval().requires_grad_(False)
