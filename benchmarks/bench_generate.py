@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def plan(headline_repeats: int = 5, repeats: int = 3, b4_repeats: int = 2) -> li
             repeats=repeats, cuda_only=True),
         Row("ours-cudnn-style-b1", "ours", "style", 1, "exact + SDPA cuDNN pinned", replace(cl, attention="cudnn"),
             repeats=repeats, cuda_only=True),
-        Row("ours-lowest-style-b1", "ours", "style", 1, "--memory lowest (sequential offload), exact", exact,
+        Row("ours-fast+resnets-style-b1", "ours", "style", 1, "fast + compiled resnet blocks",
+            replace(fast, compile_resnets=True), repeats=repeats),
+        Row("ours-lowest-style-b1", "ours", "style", 1, "--memory lowest (group offload, leaf level, streams)", exact,
             memory="lowest", repeats=1, warmup=0, cuda_only=True),
     ]
     return rows
@@ -171,6 +174,12 @@ class Runner:
             self.model.speed = row.options
             self.model.run(pipe, prep, **extra)
         return grabbed["latents"]
+
+    def recover(self):
+        """Undo what an interrupted call may leave behind (the VAE upcast to float32)."""
+        vae = self.model.pipe.vae
+        if vae.dtype != self.model.dtype and self.memory == "normal":
+            vae.to(dtype=self.model.dtype)
 
     def set_memory(self, mode):
         if mode == self.memory:
@@ -282,7 +291,7 @@ def write_json(path, env, rows, elapsed):
 def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> float:
     """Rough seconds a row will take (to respect --budget-s)."""
     per_call = stock_s.get((row.preset, 1), 2.5 * steps_scale) * row.batch
-    factor = {"normal": 1.0, "low": 2.0, "lowest": 20.0}[row.memory]
+    factor = {"normal": 1.0, "low": 2.0, "lowest": 6.0}[row.memory]
     est = (row.warmup + row.repeats) * per_call * factor
     if row.options is not None and row.options.compile:
         key = (row.batch, row.options.fuse_qkv, row.options.compile_mode, row.options.fp8)
@@ -363,6 +372,8 @@ def main(argv=None) -> int:
                 row.result = runner.measure(row, row.warmup, row.repeats)
             except Exception as exc:  # one failing row (e.g. no flash kernel) must not lose the others
                 row.result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+                traceback.print_exc()
+                runner.recover()  # e.g. a VAE left upcast by an error inside the decoder
                 if runner.device.type == "cuda":
                     torch.cuda.empty_cache()
             else:

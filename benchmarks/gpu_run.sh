@@ -2,7 +2,8 @@
 # Every GPU number in the README, in two commands on a lent CUDA machine (nothing is downloaded).
 #
 #   bash benchmarks/gpu_run.sh generate   # issue 6: ours vs stock diffusers, fast-path pieces, memory modes (~5 min)
-#   bash benchmarks/gpu_run.sh rest       # issues 3, 4, 7: stylize modes, method costs, adapter training (~5 min)
+#   bash benchmarks/gpu_run.sh rest       # issues 3, 4, 7: stylize modes, method costs, adapter training, and
+#                                         # issue 6's memory modes / CUDA graphs / batch-4 rows again (~8 min)
 #
 # Results (Markdown tables on stdout, JSON and logs) go to $OUT (default artifacts/gpu). Python packages
 # the machine lacks travel as wheels in .whl/ (diffusers, pydantic and their pure-Python needs); see
@@ -30,12 +31,16 @@ case "${1:-}" in
       2>&1 | tee "$OUT/bench_generate.log" || status=1
     ;;
   rest)
-    timeout 150 python3 benchmarks/bench_stylize.py --budget-s 100 --json "$OUT/bench_stylize.json" \
-      2>&1 | tee "$OUT/bench_stylize.log" || status=1
-    timeout 100 python3 benchmarks/bench_train.py --json "$OUT/bench_train.json" \
-      2>&1 | tee "$OUT/bench_train.log" || status=1
-    timeout 110 python3 benchmarks/bench_methods.py --steps 10 --train-steps 10 --json "$OUT/bench_methods.json" \
-      2>&1 | tee "$OUT/bench_methods.log" || status=1
+    log="$OUT/rest.log"  # one log: at most 8 files come back from a lent machine
+    quiet() { grep --line-buffered -v "should be kept in float32" | tee -a "$log"; }
+    timeout 120 python3 benchmarks/bench_stylize.py --budget-s 85 --json "$OUT/bench_stylize.json" 2>&1 | quiet || status=1
+    timeout 80 python3 benchmarks/bench_train.py --json "$OUT/bench_train.json" 2>&1 | quiet || status=1
+    timeout 90 python3 benchmarks/bench_methods.py --steps 10 --train-steps 10 --json "$OUT/bench_methods.json" \
+      2>&1 | quiet || status=1
+    timeout 200 python3 benchmarks/bench_generate.py --budget-s 175 --json "$OUT/bench_generate2.json" \
+      --only 'stock-style-b1,ours-fast-style-b1,ours-low-style-b1,stock-style-b4,ours-fast-style-b4,ours-max-style-b1,ours-fast+resnets-style-b1,ours-flash-style-b1,ours-lowest-style-b1' \
+      2>&1 | quiet || status=1
+    echo "=== tables"; grep -h "^|\|^#\|^total\|^built" "$log"
     ;;
   *)
     echo "usage: $0 generate|rest" >&2

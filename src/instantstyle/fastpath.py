@@ -53,6 +53,7 @@ class FastOptions:
     compile: bool = False
     compile_mode: str | None = None  # None (default inductor) | "reduce-overhead" (CUDA graphs) | ...
     compile_backend: str = "inductor"  # "eager"/"aot_eager" trace without code generation (tests)
+    compile_resnets: bool = False  # also compile the ResnetBlock2D regions (more code compiled, fewer launches)
     fuse_qkv: bool = False
     channels_last: bool = False
     attention: str = "auto"
@@ -396,6 +397,10 @@ def configure_dynamo(limit: int = 64) -> None:
 def _compiled_blocks(unet, options: FastOptions):
     """Attach each block's cached ``torch.compile`` wrapper for the call; detach afterwards."""
     blocks = transformer_blocks(unet)
+    if options.compile_resnets:
+        from diffusers.models.resnet import ResnetBlock2D
+
+        blocks += [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
     configure_dynamo()
     key = (options.compile_backend, options.compile_mode)
     saved = [b._compiled_call_impl for b in blocks]
@@ -464,6 +469,37 @@ def _sdpa_backend(name: str):
 
 
 @contextlib.contextmanager
+def _unet_sdpa_backend(unet, name: str):
+    """Pin the SDPA kernel inside the UNet's forward only: the VAE's single 512-wide head has no
+    flash kernel, so a pipeline-wide pin would fail in the decoder."""
+    if name == "auto":
+        yield
+        return
+    had_own = "forward" in unet.__dict__
+    inner = unet.forward
+
+    def forward(*args, **kwargs):
+        with _sdpa_backend(name):
+            return inner(*args, **kwargs)
+
+    unet.forward = forward
+    try:
+        yield
+    finally:
+        if had_own:
+            unet.forward = inner
+        else:
+            del unet.forward
+
+
+def offloaded(unet, device: torch.device) -> bool:
+    """True when the UNet's weights move during a call (model, sequential or group offload)."""
+    return unet.device != device or any(
+        hasattr(m, "_hf_hook") or getattr(m, "_diffusers_hook", None) is not None for m in unet.modules()
+    )
+
+
+@contextlib.contextmanager
 def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwargs: Mapping | None = None):
     """Apply the fast path to ``pipe.unet`` for one call; everything is restored on exit.
 
@@ -474,8 +510,11 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
     unet = pipe.unet
     device = getattr(pipe, "_execution_device", unet.device)
     options = options_for(options, device)
-    if options.fuse_qkv and unet.device != device:
-        options = replace(options, fuse_qkv=False)  # CPU offload: fused copies would live on the wrong device
+    if offloaded(unet, device):
+        # Weights move between devices during the call: pieces that hold tensors (fused weights,
+        # scale tensors, compiled graphs, memory formats) would be stale. Keep the module-level one.
+        options = replace(options, light_inactive=False, fuse_qkv=False, compile=False, channels_last=False,
+                          fp8=False, attention="auto")
     if options.attention not in ATTENTION_BACKENDS:
         raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     if options.fp8 and device.type == "cuda" and not fp8_supported(device):
@@ -495,7 +534,7 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
             stack.enter_context(_channels_last(unet))
         if options.compile:
             stack.enter_context(_compiled_blocks(unet, options))
-        stack.enter_context(_sdpa_backend(options.attention))
+        stack.enter_context(_unet_sdpa_backend(unet, options.attention))
         yield options
 
 
@@ -504,8 +543,10 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
 
 def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
     """Load-time memory layout. ``normal``: everything on ``device``. ``low``: model CPU offload
-    (one model on the GPU at a time) + VAE tiling and slicing. ``lowest``: sequential CPU
-    offload (one layer at a time; slow) + VAE tiling."""
+    (one model on the GPU at a time) + VAE tiling and slicing. ``lowest``: diffusers' group
+    offloading at leaf level with CUDA-stream prefetch (weights stream in layer by layer, the
+    next layer's copy overlapping the current layer's compute) + VAE tiling; sequential offload
+    where group offloading is unavailable."""
     device = torch.device(device)
     if mode not in MEMORY_MODES:
         raise InstantStyleError(f"--memory {mode!r} is not one of {', '.join(MEMORY_MODES)}")
@@ -516,6 +557,9 @@ def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
         raise InstantStyleError(f"--memory {mode} offloads to the CPU between uses of a GPU; it needs --device cuda")
     if mode == "low":
         pipe.enable_model_cpu_offload(device=device)
+    elif hasattr(pipe, "enable_group_offload"):
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                  offload_type="leaf_level", use_stream=True)
     else:
         pipe.enable_sequential_cpu_offload(device=device)
     pipe.vae.enable_tiling()
