@@ -558,8 +558,11 @@ def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
     if mode == "low":
         pipe.enable_model_cpu_offload(device=device)
     elif hasattr(pipe, "enable_group_offload"):
+        # The VAE stays on the GPU (0.2 GB, decoded in tiles): SDXL's pipelines upcast it to
+        # float32 with .to() around decoding, which group offloading's CPU copies do not follow
+        # (seen on an H200: "Input type (float) and bias type (c10::Half)").
         pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
-                                  offload_type="leaf_level", use_stream=True)
+                                  offload_type="leaf_level", use_stream=True, exclude_modules=["vae"])
     else:
         pipe.enable_sequential_cpu_offload(device=device)
     pipe.vae.enable_tiling()

@@ -71,7 +71,9 @@ def encode_latents(pipe, image, width: int, height: int) -> torch.Tensor:
     """VAE latent ``[1, 4, H/8, W/8]`` of a PIL image resized to ``width`` x ``height`` (posterior mean)."""
     with _vae_fp32_if_needed(pipe.vae):
         pixels = pipe.image_processor.preprocess(image, height=height, width=width)
-        pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
+        # The execution device, not vae.device: under CPU offload the VAE sits on the CPU until
+        # its hook moves it for encode(), and the hook does not move the input.
+        pixels = pixels.to(pipe._execution_device, pipe.vae.dtype)
         latents = pipe.vae.encode(pixels).latent_dist.mean
     return (latents * pipe.vae.config.scaling_factor).to(pipe.unet.dtype)
 
