@@ -158,7 +158,7 @@ def test_regional_style_masks(client, tiny_model, red_png, style_images):
     assert meta["style_masks"] == [UPLOAD, UPLOAD]
     assert meta["style_mask_sha256"] == [image_hash(LEFT), image_hash(RIGHT)]
     (ref,) = _library(tiny_model, body["request"], [Image.open(io.BytesIO(red_png)), blue],
-                      style_masks=[LEFT, RIGHT])
+                      style_mask_images=[LEFT, RIGHT])
     assert np.array_equal(np.asarray(ref.convert("RGB")), np.asarray(image.convert("RGB")))
 
 
@@ -229,3 +229,13 @@ def test_operator_controlnets_are_checked_registered_and_forgotten(tiny_model, t
     assert "mine" in control._LOADED[tiny_model] and service.control_choices() == ["canny", "tile", "mine"]
     service.close()
     assert "mine" not in control._LOADED[tiny_model]  # the shared model is left as found
+
+
+def test_library_refuses_an_in_memory_image_the_request_does_not_use(tiny_model, red_png):
+    from instantstyle.errors import InstantStyleError
+
+    red = Image.open(io.BytesIO(red_png))
+    with pytest.raises(InstantStyleError, match="in-memory content image was given but the request's content is empty"):
+        tiny_model.generate(prompt="x", steps=1, style_images=[red], content_image=CONTENT)
+    with pytest.raises(InstantStyleError, match="in-memory style_masks image"):
+        tiny_model.generate(prompt="x", steps=1, style_images=[red], style_mask_images=[LEFT])

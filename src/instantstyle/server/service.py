@@ -39,7 +39,6 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 # ``style_masks``, ``control_image`` entries) may only hold this label; the images themselves are
 # uploads, passed to the library in memory (``InstantStyle.generate(content_image=...)``).
 UPLOAD = "<upload>"
-IMAGE_FIELDS = ("content", "mask", "style_masks", "control_image")
 MAX_CONTROL_IMAGES = 4  # GenerateRequest.control holds at most 4 entries
 
 
@@ -302,7 +301,9 @@ def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) 
 
     if req.method != "instantstyle" or not needs_stylize(req):
         return
-    inputs = load_inputs(model, req, **uploads.kwargs(req))
+    kwargs = uploads.kwargs(req)
+    kwargs["style_masks"] = kwargs.pop("style_mask_images")
+    inputs = load_inputs(model, req, **kwargs)
     for what, value in (("width", inputs.width), ("height", inputs.height)):
         if not limits.min_size <= value <= limits.max_size:
             raise InstantStyleError(f"{what} is {value} (from the content image's aspect ratio), outside the "
@@ -326,7 +327,7 @@ class Uploads:
             it = iter(self.control_images)
             control = [next(it) if v == UPLOAD else None for v in req.control_image]
         return {"content_image": self.content, "mask_image": self.mask,
-                "style_masks": list(self.style_masks) or None, "control_images": control}
+                "style_mask_images": list(self.style_masks) or None, "control_images": control}
 
 
 # ---------------------------------------------------------------------- jobs
