@@ -306,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
     q.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads per worker (default: torch's; 1 is often fastest for small CPU models)")
+    q.add_argument("--controlnet", action="append", default=[], metavar="NAME=REF",
+                   help="allow requests to use the ControlNet REF (local diffusers dir or Hub id, loaded at start) "
+                        "as control NAME (fed an uploaded control image) or canny=NAME / tile=NAME; repeatable. "
+                        "canny and tile (default ControlNets) are always allowed; a request never names a path")
     _add_model_args(sv)
     sv._option_string_actions["--device"].help = (
         "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)")
@@ -619,7 +623,7 @@ def cmd_serve(args) -> int:
     except ImportError as exc:
         raise InstantStyleError(f"the server needs the 'serve' extra ({exc.name} is missing): "
                                 "pip install 'instantstyle[serve]'") from None
-    from .server.service import GenerationService, Limits
+    from .server.service import GenerationService, Limits, check_controlnet_names
 
     limits = Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                     max_prompt_length=args.max_prompt_length, max_style_images=args.max_style_images,
@@ -631,6 +635,13 @@ def cmd_serve(args) -> int:
         raise InstantStyleError(f"--cpu-threads is {args.cpu_threads}; it must be >= 1")
     if not 0 < args.port < 65536:
         raise InstantStyleError(f"--port {args.port}: use 1-65535")
+    controlnets = {}
+    for entry in args.controlnet:
+        name, sep, ref = entry.partition("=")
+        if not (sep and name.strip() and ref.strip()):
+            raise InstantStyleError(f"--controlnet {entry!r}: give NAME=REF, e.g. depth=diffusers/controlnet-depth-sdxl-1.0")
+        controlnets[name.strip()] = ref.strip()
+    check_controlnet_names(controlnets)
     api_key = args.api_key or os.environ.get("INSTANTSTYLE_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
@@ -652,7 +663,8 @@ def cmd_serve(args) -> int:
     # 3. Serve until interrupted.
     from .server.http_api import create_app
 
-    service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads)
+    service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads,
+                                controlnets=controlnets)
     app = create_app(service, api_key=api_key, ui=not args.no_ui)
     where = f"http://{args.host}:{args.port}"
     print(f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"

@@ -249,7 +249,7 @@ class GenerateRequest(BaseModel):
             )
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
-        self._check_stylize()
+        self._check_stylize(n_refs)
         if self.swap_start >= self.swap_end:
             raise ValueError(f"swap_start ({self.swap_start}) must be below swap_end ({self.swap_end})")
         from .methods import check_options
@@ -257,7 +257,7 @@ class GenerateRequest(BaseModel):
         check_options(self)
         return self
 
-    def _check_stylize(self) -> None:
+    def _check_stylize(self, n_refs: int) -> None:
         task = self.task
         if task in ("img2img", "inpaint", "plus") and not self.content:
             raise ValueError(f"task {task} needs a content image (--content IMAGE)")
@@ -280,8 +280,8 @@ class GenerateRequest(BaseModel):
                              "give one for all or one each")
         if self.canny_low >= self.canny_high:
             raise ValueError(f"canny_low {self.canny_low} must be below canny_high {self.canny_high}")
-        if self.style_masks and self.style and len(self.style_masks) != len(self.style):
-            raise ValueError(f"{len(self.style_masks)} style masks for {len(self.style)} style references; "
+        if self.style_masks and n_refs and len(self.style_masks) != n_refs:
+            raise ValueError(f"{len(self.style_masks)} style masks for {n_refs} style references; "
                              "give one --style-mask per --style")
         plus_only = {"content_ip_scale": self.content_ip_scale, "inversion_steps": self.inversion_steps,
                      "inversion_prompt": self.inversion_prompt}

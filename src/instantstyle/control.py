@@ -128,6 +128,11 @@ def register(model, ref: str, controlnet) -> None:
     _LOADED.setdefault(model, {})[ref] = controlnet
 
 
+def unregister(model, ref: str) -> None:
+    """Forget what ``register`` put under ``ref`` for ``model`` (the server does this when it closes)."""
+    _LOADED.get(model, {}).pop(ref, None)
+
+
 def load_controlnet(model, ref: str):
     """Load (once per ``InstantStyle``) and check a ControlNet; on the model's device and dtype."""
     cache = _LOADED.setdefault(model, {})

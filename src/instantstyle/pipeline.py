@@ -236,14 +236,28 @@ class InstantStyle:
         *,
         style_images: Sequence[StyleRef] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        content_image: Image.Image | None = None,
+        mask_image: Image.Image | None = None,
+        style_mask_images: Sequence[Image.Image] | None = None,
+        control_images: Sequence[Image.Image | None] | None = None,
         **params,
     ) -> list[Image.Image]:
         """Generate images; each carries its full parameters in ``image.info`` (see ``images.save_png``).
 
         ``generate(prompt="a cat", style=["ref.png"], mode="style", content_prompt="a dog", seed=42)``
         or ``generate(request)``; ``style_images`` adds in-memory PIL images / ``Style`` objects.
+        ``content_image``/``mask_image``/``style_mask_images``/``control_images`` are in-memory images
+        used instead of the files the request's ``content``/``mask``/``style_masks``/``control_image``
+        name (those fields then only label them, e.g. ``content="<upload>"``; nothing is read from disk).
         """
         req = self.request(request, **params)
+        in_memory = {"content": content_image, "mask": mask_image, "style_masks": style_mask_images,
+                     "control_image": control_images}
+        for name, value in in_memory.items():
+            given = value is not None and (not isinstance(value, list | tuple) or len(value) > 0)
+            if given and not getattr(req, name):
+                raise InstantStyleError(f"an in-memory {name} image was given but the request's {name} is empty; "
+                                        f"set {name} to a label such as '<upload>' so the request says it is used")
         if req.method != "instantstyle":
             from .methods import run_method
 
@@ -253,7 +267,8 @@ class InstantStyle:
         if needs_stylize(req):  # content image, ControlNet, img2img, inpainting, regional styles, Plus
             from .pipelines.stylize import stylize
 
-            return stylize(self, req, style_images=style_images, on_step=on_step)
+            return stylize(self, req, style_images=style_images, on_step=on_step, content_image=content_image,
+                           mask_image=mask_image, style_masks=style_mask_images, control_images=control_images)
         prep = self.prepare(req, style_images)
         return self.run(self.pipe, prep, on_step=on_step)
 

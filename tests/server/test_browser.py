@@ -88,6 +88,23 @@ def test_ui_upload_prompt_generate_gallery_reuse(browser, tiny_model, style_imag
         page.click("#gallery img")
         page.click("#reuse")
         page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a red cat'")
+
+        # 4. stylize a content image: img2img from the "Content image" accordion
+        page.click("#content-accordion button")
+        page.set_input_files("#content-image input[type=file]", str(style_images["blue"]))
+        page.wait_for_selector("#content-image img")
+        page.click("#task label:has-text('img2img')")
+        page.fill("#strength input", "0.6")
+        page.press("#strength input", "Tab")
+        page.click("#generate")
+        page.wait_for_function("() => document.querySelectorAll('#gallery img').length >= 2")
+        page.wait_for_selector("#params >> text=img2img")
+        newest = page.query_selector_all("#gallery img")[0]
+        meta = json.loads(Image.open(io.BytesIO(page.request.get(newest.get_attribute("src")).body()))
+                          .info["instantstyle"])
+        assert (meta["task"], meta["strength"], meta["content"]) == ("img2img", 0.6, "<upload>")
+        assert len(meta["content_sha256"]) == 64
+        assert service.health()["jobs"]["done"] == 2
         page.close()
 
     artifacts = REPO / "artifacts"

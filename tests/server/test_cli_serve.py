@@ -15,6 +15,9 @@ from instantstyle.cli import main
     (["--max-upload-bytes", "-1"], "--max-upload-bytes is -1"),
     (["--port", "70000"], "--port 70000"),
     (["--cpu-threads", "0"], "--cpu-threads is 0"),
+    (["--controlnet", "depth"], "--controlnet 'depth': give NAME=REF"),
+    (["--controlnet", "canny=/models/cn"], "--controlnet canny=/models/cn: the name must be"),
+    (["--controlnet", "../x=/models/cn"], "--controlnet ../x=/models/cn: the name must be"),
 ])
 def test_bad_serve_flags_exit_2_in_one_line(flags, words, capsys, monkeypatch):
     import instantstyle.pipeline as pipeline
@@ -52,16 +55,28 @@ def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys
                        data={"params": json.dumps({"prompt": "a cat", "seed": 1, "steps": 2})},
                        files=[("images", ("red.png", red_png, "image/png"))])
             seen["generate"] = (r.status_code, r.json())
+            # the built-in canny (the tiny ControlNet with --base tiny) and an operator-allowed one
+            r = c.post("/v1/generate?wait=true", headers={"Authorization": "Bearer k3y"},
+                       data={"params": json.dumps({"prompt": "a cat", "seed": 1, "steps": 2,
+                                                   "control": ["canny", "tile=edges"]})},
+                       files=[("images", ("red.png", red_png, "image/png")),
+                              ("content", ("content.png", red_png, "image/png"))])
+            seen["controlnet"] = (r.status_code, r.json())
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setenv("INSTANTSTYLE_API_KEY", "k3y")
-    assert main(["serve", "--base", "tiny", "--device", "cpu", "--cpu-threads", "1", "--no-ui"]) == 0
+    assert main(["serve", "--base", "tiny", "--device", "cpu", "--cpu-threads", "1", "--no-ui",
+                 "--controlnet", "edges=tiny"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 7860)  # this machine only, by default
     assert seen["health"]["status"] == "ok" and seen["health"]["models"]["base"] == "tiny"
     assert seen["health"]["api_key_required"] and seen["no_key"] == 401  # the environment's key is enforced
     assert seen["ui"] == 404  # --no-ui
     status, body = seen["generate"]
     assert status == 200 and body["images"][0]["metadata"]["seed"] == 1
+    assert seen["health"]["controls"] == ["canny", "tile", "edges"]
+    status, body = seen["controlnet"]
+    assert status == 200, body
+    assert [c["model"] for c in body["images"][0]["metadata"]["controlnets"]] == ["tiny", "edges"]
     assert "serving cpu at http://127.0.0.1:7860" in capsys.readouterr().err
 
 

@@ -4,8 +4,12 @@ Endpoints (all under ``/v1``; with an API key set, each needs ``Authorization: B
 ``X-API-Key: KEY``):
 
 - ``POST /v1/generate``: multipart form: ``params`` (JSON of ``GenerateRequest`` fields) and
-  ``images`` (style image files, several allowed). ``?wait=true`` answers with the images
-  (base64 PNG + parameters); otherwise 202 with a job id to poll.
+  ``images`` (style image files, several allowed); to stylize a content image also ``content``,
+  ``mask`` (inpainting), ``style_masks`` (one per style image, regional styles) and
+  ``control_images`` (for ControlNets that do not derive theirs from the content image). The
+  request's image fields then hold the label ``"<upload>"`` (filled in by the server); a request
+  never names a file. ``?wait=true`` answers with the images (base64 PNG + parameters);
+  otherwise 202 with a job id to poll.
 - ``GET /v1/jobs/{id}`` (status, progress, results), ``GET /v1/jobs/{id}/images/{i}.png``.
 - ``GET /v1/blocks``, ``GET/POST /v1/styles``, ``DELETE /v1/styles/{name}``, ``GET /v1/health``.
 
@@ -32,14 +36,17 @@ from ..errors import InstantStyleError
 from .service import (
     DONE,
     FAILED,
+    MAX_CONTROL_IMAGES,
     QUEUED,
     GenerationService,
     Job,
     JobFailedError,
     QueueFullError,
     UnknownJobError,
+    Uploads,
     UploadTooLargeError,
     decode_upload,
+    fill_image_fields,
     parse_request,
 )
 
@@ -54,7 +61,12 @@ PARAMS_HELP = (
     "JSON object of request fields (the GenerateRequest schema below), e.g. "
     '{"prompt": "a cat", "seed": 1, "mode": "style", "content_prompt": "a dog"}. '
     "`style` may only hold saved styles as \"@name\"; images are sent as files. "
-    "`style_weights` has one weight per uploaded image, then one per saved style."
+    "`style_weights` has one weight per uploaded image, then one per saved style. "
+    "To stylize a content image, upload it as `content` and set `task` (controlnet, img2img, inpaint, plus) "
+    "or `control` ([\"canny\"], [\"tile\"] or a ControlNet the server allows by name, see GET /v1/health "
+    "`controls`); `content`, `mask`, `style_masks` and `control_image` are filled in by the server from the "
+    "uploads (leave them out, or send \"<upload>\"). `method`: instantstyle, ip-adapter, style-aligned, "
+    "visual-style-prompting (b-lora is CLI-only)."
 )
 
 
@@ -183,23 +195,43 @@ def _failed_job_response(job: Job) -> JSONResponse:
     return error_response(status, job.error or "job failed", code=job.error_type, job_id=job.id)
 
 
-async def _read_uploads(files: list[UploadFile] | None, service: GenerationService) -> list:
+def _files(files) -> list[UploadFile]:
+    if files is None:
+        return []
+    return [f for f in (files if isinstance(files, list) else [files]) if f is not None]
+
+
+async def _read_uploads(files, service: GenerationService, *, what: str = "style image", mask: bool = False,
+                        max_count: int | None = None, field: str = "images") -> list:
     """Uploaded files -> decoded PIL images: count, then bytes (read at most limit+1), then pixels."""
-    files = [f for f in (files or []) if f is not None]
+    files = _files(files)
     limits = service.limits
-    if len(files) > limits.max_style_images:
-        raise InstantStyleError(f"{len(files)} images uploaded, over the limit of {limits.max_style_images}; "
-                                "send fewer (server flag --max-style-images)")
+    max_count = limits.max_style_images if max_count is None else max_count
+    if len(files) > max_count:
+        raise InstantStyleError(f"{len(files)} files uploaded as '{field}', over the limit of {max_count}; "
+                                "send fewer" + (" (server flag --max-style-images)" if field in
+                                                ("images", "style_masks") else ""))
     images = []
     for i, f in enumerate(files):
         name = f.filename or f"upload {i}"
         if f.size is not None and f.size > limits.max_upload_bytes:
-            raise UploadTooLargeError(f"style image {name!r} is {f.size} bytes, over the limit of "
+            raise UploadTooLargeError(f"{what} {name!r} is {f.size} bytes, over the limit of "
                                       f"{limits.max_upload_bytes} bytes; send a smaller file "
                                       "(server flag --max-upload-bytes)")
         data = await f.read(limits.max_upload_bytes + 1)
-        images.append(await run_in_threadpool(decode_upload, data, name, limits))
+        images.append(await run_in_threadpool(decode_upload, data, name, limits, what=what, mask=mask))
     return images
+
+
+def _params_dict(params: str) -> dict:
+    try:
+        value = json.loads(params or "{}")
+    except json.JSONDecodeError as exc:
+        raise InstantStyleError(f"params is not valid JSON ({exc.msg} at character {exc.pos}); "
+                                'send an object such as {"prompt": "a cat", "seed": 1}') from None
+    if not isinstance(value, dict):
+        raise InstantStyleError(f"params must be a JSON object of request fields, got {type(value).__name__}")
+    return value
 
 
 def create_app(service: GenerationService, *, api_key: str | None = None, ui: bool = True,
@@ -270,15 +302,33 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
         params: Annotated[str, Form(description=PARAMS_HELP)],
         images: Annotated[list[UploadFile] | None, File(description="style reference images (PNG, JPEG, WebP...)")]
         = None,
+        content: Annotated[UploadFile | None, File(description="content image to stylize (sets content)")] = None,
+        mask: Annotated[UploadFile | None, File(description="inpainting mask, single-channel, the content's size")]
+        = None,
+        style_masks: Annotated[list[UploadFile] | None, File(
+            description="regional styles: one single-channel mask per style image, in the same order")] = None,
+        control_images: Annotated[list[UploadFile] | None, File(
+            description="control images, one per control entry (or per \"<upload>\" entry of control_image)")]
+        = None,
         wait: Annotated[bool, Query(description="answer with the images when done instead of a job id")] = False,
         timeout: Annotated[float | None, Query(gt=0, description="longest wait in seconds (default: server's)")]
         = None,
     ):
-        n_uploads = len([f for f in (images or []) if f is not None])
-        req = parse_request(params, style_images=n_uploads)
+        n_uploads = len(_files(images))
+        fields = fill_image_fields(_params_dict(params), content=bool(_files(content)), mask=bool(_files(mask)),
+                                   style_masks=len(_files(style_masks)), control_images=len(_files(control_images)))
+        req = parse_request(fields, style_images=n_uploads)
         await run_in_threadpool(service.check, req, style_images=n_uploads)
         style_images = await _read_uploads(images, service)
-        job = service.submit_generate(req, style_images)
+        uploads = Uploads(
+            content=next(iter(await _read_uploads(content, service, what="content image", field="content")), None),
+            mask=next(iter(await _read_uploads(mask, service, what="mask", mask=True, field="mask")), None),
+            style_masks=await _read_uploads(style_masks, service, what="style mask", mask=True, field="style_masks"),
+            control_images=await _read_uploads(control_images, service, what="control image",
+                                               max_count=MAX_CONTROL_IMAGES, field="control_images"),
+        )
+        await run_in_threadpool(service.check_inputs, req, uploads)
+        job = service.submit_generate(req, style_images, uploads=uploads)
         queued = JSONResponse(job_payload(service, job), status_code=202,
                               headers={"Location": f"/v1/jobs/{job.id}"})
         if not wait:

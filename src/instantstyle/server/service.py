@@ -35,6 +35,11 @@ log = logging.getLogger("instantstyle.server")
 
 MiB = 1024 * 1024
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+# A request never names a file. The request fields that name images (``content``, ``mask``,
+# ``style_masks``, ``control_image`` entries) may only hold this label; the images themselves are
+# uploads, passed to the library in memory (``InstantStyle.generate(content_image=...)``).
+UPLOAD = "<upload>"
+MAX_CONTROL_IMAGES = 4  # GenerateRequest.control holds at most 4 entries
 
 
 # ---------------------------------------------------------------------- limits and errors
@@ -64,8 +69,11 @@ class Limits:
 
     @property
     def max_body_bytes(self) -> int:
-        """Largest request body accepted at all: every allowed upload at full size, plus 1 MiB of fields."""
-        return self.max_style_images * self.max_upload_bytes + MiB
+        """Largest request body accepted at all: every allowed upload at full size, plus 1 MiB of fields.
+
+        Uploads: style images and one mask each, a content image, a mask, and the control images.
+        """
+        return (2 * self.max_style_images + 2 + MAX_CONTROL_IMAGES) * self.max_upload_bytes + MiB
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -98,11 +106,14 @@ class JobFailedError(InstantStyleError):
 # ---------------------------------------------------------------------- request checks
 
 
-def decode_upload(data: bytes, name: str, limits: Limits):
-    """An uploaded style image -> RGB PIL image: byte size first, then header pixel count, then decode."""
+def decode_upload(data: bytes, name: str, limits: Limits, *, what: str = "style image", mask: bool = False):
+    """An uploaded image -> PIL image: byte size first, then header pixel count, then decode.
+
+    RGB, or with ``mask`` a single-channel mode ``L`` image (an RGB mask is refused, as the CLI does).
+    """
     from ..images import load_image
 
-    label = f"style image {name!r}"
+    label = f"{what} {name!r}"
     if len(data) > limits.max_upload_bytes:
         raise UploadTooLargeError(
             f"{label} is {len(data)} bytes, over the limit of {limits.max_upload_bytes} bytes; "
@@ -110,7 +121,55 @@ def decode_upload(data: bytes, name: str, limits: Limits):
         )
     if not data:
         raise InstantStyleError(f"{label} is empty; send the image file's bytes")
-    return load_image(data, what=label, max_pixels=limits.max_pixels)
+    image = load_image(data, what=label, max_pixels=limits.max_pixels)  # pixel limit, corruption
+    if not mask:
+        return image
+    import io
+
+    from PIL import Image
+
+    from ..pipelines.stylize import load_mask
+
+    raw = Image.open(io.BytesIO(data))
+    raw.load()
+    return load_mask(raw, what=label, max_pixels=limits.max_pixels)
+
+
+def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False, style_masks: int = 0,
+                      control_images: int = 0) -> dict:
+    """Set the request's image fields to ``UPLOAD`` labels for the files that came with it.
+
+    A client may leave them out (the server fills them) or send the ``UPLOAD`` label itself; any
+    other value (a path, a URL) is refused. ``control_image`` may be sent as a list of ``null``
+    (canny/tile derive theirs from the content image) and ``"<upload>"`` entries: the uploaded
+    control images fill the ``"<upload>"`` entries in order. Without it, the uploads are one per
+    ``control`` entry, in order.
+    """
+    params = dict(params)
+    for name, given in (("content", content), ("mask", mask)):
+        value = params.get(name)
+        if value not in (None, UPLOAD):
+            raise InstantStyleError(f"{name} {value!r} is not allowed: a request never names a file; upload the "
+                                    f"image as the multipart file field '{name}'")
+        if value == UPLOAD and not given:
+            raise InstantStyleError(f"{name} is {UPLOAD!r} but no file '{name}' was uploaded")
+        params[name] = UPLOAD if given else None
+    for name, n, part in (("style_masks", style_masks, "style_masks"), ("control_image", control_images,
+                                                                          "control_images")):
+        value = params.get(name)
+        if value is None or value == []:
+            params[name] = [UPLOAD] * n
+            continue
+        allowed = (UPLOAD, None) if name == "control_image" else (UPLOAD,)
+        if not isinstance(value, list) or any(v not in allowed for v in value):
+            raise InstantStyleError(
+                f"{name} {value!r} is not allowed: a request never names a file; upload the images as the "
+                f"multipart file field '{part}'" + (" (entries may be null or \"<upload>\")"
+                                                    if name == "control_image" else ""))
+        if sum(v == UPLOAD for v in value) != n:
+            raise InstantStyleError(f"{name} has {sum(v == UPLOAD for v in value)} {UPLOAD!r} entries but {n} "
+                                    f"file(s) were uploaded as '{part}'")
+    return params
 
 
 def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateRequest:
@@ -135,16 +194,21 @@ def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateReque
         raise InstantStyleError(format_validation_error(exc, flag_style=False)) from None
 
 
-def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: int = 0) -> None:
+def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: int = 0,
+                  controlnets: Sequence[str] = ()) -> None:
     """Everything about a request that can be refused before it is queued (no model runs).
 
     A request never names a file: ``style`` entries must be ``@name`` of a saved style (the name
-    is checked so it cannot leave the styles directory); images come as uploads.
+    is checked so it cannot leave the styles directory); images come as uploads (``UPLOAD``
+    labels in the image fields); ``control`` entries are the built-in kinds or ControlNets the
+    operator allowed by name (``controlnets``); b-lora, whose ``lora`` is a directory, is refused.
     """
     from ..embeddings import STYLE_NAME, list_styles, style_path
 
+    _check_no_paths(req, controlnets)
     for what, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt),
-                       ("content_prompt", req.content_prompt)):
+                       ("content_prompt", req.content_prompt), ("reference_prompt", req.reference_prompt),
+                       ("inversion_prompt", req.inversion_prompt)):
         if text is not None and len(text) > limits.max_prompt_length:
             raise InstantStyleError(f"{what} is {len(text)} characters, over the limit of "
                                     f"{limits.max_prompt_length}; shorten it (server flag --max-prompt-length)")
@@ -169,9 +233,10 @@ def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: 
     if req.num_images > limits.max_num_images:
         raise InstantStyleError(f"num_images is {req.num_images}, over the limit of {limits.max_num_images}; "
                                 "ask for fewer (server flag --max-images)")
-    if req.steps > limits.max_steps:
-        raise InstantStyleError(f"steps is {req.steps}, over the limit of {limits.max_steps}; "
-                                "use fewer (server flag --max-steps)")
+    for what, steps in (("steps", req.steps), ("inversion_steps", req.inversion_steps)):
+        if steps is not None and steps > limits.max_steps:
+            raise InstantStyleError(f"{what} is {steps}, over the limit of {limits.max_steps}; "
+                                    "use fewer (server flag --max-steps)")
     native = model.native_size
     for what, value in (("width", req.width or native), ("height", req.height or native)):
         if not limits.min_size <= value <= limits.max_size:
@@ -186,6 +251,83 @@ def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: 
     width, height = req.width or native, req.height or native
     if width % unit or height % unit:
         raise InstantStyleError(f"width/height {width}x{height} must be multiples of {unit} for this model")
+
+
+def check_controlnet_names(controlnets: dict) -> None:
+    """Operator ControlNet names: request-safe words (no path), not a built-in kind."""
+    from ..control import KINDS
+    from ..embeddings import STYLE_NAME
+
+    for name, ref in controlnets.items():
+        if not STYLE_NAME.match(name) or name in KINDS:
+            raise InstantStyleError(
+                f"--controlnet {name}={ref}: the name must be 1-64 letters, digits, '_', '-', '.' and not "
+                f"{' or '.join(KINDS)} (requests use canny=NAME to feed it Canny edges)")
+
+
+def _check_no_paths(req: GenerateRequest, controlnets: Sequence[str]) -> None:
+    """No field of ``req`` names a file or a model: image fields hold ``UPLOAD``, controls are names."""
+    from ..control import KINDS
+
+    images = [req.content, req.mask, *req.style_masks, *req.control_image]
+    bad = next((v for v in images if v not in (None, UPLOAD)), None)
+    if bad is not None:
+        raise InstantStyleError(f"image field value {bad!r} is not allowed: a request never names a file; "
+                                "upload the image (multipart fields content, mask, style_masks, control_images)")
+    allowed = [*KINDS, *controlnets]
+    for entry in req.control:
+        kind, sep, name = entry.partition("=")
+        ok = (name in controlnets and kind in KINDS) if sep else entry in allowed
+        if not ok:
+            named = ", ".join(controlnets) or "none"
+            raise InstantStyleError(
+                f"control {entry!r} is not allowed: use {' or '.join(KINDS)} (derived from the content image), "
+                f"a ControlNet the server allows by name ({named}; server flag --controlnet NAME=REF), or "
+                "KIND=NAME with one of those; a request never names a path or Hub id")
+    if req.method == "b-lora":
+        raise InstantStyleError("method 'b-lora' is not served over HTTP: its lora is a directory on the server, "
+                                "and a request never names a file; run it with `instantstyle generate --method "
+                                "b-lora --lora DIR`")
+
+
+def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) -> None:
+    """The uploaded content/mask/control images against the request (sizes, channels, counts).
+
+    Runs the library's own reading of the inputs (``stylize.load_inputs``: image processing only,
+    no model) so a mask of the wrong size or an RGB mask is refused before the job is queued, and
+    the generation size derived from the content image is held to the size range.
+    """
+    from ..pipelines.stylize import load_inputs, needs_stylize
+
+    if req.method != "instantstyle" or not needs_stylize(req):
+        return
+    kwargs = uploads.kwargs(req)
+    kwargs["style_masks"] = kwargs.pop("style_mask_images")
+    inputs = load_inputs(model, req, **kwargs)
+    for what, value in (("width", inputs.width), ("height", inputs.height)):
+        if not limits.min_size <= value <= limits.max_size:
+            raise InstantStyleError(f"{what} is {value} (from the content image's aspect ratio), outside the "
+                                    f"allowed range {limits.min_size}...{limits.max_size}; crop the content image "
+                                    "or give width and height (server flags --min-size/--max-size)")
+
+
+@dataclass
+class Uploads:
+    """A request's decoded content / mask / per-style masks / control images (in memory)."""
+
+    content: object = None  # PIL RGB
+    mask: object = None  # PIL L
+    style_masks: list = field(default_factory=list)  # PIL L, one per style image
+    control_images: list = field(default_factory=list)  # PIL RGB, in upload order
+
+    def kwargs(self, req: GenerateRequest) -> dict:
+        """Keyword arguments for ``InstantStyle.generate``: control uploads fill ``UPLOAD`` entries in order."""
+        control = None
+        if req.control_image:
+            it = iter(self.control_images)
+            control = [next(it) if v == UPLOAD else None for v in req.control_image]
+        return {"content_image": self.content, "mask_image": self.mask,
+                "style_mask_images": list(self.style_masks) or None, "control_images": control}
 
 
 # ---------------------------------------------------------------------- jobs
@@ -276,12 +418,15 @@ class GenerationService:
     """Loaded models + one worker thread each + one bounded FIFO queue + finished jobs kept a while."""
 
     def __init__(self, models, *, queue_size: int = 8, limits: Limits | None = None, keep_jobs: int = 128,
-                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None):
+                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None, controlnets: dict | None = None):
         self.models = list(models) if isinstance(models, list | tuple) else [models]
         if not self.models:
             raise InstantStyleError("the service needs at least one loaded model")
         if queue_size < 1:
             raise InstantStyleError(f"--queue-size is {queue_size}; it must be >= 1")
+        self.controlnets = dict(controlnets or {})  # name a request may use -> model reference
+        self._registered: list[tuple[object, str]] = []
+        self._register_controlnets()
         self.limits = limits or Limits()
         self.queue_size = queue_size
         self.keep_jobs = keep_jobs
@@ -300,6 +445,25 @@ class GenerationService:
     def model(self):
         """The first model (all are the same weights on different devices)."""
         return self.models[0]
+
+    def _register_controlnets(self) -> None:
+        """Load each operator-allowed ControlNet once per model (checked against its UNet) under its name."""
+        if not self.controlnets:
+            return
+        from .. import control as control_mod
+
+        check_controlnet_names(self.controlnets)
+        for model in self.models:
+            for name, ref in self.controlnets.items():
+                control_mod.register(model, name, control_mod.load_controlnet(model, ref))
+                self._registered.append((model, name))
+
+    def _unregister_controlnets(self) -> None:
+        from .. import control as control_mod
+
+        for model, name in self._registered:
+            control_mod.unregister(model, name)
+        self._registered = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -326,6 +490,7 @@ class GenerationService:
         for t in self._threads:
             t.join(timeout)
         self._threads = []
+        self._unregister_controlnets()
 
     def __enter__(self) -> GenerationService:
         return self.start()
@@ -336,7 +501,16 @@ class GenerationService:
     # ------------------------------------------------------------ submitting
 
     def check(self, req: GenerateRequest, *, style_images: int = 0) -> None:
-        check_request(req, self.model, self.limits, style_images=style_images)
+        check_request(req, self.model, self.limits, style_images=style_images, controlnets=list(self.controlnets))
+
+    def check_inputs(self, req: GenerateRequest, uploads: Uploads) -> None:
+        check_inputs(req, self.model, self.limits, uploads)
+
+    def control_choices(self) -> list[str]:
+        """``control`` values a request may use: the built-in kinds, then the operator's ControlNets."""
+        from ..control import KINDS
+
+        return [*KINDS, *self.controlnets]
 
     def submit(self, work: Callable, *, kind: str = "generate", request: GenerateRequest | None = None) -> Job:
         """Queue ``work(model, job)``; never blocks. Raises ``QueueFullError`` when the queue is full."""
@@ -359,19 +533,23 @@ class GenerationService:
             self.counts["accepted"] += 1
         return job
 
-    def submit_generate(self, req: GenerateRequest, style_images: Sequence = (), *, previews: bool = True) -> Job:
-        """Queue one generation; ``style_images`` are decoded PIL images (see ``decode_upload``).
+    def submit_generate(self, req: GenerateRequest, style_images: Sequence = (), *, previews: bool = True,
+                        uploads: Uploads | None = None) -> Job:
+        """Queue one generation; ``style_images`` are decoded PIL images (see ``decode_upload``),
+        ``uploads`` the content / mask / style-mask / control images the request's ``UPLOAD`` labels mean.
 
         With ``previews``, each denoising step leaves a cheap preview of the latents in ``job.preview``
-        (InstantStyle method only: the same ``prepare`` + ``run`` as ``generate``, plus diffusers'
-        ``callback_on_step_end`` reading the latents; other methods report progress only).
+        (InstantStyle text-to-image only: the same ``prepare`` + ``run`` as ``generate``, plus diffusers'
+        ``callback_on_step_end`` reading the latents; other methods and modes report progress only).
         """
         images = list(style_images)
+        in_memory = (uploads or Uploads()).kwargs(req)
 
         def work(model, job: Job) -> list[Result]:
             from ..images import METADATA_KEY, png_bytes
+            from ..pipelines.stylize import needs_stylize
 
-            if previews and req.method == "instantstyle":
+            if previews and req.method == "instantstyle" and not needs_stylize(req):
                 def on_step_end(_pipe, i, _t, tensors):
                     job.on_step(i + 1, req.steps)
                     if tensors.get("latents") is not None:
@@ -382,7 +560,7 @@ class GenerationService:
                 out = model.run(model.pipe, prep, callback_on_step_end=on_step_end,
                                 callback_on_step_end_tensor_inputs=["latents"])
             else:
-                out = model.generate(req, style_images=images, on_step=job.on_step)
+                out = model.generate(req, style_images=images, on_step=job.on_step, **in_memory)
             return [Result(i, png_bytes(im), json.loads(im.info[METADATA_KEY])) for i, im in enumerate(out)]
 
         return self.submit(work, kind="generate", request=req)
@@ -430,6 +608,7 @@ class GenerationService:
             "queue_size": self.queue_size,
             "devices": [str(getattr(m, "device", "?")) for m in self.models],
             "models": getattr(self.model, "ids", {}),
+            "controls": self.control_choices(),
             "average_job_s": None if self._avg_s is None else round(self._avg_s, 3),
             "jobs": counts,
         }

@@ -14,9 +14,17 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..config import MODES, SCHEDULERS
+from ..config import MODES, SCHEDULERS, TASKS, GenerateRequest
 from ..errors import InstantStyleError
-from .service import FAILED, QUEUED, GenerationService, decode_upload, parse_request
+from .service import (
+    FAILED,
+    QUEUED,
+    GenerationService,
+    Uploads,
+    decode_upload,
+    fill_image_fields,
+    parse_request,
+)
 
 MAX_HISTORY = 48
 
@@ -42,6 +50,44 @@ def _parse_weights(text: str | None) -> list[float] | None:
         raise InstantStyleError(f"style weights {text!r}: give numbers separated by commas, e.g. 0.7, 0.3") from None
 
 
+def _info(name: str) -> str:
+    """A request field's help text, from the one schema."""
+    return GenerateRequest.model_fields[name].description or ""
+
+
+def _bounds(name: str) -> tuple[float | None, float | None]:
+    """A request field's (lower, upper) bound, from the one schema's ``ge``/``gt``/``le``."""
+    lo = hi = None
+    for item in GenerateRequest.model_fields[name].metadata:
+        lo = getattr(item, "ge", None) if getattr(item, "ge", None) is not None else \
+            getattr(item, "gt", None) if getattr(item, "gt", None) is not None else lo
+        hi = getattr(item, "le", None) if getattr(item, "le", None) is not None else hi
+    return lo, hi
+
+
+def _field_slider(gr, name: str, label: str, *, step: float, upper: float | None = None, **kw):
+    lo, hi = _bounds(name)
+    default = GenerateRequest.model_fields[name].default
+    return gr.Slider(lo, upper if upper is not None else hi, value=default, step=step, label=label, info=_info(name),
+                     **kw)
+
+
+def _paths(value) -> list[str]:
+    """Gradio file values (str, file objects, lists of them, None) -> paths."""
+    if value is None:
+        return []
+    values = value if isinstance(value, list | tuple) else [value]
+    return [v if isinstance(v, str) else getattr(v, "name", v) for v in values if v]
+
+
+def _read(paths: list[str], limits, what: str, mask: bool = False) -> list:
+    return [decode_upload(Path(p).read_bytes(), Path(p).name, limits, what=what, mask=mask) for p in paths]
+
+
+def _number_or_none(value) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
 def _enlarge(preview, target: int = 256):
     """A latent preview (uint8 [h, w, 3], 1/8 of the image size) blown up with visible pixels."""
     if preview is None:
@@ -59,8 +105,10 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
     import gradio as gr
 
     from ..embeddings import list_styles
+    from ..methods import METHODS
 
     model, limits = service.model, service.limits
+    methods = [m for m in METHODS if m != "b-lora"]  # b-lora reads a LoRA directory: CLI only
     styles_dir = model.styles.styles_directory
     out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="instantstyle-ui-"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +153,36 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                     content_prompt = gr.Textbox(label="Content of the reference to remove (e.g. 'a dog')",
                                                 max_length=limits.max_prompt_length)
                     content_scale = gr.Slider(0.0, 2.0, value=0.5, step=0.05, label="Content scale")
+                with gr.Accordion("Content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
+                                  open=False, elem_id="content-accordion"):
+                    with gr.Row():
+                        content = gr.Image(label="Content image (used by every task but txt2img)", type="filepath",
+                                           sources=["upload"], elem_id="content-image", height=180)
+                        mask = gr.Image(label="Inpainting mask (white = repaint)", type="filepath", image_mode="L",
+                                        sources=["upload"], elem_id="mask-image", height=180)
+                    task = gr.Radio(list(TASKS), value="txt2img", label="Task", info=_info("task"), elem_id="task")
+                    control = gr.CheckboxGroup(service.control_choices(), value=[], label="ControlNets",
+                                               info=_info("control"), elem_id="control")
+                    control_files = gr.File(label="Control images (one per ControlNet; none: canny/tile derive "
+                                                  "theirs from the content image)", file_count="multiple",
+                                            file_types=["image"], elem_id="control-files")
+                    with gr.Row():
+                        control_scale = gr.Number(None, label="Control scale (empty: default)",
+                                                  info=_info("control_scale"), minimum=0, maximum=2)
+                        strength = gr.Number(None, label="Strength (empty: default)", info=_info("strength"),
+                                             minimum=0, maximum=1, elem_id="strength")
+                    with gr.Row():
+                        canny_low = _field_slider(gr, "canny_low", "Canny low", step=1, upper=255)
+                        canny_high = _field_slider(gr, "canny_high", "Canny high", step=1, upper=255)
+                with gr.Accordion("Regional styles", open=False):
+                    style_mask_files = gr.File(label="Style masks: one per style image, same order (white = "
+                                                     "that style's region)", file_count="multiple",
+                                               file_types=["image"], elem_id="style-mask-files")
+                with gr.Accordion("Method", open=False):
+                    method = gr.Dropdown(methods, value="instantstyle", label="Method", elem_id="method",
+                                         info="; ".join(f"{m}: {METHODS[m].summary}" for m in methods))
+                    reference_prompt = gr.Textbox(label="Reference prompt", info=_info("reference_prompt"),
+                                                  max_length=limits.max_prompt_length, elem_id="reference-prompt")
                 with gr.Accordion("Sampling", open=True):
                     with gr.Row():
                         seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="seed")
@@ -128,14 +206,27 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 reuse_btn = gr.Button("Re-use these parameters", elem_id="reuse")
 
         form = [files, weights, saved, prompt, negative, mode, scale, custom, content_prompt, content_scale,
-                seed, steps, guidance, width, height, num_images, scheduler, *sliders]
+                seed, steps, guidance, width, height, num_images, scheduler, content, mask, task, control,
+                control_files, control_scale, strength, canny_low, canny_high, style_mask_files, method,
+                reference_prompt, *sliders]
         names = ["files", "weights", "saved", "prompt", "negative", "mode", "scale", "custom", "content_prompt",
-                 "content_scale", "seed", "steps", "guidance", "width", "height", "num_images", "scheduler"]
+                 "content_scale", "seed", "steps", "guidance", "width", "height", "num_images", "scheduler",
+                 "content", "mask", "task", "control", "control_files", "control_scale", "strength", "canny_low",
+                 "canny_high", "style_mask_files", "method", "reference_prompt"]
 
         def build(values: list):
             v = dict(zip(names, values[: len(names)], strict=True))
             block_values = values[len(names):]
-            paths = [p if isinstance(p, str) else getattr(p, "name", p) for p in (v["files"] or [])]
+            paths = _paths(v["files"])
+            task_ = v["task"] or "txt2img"
+            stylize = task_ != "txt2img"
+            inputs = {  # upload paths, per kind (what the task uses)
+                "content": _paths(v["content"]) if stylize else [],
+                "mask": _paths(v["mask"]) if task_ == "inpaint" else [],
+                "style_masks": _paths(v["style_mask_files"]),
+                "control": _paths(v["control_files"]) if stylize else [],
+            }
+            scale_ = _number_or_none(v["control_scale"])
             params = {
                 "prompt": v["prompt"] or "",
                 "negative_prompt": v["negative"] or None,
@@ -153,17 +244,34 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 "height": int(v["height"]),
                 "num_images": int(v["num_images"]),
                 "scheduler": v["scheduler"],
+                "method": v["method"] or "instantstyle",
+                "reference_prompt": v["reference_prompt"] or None,
             }
+            if stylize:
+                params.update(task=task_, control=list(v["control"] or []),
+                              control_scale=[] if scale_ is None else [scale_],
+                              canny_low=int(v["canny_low"]), canny_high=int(v["canny_high"]))
+                if task_ in ("img2img", "inpaint"):
+                    params["strength"] = _number_or_none(v["strength"])
+            params = fill_image_fields(params, content=bool(inputs["content"]), mask=bool(inputs["mask"]),
+                                       style_masks=len(inputs["style_masks"]), control_images=len(inputs["control"]))
             req = parse_request(params, style_images=len(paths))
             service.check(req, style_images=len(paths))
-            images = [decode_upload(Path(p).read_bytes(), Path(p).name, limits) for p in paths]
-            return req, images, paths
+            images = _read(paths, limits, "style image")
+            uploads = Uploads(
+                content=next(iter(_read(inputs["content"], limits, "content image")), None),
+                mask=next(iter(_read(inputs["mask"], limits, "mask", mask=True)), None),
+                style_masks=_read(inputs["style_masks"], limits, "style mask", mask=True),
+                control_images=_read(inputs["control"], limits, "control image"),
+            )
+            service.check_inputs(req, uploads)
+            return req, images, paths, uploads, inputs
 
         def generate(*values, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
             hist = values[-1]
             try:
-                req, images, paths = build(list(values[:-1]))
-                job = service.submit_generate(req, images)
+                req, images, paths, uploads, inputs = build(list(values[:-1]))
+                job = service.submit_generate(req, images, uploads=uploads)
             except InstantStyleError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             progress(0.0, desc="queued")
@@ -183,7 +291,7 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
             for r in job.results:
                 path = out_dir / f"{job.id}-{r.index}.png"
                 path.write_bytes(r.png)
-                new.append({"path": str(path), "params": r.params, "style_files": paths})
+                new.append({"path": str(path), "params": r.params, "style_files": paths, "inputs": inputs})
             hist = (new + list(hist))[:MAX_HISTORY]
             yield _enlarge(job.preview), _gallery(hist), hist, new[0]["params"], new[0]
 
@@ -207,13 +315,20 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 given = dict(parse_spec(p["blocks"]))
                 block_values = [given.get(m.name, 0.0) for m in model.modules]
             saved_names = [s[1:] for s in p.get("style", []) if s.startswith("@")]
+            inputs = item.get("inputs") or {}
+            scales = p.get("control_scale") or []
             return [
                 item.get("style_files") or None, "" if p.get("style_weights") is None else
                 ", ".join(f"{w:g}" for w in p["style_weights"]), saved_names, p.get("prompt", ""),
                 p.get("negative_prompt") or "", p.get("mode") or "style", p.get("scale", 1.0), is_custom,
                 p.get("content_prompt") or "", p.get("content_scale") or 0.5, p.get("seed", -1),
                 p.get("steps", 30), p.get("guidance", 5.0), p.get("width", native), p.get("height", native),
-                p.get("num_images", 1), p.get("scheduler", "euler"), *block_values,
+                p.get("num_images", 1), p.get("scheduler", "euler"),
+                next(iter(inputs.get("content") or []), None), next(iter(inputs.get("mask") or []), None),
+                p.get("task") or "txt2img", p.get("control") or [], inputs.get("control") or None,
+                scales[0] if scales else None, p.get("strength"), p.get("canny_low", 50), p.get("canny_high", 200),
+                inputs.get("style_masks") or None, p.get("method", "instantstyle"), p.get("reference_prompt") or "",
+                *block_values,
             ]
 
         def save_style(files_value, name, weights_text):
@@ -238,6 +353,8 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
         gallery.select(on_select, inputs=[history], outputs=[params_view, selected])
         reuse_btn.click(reuse, inputs=[selected], outputs=form)
         mode.change(lambda m: _block_slider_values(model, m), inputs=[mode], outputs=sliders)
+        # Plus undoes a DDIM inversion: it samples with DDIM (the request refuses another sampler)
+        task.change(lambda t: "ddim" if t == "plus" else gr.skip(), inputs=[task], outputs=[scheduler])
         refresh.click(saved_choices, outputs=[saved])
         save_btn.click(save_style, inputs=[files, style_name, weights], outputs=[save_status, saved])
         demo.load(saved_choices, outputs=[saved])
