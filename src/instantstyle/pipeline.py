@@ -322,20 +322,27 @@ _SCHEDULERS = {
 
 
 @contextlib.contextmanager
+def swap_scheduler(pipe, scheduler):
+    """Run the block with ``scheduler`` on ``pipe``, then put the original back (even on error)."""
+    original = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        yield scheduler
+    finally:
+        pipe.scheduler = original
+
+
+@contextlib.contextmanager
 def scoped_scheduler(pipe, name: str):
-    """Swap the pipeline's scheduler for one call and restore it (no state leaks between requests)."""
+    """The named sampler for one call (no state leaks between requests); SDXL's own is reused as is."""
     import diffusers
 
     cls_name, extra = _SCHEDULERS[name]
-    original = pipe.scheduler
-    if type(original).__name__ == cls_name and not extra:
-        yield original
-        return
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(original.config, **extra)
-    try:
+    if type(pipe.scheduler).__name__ == cls_name and not extra:
         yield pipe.scheduler
-    finally:
-        pipe.scheduler = original
+        return
+    with swap_scheduler(pipe, getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)) as s:
+        yield s
 
 
 def _to(pipe, device: torch.device, dtype: torch.dtype) -> None:

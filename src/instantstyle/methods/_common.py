@@ -114,16 +114,6 @@ def scoped_forward(modules: dict[str, torch.nn.Module], make: Callable) -> Itera
                 vars(m).pop("forward", None)
 
 
-@contextlib.contextmanager
-def scoped_scheduler(pipe, scheduler) -> Iterator[None]:
-    original = pipe.scheduler
-    pipe.scheduler = scheduler
-    try:
-        yield
-    finally:
-        pipe.scheduler = original
-
-
 def step_callback(steps: int, on_step: Callable[[int, int], None] | None,
                   update: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
     """A ``callback_on_step_end``: ``update(i, latents)`` may rewrite the latents after step ``i``."""
@@ -159,3 +149,31 @@ def finish(model, req, images: list[Image.Image], st: Setup, *, reference: Image
     for i, image in enumerate(images):
         attach_metadata(image, {**params, "index": i})
     return images
+
+
+def sample_reference_batch(model, req, st, *, scheduler, processors, embeds, latents, update,
+                           on_step=None, extra_patches=()):
+    """Sample the [reference, target x N] batch with self-attention ``processors`` patched in.
+
+    Shared by StyleAligned and Visual Style Prompting: IP-Adapter off, ``scheduler`` and the
+    processors (and ``extra_patches``, context managers) in place for the call only; ``update(i,
+    latents)`` rewrites the reference row after each step. Returns every image, reference first.
+    """
+    from ..pipeline import swap_scheduler
+
+    pipe = model.pipe
+    pe, npe, pooled, npooled = embeds
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ip_adapter_off(model))
+        stack.enter_context(swap_scheduler(pipe, scheduler))
+        stack.enter_context(scoped_processors(pipe.unet, processors))
+        for patch in extra_patches:
+            stack.enter_context(patch)
+        stack.enter_context(torch.inference_mode())
+        return pipe(
+            prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pooled,
+            negative_pooled_prompt_embeds=npooled,
+            ip_adapter_image_embeds=neutral_ip_embeds(model, req.guidance > 1.0),
+            num_inference_steps=req.steps, guidance_scale=req.guidance, width=st.width, height=st.height,
+            latents=latents, callback_on_step_end=step_callback(req.steps, on_step, update),
+        ).images

@@ -89,20 +89,10 @@ def run(model, req, *, style_images=None, on_step=None):
     state = PatchState(group=1 + n)
     attn = partial(shared_attention, score_shift=req.shared_score_shift)
     processors = {name: SelfAttentionPatch(attn, state) for name in patched}
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_common.ip_adapter_off(model))
-        stack.enter_context(_common.scoped_scheduler(pipe, ddim_scheduler(pipe)))
-        stack.enter_context(_common.scoped_processors(unet, processors))
-        if req.share_group_norm:
-            stack.enter_context(shared_group_norm(unet, state))
-        stack.enter_context(torch.inference_mode())
-        images = pipe(
-            prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pooled,
-            negative_pooled_prompt_embeds=npooled,
-            ip_adapter_image_embeds=_common.neutral_ip_embeds(model, do_cfg),
-            num_inference_steps=req.steps, guidance_scale=req.guidance, width=st.width, height=st.height,
-            latents=latents, callback_on_step_end=_common.step_callback(req.steps, on_step, follow_inversion),
-        ).images
+    extra = [shared_group_norm(unet, state)] if req.share_group_norm else []
+    images = _common.sample_reference_batch(
+        model, req, st, scheduler=ddim_scheduler(pipe), processors=processors, embeds=(pe, npe, pooled, npooled),
+        latents=latents, update=follow_inversion, on_step=on_step, extra_patches=extra)
 
     # 5. Drop the reference row; record what ran.
     extra = {"scheduler": "ddim", "inversion_guidance": INVERSION_GUIDANCE, "patched_layers": len(patched),

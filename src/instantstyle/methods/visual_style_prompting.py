@@ -18,7 +18,6 @@ Sampling uses DDIM, as the paper. The IP-Adapter stays off (all scales 0).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -81,7 +80,7 @@ def calibrate(scheduler, z0: torch.Tensor, window=CALIBRATION_WINDOW):
 
 
 def run(model, req, *, style_images=None, on_step=None):
-    pipe, unet = model.pipe, model.pipe.unet
+    pipe = model.pipe
     # 1. Inputs (fail before any model runs).
     st = _common.setup(model, req)
     ref = _common.reference_image(model, req, style_images)
@@ -124,18 +123,9 @@ def run(model, req, *, style_images=None, on_step=None):
     if req.color_calibration:
         calibrate(scheduler, z0)
     processors = {name: SelfAttentionPatch(swapped_attention, state) for name in patched}
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_common.ip_adapter_off(model))
-        stack.enter_context(_common.scoped_scheduler(pipe, scheduler))
-        stack.enter_context(_common.scoped_processors(unet, processors))
-        stack.enter_context(torch.inference_mode())
-        images = pipe(
-            prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pooled,
-            negative_pooled_prompt_embeds=npooled,
-            ip_adapter_image_embeds=_common.neutral_ip_embeds(model, do_cfg),
-            num_inference_steps=req.steps, guidance_scale=req.guidance, width=st.width, height=st.height,
-            latents=latents, callback_on_step_end=_common.step_callback(req.steps, on_step, renoise),
-        ).images
+    images = _common.sample_reference_batch(
+        model, req, st, scheduler=scheduler, processors=processors, embeds=(pe, npe, pooled, npooled),
+        latents=latents, update=renoise, on_step=on_step)
 
     extra = {"scheduler": "ddim", "patched_layers": len(patched),
              "attention_layers": req.attention_layers or ",".join(blocks.VSP_LAYERS),

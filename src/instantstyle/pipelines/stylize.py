@@ -41,6 +41,7 @@ from .. import control as control_mod
 from ..config import GenerateRequest
 from ..errors import InstantStyleError
 from ..images import DEFAULT_MAX_PIXELS, image_hash, load_image
+from ..pipeline import swap_scheduler
 
 MASK_MODES = ("1", "L")
 # A style-guidance hook (the Plus paper's CSD style/content guidance goes here): called after each
@@ -250,16 +251,6 @@ def shared_second_adapter(unet):
             proc.scale = proc.scale[:-1]
 
 
-@contextlib.contextmanager
-def _scheduler(pipe, scheduler):
-    original = pipe.scheduler
-    pipe.scheduler = scheduler
-    try:
-        yield
-    finally:
-        pipe.scheduler = original
-
-
 # ---------------------------------------------------------------------- the modes
 
 
@@ -376,7 +367,7 @@ def _plus(model, prep, inputs: Inputs, controlnets, run_kwargs) -> list[Image.Im
     if "cross_attention_kwargs" in run_kwargs:  # regional style masks: the content adapter is unmasked
         run_kwargs["cross_attention_kwargs"]["ip_adapter_masks"].append(None)
     pipe = derived_pipeline(model, "StableDiffusionXLControlNetPipeline", controlnets)
-    with shared_second_adapter(model.pipe.unet), _scheduler(pipe, ddim_scheduler(model.pipe)):
+    with shared_second_adapter(model.pipe.unet), swap_scheduler(pipe, ddim_scheduler(model.pipe)):
         latents = inversion.noisy.repeat(req.num_images, 1, 1, 1)
         return model.run(pipe, prep, image=_one_or_list(inputs.control), latents=latents, **run_kwargs)
 
