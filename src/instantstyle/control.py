@@ -73,7 +73,10 @@ def parse_control(entry: str, *, tiny: bool = False) -> ControlSpec:
 
 def canny(image, low: int = 50, high: int = 200):
     """Canny edge map of a PIL image as a 3-channel PIL image (white edges on black)."""
-    import cv2
+    try:
+        import cv2
+    except ImportError:
+        raise InstantStyleError("--control canny needs OpenCV: pip install 'instantstyle[control]'") from None
     import numpy as np
     from PIL import Image
 
