@@ -56,12 +56,13 @@ stylize a content image (see docs/stylize.md):
   instantstyle stylize --style ref.png --content photo.png --prompt "a house by a lake" --out e.png
 """
 
-def _field_help(name: str) -> str:
+def _field_help(name: str, default: bool = False) -> str:
+    """The schema's description of a field, with its default when it has a simple one."""
     from .config import GenerateRequest
 
     field = GenerateRequest.model_fields[name]
-    default = field.default
-    shown = "" if default in (None, [], "") or callable(default) else f" (default: {default})"
+    value = field.get_default(call_default_factory=True)
+    shown = "" if not default or value in (None, [], "") else f" (default: {value})"
     return (field.description or "") + shown
 
 
@@ -114,12 +115,13 @@ def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize
     s.add_argument("--style", action="append", default=[], metavar="IMG|@NAME",
                    help="style reference image, or @name of a saved style; repeat for several")
     s.add_argument("--style-weights", nargs="+", default=None, metavar="W", help=_field_help("style_weights"))
-    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=_field_help("style_combine"))
+    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=_field_help("style_combine", default=True))
     s.add_argument("--style-mask", dest="style_masks", action="append", default=[], metavar="MASK",
                    help=_field_help("style_masks") + " Repeat once per --style, in the same order.")
     mode_choices = modes if stylize else (*modes, "plus")
     s.add_argument("--mode", default=None, choices=mode_choices,
-                   help=_field_help("mode") + (" plus = --task plus." if not stylize else "") + " (default: style)")
+                   help=_field_help("mode") + (" plus = --task plus." if not stylize else "")
+                   + " (default: style)")
     s.add_argument("--scale", default=None, help=_field_help("scale") + (" (default: 1.2)" if stylize else
                                                                           " (default: 1.0; plus: 1.2)"))
     s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
