@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from . import attention_frame
 from .errors import InstantStyleError
 
 SPEEDS = ("auto", "plain", "exact", "fast", "max", "fp8")
@@ -142,19 +143,11 @@ class FastAttention:
         ip_tokens = None
         if isinstance(encoder_hidden_states, tuple):
             encoder_hidden_states, ip_tokens = encoder_hidden_states
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = attention_frame.enter(attn, hidden_states, temb)
         batch, seq = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape[:2]
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         if self.qkv is not None and encoder_hidden_states is None:  # fused self-attention
             q, k, v = F.linear(hidden_states, self.qkv).chunk(3, dim=-1)
@@ -172,13 +165,7 @@ class FastAttention:
         for index, to_k_ip, to_v_ip, scale in self.ip:  # active adapters only
             tokens = ip_tokens[index]  # [B, n_img, T, D]
             out = out + scale * _attention(attn, hidden_states, q, to_k_ip(tokens), to_v_ip(tokens), None)
-
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_frame.leave(attn, out, residual, shape)
 
 
 # ---------------------------------------------------------------------- projection once

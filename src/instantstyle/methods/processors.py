@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import attention_frame
+
 
 @dataclass
 class PatchState:
@@ -32,16 +34,8 @@ class SelfAttentionPatch:
                  *args, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None:
             raise RuntimeError("SelfAttentionPatch is for self-attention layers (attn1) without masks")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = attention_frame.enter(attn, hidden_states, temb)
         batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)  # [N, L, C]
         head_dim = k.shape[-1] // attn.heads
@@ -60,10 +54,4 @@ class SelfAttentionPatch:
             out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)  # [N, L, C]
 
-        out = attn.to_out[0](out)
-        out = attn.to_out[1](out)
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_frame.leave(attn, out, residual, shape)
