@@ -47,6 +47,7 @@ from .service import (
     UploadTooLargeError,
     decode_upload,
     fill_image_fields,
+    params_dict,
     parse_request,
 )
 
@@ -223,17 +224,6 @@ async def _read_uploads(files, service: GenerationService, *, what: str = "style
     return images
 
 
-def _params_dict(params: str) -> dict:
-    try:
-        value = json.loads(params or "{}")
-    except json.JSONDecodeError as exc:
-        raise InstantStyleError(f"params is not valid JSON ({exc.msg} at character {exc.pos}); "
-                                'send an object such as {"prompt": "a cat", "seed": 1}') from None
-    if not isinstance(value, dict):
-        raise InstantStyleError(f"params must be a JSON object of request fields, got {type(value).__name__}")
-    return value
-
-
 def create_app(service: GenerationService, *, api_key: str | None = None, ui: bool = True,
                ui_path: str = "/ui") -> FastAPI:
     """The FastAPI app (and, with ``ui``, the Gradio UI mounted at ``ui_path``). Starts the workers."""
@@ -315,7 +305,7 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
         = None,
     ):
         n_uploads = len(_files(images))
-        fields = fill_image_fields(_params_dict(params), content=bool(_files(content)), mask=bool(_files(mask)),
+        fields = fill_image_fields(params_dict(params), content=bool(_files(content)), mask=bool(_files(mask)),
                                    style_masks=len(_files(style_masks)), control_images=len(_files(control_images)))
         req = parse_request(fields, style_images=n_uploads)
         await run_in_threadpool(service.check, req, style_images=n_uploads)

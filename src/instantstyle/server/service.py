@@ -172,12 +172,8 @@ def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False
     return params
 
 
-def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateRequest:
-    """JSON text or a dict of ``GenerateRequest`` fields -> a validated request (one-line errors).
-
-    ``style_images`` uploaded images come before ``style`` in the reference list, so
-    ``style_weights`` must have ``style_images + len(style)`` values.
-    """
+def params_dict(params: str | bytes | dict) -> dict:
+    """The request's ``params`` field (JSON text, or already a dict) as a dict, or a one-line error."""
     if isinstance(params, str | bytes):
         try:
             params = json.loads(params or "{}")
@@ -186,6 +182,16 @@ def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateReque
                                     'send an object such as {"prompt": "a cat", "seed": 1}') from None
     if not isinstance(params, dict):
         raise InstantStyleError(f"params must be a JSON object of request fields, got {type(params).__name__}")
+    return params
+
+
+def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateRequest:
+    """JSON text or a dict of ``GenerateRequest`` fields -> a validated request (one-line errors).
+
+    ``style_images`` uploaded images come before ``style`` in the reference list, so
+    ``style_weights`` must have ``style_images + len(style)`` values.
+    """
+    params = params_dict(params)
     from pydantic import ValidationError
 
     try:
