@@ -90,9 +90,22 @@ def test_ui_upload_prompt_generate_gallery_reuse(browser, tiny_model, style_imag
         page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a red cat'")
 
         # 4. stylize a content image: img2img from the "Content image" accordion
-        page.click("#content-accordion button")
-        page.set_input_files("#content-image input[type=file]", str(style_images["blue"]))
-        page.wait_for_selector("#content-image img")
+        # "Re-use" also resets the content image, and its follow-up change events can land after
+        # our upload on a loaded machine: (re)open the accordion and upload until the image stays.
+        for attempt in range(4):
+            if not page.locator("#content-image").is_visible():
+                page.click("#content-accordion button")
+            page.set_input_files("#content-image input[type=file]", str(style_images["blue"]))
+            try:
+                page.wait_for_selector("#content-image img", timeout=10_000)
+                page.wait_for_timeout(500)
+                if page.locator("#content-image img").is_visible():
+                    break
+            except Exception as exc:  # playwright TimeoutError (playwright is imported lazily)
+                if type(exc).__name__ != "TimeoutError":
+                    raise
+                if attempt == 3:
+                    raise
         page.click("#task label:has-text('img2img')")
         page.fill("#strength input", "0.6")
         page.press("#strength input", "Tab")
