@@ -4,6 +4,7 @@ change, everything restored, no recompiles, fp8 maths, bad inputs, the benchmark
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import importlib.util
 import json
 import sys
@@ -231,3 +232,37 @@ def test_cli_choices_match_fastpath():
     gen = sub.choices["generate"]
     choices = {a.dest: tuple(a.choices) for a in gen._actions if a.dest in ("speed", "memory")}
     assert choices == {"speed": fastpath.SPEEDS, "memory": fastpath.MEMORY_MODES}
+
+
+def test_offloaded_unet_keeps_only_module_level_pieces(tiny_model):
+    """Under offloading (weights move during the call) no piece may hold tensors: seen on an H200."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    unet = tiny_model.pipe.unet
+    with fastpath.scope(tiny_model.pipe, FAST_EAGER) as used:
+        assert used.light_inactive and used.fuse_qkv and used.compile  # not offloaded: everything
+    add_hook_to_module(unet, ModelHook())  # what accelerate's offloading leaves on the module
+    try:
+        with fastpath.scope(tiny_model.pipe, replace(FAST_EAGER, attention="math")) as used:
+            assert not (used.light_inactive or used.fuse_qkv or used.compile or used.channels_last or used.fp8)
+            assert used.project_once and used.attention == "auto"
+    finally:
+        remove_hook_from_module(unet)
+        unet.__dict__.pop("forward", None)  # accelerate leaves the original bound method behind
+
+
+def test_sdpa_pin_covers_the_unet_only(tiny_model, style_images, monkeypatch):
+    """A pinned SDPA kernel applies inside the UNet's forward, not to the VAE (no flash kernel for
+    its single 512-wide head on a GPU), and the UNet's forward is restored afterwards."""
+    entered = []
+    real = fastpath._sdpa_backend
+    monkeypatch.setattr(fastpath, "_sdpa_backend", lambda name: entered.append(name) or real(name))
+    unet = tiny_model.pipe.unet
+    assert "forward" not in unet.__dict__
+    tiny_model.speed = fastpath.FastOptions(attention="math")
+    try:
+        tiny_model.generate(prompt="a cat", style=[str(style_images["red"])], steps=2, seed=0)
+    finally:
+        tiny_model.speed = fastpath.options_for("auto", tiny_model.device)
+    assert entered == ["math"] * 2  # one UNet call per step (CFG is one batched call), nothing else
+    assert "forward" not in unet.__dict__
