@@ -4,10 +4,10 @@ change, everything restored, no recompiles, fp8 maths, bad inputs, the benchmark
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
