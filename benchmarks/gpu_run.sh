@@ -6,7 +6,7 @@
 #                                         # issue 6's memory modes / CUDA graphs / batch-4 rows again (~8 min)
 #
 # Results (Markdown tables on stdout, JSON and logs) go to $OUT (default artifacts/gpu). Python packages
-# the machine lacks travel as wheels in .whl/ (diffusers, pydantic and their pure-Python needs); see
+# the machine lacks travel as wheels in .whl/ (diffusers, pydantic and their needs); see
 # docs/performance.md for how to fetch them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
