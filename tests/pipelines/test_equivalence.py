@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from stock_diffusers import load_stock_sdxl
+
 TOL = 2 / 255
 STEPS = 3
 DICTS = {
@@ -22,16 +24,7 @@ DICTS = {
 
 @pytest.fixture(scope="module")
 def stock(tiny_paths, tiny_model):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_paths["base"]))
-    pipe.load_ip_adapter(
-        str(tiny_paths["adapter"].parent.parent), subfolder="sdxl_models",
-        weight_name="ip-adapter_sdxl.safetensors", image_encoder_folder="image_encoder",
-    )
-    pipe.feature_extractor = tiny_model.feature_extractor  # same preprocessing on both sides
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_stock_sdxl(tiny_paths, tiny_model.feature_extractor)
 
 
 def stock_run(pipe, seed=0, n=1, **kw):

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stock_diffusers import load_stock_sdxl
+
 
 @pytest.fixture(scope="session")
 def content_images(tmp_path_factory):
@@ -31,14 +33,6 @@ def content_images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stock_sdxl(tiny_paths, tiny_model):
     """Stock diffusers SDXL + IP-Adapter loaded from the same tiny files (not our loaders)."""
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_paths["base"]))
-    pipe.load_ip_adapter(
-        str(tiny_paths["adapter"].parent.parent), subfolder="sdxl_models",
-        weight_name="ip-adapter_sdxl.safetensors", image_encoder_folder="image_encoder",
-    )
-    pipe.feature_extractor = tiny_model.feature_extractor  # same preprocessing on both sides
+    pipe = load_stock_sdxl(tiny_paths, tiny_model.feature_extractor)
     pipe.set_ip_adapter_scale({"up": {"block_0": [0.0, 1.0, 0.0]}})  # InstantStyle's style-only dict
-    pipe.set_progress_bar_config(disable=True)
     return pipe
