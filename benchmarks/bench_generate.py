@@ -63,11 +63,13 @@ class Row:
     repeats: int = 3
     warmup: int = 1
     cuda_only: bool = False
+    latent: bool = False  # stop before the VAE decode (output_type="latent"): the decode's share
+    compiled_stock: bool = False  # stock diffusers with torch.compile(pipe.unet)
     result: dict = field(default_factory=dict)
 
 
 def plan(headline_repeats: int = 5, repeats: int = 3, b4_repeats: int = 2) -> list[Row]:
-    """Every row, most important first."""
+    """Every row, most important first (``--budget-s`` drops rows from the end)."""
     o = fastpath.FastOptions
     light = o(light_inactive=True, project_once=False)
     project = o(light_inactive=False, project_once=True)
@@ -75,36 +77,51 @@ def plan(headline_repeats: int = 5, repeats: int = 3, b4_repeats: int = 2) -> li
     fuse = replace(exact, fuse_qkv=True)
     cl = replace(fuse, channels_last=True)
     fast = fastpath.FAST
+    mx = fastpath.MAX
     rows = [
         Row("stock-style-b1", "diffusers", "style", 1, "stock diffusers, eager", repeats=headline_repeats),
-        Row("ours-fast-style-b1", "ours", "style", 1, "ours, fast (default on CUDA)", fast, repeats=headline_repeats),
+        Row("ours-max-style-b1", "ours", "style", 1, "ours, max: whole UNet compiled + CUDA graphs", mx,
+            repeats=headline_repeats),
         Row("stock-style+layout-b1", "diffusers", "style+layout", 1, "stock diffusers, eager", repeats=repeats),
-        Row("ours-fast-style+layout-b1", "ours", "style+layout", 1, "ours, fast (same compiled blocks)", fast,
+        Row("ours-max-style+layout-b1", "ours", "style+layout", 1, "ours, max (same graph: no recompile, no capture)",
+            mx, repeats=repeats),
+        Row("ours-max-latent-style-b1", "ours", "style", 1, "phase: max without the VAE decode (latents out)", mx,
+            repeats=repeats, latent=True),
+        Row("ours-graphs-style-b1", "ours", "style", 1, "piece: CUDA graphs on the eager UNet (+ fused QKV)",
+            o(cuda_graphs=True, fuse_qkv=True), repeats=repeats, cuda_only=True),
+        Row("ours-unet-style-b1", "ours", "style", 1, "piece: whole UNet compiled, no CUDA graphs",
+            replace(mx, cuda_graphs=False), repeats=repeats),
+        Row("ours-fast-style-b1", "ours", "style", 1, "ours, fast (regional compile, default on CUDA)", fast,
             repeats=repeats),
+        Row("stock-compiled-style-b1", "diffusers", "style", 1, "stock diffusers, torch.compile(unet)",
+            repeats=repeats, compiled_stock=True),
+        Row("ours-max+vae-style-b1", "ours", "style", 1, "max + compiled VAE decoder",
+            replace(mx, compile_vae=True), repeats=repeats),
+        Row("stock-style-b4", "diffusers", "style", 4, "stock diffusers, eager", repeats=b4_repeats),
+        Row("ours-max-style-b4", "ours", "style", 4, "ours, max", mx, repeats=b4_repeats),
+        Row("ours-low-style-b1", "ours", "style", 1, "--memory low (model offload + VAE tiling), exact", exact,
+            memory="low", repeats=2, cuda_only=True),
+        Row("ours-balanced-style-b1", "ours", "style", 1, "--memory balanced (encoders streamed), max", mx,
+            memory="balanced", repeats=2, cuda_only=True),
+        Row("ours-lowest-style-b1", "ours", "style", 1, "--memory lowest (group offload, leaf level, streams)", exact,
+            memory="lowest", repeats=1, warmup=1, cuda_only=True),
+        # Pieces measured on 2026-11-26 (docs/performance.md); kept for reruns.
         Row("ours-plain-style-b1", "ours", "style", 1, "ours, plain (stock processors)", fastpath.PLAIN, repeats=repeats),
         Row("ours-light-style-b1", "ours", "style", 1, "piece: light inactive blocks only", light, repeats=repeats),
         Row("ours-project-style-b1", "ours", "style", 1, "piece: image projection once only", project, repeats=repeats),
         Row("ours-exact-style-b1", "ours", "style", 1, "light + projection once (CPU default)", exact, repeats=repeats),
         Row("ours-fuse-style-b1", "ours", "style", 1, "... + fused QKV", fuse, repeats=repeats),
         Row("ours-cl-style-b1", "ours", "style", 1, "... + channels-last", cl, repeats=repeats),
-        Row("ours-low-style-b1", "ours", "style", 1, "--memory low (model offload + VAE tiling), exact", exact,
-            memory="low", repeats=2, cuda_only=True),
         Row("ours-fp8-style-b1", "ours", "style", 1, "fast + fp8 linears (approximation)",
             fastpath.options_for("fp8"), repeats=repeats),
-        Row("stock-style-b4", "diffusers", "style", 4, "stock diffusers, eager", repeats=b4_repeats),
+        Row("ours-fast-style+layout-b1", "ours", "style+layout", 1, "ours, fast", fast, repeats=repeats),
         Row("ours-fast-style-b4", "ours", "style", 4, "ours, fast", fast, repeats=b4_repeats),
         Row("stock-style+layout-b4", "diffusers", "style+layout", 4, "stock diffusers, eager", repeats=b4_repeats),
-        Row("ours-fast-style+layout-b4", "ours", "style+layout", 4, "ours, fast", fast, repeats=b4_repeats),
-        Row("ours-max-style-b1", "ours", "style", 1, "fast + CUDA graphs (reduce-overhead)",
-            fastpath.options_for("max"), repeats=repeats, cuda_only=True),
+        Row("ours-max-style+layout-b4", "ours", "style+layout", 4, "ours, max", mx, repeats=b4_repeats),
         Row("ours-flash-style-b1", "ours", "style", 1, "exact + SDPA flash pinned", replace(cl, attention="flash"),
-            repeats=repeats, cuda_only=True),
-        Row("ours-cudnn-style-b1", "ours", "style", 1, "exact + SDPA cuDNN pinned", replace(cl, attention="cudnn"),
             repeats=repeats, cuda_only=True),
         Row("ours-fast+resnets-style-b1", "ours", "style", 1, "fast + compiled resnet blocks",
             replace(fast, compile_resnets=True), repeats=repeats),
-        Row("ours-lowest-style-b1", "ours", "style", 1, "--memory lowest (group offload, leaf level, streams)", exact,
-            memory="lowest", repeats=1, warmup=0, cuda_only=True),
     ]
     return rows
 
@@ -140,6 +157,7 @@ class Runner:
         self.preps: dict = {}
         self.latents: dict = {}  # (preset, batch, row id) -> final latents
         self.memory = "normal"
+        self.stock_compiled = None  # torch.compile(pipe.unet), made by the first compiled stock row
 
     def prep(self, preset, batch):
         key = (preset, batch)
@@ -160,8 +178,16 @@ class Runner:
             return kw
 
         extra = dict(callback_on_step_end=grab, callback_on_step_end_tensor_inputs=["latents"])
+        if row.latent:
+            extra["output_type"] = "latent"
         pipe = self.model.pipe
         if row.impl == "diffusers":
+            unet = pipe.unet
+            if row.compiled_stock:  # the usual recipe: pipe.unet = torch.compile(pipe.unet)
+                if self.stock_compiled is None:
+                    fastpath.configure_dynamo()
+                    self.stock_compiled = torch.compile(unet)
+                pipe.unet = self.stock_compiled
             pipe.set_ip_adapter_scale(STOCK_SCALES[row.preset])
             try:
                 with torch.inference_mode():
@@ -170,10 +196,19 @@ class Runner:
                          generator=prep.generator(), **extra)
             finally:
                 pipe.set_ip_adapter_scale(0.0)
+                pipe.unet = unet
         else:
             self.model.speed = row.options
             self.model.run(pipe, prep, **extra)
         return grabbed["latents"]
+
+    def captures(self) -> int:
+        cache = self.model.pipe.unet.__dict__.get("_instantstyle_graphs")
+        return cache.captures if cache is not None else 0
+
+    def graphs_failed(self):
+        cache = self.model.pipe.unet.__dict__.get("_instantstyle_graphs")
+        return cache.failed if cache is not None else None
 
     def recover(self):
         """Undo what an interrupted call may leave behind (the VAE upcast to float32)."""
@@ -182,17 +217,18 @@ class Runner:
             vae.to(dtype=self.model.dtype)
 
     def set_memory(self, mode):
+        """Rows run in MEMORY_ORDER: "low" (accelerate hooks) can be undone; group offloading
+        ("balanced", "lowest") cannot in diffusers 0.42, but "lowest" extends "balanced"."""
         if mode == self.memory:
             return
         pipe = self.model.pipe
-        if self.memory != "normal":  # back to everything on the GPU
+        if self.memory in ("balanced", "lowest") and not (self.memory == "balanced" and mode == "lowest"):
+            raise RuntimeError(f"cannot leave --memory {self.memory} (group offloading); rows run normal, low, "
+                               "balanced, lowest")
+        if self.memory == "low":  # back to everything on the GPU
             pipe.remove_all_hooks()
             pipe.vae.disable_tiling()
             pipe.vae.disable_slicing()
-            for name in ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
-                module = getattr(pipe, name)
-                if any(p.device.type == "meta" for p in module.parameters()):
-                    raise RuntimeError("sequential offload left meta tensors; run --memory lowest last")
             pipe.to(self.device)
         if mode != "normal":
             fastpath.apply_memory_mode(pipe, mode, self.device)
@@ -210,7 +246,9 @@ class Runner:
         sync(self.device)
         warm_s = time.perf_counter() - t0
         graphs_before = counters["stats"]["unique_graphs"]
+        captures_before = self.captures()
         if self.device.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         times, latents = [], None
         for _ in range(repeats):
@@ -220,14 +258,20 @@ class Runner:
             sync(self.device)
             times.append(time.perf_counter() - t)
         peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        # A replayed CUDA graph computes in its private pool without allocating: its activations
+        # show in the reserved peak, not the allocated one.
+        reserved = torch.cuda.max_memory_reserved(self.device) / 2**30 if self.device.type == "cuda" else None
         latents = latents.float().cpu()
         self.latents[(row.preset, row.batch, row.id)] = latents
         median = statistics.median(times)
         out = {"s_per_call": median, "s_per_image": median / row.batch, "times": times, "peak_gib": peak,
+               "peak_reserved_gib": reserved,
                "warmup_s": warm_s, "new_graphs_while_timed": counters["stats"]["unique_graphs"] - graphs_before,
+               "captures_while_timed": self.captures() - captures_before,
+               "graphs_failed": self.graphs_failed(),
                "finite": bool(torch.isfinite(latents).all())}
         stock = self.latents.get((row.preset, row.batch, f"stock-{row.preset}-b{row.batch}"))
-        if stock is not None and row.impl == "ours":
+        if stock is not None and (row.impl == "ours" or row.compiled_stock):
             out["rel_l2_vs_stock"] = rel_l2(latents, stock)
         fast = self.latents.get((row.preset, row.batch, f"ours-fast-{row.preset}-b{row.batch}"))
         if fast is not None and row.options is not None and row.options.fp8:
@@ -241,27 +285,31 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------- report
 
-HEADER = ("| row | what | preset | batch | s/image | peak GiB | ours/stock | rel. L2 vs stock | warm-up s |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| row | what | preset | batch | s/image | peak GiB (reserved) | ours/stock | rel. L2 vs stock | warm-up s | "
+          "recompiles / captures while timed |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table_line(row: Row, stock_s: dict) -> str:
     r = row.result
     if "skipped" in r or "error" in r:
-        return f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r.get('skipped') or 'error: ' + r['error']} | | | | |"
+        return f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r.get('skipped') or 'error: ' + r['error']} | | | | | |"
     ratio = ""
     base = stock_s.get((row.preset, row.batch))
-    if base and row.impl == "ours":
+    if base and (row.impl == "ours" or row.compiled_stock):
         ratio = f"{r['s_per_image'] / base:.2f}"
     peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "-"
+    if r.get("peak_reserved_gib") is not None:
+        peak += f" ({r['peak_reserved_gib']:.2f})"
     diff = r.get("rel_l2_vs_stock")
     diff = f"{diff:.1e}" if diff is not None else ""
     if "rel_l2_vs_fp16_fast" in r:
         diff += f" (vs fp16 fast {r['rel_l2_vs_fp16_fast']:.1e})"
     if not r.get("finite", True):
         diff += " NON-FINITE"
+    if r.get("graphs_failed") and row.options is not None and row.options.cuda_graphs:
+        diff += f" (graphs failed: {r['graphs_failed'][:80]})"
     return (f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r['s_per_image']:.3f} | {peak} | {ratio} | "
-            f"{diff} | {r['warmup_s']:.1f} |")
+            f"{diff} | {r['warmup_s']:.1f} | {r['new_graphs_while_timed']} / {r['captures_while_timed']} |")
 
 
 def environment(model, args) -> dict:
@@ -288,15 +336,29 @@ def write_json(path, env, rows, elapsed):
     os.replace(tmp, path)
 
 
+MEMORY_ORDER = {"normal": 0, "low": 1, "balanced": 2, "lowest": 3}
+
+
+def compile_key(row: Row):
+    """What a row compiles (rows sharing a key reuse the code), or None."""
+    if row.compiled_stock:
+        return ("stock", row.batch)
+    if row.options is None or not row.options.compile:
+        return None
+    o = row.options
+    return (o.compile_scope, row.batch, o.fuse_qkv, o.compile_mode, o.fp8, o.compile_vae)
+
+
 def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> float:
     """Rough seconds a row will take (to respect --budget-s)."""
     per_call = stock_s.get((row.preset, 1), 2.5 * steps_scale) * row.batch
-    factor = {"normal": 1.0, "low": 2.0, "lowest": 6.0}[row.memory]
+    factor = {"normal": 1.0, "low": 2.5, "balanced": 1.2, "lowest": 8.0}[row.memory]
+    if row.options is not None and (row.options.cuda_graphs or row.options.compile):
+        factor *= 0.7
     est = (row.warmup + row.repeats) * per_call * factor
-    if row.options is not None and row.options.compile:
-        key = (row.batch, row.options.fuse_qkv, row.options.compile_mode, row.options.fp8)
-        if key not in compiled:
-            est += 60.0
+    key = compile_key(row)
+    if key is not None and key not in compiled:
+        est += 90.0 if key[0] in ("unet", "stock") else 40.0
     return est
 
 
@@ -337,8 +399,10 @@ def select(rows: list[Row], args, device: torch.device) -> list[Row]:
         if r.options is not None and r.options.compile and device.type != "cuda":
             # No Triton/C++ code generation on a CPU smoke run: trace with dynamo, run eagerly.
             r.options = replace(r.options, compile_backend="eager", compile_mode=None)
-    # Memory modes move models around: "lowest" leaves meta tensors behind, so it goes last.
-    return sorted(rows, key=lambda r: r.memory == "lowest")
+        if r.compiled_stock and device.type != "cuda":
+            r.cuda_only = True  # inductor's CPU code generation takes minutes on the tiny model's many shapes
+    # Memory modes move models around, and group offloading cannot be undone: see Runner.set_memory.
+    return sorted(rows, key=lambda r: MEMORY_ORDER[r.memory])
 
 
 def main(argv=None) -> int:
@@ -377,10 +441,10 @@ def main(argv=None) -> int:
                 if runner.device.type == "cuda":
                     torch.cuda.empty_cache()
             else:
-                if row.impl == "diffusers":
+                if row.impl == "diffusers" and not row.compiled_stock:
                     stock_s[(row.preset, row.batch)] = row.result["s_per_image"]
-                if row.options is not None and row.options.compile:
-                    compiled.add((row.batch, row.options.fuse_qkv, row.options.compile_mode, row.options.fp8))
+                if compile_key(row) is not None:
+                    compiled.add(compile_key(row))
         print(table_line(row, stock_s), flush=True)
         write_json(args.json, env, rows, time.perf_counter() - start)
     total = time.perf_counter() - start

@@ -8,9 +8,12 @@ What it does, in order:
    model on the CPU (seconds; the numbers mean nothing there).
 2. Runs each mode once at 1024 px through the library (``InstantStyle.generate``), after one short
    warm-up: txt2img, controlnet (canny), img2img (strength 0.8), inpaint (strength 0.99),
-   plus (InstantStyle-Plus: DDIM inversion + tile ControlNet + two adapters), then
-   plus-low (``--memory low``: model CPU offload + VAE tiling). The same ControlNet object serves the
-   canny and tile roles (only one is resident, as in a real Plus run).
+   plus (InstantStyle-Plus: DDIM inversion + tile ControlNet + two adapters), then the memory
+   modes, in the only order they can follow each other (group offloading cannot be undone):
+   ``-low`` (model CPU offload + VAE tiling), ``-balanced`` (text and image encoders streamed
+   from the CPU), ``-lowest`` (every model but the VAE streamed layer by layer + VAE tiling).
+   The same ControlNet object serves the canny and tile roles (only one is resident, as in a
+   real Plus run).
 3. Reports ``torch.cuda.max_memory_allocated`` per mode (reset before each) and wall seconds;
    prints a Markdown table row by row and rewrites ``--json`` after every row.
 
@@ -38,7 +41,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 
 import torch  # noqa: E402
 
-MODES = ("txt2img", "controlnet", "img2img", "inpaint", "plus", "plus-low")
+MODES = ("txt2img", "controlnet", "img2img", "inpaint", "plus", "plus-low", "plus-balanced", "controlnet-balanced",
+         "plus-lowest")
+MEMORY_ORDER = ("normal", "low", "balanced", "lowest")
+
+
+def memory_of(mode: str) -> str:
+    suffix = mode.rsplit("-", 1)[-1]
+    return suffix if suffix in MEMORY_ORDER else "normal"
+
+
+def task_of(mode: str) -> str:
+    return mode.removesuffix("-" + memory_of(mode)) if memory_of(mode) != "normal" else mode
 PROMPT = "a lighthouse on a cliff at dusk"
 
 
@@ -110,6 +124,7 @@ def main(argv=None) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         ap.error(f"unknown modes {sorted(unknown)}")
+    modes.sort(key=lambda m: MEMORY_ORDER.index(memory_of(m)))  # stable: the given order within a memory mode
 
     t_start = time.perf_counter()
     cuda = not args.tiny
@@ -132,28 +147,29 @@ def main(argv=None) -> int:
                 result["rows"].append(row)
                 print(f"| {mode} | - | - | skipped (budget) |", flush=True)
                 continue
-            row = {"mode": mode}
-            if mode == "plus-low" and not cuda:
-                row["skipped"] = "model CPU offload needs CUDA"
+            row = {"mode": mode, "memory": memory_of(mode)}
+            if memory_of(mode) != "normal" and not cuda:
+                row["skipped"] = "offloading needs CUDA"
                 result["rows"].append(row)
                 print(f"| {mode} | - | - | skipped (needs CUDA) |", flush=True)
                 continue
             try:
-                if mode == "plus-low":
-                    model.set_memory("low")
+                if memory_of(mode) != model.memory:
+                    model.set_memory(memory_of(mode))
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
-                image = model.generate(**request(mode.removesuffix("-low"), files, steps, plus_steps))[0]
+                image = model.generate(**request(task_of(mode), files, steps, plus_steps))[0]
                 if cuda:
                     torch.cuda.synchronize()
                 row["s_per_image"] = round(time.perf_counter() - t0, 2)
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+                row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None
                 row["size"] = list(image.size)
-                note = f"{image.width}x{image.height}"
+                note = f"{image.width}x{image.height}" + (f", reserved {row['peak_reserved_gib']} GiB" if cuda else "")
             except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' numbers
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 note = "ERROR " + row["error"]

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU number in the README, in two commands on a lent CUDA machine (nothing is downloaded).
 #
-#   bash benchmarks/gpu_run.sh generate   # issue 6: ours vs stock diffusers, fast-path pieces, memory modes (~5 min)
+#   bash benchmarks/gpu_run.sh all        # the headline run, one call (~9 min): issue 6's speed rows (max vs
+#                                         # stock eager and stock torch.compile, pieces, memory modes) and
+#                                         # issue 3's stylize modes and their memory modes
+#   bash benchmarks/gpu_run.sh generate   # issue 6: every bench_generate row that fits (~5 min)
 #   bash benchmarks/gpu_run.sh rest       # issues 3, 4, 7: stylize modes, method costs, adapter training, and
-#                                         # issue 6's memory modes / CUDA graphs / batch-4 rows again (~8 min)
+#                                         # issue 6's batch-4 and older piece rows (~8 min)
 #
 # Results (Markdown tables on stdout, JSON and logs) go to $OUT (default artifacts/gpu). Python packages
 # the machine lacks travel as wheels in .whl/ (diffusers, pydantic and their needs); see
@@ -26,6 +29,15 @@ date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/gpu_$1.txt"
 
 status=0
 case "${1:-}" in
+  all)
+    timeout 370 python3 benchmarks/bench_generate.py --budget-s 345 --json "$OUT/bench_generate.json" \
+      --only 'stock-style-b1,ours-max-style-b1,stock-style+layout-b1,ours-max-style+layout-b1,ours-max-latent-style-b1,ours-graphs-style-b1,ours-unet-style-b1,stock-compiled-style-b1,ours-max+vae-style-b1,ours-low-style-b1,ours-balanced-style-b1,ours-lowest-style-b1' \
+      2>&1 | grep --line-buffered -v "should be kept in float32" | tee "$OUT/bench_generate.log" || status=1
+    timeout 170 python3 benchmarks/bench_stylize.py --budget-s 150 --json "$OUT/bench_stylize.json" \
+      --modes txt2img,controlnet,img2img,inpaint,plus,plus-low,plus-balanced,controlnet-balanced,plus-lowest \
+      2>&1 | grep --line-buffered -v "should be kept in float32" | tee "$OUT/bench_stylize.log" || status=1
+    echo "=== tables"; grep -h "^|\|^#\|^total\|^built" "$OUT/bench_generate.log" "$OUT/bench_stylize.log"
+    ;;
   generate)
     timeout 330 python3 benchmarks/bench_generate.py --budget-s "${BUDGET:-220}" --json "$OUT/bench_generate.json" \
       2>&1 | tee "$OUT/bench_generate.log" || status=1
@@ -43,7 +55,7 @@ case "${1:-}" in
     echo "=== tables"; grep -h "^|\|^#\|^total\|^built" "$log"
     ;;
   *)
-    echo "usage: $0 generate|rest" >&2
+    echo "usage: $0 all|generate|rest" >&2
     exit 2
     ;;
 esac

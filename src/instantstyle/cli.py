@@ -85,12 +85,15 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
                    help="default: fp16 on cuda/mps, fp32 on cpu")
     if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
         g.add_argument("--speed", default="auto", choices=["auto", "plain", "exact", "fast", "max", "fp8"],
-                       help="fast path: auto = fast on CUDA (compiled blocks, fused QKV, channels-last), exact on "
-                            "CPU; plain = stock diffusers; max adds CUDA graphs; fp8 (Hopper/Ada) changes the "
-                            "picture slightly (default: auto)")
-        g.add_argument("--memory", default="normal", choices=["normal", "low", "lowest"],
-                       help="low = model CPU offload + VAE tiling (fits ~8 GB GPUs); lowest = sequential "
-                            "offload (slow, ~4 GB) (default: normal)")
+                       help="fast path: auto = fast on CUDA (compiled transformer blocks, fused QKV, channels-last), "
+                            "exact on CPU; plain = stock diffusers; max = the whole UNet compiled + CUDA graphs "
+                            "(about a minute to compile on first use, then the fastest); fp8 (Hopper/Ada) changes "
+                            "the picture slightly (default: auto)")
+        g.add_argument("--memory", default="normal", choices=["normal", "balanced", "low", "lowest"],
+                       help="balanced = text/image encoders stream from the CPU when used (saves ~5 GB, keeps the "
+                            "fast path); low = model CPU offload + VAE tiling; lowest = every model but the VAE "
+                            "streamed layer by layer (slowest, least memory); see README 'Memory modes' "
+                            "(default: normal)")
 
 
 class _ControlImage(argparse.Action):

@@ -14,22 +14,34 @@ Pieces (``FastOptions`` fields), all exact up to floating-point rounding unless 
 - ``project_once``: diffusers runs ``unet.encoder_hid_proj`` (the IP image projection) at every
   UNet call; ``ProjectOnce`` computes it on the first step and returns the same tokens for the
   same input tensors afterwards.
-- ``compile``: ``torch.compile`` of the repeated ``BasicTransformerBlock`` modules only
-  (regional compilation: one graph per distinct block shape, shared by all instances), kept
-  across calls; ``compile_mode="reduce-overhead"`` adds CUDA graphs.
+- ``compile``: ``torch.compile``, kept across calls. ``compile_scope="blocks"``: the repeated
+  ``BasicTransformerBlock`` modules only (regional compilation: one graph per distinct block
+  shape, shared by all instances; seconds to compile). ``compile_scope="unet"``: the whole UNet
+  forward as one graph (inductor fuses the resnets' norms and activations too; a minute to
+  compile). There every IP layer keeps its image branch with its scale as a tensor, 0 where the
+  preset makes it inactive, so a preset change is a change of tensor values, not of the graph.
+- ``cuda_graphs``: the UNet forward replayed as one CUDA graph per input signature
+  (``instantstyle.graphs``); exact, CUDA only, not under offloading. IP layers are uniform as
+  above, so one graph serves every preset and scale.
+- ``compile_vae``: ``torch.compile`` of the VAE decoder (the 1024 px decode in float32 is a
+  sizeable part of an image's time).
 - ``fuse_qkv``: self-attention q/k/v and cross-attention k/v as one matmul (cached weights).
 - ``channels_last``: the UNet's convolution weights in NHWC for the call.
 - ``attention``: pin the SDPA kernel (``flash``, ``efficient``, ``cudnn``, ``math``).
 - ``fp8`` (*approximation*, opt-in, CUDA compute capability >= 8.9): the transformer blocks'
   linears as float8 e4m3 matmuls (``torch._scaled_mm``, per-tensor scales).
 
-Memory modes (``apply_memory_mode``, a load-time choice, not per call): ``normal``; ``low`` =
-model CPU offload + VAE tiling/slicing; ``lowest`` = sequential CPU offload + VAE tiling.
+Memory modes (``apply_memory_mode``, a load-time choice, not per call): ``normal``; ``balanced``
+= the text and image encoders stream from the CPU when they run (the UNet, ControlNets and VAE
+stay, so the fast path keeps every piece); ``low`` = model CPU offload + VAE tiling/slicing;
+``lowest`` = group offloading of everything but the VAE + VAE tiling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -37,11 +49,14 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import attention_frame
+from . import attention_frame, graphs
 from .errors import InstantStyleError
 
+_log = logging.getLogger(__name__)
+
 SPEEDS = ("auto", "plain", "exact", "fast", "max", "fp8")
-MEMORY_MODES = ("normal", "low", "lowest")
+MEMORY_MODES = ("normal", "balanced", "low", "lowest")
+ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # what "balanced" streams from the CPU
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 
 
@@ -52,9 +67,12 @@ class FastOptions:
     light_inactive: bool = True
     project_once: bool = True
     compile: bool = False
-    compile_mode: str | None = None  # None (default inductor) | "reduce-overhead" (CUDA graphs) | ...
+    compile_mode: str | None = None  # None (default inductor) | "max-autotune-no-cudagraphs" | ...
     compile_backend: str = "inductor"  # "eager"/"aot_eager" trace without code generation (tests)
-    compile_resnets: bool = False  # also compile the ResnetBlock2D regions (more code compiled, fewer launches)
+    compile_scope: str = "blocks"  # "blocks" (regional, transformer blocks) | "unet" (the whole forward)
+    compile_resnets: bool = False  # blocks scope: also compile the ResnetBlock2D regions
+    compile_vae: bool = False  # also compile the VAE decoder
+    cuda_graphs: bool = False  # replay the UNet forward as CUDA graphs (graphs.py)
     fuse_qkv: bool = False
     channels_last: bool = False
     attention: str = "auto"
@@ -76,6 +94,8 @@ class FastOptions:
 PLAIN = FastOptions(light_inactive=False, project_once=False)
 EXACT = FastOptions()
 FAST = FastOptions(compile=True, fuse_qkv=True, channels_last=True)
+MAX = FastOptions(compile=True, compile_scope="unet", cuda_graphs=True, fuse_qkv=True)
+COMPILE_SCOPES = ("blocks", "unet")
 
 
 def options_for(speed: str | FastOptions | None, device: torch.device | str = "cpu") -> FastOptions:
@@ -83,8 +103,9 @@ def options_for(speed: str | FastOptions | None, device: torch.device | str = "c
 
     ``plain``: stock diffusers processors; ``exact``: light inactive blocks + projection once (no
     compilation, the CPU default); ``fast``: exact + regional torch.compile + fused QKV +
-    channels-last (the CUDA default, ``auto``); ``max``: fast + CUDA graphs; ``fp8``: fast +
-    float8 linears (changes the picture slightly; opt-in).
+    channels-last (the CUDA default, ``auto``); ``max``: the whole UNet compiled + CUDA graphs +
+    fused QKV (a minute of compilation on first use); ``fp8``: fast + float8 linears (changes
+    the picture slightly; opt-in).
     """
     if isinstance(speed, FastOptions):
         return speed
@@ -99,7 +120,7 @@ def options_for(speed: str | FastOptions | None, device: torch.device | str = "c
     if speed == "fast":
         return FAST
     if speed == "max":
-        return replace(FAST, compile_mode="reduce-overhead")
+        return MAX
     if speed == "fp8":
         return replace(FAST, fp8=True, fuse_qkv=False)
     raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
@@ -294,22 +315,46 @@ def _fused(attn, names: tuple[str, ...]) -> torch.Tensor | None:
     return weight
 
 
-def _ip_entries(proc) -> tuple | None:
-    """(index, to_k_ip, to_v_ip, scale tensor) per adapter with a non-zero scale on this layer.
+def _ip_layers(proc, uniform: bool) -> list | None:
+    """``[(index, to_k_ip, to_v_ip, scale)]`` for the adapters this layer runs: those with a
+    non-zero scale, or every adapter when ``uniform`` (scale 0 then adds exactly nothing).
 
     None when a scale is a per-image list (masked multi-image use): that layer keeps diffusers'
     processor.
     """
-    entries = []
+    layers = []
     for i, scale in enumerate(proc.scale):
         if isinstance(scale, list):
             return None
-        if scale == 0:
+        if scale == 0 and not uniform:
             continue  # inactive: no image branch at all
-        weight = proc.to_k_ip[i].weight
-        entries.append((i, proc.to_k_ip[i], proc.to_v_ip[i],
-                        torch.tensor(float(scale), dtype=weight.dtype, device=weight.device)))
-    return tuple(entries)
+        layers.append((i, proc.to_k_ip[i], proc.to_v_ip[i], float(scale)))
+    return layers
+
+
+_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Attention -> {structure: FastAttention}
+
+
+def _fast_processor(attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.Tensor | None = None) -> FastAttention:
+    """The layer's ``FastAttention`` for this structure, made once and reused by every call.
+
+    Reuse keeps the objects (and so compiled graphs' guards and captured CUDA graphs) stable; the
+    scales are 0-d tensors set in place, so a scale change is data, never structure. The cached
+    processor holds its weights, so the ids in the key cannot be reused by other objects.
+    """
+    key = (tuple((i, id(k), id(v), k.weight.device, k.weight.dtype) for i, k, v, _ in layers),
+           None if kv is None else id(kv), None if qkv is None else id(qkv))
+    cache = _PROCESSORS.setdefault(attn, {})
+    proc = cache.get(key)
+    if proc is None:
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: writable in and out of inference mode
+            ip = tuple((i, k, v, torch.zeros((), dtype=k.weight.dtype, device=k.weight.device))
+                       for i, k, v, _ in layers)
+        proc = cache[key] = FastAttention(ip=ip, qkv=qkv, kv=kv)
+    with torch.no_grad():
+        for (_, _, _, tensor), (_, _, _, value) in zip(proc.ip, layers, strict=True):
+            tensor.fill_(value)
+    return proc
 
 
 def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str, object]:
@@ -317,6 +362,7 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
     from .adapter import ip_processors
 
     ips = ip_processors(unet)
+    uniform = (options.compile and options.compile_scope == "unet") or options.cuda_graphs
     attn_modules = {f"{name}.processor": module for name, module in unet.named_modules()
                     if hasattr(module, "set_processor") and hasattr(module, "to_q")}
     plan: dict[str, object] = {}
@@ -327,17 +373,17 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
         if name in ips:
             if type(proc).__name__ not in _STOCK_IP_PROCESSORS:
                 continue  # someone else's processor (a method's own patch): leave it alone
-            if masks or not options.light_inactive:
+            if masks or not (options.light_inactive or uniform):
                 continue  # diffusers' processor (only it implements ip_adapter_masks)
-            entries = _ip_entries(proc)
-            if entries is None:
+            layers = _ip_layers(proc, uniform)
+            if layers is None:
                 continue
             kv = _fused(attn, ("to_k", "to_v")) if options.fuse_qkv and not options.fp8 else None
-            plan[name] = FastAttention(ip=entries, kv=kv)
+            plan[name] = _fast_processor(attn, layers, kv=kv)
         elif options.fuse_qkv and not options.fp8 and not attn.is_cross_attention:
             qkv = _fused(attn, ("to_q", "to_k", "to_v"))
             if qkv is not None and type(proc).__name__ == "AttnProcessor2_0":
-                plan[name] = FastAttention(qkv=qkv)
+                plan[name] = _fast_processor(attn, qkv=qkv)
     return plan
 
 
@@ -456,27 +502,116 @@ def _sdpa_backend(name: str):
 
 
 @contextlib.contextmanager
-def _unet_sdpa_backend(unet, name: str):
-    """Pin the SDPA kernel inside the UNet's forward only: the VAE's single 512-wide head has no
-    flash kernel, so a pipeline-wide pin would fail in the decoder."""
-    if name == "auto":
-        yield
-        return
-    had_own = "forward" in unet.__dict__
-    inner = unet.forward
-
-    def forward(*args, **kwargs):
-        with _sdpa_backend(name):
-            return inner(*args, **kwargs)
-
-    unet.forward = forward
+def _wrapped_forward(module, wrap):
+    """``module.forward = wrap(current forward)`` for the block; the previous state afterwards."""
+    had_own = "forward" in module.__dict__
+    inner = module.forward
+    module.forward = wrap(inner)
     try:
         yield
     finally:
         if had_own:
-            unet.forward = inner
+            module.forward = inner
         else:
-            del unet.forward
+            del module.forward
+
+
+def _unet_sdpa_backend(unet, name: str):
+    """Pin the SDPA kernel inside the UNet's forward only: the VAE's single 512-wide head has no
+    flash kernel, so a pipeline-wide pin would fail in the decoder."""
+    if name == "auto":
+        return contextlib.nullcontext()
+
+    def wrap(inner):
+        def forward(*args, **kwargs):
+            with _sdpa_backend(name):
+                return inner(*args, **kwargs)
+        return forward
+
+    return _wrapped_forward(unet, wrap)
+
+
+def _compiled_unet(unet, options: FastOptions):
+    """The whole UNet forward as one cached ``torch.compile`` graph (``compile_scope="unet"``)."""
+    configure_dynamo()
+    cache = unet.__dict__.setdefault(_COMPILED_ATTR, {})
+    key = ("unet", options.compile_backend, options.compile_mode)
+    if key not in cache:
+        cache[key] = torch.compile(type(unet).forward.__get__(unet), backend=options.compile_backend,
+                                   mode=options.compile_mode, dynamic=False)
+    return _wrapped_forward(unet, lambda inner: cache[key])
+
+
+@contextlib.contextmanager
+def _compiled_decoder(vae, options: FastOptions):
+    """The VAE decoder compiled (cached on the module, attached for the call only)."""
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None:
+        yield
+        return
+    cache = decoder.__dict__.setdefault(_COMPILED_ATTR, {})
+    key = (options.compile_backend, options.compile_mode)
+    if key not in cache:
+        cache[key] = torch.compile(decoder._call_impl, backend=options.compile_backend, mode=options.compile_mode,
+                                   dynamic=False)
+    saved = decoder._compiled_call_impl
+    decoder._compiled_call_impl = cache[key]
+    try:
+        yield
+    finally:
+        decoder._compiled_call_impl = saved
+
+
+_GRAPHS_ATTR = "_instantstyle_graphs"
+# Processors whose __call__ keeps no state between calls: their Python runs once, at capture.
+_GRAPH_SAFE_PROCESSORS = ("FastAttention", "AttnProcessor2_0", "AttnProcessor", "FusedAttnProcessor2_0",
+                          "IPAdapterAttnProcessor2_0", "IPAdapterAttnProcessor")
+
+
+def graph_cache(unet, capture=None) -> graphs.GraphCache:
+    """The UNet's CUDA-graph cache (made on first use; ``capture`` replaces the capturer, for tests)."""
+    cache = unet.__dict__.get(_GRAPHS_ATTR)
+    if cache is None or capture is not None:
+        cache = unet.__dict__[_GRAPHS_ATTR] = graphs.GraphCache(capture)
+    return cache
+
+
+def release_graphs(unet) -> None:
+    """Drop the UNet's captured CUDA graphs and their memory pool."""
+    unet.__dict__.pop(_GRAPHS_ATTR, None)
+
+
+def graphs_usable(unet, device: torch.device) -> bool:
+    """CUDA graphs need a CUDA device (or a test capturer) and stateless attention processors."""
+    cache = unet.__dict__.get(_GRAPHS_ATTR)
+    if device.type != "cuda" and (cache is None or isinstance(cache.capture, graphs.CudaCapture)):
+        return False
+    return all(type(p).__name__ in _GRAPH_SAFE_PROCESSORS for p in unet.attn_processors.values())
+
+
+def _graphed_unet(unet, options: FastOptions, device: torch.device):
+    """Replay the UNet forward as CUDA graphs for the call (see ``instantstyle.graphs``)."""
+    cache = graph_cache(unet)
+    procs = tuple(unet.attn_processors.values())
+    weights = tuple(t.data_ptr() for t in itertools.chain(unet.parameters(), unet.buffers()))
+    context = (options, tuple(id(p) for p in procs), hash(weights), len(weights))
+
+    def wrap(inner):
+        def forward(*args, **kwargs):
+            if torch.is_grad_enabled() or cache.failed:
+                return inner(*args, **kwargs)
+            args, kwargs = graphs.timestep_as_tensor(args, kwargs, device)
+            try:
+                out = cache.call(inner, args, kwargs, context, keep=procs)
+            except Exception as exc:  # a capture the kernels or driver refuse: eager from now on, said once
+                cache.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                cache.clear()
+                _log.warning("CUDA graphs disabled for this model (%s); running without them", cache.failed)
+                return inner(*args, **kwargs)
+            return inner(*args, **kwargs) if out is graphs.UNCACHEABLE else out
+        return forward
+
+    return _wrapped_forward(unet, wrap)
 
 
 def offloaded(unet, device: torch.device) -> bool:
@@ -486,27 +621,48 @@ def offloaded(unet, device: torch.device) -> bool:
     )
 
 
+def effective(options: FastOptions, unet, device: torch.device) -> FastOptions:
+    """The pieces a call can really use on this UNet and device (what ``scope`` yields)."""
+    if options.attention not in ATTENTION_BACKENDS:
+        raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    if options.compile_scope not in COMPILE_SCOPES:
+        raise InstantStyleError(f"compile scope {options.compile_scope!r} is not one of {', '.join(COMPILE_SCOPES)}")
+    if offloaded(unet, device):
+        # Weights move between devices during the call: pieces that hold tensors (fused weights,
+        # scale tensors, compiled graphs, CUDA graphs, memory formats) would be stale. Keep the
+        # module-level one.
+        return replace(options, light_inactive=False, fuse_qkv=False, compile=False, channels_last=False,
+                       fp8=False, attention="auto", cuda_graphs=False, compile_vae=False)
+    if options.compile and options.compile_scope == "unet" and "forward" in unet.__dict__:
+        options = replace(options, compile_scope="blocks")  # someone wrapped the forward: keep their wrapper
+    if options.cuda_graphs:
+        if not graphs_usable(unet, device):
+            options = replace(options, cuda_graphs=False)
+        else:
+            # Graphs bake in weight addresses (channels-last would re-lay the weights every call)
+            # and run the projection inside the graph (a per-call Python cache cannot).
+            options = replace(options, channels_last=False, project_once=False)
+    if options.compile and options.compile_scope == "unet":
+        options = replace(options, project_once=False)  # a Python-side cache inside one graph: no
+    return options
+
+
 @contextlib.contextmanager
 def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwargs: Mapping | None = None):
     """Apply the fast path to ``pipe.unet`` for one call; everything is restored on exit.
 
     Reads the IP processors' current scales (so enter it *inside* ``adapter.scoped_scales``).
     With ``ip_adapter_masks`` in ``cross_attention_kwargs`` the IP layers keep diffusers'
-    processors (only they implement masks); the rest of the fast path still applies.
+    processors (only they implement masks); the rest of the fast path still applies. Yields the
+    options really used (``effective``).
     """
     unet = pipe.unet
     device = getattr(pipe, "_execution_device", unet.device)
     options = options_for(options, device)
-    if offloaded(unet, device):
-        # Weights move between devices during the call: pieces that hold tensors (fused weights,
-        # scale tensors, compiled graphs, memory formats) would be stale. Keep the module-level one.
-        options = replace(options, light_inactive=False, fuse_qkv=False, compile=False, channels_last=False,
-                          fp8=False, attention="auto")
-    if options.attention not in ATTENTION_BACKENDS:
-        raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     if options.fp8 and device.type == "cuda" and not fp8_supported(device):
         raise InstantStyleError("--speed fp8 needs a GPU with float8 matmuls (compute capability >= 8.9, "
                                 "e.g. H100/L40/RTX 4090); use --speed fast")
+    options = effective(options, unet, device)
     if options.is_plain:
         yield options
         return
@@ -519,38 +675,83 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
             stack.enter_context(_project_once(unet))
         if options.channels_last:
             stack.enter_context(_channels_last(unet))
-        if options.compile:
+        if options.compile and options.compile_scope == "unet":
+            stack.enter_context(_compiled_unet(unet, options))
+        elif options.compile:
             stack.enter_context(_compiled_blocks(unet, options))
+        if options.compile_vae and getattr(pipe, "vae", None) is not None:
+            stack.enter_context(_compiled_decoder(pipe.vae, options))
         stack.enter_context(_unet_sdpa_backend(unet, options.attention))
+        if options.cuda_graphs:
+            if not graphs_usable(unet, device):  # processors as installed (a method's own may be stateful)
+                options = replace(options, cuda_graphs=False)
+            else:
+                stack.enter_context(_graphed_unet(unet, options, device))
         yield options
 
 
 # ---------------------------------------------------------------------- memory modes
 
 
+_GROUP_OFFLOADED: weakref.WeakSet = weakref.WeakSet()  # modules under diffusers' group offloading
+
+
+def _group_offload(pipe, device: torch.device, exclude: tuple[str, ...]) -> None:
+    """diffusers' group offloading (leaf level, next layer prefetched on a CUDA stream) for every
+    component not in ``exclude``. Idempotent per module: pipelines made with ``from_pipe`` share
+    modules, and a module must not get the hooks twice."""
+    from diffusers.hooks import apply_group_offloading
+
+    for name, module in pipe.components.items():
+        if name in exclude or not isinstance(module, torch.nn.Module) or module in _GROUP_OFFLOADED:
+            continue
+        apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
+                               offload_type="leaf_level", use_stream=True)
+        _GROUP_OFFLOADED.add(module)
+
+
 def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
-    """Load-time memory layout. ``normal``: everything on ``device``. ``low``: model CPU offload
-    (one model on the GPU at a time) + VAE tiling and slicing. ``lowest``: diffusers' group
-    offloading at leaf level with CUDA-stream prefetch (weights stream in layer by layer, the
-    next layer's copy overlapping the current layer's compute) + VAE tiling; sequential offload
-    where group offloading is unavailable."""
+    """Load-time memory layout.
+
+    - ``normal``: everything on ``device``.
+    - ``balanced``: the text encoders and the image encoder (5 GB of SDXL's 12 in fp16) live on
+      the CPU and stream in layer by layer when they run (group offloading with prefetch); the
+      UNet, ControlNets and VAE stay on the GPU, so the fast path keeps every piece. Costs the
+      prompt encoding's transfer (~1.6 GB per call) and, on an embedding-cache miss, the image
+      encoder's (~3.7 GB).
+    - ``low``: model CPU offload (one model on the GPU at a time) + VAE tiling and slicing.
+    - ``lowest``: group offloading of every model but the VAE (weights stream in layer by layer,
+      the next layer's copy overlapping the current layer's compute) + VAE tiling; sequential
+      offload where group offloading is unavailable.
+    """
     device = torch.device(device)
     if mode not in MEMORY_MODES:
         raise InstantStyleError(f"--memory {mode!r} is not one of {', '.join(MEMORY_MODES)}")
+    release_graphs(pipe.unet)  # weights are about to move: captured addresses go stale (and free their pool)
     if mode == "normal":
         pipe.to(device)
         return
     if device.type != "cuda":
         raise InstantStyleError(f"--memory {mode} offloads to the CPU between uses of a GPU; it needs --device cuda")
+    if mode == "balanced":
+        resident = tuple(name for name, module in pipe.components.items()
+                         if isinstance(module, torch.nn.Module) and name not in ENCODERS)
+        for name in resident:
+            getattr(pipe, name).to(device)
+        _group_offload(pipe, device, exclude=resident)
+        return
     if mode == "low":
         pipe.enable_model_cpu_offload(device=device)
-    elif hasattr(pipe, "enable_group_offload"):
-        # The VAE stays on the GPU (0.2 GB, decoded in tiles): SDXL's pipelines upcast it to
-        # float32 with .to() around decoding, which group offloading's CPU copies do not follow
-        # (seen on an H200: "Input type (float) and bias type (c10::Half)").
-        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
-                                  offload_type="leaf_level", use_stream=True, exclude_modules=["vae"])
     else:
-        pipe.enable_sequential_cpu_offload(device=device)
+        try:
+            import diffusers.hooks  # noqa: F401
+        except ImportError:  # pragma: no cover - older diffusers
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            # The VAE stays on the GPU (0.2 GB, decoded in tiles): SDXL's pipelines upcast it to
+            # float32 with .to() around decoding, which group offloading's CPU copies do not follow
+            # (seen on an H200: "Input type (float) and bias type (c10::Half)").
+            pipe.vae.to(device)
+            _group_offload(pipe, device, exclude=("vae",))
     pipe.vae.enable_tiling()
     pipe.vae.enable_slicing()

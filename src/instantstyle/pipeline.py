@@ -141,9 +141,32 @@ class InstantStyle:
         return model
 
     def set_memory(self, mode: str) -> None:
-        """Switch the memory layout (``normal`` | ``low`` | ``lowest``) after loading."""
+        """Switch the memory layout (``normal`` | ``balanced`` | ``low`` | ``lowest``) after loading.
+
+        ``low`` (accelerate hooks) can be left for any mode. Group offloading (``balanced``,
+        ``lowest``) cannot be undone in diffusers, so from those only ``balanced`` -> ``lowest``
+        is possible; anything else is a one-line error (load the model again).
+        """
+        if mode == self.memory:
+            return
+        if self.memory in ("balanced", "lowest") and not (self.memory == "balanced" and mode == "lowest"):
+            raise InstantStyleError(f"cannot switch from --memory {self.memory} to {mode} in one process "
+                                    "(diffusers cannot undo group offloading); load the model again")
+        if self.memory == "low":
+            for pipe in self._pipelines():
+                pipe.remove_all_hooks()
+            self.pipe.vae.disable_tiling()
+            self.pipe.vae.disable_slicing()
+            for pipe in self._pipelines():
+                pipe.to(self._memory_device)
         fastpath.apply_memory_mode(self.pipe, mode, self._memory_device)
         self.memory, self._laid_out = mode, self.pipe
+
+    def _pipelines(self) -> list:
+        """Our pipeline and those derived from it with ``from_pipe`` (sharing its modules)."""
+        from .pipelines.stylize import derived_pipelines
+
+        return [self.pipe, *derived_pipelines(self)]
 
     @property
     def device(self) -> torch.device:

@@ -197,6 +197,11 @@ def load_inputs(model, req: GenerateRequest, *, content_image=None, mask_image=N
 # ---------------------------------------------------------------------- derived pipelines
 
 
+def derived_pipelines(model) -> list:
+    """The pipelines built so far for ``model`` by ``derived_pipeline``."""
+    return list(_PIPES.get(model, {}).values())
+
+
 def derived_pipeline(model, cls_name: str, controlnets: Sequence = ()):
     """``diffusers.<cls_name>.from_pipe(model.pipe, controlnet=...)``, built once per model."""
     import diffusers
