@@ -227,8 +227,7 @@ class Runner:
                                "balanced, lowest")
         if self.memory == "low":  # back to everything on the GPU
             pipe.remove_all_hooks()
-            pipe.vae.disable_tiling()
-            pipe.vae.disable_slicing()
+            fastpath.vae_tiles(pipe.vae, small=False)
             pipe.to(self.device)
         if mode != "normal":
             fastpath.apply_memory_mode(pipe, mode, self.device)

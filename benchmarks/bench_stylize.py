@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 import torch  # noqa: E402
 
 MODES = ("txt2img", "controlnet", "img2img", "inpaint", "plus", "plus-low", "plus-balanced", "controlnet-balanced",
-         "plus-lowest")
+         "plus-lowest", "txt2img-low", "txt2img-balanced", "txt2img-lowest")
 MEMORY_ORDER = ("normal", "low", "balanced", "lowest")
 
 

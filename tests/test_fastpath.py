@@ -266,3 +266,41 @@ def test_sdpa_pin_covers_the_unet_only(tiny_model, style_images, monkeypatch):
         tiny_model.speed = fastpath.options_for("auto", tiny_model.device)
     assert entered == ["math"] * 2  # one UNet call per step (CFG is one batched call), nothing else
     assert "forward" not in unet.__dict__
+
+
+def test_low_memory_modes_decode_in_small_tiles():
+    """SDXL's VAE tiles at 1024 px, so 'tiling' alone never splits a 1024 px decode."""
+
+    class Vae:
+        tile_sample_min_size, tile_latent_min_size = 1024, 128
+        use_tiling = use_slicing = False
+
+        def enable_tiling(self):
+            self.use_tiling = True
+
+        def disable_tiling(self):
+            self.use_tiling = False
+
+        def enable_slicing(self):
+            self.use_slicing = True
+
+        def disable_slicing(self):
+            self.use_slicing = False
+
+    vae = Vae()
+    fastpath.vae_tiles(vae, small=True)
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (512, 64, True, True)
+    fastpath.vae_tiles(vae, small=False)
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (1024, 128, False, False)
+
+
+def test_release_caches_drops_fused_weights_and_processors(tiny_model, style_images):
+    unet = tiny_model.pipe.unet
+    generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)
+    attns = [m for m in unet.modules() if hasattr(m, "to_q")]
+    assert any(m in fastpath._FUSED for m in attns) and any(m in fastpath._PROCESSORS for m in attns)
+    fastpath.release_caches(unet)
+    assert not any(m in fastpath._FUSED or m in fastpath._PROCESSORS for m in attns)
+    plain = generate(tiny_model, "plain", style_images["red"], steps=1)
+    again = generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)  # rebuilt on demand
+    assert np.abs(again - plain).max() <= TOL

@@ -86,7 +86,9 @@ def sdxl_added_cond(pipe, prompt: str, negative_prompt: str | None, width: int, 
     ``ip_tokens`` defaults to zeros, to be used with all IP scales at 0 (no image influence).
     """
     do_cfg = guidance > 1.0
-    device = pipe.unet.device
+    # The execution device, not unet.device: under CPU offload the UNet waits on the CPU (seen on
+    # an H200: "Expected all tensors to be on the same device" inside the UNet's added embedding).
+    device = pipe._execution_device
     pe, npe, pooled, npooled = pipe.encode_prompt(
         prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
         negative_prompt=negative_prompt,
@@ -131,7 +133,7 @@ def ddim_invert(
 
     # 1. Clean latent.
     if isinstance(image_or_latents, torch.Tensor):
-        x = image_or_latents.to(pipe.unet.device, pipe.unet.dtype)
+        x = image_or_latents.to(pipe._execution_device, pipe.unet.dtype)
         height, width = x.shape[-2] * pipe.vae_scale_factor, x.shape[-1] * pipe.vae_scale_factor
     else:
         size = pipe.default_sample_size * pipe.vae_scale_factor

@@ -155,8 +155,7 @@ class InstantStyle:
         if self.memory == "low":
             for pipe in self._pipelines():
                 pipe.remove_all_hooks()
-            self.pipe.vae.disable_tiling()
-            self.pipe.vae.disable_slicing()
+            fastpath.vae_tiles(self.pipe.vae, small=False)
             for pipe in self._pipelines():
                 pipe.to(self._memory_device)
         fastpath.apply_memory_mode(self.pipe, mode, self._memory_device)
