@@ -184,7 +184,9 @@ def test_bad_speed_and_memory_are_one_line_errors(tiny_model):
     with pytest.raises(InstantStyleError, match="needs --device cuda"):
         fastpath.apply_memory_mode(tiny_model.pipe, "low", "cpu")
     assert fastpath.options_for("auto", "cpu") == fastpath.EXACT
-    assert fastpath.options_for("auto", "cuda") == fastpath.FAST
+    assert fastpath.options_for("auto", "cuda") == fastpath.GRAPHS  # a CLI run: nothing to compile
+    assert fastpath.options_for("auto", "cuda", long_lived=True) == fastpath.MAX  # a server
+    assert fastpath.auto_memory("cpu") == "normal"
     assert not fastpath.options_for("fp8").exact
 
 
@@ -231,7 +233,7 @@ def test_cli_choices_match_fastpath():
     sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "generate" in a.choices)
     gen = sub.choices["generate"]
     choices = {a.dest: tuple(a.choices) for a in gen._actions if a.dest in ("speed", "memory")}
-    assert choices == {"speed": fastpath.SPEEDS, "memory": fastpath.MEMORY_MODES}
+    assert choices == {"speed": fastpath.SPEEDS, "memory": fastpath.MEMORY_CHOICES}
 
 
 def test_offloaded_unet_keeps_only_module_level_pieces(tiny_model):
@@ -304,3 +306,13 @@ def test_release_caches_drops_fused_weights_and_processors(tiny_model, style_ima
     plain = generate(tiny_model, "plain", style_images["red"], steps=1)
     again = generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)  # rebuilt on demand
     assert np.abs(again - plain).max() <= TOL
+
+
+@pytest.mark.parametrize(("gib", "mode"), [(80, "normal"), (23.6, "normal"), (15.7, "balanced"), (11.7, "low"),
+                                           (7.6, "lowest")])
+def test_auto_memory_follows_the_card_size(gib, mode, monkeypatch):
+    class Props:
+        total_memory = int(gib * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    assert fastpath.auto_memory("cuda") == mode

@@ -84,16 +84,18 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
     g.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
                    help="default: fp16 on cuda/mps, fp32 on cpu")
     if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
-        g.add_argument("--speed", default="auto", choices=["auto", "plain", "exact", "fast", "max", "fp8"],
-                       help="fast path: auto = fast on CUDA (compiled transformer blocks, fused QKV, channels-last), "
-                            "exact on CPU; plain = stock diffusers; max = the whole UNet compiled + CUDA graphs "
-                            "(about a minute to compile on first use, then the fastest); fp8 (Hopper/Ada) changes "
-                            "the picture slightly (default: auto)")
-        g.add_argument("--memory", default="normal", choices=["normal", "balanced", "low", "lowest"],
-                       help="balanced = text/image encoders stream from the CPU when used (saves ~5 GB, keeps the "
-                            "fast path); low = model CPU offload + VAE tiling; lowest = every model but the VAE "
-                            "streamed layer by layer (slowest, least memory); see README 'Memory modes' "
-                            "(default: normal)")
+        g.add_argument("--speed", default="auto", choices=["auto", "plain", "exact", "graphs", "fast", "max", "fp8"],
+                       help="fast path (see README 'Performance'): auto = graphs on CUDA for generate/stylize/"
+                            "compare, max for serve, exact on CPU; plain = stock diffusers; exact = image branch only "
+                            "in active blocks; graphs = exact + CUDA graphs, no compilation (0.69x stock diffusers' "
+                            "time on an H200); max = the whole UNet compiled + CUDA graphs (0.56x; ~90 s to compile "
+                            "on first use); fast = regional compile; fp8 (Hopper/Ada) changes the picture slightly "
+                            "(default: auto)")
+        g.add_argument("--memory", default="auto", choices=["auto", "normal", "balanced", "low", "lowest"],
+                       help="GPU memory layout (peaks at 1024 px on SDXL): normal ~16-18 GiB; balanced = text/image "
+                            "encoders streamed from the CPU, ~13 GiB, same speed; low = model CPU offload + 512 px "
+                            "VAE tiles, ~7 GiB (Plus ~12); lowest = every model but the VAE streamed layer by layer, "
+                            "~1.6 GiB (Plus ~3.5), ~4x slower; auto picks by the card's size (default: auto)")
 
 
 class _ControlImage(argparse.Action):
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require this key on every API call ('Authorization: Bearer KEY' or 'X-API-Key: KEY') and "
                         "as the UI password (default: $INSTANTSTYLE_API_KEY, else none)")
     n.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
+    n.add_argument("--no-warmup", action="store_true",
+                   help="skip the start-up warm-up generation (with a compiling --speed, such as the default max "
+                        "on CUDA, the warm-up compiles and captures before the first request instead of during it)")
     q = sv.add_argument_group("queue and limits (per request)")
     q.add_argument("--queue-size", type=int, default=8, help="jobs waiting at most; more get 429 (default: %(default)s)")
     q.add_argument("--max-upload-bytes", type=int, default=lim.max_upload_bytes,
@@ -660,9 +665,13 @@ def cmd_serve(args) -> int:
     for device in devices:
         model = InstantStyle.from_pretrained(
             args.base, args.adapter, args.image_encoder, device=device, dtype=args.dtype, variant=args.variant,
-            content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False)
+            content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False,
+            speed=args.speed, memory=args.memory, long_lived=True)
         model.styles.max_pixels = limits.max_pixels
         model.styles.styles_directory = args.styles_dir
+        if not args.no_warmup and (model.speed.compile or model.speed.cuda_graphs):
+            print(f"instantstyle: warming up {model.device} (compiling: about 1.5 min on an H200)...", file=sys.stderr)
+            print(f"instantstyle: warm in {model.warmup():.0f} s", file=sys.stderr)
         models.append(model)
 
     # 3. Serve until interrupted.

@@ -54,8 +54,9 @@ from .errors import InstantStyleError
 
 _log = logging.getLogger(__name__)
 
-SPEEDS = ("auto", "plain", "exact", "fast", "max", "fp8")
+SPEEDS = ("auto", "plain", "exact", "graphs", "fast", "max", "fp8")
 MEMORY_MODES = ("normal", "balanced", "low", "lowest")
+MEMORY_CHOICES = ("auto", *MEMORY_MODES)  # "auto": chosen from the card's size (auto_memory)
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # what "balanced" streams from the CPU
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 
@@ -95,35 +96,52 @@ PLAIN = FastOptions(light_inactive=False, project_once=False)
 EXACT = FastOptions()
 FAST = FastOptions(compile=True, fuse_qkv=True, channels_last=True)
 MAX = FastOptions(compile=True, compile_scope="unet", cuda_graphs=True, fuse_qkv=True)
+GRAPHS = FastOptions(cuda_graphs=True, fuse_qkv=True)
 COMPILE_SCOPES = ("blocks", "unet")
 
 
-def options_for(speed: str | FastOptions | None, device: torch.device | str = "cpu") -> FastOptions:
+def options_for(speed: str | FastOptions | None, device: torch.device | str = "cpu", *,
+                long_lived: bool = False) -> FastOptions:
     """Resolve a ``speed`` name to options.
 
     ``plain``: stock diffusers processors; ``exact``: light inactive blocks + projection once (no
-    compilation, the CPU default); ``fast``: exact + regional torch.compile + fused QKV +
-    channels-last (the CUDA default, ``auto``); ``max``: the whole UNet compiled + CUDA graphs +
-    fused QKV (a minute of compilation on first use); ``fp8``: fast + float8 linears (changes
-    the picture slightly; opt-in).
+    compilation, the CPU default); ``graphs``: exact + CUDA graphs + fused QKV (no compilation:
+    ready in seconds); ``fast``: exact + regional torch.compile + fused QKV + channels-last;
+    ``max``: the whole UNet compiled + CUDA graphs + fused QKV (about a minute and a half of
+    compilation on first use, then the fastest); ``fp8``: fast + float8 linears (changes the
+    picture slightly; opt-in).
+
+    ``auto``: ``exact`` off CUDA; on CUDA ``graphs`` for a process that makes a few images (the
+    CLI: compiling would cost more than it saves) and ``max`` for a ``long_lived`` one (the server).
     """
     if isinstance(speed, FastOptions):
         return speed
     speed = speed or "auto"
     cuda = torch.device(device).type == "cuda"
     if speed == "auto":
-        speed = "fast" if cuda else "exact"
-    if speed == "plain":
-        return PLAIN
-    if speed == "exact":
-        return EXACT
-    if speed == "fast":
-        return FAST
-    if speed == "max":
-        return MAX
-    if speed == "fp8":
-        return replace(FAST, fp8=True, fuse_qkv=False)
-    raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
+        speed = ("max" if long_lived else "graphs") if cuda else "exact"
+    named = {"plain": PLAIN, "exact": EXACT, "graphs": GRAPHS, "fast": FAST, "max": MAX,
+             "fp8": replace(FAST, fp8=True, fuse_qkv=False)}
+    if speed not in named:
+        raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
+    return named[speed]
+
+
+def auto_memory(device: torch.device | str) -> str:
+    """The memory mode for ``--memory auto``: from the card's total memory, by the peaks measured
+    on full-size SDXL at 1024 px (README, 'Memory modes'): normal needs ~18 GiB with a ControlNet,
+    balanced ~13.2, low ~7.2 (Plus ~11.6), lowest ~1.6 (Plus ~3.5)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "normal"
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if total >= 22:
+        return "normal"
+    if total >= 14.5:
+        return "balanced"
+    if total >= 10:
+        return "low"
+    return "lowest"
 
 
 # ---------------------------------------------------------------------- attention maths

@@ -81,6 +81,7 @@ class InstantStyle:
         progress: bool = True,
         speed: str = "auto",
         memory: str = "normal",
+        long_lived: bool = False,
     ) -> InstantStyle:
         """Load base model, image encoder and IP-Adapter; check they fit together; attach.
 
@@ -88,10 +89,16 @@ class InstantStyle:
         (see ``instantstyle.models``). ``cache_dir=True`` caches image embeddings on disk in the
         default place, a path puts them there, ``False``/``None`` keeps them in memory only.
         ``speed`` picks the fast path (``instantstyle.fastpath.options_for``: auto, plain, exact,
-        fast, max, fp8); ``memory`` = normal | low | lowest (``fastpath.apply_memory_mode``).
+        graphs, fast, max, fp8; ``long_lived=True`` makes ``auto`` pick ``max`` on CUDA, for servers);
+        ``memory`` = auto | normal | balanced | low | lowest (``fastpath.apply_memory_mode``;
+        ``auto`` picks by the card's size, ``fastpath.auto_memory``).
         """
         # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32.
         dev, dt = models.device_and_dtype(device, dtype)
+        if memory == "auto":
+            memory = fastpath.auto_memory(dev)
+        if isinstance(speed, str) and speed == "auto":
+            speed = fastpath.options_for("auto", dev, long_lived=long_lived)
         tiny = base == models.TINY
         adapter = adapter or (models.TINY if tiny else models.DEFAULT_ADAPTER)
         image_encoder = image_encoder or (models.TINY if tiny else models.DEFAULT_IMAGE_ENCODER)
@@ -293,6 +300,16 @@ class InstantStyle:
                            mask_image=mask_image, style_masks=style_mask_images, control_images=control_images)
         prep = self.prepare(req, style_images)
         return self.run(self.pipe, prep, on_step=on_step)
+
+    def warmup(self, width: int | None = None, height: int | None = None) -> float:
+        """One 2-step generation at the native size (guidance on, batch 1: the usual request), so
+        compilation and CUDA-graph capture happen now rather than in the first request. Seconds."""
+        import time
+
+        start = time.perf_counter()
+        grey = Image.new("RGB", (224, 224), (128, 128, 128))
+        self.generate(prompt="warm-up", style_images=[grey], steps=2, seed=0, width=width, height=height)
+        return time.perf_counter() - start
 
     def run(self, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None, **pipe_kwargs):
         """The denoising loop: ``pipe`` (any SDXL pipeline sharing our components) with scoped scales."""

@@ -92,3 +92,43 @@ def test_cli_parser_imports_no_web_framework():
     src = str(Path(__file__).resolve().parents[2] / "src")  # this checkout's sources, not an installed copy
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
+
+
+def test_serve_passes_speed_and_memory_and_is_long_lived(monkeypatch):
+    """--speed/--memory reach the model (they were once silently ignored by serve), and 'auto'
+    is resolved for a long-lived process (max on CUDA: compiling pays off over many requests)."""
+    import uvicorn
+
+    from instantstyle import pipeline
+
+    seen = {}
+
+    class Stop(Exception):  # noqa: N818 - not an error: ends the command once the arguments are seen
+        pass
+
+    def no_loading(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(pipeline.InstantStyle, "from_pretrained", no_loading)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    assert main(["serve", "--base", "tiny", "--device", "cpu", "--speed", "exact", "--memory", "normal"]) != 0
+    assert (seen["speed"], seen["memory"], seen["long_lived"]) == ("exact", "normal", True)
+
+
+@pytest.mark.parametrize(("speed", "extra", "warmed"), [("max", [], True), ("max", ["--no-warmup"], False),
+                                                       ("exact", [], False)])
+def test_serve_warms_up_when_the_speed_compiles(speed, extra, warmed, monkeypatch):
+    import uvicorn
+
+    from instantstyle import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline.InstantStyle, "warmup", lambda self: calls.append(self.speed) or 0.0)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    assert main(["serve", "--base", "tiny", "--device", "cpu", "--speed", speed, *extra]) == 0
+    assert bool(calls) == warmed
+
+
+def test_warmup_really_generates(tiny_model):
+    assert tiny_model.warmup(width=64, height=64) > 0
