@@ -316,3 +316,16 @@ def test_auto_memory_follows_the_card_size(gib, mode, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
     assert fastpath.auto_memory("cuda") == mode
+
+
+def test_fused_weights_stay_trainable(tiny_model, style_images):
+    """Calls run in inference mode; the fused QKV weights the layers then view must not be inference
+    tensors, or training on the same model later fails (seen: B-LoRA after a fused call)."""
+    unet = tiny_model.pipe.unet
+    generate(tiny_model, fastpath.FastOptions(fuse_qkv=True), style_images["red"], steps=1)
+    assert any(m in fastpath._FUSED for m in unet.modules())
+    assert not any(p.is_inference() for p in unet.parameters())
+    attn = next(m for m in unet.modules() if m in fastpath._FUSED)
+    x = torch.randn(1, 3, attn.to_q.in_features, requires_grad=True)
+    attn.to_q(x).sum().backward()  # autograd through a fused view works
+    assert x.grad is not None

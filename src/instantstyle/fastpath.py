@@ -322,7 +322,9 @@ def _fused(attn, names: tuple[str, ...]) -> torch.Tensor | None:
     hit = _FUSED.get(attn)
     if hit is not None and hit[0] == key():
         return hit[1]
-    with torch.no_grad():
+    # Outside inference mode (calls run inside it): an inference tensor would make these layers
+    # untrainable for the rest of the process ("Inference tensors cannot be saved for backward").
+    with torch.inference_mode(False), torch.no_grad():
         weight = torch.cat([layer.weight.detach() for layer in layers])
         start = 0
         for layer in layers:
