@@ -80,7 +80,7 @@ class InstantStyle:
         cache_dir: str | Path | None | bool = True,
         progress: bool = True,
         speed: str = "auto",
-        memory: str = "normal",
+        memory: str = "auto",
         long_lived: bool = False,
     ) -> InstantStyle:
         """Load base model, image encoder and IP-Adapter; check they fit together; attach.
