@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import json
 import shutil
@@ -490,6 +491,10 @@ class AdapterTrainer:
                 self.log(f"adapter written to {adapter_path}")
         acc.wait_for_everyone()
         acc.end_training()
+        # Free what still references gloo's work objects now, while the interpreter is alive: left
+        # to interpreter shutdown, their destruction aborted a rank in ~1 of 8 two-process CPU runs
+        # ("terminate called without an active exception", SIGABRT; 0 of 48 runs with this).
+        gc.collect()
         return TrainResult(self.out, adapter_path, self.global_step, losses, stats.as_dict())
 
     def _all_process_stats(self) -> data_mod.DataStats:
