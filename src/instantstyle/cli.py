@@ -1,4 +1,4 @@
-"""Command line: ``instantstyle generate | stylize | blocks | style | serve | compare | train-blora | make-tiny | train-adapter``.
+"""Command line: ``instantstyle generate | stylize | blocks | style | serve | compare | train-blora | make-tiny | train-adapter | eval | probe-blocks``.
 
 A thin front end: it parses flags into the shared ``GenerateRequest``, calls the library and
 writes files. Bad input exits with status 2 and one line ``instantstyle: error: ...`` (the
@@ -388,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # train-adapter ---------------------------------------------------------------
     _add_train_parser(sub, common)
+
+    # eval, probe-blocks (instantstyle.eval_cli) -------------------------------------
+    from .eval_cli import add_metric_args, add_parsers
+
+    add_metric_args(c, with_metrics_flag=True)  # compare --metrics
+    add_parsers(sub, common, _add_model_args)
     return parser
 
 
@@ -707,6 +713,11 @@ def cmd_compare(args) -> int:
     for reqs in requests.values():
         _check_lora(args.base, reqs[0])
         settings.update({k: getattr(reqs[0], k) for k in settings if k in reqs[0].model_fields_set})  # typed
+    scorer = None
+    if args.metrics is not None:  # the metric models load (or fail, naming their fetch) before SDXL
+        from .eval_cli import make_scorer
+
+        scorer = make_scorer(args).load()
     # 2. Load models once, 3. run every method, 4. write grid, singles and reports.
     from .pipeline import InstantStyle
 
@@ -716,7 +727,7 @@ def cmd_compare(args) -> int:
         speed=args.speed, memory=args.memory,
     )
     result = compare(model, args.style, args.prompt, args.out, methods=methods, settings=settings,
-                     overwrite=args.overwrite, log=lambda msg: print(msg, file=sys.stderr))
+                     overwrite=args.overwrite, log=lambda msg: print(msg, file=sys.stderr), scorer=scorer)
     print(result.grid)
     print(Path(args.out) / "report.md")
     return 0
@@ -773,6 +784,21 @@ def cmd_train_adapter(args) -> int:
 COMMANDS = {"generate": cmd_generate, "stylize": cmd_generate, "blocks": cmd_blocks, "style": cmd_style,
             "serve": cmd_serve, "compare": cmd_compare, "train-blora": cmd_train_blora, "make-tiny": cmd_make_tiny,
             "train-adapter": cmd_train_adapter}
+
+
+def cmd_eval(args) -> int:
+    from .eval_cli import cmd_eval as run
+
+    return run(args)
+
+
+def cmd_probe_blocks(args) -> int:
+    from .eval_cli import cmd_probe_blocks as run
+
+    return run(args)
+
+
+COMMANDS.update({"eval": cmd_eval, "probe-blocks": cmd_probe_blocks})
 
 
 def main(argv: list[str] | None = None) -> int:

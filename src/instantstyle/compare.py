@@ -140,8 +140,12 @@ def make_grid(rows: list[list[Image.Image]], column_labels: list[str], row_label
 
 
 def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, methods: Sequence[str] | None = None,
-            settings: dict | None = None, overwrite: bool = False, log=print) -> Comparison:
-    """Run every method on every prompt with the same seed and settings; write grid, singles, reports."""
+            settings: dict | None = None, overwrite: bool = False, log=print, scorer=None) -> Comparison:
+    """Run every method on every prompt with the same seed and settings; write grid, singles, reports.
+
+    With a ``metrics.scorer.Scorer``, every single is also scored against the style image and its
+    prompt; the means go into the grid's column labels and the reports (``compare --metrics``).
+    """
     settings = dict(settings or {})
     # 1. Check everything before any model runs: methods, requests, the style image, the outputs.
     methods = parse_methods(methods, bool(settings.get("lora")))
@@ -177,9 +181,18 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
                         "files": [str(p.relative_to(out)) for p in files[name]]})
         log(f"{name}: {seconds / len(images):.2f} s/image")
 
-    # 3. The labelled grid and the reports.
+    # 3. Scores (compare --metrics), the labelled grid and the reports.
+    scores, labels = None, list(methods)
+    if scorer is not None:
+        from .metrics.runner import score_comparison, short_scores
+
+        scores = score_comparison(scorer, reference, prompts, dict(zip(methods, columns, strict=True)))
+        labels = [f"{name}\n{short_scores(scores[name]['summary'])}" for name in methods]
+        for result in results:
+            result["metrics"] = scores[result["method"]]["summary"]
+            result["scores"] = [{k: v for k, v in row.items() if k != "setting"} for row in scores[result["method"]]["rows"]]
     rows = [[columns[c][r] for c in range(len(methods))] for r in range(len(prompts))]
-    grid, boxes = make_grid(rows, list(methods), list(prompts))
+    grid, boxes = make_grid(rows, labels, list(prompts))
     save_png(grid, out / "grid.png", overwrite=overwrite)
     report = {
         "style": style_path or "<in-memory image>", "style_sha256": image_hash(reference), "prompts": list(prompts),
@@ -187,6 +200,8 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
         "models": model.ids, "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
         "methods": results, "grid": {"file": "grid.png", "columns": list(methods), "label_boxes": boxes},
     }
+    if scorer is not None:
+        report["metrics"] = {"names": list(scorer.metrics), "models": scorer.ids}
     _write_text(out / "report.json", json.dumps(report, indent=2), overwrite)
     _write_text(out / "report.md", report_markdown(report), overwrite)
     return Comparison(out / "grid.png", files, report)
@@ -203,6 +218,13 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {r['method']} | {r['paper']} | {r['images']} | {r['seconds_per_image']:.3f} | {mem} |")
     kinds = {r["peak_memory_kind"] for r in report["methods"]}
     lines += ["", f"Peak memory: {'; '.join(sorted(kinds))}.", ""]
+    if report.get("metrics"):
+        from .metrics.report import markdown_table
+
+        names = report["metrics"]["names"]
+        summary = [{"method": r["method"], "n": r["images"], **r["metrics"]} for r in report["methods"]]
+        lines += ["Scores (mean over the prompts, bootstrap 95% interval; docs/evaluation.md):", "",
+                  *markdown_table(summary, names, key="method"), ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,424 @@
+"""``instantstyle eval``: score a folder of our PNGs, a ``compare`` output, or run a benchmark manifest.
+
+Three sources, one report:
+- a folder of PNGs written by this toolkit: each file's embedded parameters say its prompt, style
+  references and method (references are found as recorded, beside the folder, or in
+  ``--references DIR`` by file name or pixel hash);
+- a ``compare`` output directory (its ``report.json`` names the style image and every single);
+- a manifest (JSON, ``Manifest``): style images (with optional content descriptions), prompts,
+  settings (a method and its options, with optional sweeps), seeds. Missing images are generated
+  with the loaded model; existing ones are reused after checking they were made with the same
+  parameters, so a run can be interrupted and resumed and a second run generates nothing.
+
+Then every image is scored (``metrics.scorer``) and ``report.json`` / ``report.md`` /
+``summary.csv`` / ``scores.csv`` and the plots are written to the output directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import methods as methods_mod
+from ..config import GenerateRequest, format_validation_error, make_request
+from ..errors import InstantStyleError
+from ..images import image_hash, load_image, read_metadata
+from . import LEAKAGE, STYLE, TEXT
+from .report import summarize, write_report, write_text
+from .scorer import Item, Scorer
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Request fields that identify an output; a reused file must match the request on all of them.
+IDENTITY = ("prompt", "negative_prompt", "method", "mode", "scale", "blocks", "content_prompt", "content_scale",
+            "steps", "guidance", "seed", "width", "height", "scheduler", "reference_prompt", "attention_layers",
+            "share_group_norm", "shared_score_shift", "swap_start", "swap_end", "color_calibration", "lora_scale")
+
+
+@dataclass
+class Entry:
+    """One image to score."""
+
+    path: Path
+    prompt: str
+    references: list[Path]
+    setting: str
+    seed: int | None = None
+    weights: list[float] | None = None
+    params: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- folders of PNGs
+
+
+def setting_label(params: dict) -> str:
+    """A readable name for the settings of one output: its method and the options it changed."""
+    method = params.get("method", "instantstyle")
+    fields = GenerateRequest.model_fields
+    parts = [method]
+    if params.get("task") not in (None, "txt2img"):
+        parts.append(str(params["task"]))
+    options = methods_mod.METHODS[method].options if method in methods_mod.METHODS else ()
+    for name in options:
+        if name in ("reference_prompt", "lora", "content_prompt", "style_weights"):
+            continue  # differ per reference, not per setting
+        default = fields[name].get_default(call_default_factory=True) if name in fields else None
+        value = params.get(name)
+        if value is not None and value != default:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+class ReferenceFinder:
+    """Finds a style reference's image: as recorded, relative to a folder, or in ``--references`` DIR."""
+
+    def __init__(self, roots: Sequence[Path], references: Path | None = None):
+        self.roots = [Path(r) for r in roots]
+        self.references = Path(references) if references is not None else None
+        self._by_hash: dict[str, Path] | None = None
+
+    def _index(self) -> dict[str, Path]:
+        if self._by_hash is None:
+            self._by_hash = {}
+            if self.references is not None:
+                for p in sorted(self.references.rglob("*")):
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                        try:
+                            self._by_hash.setdefault(image_hash(load_image(p)), p)
+                        except InstantStyleError:
+                            continue  # not an image we can read: it cannot be a reference either
+        return self._by_hash
+
+    def find(self, recorded: str, sha256: str | None, owner: Path) -> Path:
+        candidates = []
+        if not recorded.startswith(("@", "<")):
+            p = Path(recorded).expanduser()
+            candidates += [p] if p.is_absolute() else [p, *(r / p for r in self.roots)]
+            if self.references is not None:
+                candidates.append(self.references / p.name)
+        for c in candidates:
+            if c.is_file():
+                return c
+        if sha256 and sha256 in self._index():
+            return self._index()[sha256]
+        hint = ("pass --references DIR holding the style images (found by file name or by their pixels)"
+                if self.references is None else f"it is not in --references '{self.references}' either")
+        raise InstantStyleError(f"style reference {recorded!r} of '{owner}' was not found; {hint}")
+
+
+def collect_folder(folder: Path, finder: ReferenceFinder) -> tuple[list[Entry], list[str]]:
+    """Every PNG under ``folder`` carrying our parameters (sorted), and the names of those that do not."""
+    entries, skipped = [], []
+    for path in sorted(folder.rglob("*.png")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        try:
+            params = read_metadata(path)
+        except (InstantStyleError, OSError, ValueError):
+            skipped.append(str(path.relative_to(folder)))
+            continue
+        styles = [str(s) for s in params.get("style") or []]
+        hashes = list(params.get("style_image_sha256") or [])
+        refs = [finder.find(s, hashes[i] if i < len(hashes) else None, path) for i, s in enumerate(styles)]
+        entries.append(Entry(path, params.get("prompt", ""), refs, setting_label(params), params.get("seed"),
+                             params.get("style_weights"), params))
+    return entries, skipped
+
+
+def collect_compare(directory: Path, finder: ReferenceFinder) -> list[Entry]:
+    """The singles of a ``compare`` output, each with the comparison's style image."""
+    report = json.loads((directory / "report.json").read_text())
+    style = finder.find(str(report.get("style", "")), report.get("style_sha256"), directory / "report.json")
+    entries = []
+    for method in report["methods"]:
+        for rel in method["files"]:
+            path = directory / rel
+            params = read_metadata(path)
+            entries.append(Entry(path, params.get("prompt", ""), [style], method["method"], params.get("seed"),
+                                 None, params))
+    return entries
+
+
+def is_compare_dir(path: Path) -> bool:
+    if not (path / "report.json").is_file():
+        return False
+    try:
+        report = json.loads((path / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "methods" in report and "grid" in report
+
+
+# ---------------------------------------------------------------------- manifests
+
+
+class StyleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(..., description="Style image, relative to the manifest's folder.")
+    content: str | None = Field(None, description="What the image depicts ('a harbour'): the content prompt of "
+                                "settings with content_subtraction, and the default reference prompt.")
+    description: str | None = Field(None, description="A description of the whole image ('a watercolour painting of "
+                                    "a harbour'): the reference prompt of style-aligned / visual-style-prompting.")
+
+
+class SettingSpec(BaseModel):
+    """A method and its options; any other key is a ``GenerateRequest`` field (checked when expanded)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(None, description="Label in the report (default: the method).")
+    method: str = "instantstyle"
+    sweep: dict[str, list] = Field(default_factory=dict, description="Field -> values; one setting per combination.")
+    content_subtraction: bool = Field(False, description="Subtract each style's 'content' (instantstyle).")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    styles: list[StyleSpec] = Field(..., min_length=1)
+    prompts: list[str] = Field(..., min_length=1)
+    settings: list[SettingSpec] = Field(..., min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    defaults: dict = Field(default_factory=dict, description="Request fields shared by every setting (steps, size, ...).")
+
+
+@dataclass
+class Job:
+    setting: str
+    request: GenerateRequest
+    style: Path
+    out: Path
+    prompt_index: int
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        raise InstantStyleError(f"manifest '{path}' cannot be read; check the path") from None
+    except ValueError as exc:
+        raise InstantStyleError(f"manifest '{path}' is not valid JSON ({exc})") from None
+    try:
+        return Manifest(**data) if isinstance(data, dict) else Manifest()
+    except ValidationError as exc:
+        raise InstantStyleError(f"manifest '{path}': {format_validation_error(exc, flag_style=False)}") from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:80] or "setting"
+
+
+def expand_manifest(manifest: Manifest, root: Path, out: Path) -> list[Job]:
+    """Every (setting x sweep value, style, prompt, seed) as a validated request and its output path."""
+    jobs, labels = [], set()
+    for setting in manifest.settings:
+        base = {k: v for k, v in (setting.model_extra or {}).items()}
+        keys = list(setting.sweep)
+        combos = list(itertools.product(*(setting.sweep[k] for k in keys))) or [()]
+        for combo in combos:
+            label = setting.name or setting.method
+            if combo:
+                label += " " + " ".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True))
+            if label in labels:
+                raise InstantStyleError(f"manifest: two settings are both called {label!r}; give them distinct names")
+            labels.add(label)
+            for s_idx, style in enumerate(manifest.styles):
+                image = (root / style.image) if not Path(style.image).is_absolute() else Path(style.image)
+                load_image(image, what=f"manifest style image {style.image!r}")
+                for p_idx, prompt in enumerate(manifest.prompts):
+                    for seed in manifest.seeds:
+                        params = {**manifest.defaults, **base, **dict(zip(keys, combo, strict=True)),
+                                  "prompt": prompt, "seed": seed, "method": setting.method, "num_images": 1}
+                        method = methods_mod.get(setting.method)
+                        if method.reference != "lora":
+                            params["style"] = [str(image)]
+                        if setting.content_subtraction:
+                            if not style.content:
+                                raise InstantStyleError(f"manifest: setting {label!r} subtracts content but style "
+                                                        f"{style.image!r} has no 'content'")
+                            params["content_prompt"] = style.content
+                        if method.reference == "image" and "reference_prompt" not in params:
+                            params["reference_prompt"] = style.description or style.content
+                        try:
+                            req = make_request(flag_style=False, **{k: v for k, v in params.items() if v is not None})
+                        except InstantStyleError as exc:
+                            raise InstantStyleError(f"manifest setting {label!r}: {exc}") from None
+                        name = f"{s_idx:03d}-{_slug(Path(style.image).stem)}-p{p_idx}-s{seed}.png"
+                        jobs.append(Job(label, req, image, out / "images" / _slug(label) / name, p_idx))
+    return jobs
+
+
+def _matches(path: Path, req: GenerateRequest) -> str | None:
+    """``None`` if the file was generated with ``req``'s parameters, else the first differing field."""
+    try:
+        params = read_metadata(path)
+    except (InstantStyleError, OSError, ValueError):
+        return "parameters (the file carries none)"
+    want = req.model_dump()
+    owned = {f for m in methods_mod.METHODS.values() for f in m.options}  # read only by the methods listing them
+    read = (set(IDENTITY) - owned) | set(methods_mod.METHODS[req.method].options)
+    for key in IDENTITY:
+        # None asks for the default resolved at generation time (the model's size, content scale 0.5)
+        if key in read and key in params and want.get(key) is not None and params[key] != want[key]:
+            return f"{key} ({params[key]!r}, the manifest now says {want.get(key)!r})"
+    return None
+
+
+def run_manifest(jobs: Sequence[Job], load_model: Callable[[], object], *, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, int]:
+    """Generate the jobs whose files are missing (the model loads only if one is); reuse the rest."""
+    from ..images import save_png
+
+    missing = []
+    for job in jobs:
+        if job.out.exists():
+            differs = _matches(job.out, job.request)
+            if differs:
+                raise InstantStyleError(f"'{job.out}' exists but was generated with a different {differs}; "
+                                        "delete it or use another --out")
+        else:
+            missing.append(job)
+    counts = {"generated": 0, "reused": len(jobs) - len(missing)}
+    if not missing:
+        return counts
+    model = load_model()
+    bar = _bar(len(missing), "generating", progress)
+    for job in missing:
+        job.out.parent.mkdir(parents=True, exist_ok=True)
+        image = model.generate(job.request)[0]
+        save_png(image, job.out)
+        counts["generated"] += 1
+        bar.update(1)
+    bar.close()
+    log(f"eval: generated {counts['generated']} image(s), reused {counts['reused']}")
+    return counts
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+# ---------------------------------------------------------------------- scoring and the report
+
+
+def score_entries(entries: Sequence[Entry], scorer: Scorer, *, progress: bool = True) -> list[dict]:
+    """Per-image rows: ``setting``, ``file``, ``prompt``, ``seed``, ``style`` and every metric."""
+    items = [Item(load_image(e.path, what="output image"), e.prompt, [load_image(r, what="style reference")
+                                                                       for r in e.references], e.weights)
+             for e in entries]
+    bar = _bar(len(items), "scoring", progress)
+    scores = scorer.score(items, progress=bar.update)
+    bar.close()
+    return [{"setting": e.setting, "file": str(e.path), "prompt": e.prompt, "seed": e.seed,
+             "style": ";".join(str(r) for r in e.references), **s} for e, s in zip(entries, scores, strict=True)]
+
+
+def write_outputs(out: Path, rows: list[dict], scorer: Scorer, source: str, *, counts: dict | None = None,
+                  extra: dict | None = None, plots: bool = True) -> dict:
+    """Summaries, plots and report files in ``out``; returns the report."""
+    from . import plots as plots_mod
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows, scorer.metrics)
+    files = {}
+    if plots and rows:
+        have = set(scorer.metrics)
+        if {STYLE, LEAKAGE} <= have:
+            files["style vs leakage"] = plots_mod.scatter(summary, LEAKAGE, STYLE, out / "style_vs_leakage.png").name
+        if {STYLE, TEXT} <= have:
+            files["style vs text"] = plots_mod.scatter(summary, TEXT, STYLE, out / "style_vs_text.png").name
+        metric = STYLE if STYLE in have else scorer.metrics[0]
+        images = [load_image(r["file"], what="output image") for r in rows]
+        files["best and worst"] = plots_mod.examples(rows, images, metric, out / "best_worst.png").name
+    report = {"source": source, "metrics": list(scorer.metrics), "metric_models": scorer.ids,
+              "summary": summary, "images": rows, "plots": files, **({"counts": counts} if counts else {}),
+              **(extra or {})}
+    write_report(out, report)
+    return report
+
+
+def evaluate(source: str | Path, out: str | Path | None, scorer: Scorer, *, references: str | Path | None = None,
+             load_model: Callable[[], object] | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """``instantstyle eval``: detect the source, generate what a manifest lacks, score, report."""
+    # 1. What are we scoring? Check it all before loading any model.
+    source = Path(source)
+    refs = Path(references) if references is not None else None
+    if refs is not None and not refs.is_dir():
+        raise InstantStyleError(f"--references '{refs}' is not a directory")
+    counts, extra = None, {}
+    if source.is_file() and source.name == "report.json" and is_compare_dir(source.parent):
+        source = source.parent
+    if source.is_file() and source.suffix.lower() == ".json":
+        manifest = read_manifest(source)
+        out = Path(out) if out is not None else source.with_suffix("")
+        jobs = expand_manifest(manifest, source.parent, out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "manifest.resolved.json", json.dumps(
+            {"manifest": str(source), **manifest.model_dump(), "jobs": len(jobs)}, indent=2))
+        if load_model is None:
+            load_model = _no_model
+        # 2. Generate what is missing (never regenerating what exists).
+        counts = run_manifest(jobs, load_model, progress=progress, log=log)
+        entries = [Entry(j.out, j.request.prompt, [j.style], j.setting, j.request.seed) for j in jobs]
+    elif source.is_dir():
+        finder = ReferenceFinder([source, Path.cwd()], refs)
+        if is_compare_dir(source):
+            entries = collect_compare(source, finder)
+        else:
+            entries, skipped = collect_folder(source, finder)
+            if skipped:
+                log(f"eval: {len(skipped)} PNG(s) carry no instantstyle parameters and are not scored: "
+                    + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+                extra["skipped"] = skipped
+        out = Path(out) if out is not None else source / "eval"
+    else:
+        raise InstantStyleError(f"eval: '{source}' is neither a folder of PNGs, a compare output directory nor a "
+                                "manifest .json file")
+    if not entries:
+        raise InstantStyleError(f"eval: no images to score in '{source}'")
+    # 3. Score, 4. summarise, plot and write the report.
+    extra["out"] = str(out)
+    scorer.load()
+    rows = score_entries(entries, scorer, progress=progress)
+    report = write_outputs(Path(out), rows, scorer, str(source), counts=counts, extra=extra)
+    log(f"eval: scored {len(rows)} image(s) in {len(report['summary'])} setting(s) -> {Path(out) / 'report.md'}")
+    return report
+
+
+def _no_model():
+    raise InstantStyleError("images are missing and no model was given to generate them")
+
+
+# ---------------------------------------------------------------------- compare --metrics
+
+
+def score_comparison(scorer: Scorer, reference, prompts: Sequence[str], columns: dict[str, list],
+                     *, progress: bool = False) -> dict[str, dict]:
+    """Per method: ``{"rows": [per-image scores], "summary": {metric: {mean, low, high}}}`` (compare --metrics)."""
+    items, owners = [], []
+    for method, images in columns.items():
+        for prompt, image in zip(prompts, images, strict=True):
+            items.append(Item(image, prompt, [reference]))
+            owners.append(method)
+    scorer.load()
+    bar = _bar(len(items), "scoring", progress)
+    scores = scorer.score(items, progress=bar.update)
+    bar.close()
+    rows = [{"setting": m, **s} for m, s in zip(owners, scores, strict=True)]
+    summary = {s["setting"]: {m: s[m] for m in scorer.metrics} for s in summarize(rows, scorer.metrics)}
+    return {m: {"rows": [r for r in rows if r["setting"] == m], "summary": summary[m]} for m in columns}
+
+
+def short_scores(summary: dict) -> str:
+    """``"style 0.61 text 0.27 leak 0.31"``: a method's means for a grid label."""
+    names = {"csd_style": "style", "clip_t": "text", "dino_leakage": "leak", "csd_content": "content"}
+    return " ".join(f"{names.get(m, m)} {v['mean']:.2f}" for m, v in summary.items())
