@@ -84,18 +84,41 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
     g.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
                    help="default: fp16 on cuda/mps, fp32 on cpu")
     if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
-        g.add_argument("--speed", default="auto", choices=["auto", "plain", "exact", "graphs", "fast", "max", "fp8"],
-                       help="fast path (see README 'Performance'): auto = graphs on CUDA for generate/stylize/"
+        g.add_argument("--speed", default="auto",
+                       choices=["auto", "plain", "exact", "graphs", "fast", "max", "max-tuned", "max-autotune", "fp8",
+                                "fp8-max", "cfg-trunc", "deepcache", "turbo"],
+                       help="fast path (see docs/performance.md): auto = graphs on CUDA for generate/stylize/"
                             "compare, max for serve, exact on CPU; plain = stock diffusers; exact = image branch only "
                             "in active blocks; graphs = exact + CUDA graphs, no compilation (0.69x stock diffusers' "
                             "time on an H200); max = the whole UNet compiled + CUDA graphs (0.56x; ~90 s to compile "
-                            "on first use); fast = regional compile; fp8 (Hopper/Ada) changes the picture slightly "
-                            "(default: auto)")
+                            "on first use); fast = regional compile. Not yet measured on a GPU: max-tuned = max + "
+                            "K/V once per call, no work in inactive IP layers, bf16 compiled VAE decode, tuned "
+                            "Inductor (same picture); max-autotune = max-tuned with autotuned kernels, for serve "
+                            "(minutes to compile once; see --compile-cache). Approximations, opt-in (change the "
+                            "picture slightly): fp8 (Hopper/Ada), fp8-max (row-wise fp8 inside the compiled graph), "
+                            "cfg-trunc (last 40%% of the steps without CFG), deepcache (deep blocks every other "
+                            "step), turbo (fp8-max + deepcache) (default: auto)")
+        g.add_argument("--cfg-truncation", type=float, default=None, metavar="FRACTION",
+                       help="approximation: the last FRACTION of the steps without the unconditional half (e.g. 0.4; "
+                            "text-to-image only); adds to any --speed, 0 turns it off (default: the speed's, 0 "
+                            "except cfg-trunc's 0.4)")
+        g.add_argument("--deepcache", type=int, default=None, metavar="N", dest="deepcache_interval",
+                       help="approximation: the deep UNet blocks every N-th step only, the steps between reuse their "
+                            "features (DeepCache; 2 = every other step); 0 turns it off (default: the speed's)")
+        g.add_argument("--compile-cache", default=None, metavar="DIR",
+                       help="keep torch.compile's generated code and autotuning results in DIR, so a restart does not "
+                            "compile again (default: torch's, $TORCHINDUCTOR_CACHE_DIR or a temp folder)")
         g.add_argument("--memory", default="auto", choices=["auto", "normal", "balanced", "low", "lowest"],
                        help="GPU memory layout (peaks at 1024 px on SDXL): normal ~16-18 GiB; balanced = text/image "
                             "encoders streamed from the CPU, ~13 GiB, same speed; low = model CPU offload + 512 px "
                             "VAE tiles, ~7 GiB (Plus ~12); lowest = every model but the VAE streamed layer by layer, "
                             "~1.6 GiB (Plus ~3.5), ~4x slower; auto picks by the card's size (default: auto)")
+
+
+def _speed_args(args) -> dict:
+    """``--speed`` and its companion flags, as ``InstantStyle.from_pretrained`` takes them."""
+    return {"speed": args.speed, "cfg_truncation": args.cfg_truncation, "deepcache_interval": args.deepcache_interval,
+            "compile_cache": args.compile_cache}
 
 
 class _ControlImage(argparse.Action):
@@ -557,7 +580,7 @@ def cmd_generate(args) -> int:
     model = InstantStyle.from_pretrained(
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=not args.quiet,
-        speed=args.speed, memory=args.memory,
+        memory=args.memory, **_speed_args(args),
     )
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
@@ -672,7 +695,7 @@ def cmd_serve(args) -> int:
         model = InstantStyle.from_pretrained(
             args.base, args.adapter, args.image_encoder, device=device, dtype=args.dtype, variant=args.variant,
             content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False,
-            speed=args.speed, memory=args.memory, long_lived=True)
+            memory=args.memory, **_speed_args(args), long_lived=True)
         model.styles.max_pixels = limits.max_pixels
         model.styles.styles_directory = args.styles_dir
         if not args.no_warmup and (model.speed.compile or model.speed.cuda_graphs):
@@ -724,7 +747,7 @@ def cmd_compare(args) -> int:
     model = InstantStyle.from_pretrained(
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=True, progress=not args.quiet,
-        speed=args.speed, memory=args.memory,
+        memory=args.memory, **_speed_args(args),
     )
     result = compare(model, args.style, args.prompt, args.out, methods=methods, settings=settings,
                      overwrite=args.overwrite, log=lambda msg: print(msg, file=sys.stderr), scorer=scorer)

@@ -29,7 +29,25 @@ Pieces (``FastOptions`` fields), all exact up to floating-point rounding unless 
 - ``channels_last``: the UNet's convolution weights in NHWC for the call.
 - ``attention``: pin the SDPA kernel (``flash``, ``efficient``, ``cudnn``, ``math``).
 - ``fp8`` (*approximation*, opt-in, CUDA compute capability >= 8.9): the transformer blocks'
-  linears as float8 e4m3 matmuls (``torch._scaled_mm``, per-tensor scales).
+  linears as float8 e4m3 matmuls (``torch._scaled_mm``); ``fp8_scaling="tensor"`` (per-tensor
+  scales, ``Float8Linear``) or ``"row"`` (row-wise, ``fast.fp8``: traces into the compiled graph).
+
+Pieces in ``instantstyle.fast`` (one module each), switched here:
+
+- ``context_kv`` (``fast.context``): the text and image-token keys/values of every
+  cross-attention layer once per call, not at every step.
+- ``prune_ip``: on the graph paths (whole-UNet compile, CUDA graphs) inactive IP layers get no
+  image branch either, as with ``light_inactive`` eagerly: one graph per preset (a new preset
+  captures, or compiles, once; style image, prompt and scale stay data).
+- ``vae_decode`` (``fast.vae``): ``stock`` | ``auto`` | ``bf16`` | ``fp16`` | ``fp32``: decode by
+  the fast path from a persistent decoder twin (``auto``: bf16 where stock upcasts to float32),
+  channels-last, compiled when ``compile_vae``.
+- ``inductor_tuning`` (``fast.compiling``): coordinate-descent tuning in every compile and
+  ``cudnn.benchmark`` for the call.
+- ``cfg_truncation`` (*approximation*, ``fast.cfg``): the last fraction of the steps without the
+  unconditional half.
+- ``deepcache_interval`` (*approximation*, ``fast.deepcache``): the deep UNet blocks run on every
+  n-th step only; the steps between reuse their features.
 
 Memory modes (``apply_memory_mode``, a load-time choice, not per call): ``normal``; ``balanced``
 = the text and image encoders stream from the CPU when they run (the UNet, ControlNets and VAE
@@ -51,10 +69,18 @@ import torch.nn.functional as F
 
 from . import attention_frame, graphs
 from .errors import InstantStyleError
+from .fast import cfg as fast_cfg
+from .fast import compiling
+from .fast import context as fast_context
+from .fast import deepcache as fast_deepcache
+from .fast import fp8 as fast_fp8
+from .fast import vae as fast_vae
 
 _log = logging.getLogger(__name__)
 
-SPEEDS = ("auto", "plain", "exact", "graphs", "fast", "max", "fp8")
+SPEEDS = ("auto", "plain", "exact", "graphs", "fast", "max", "max-tuned", "max-autotune", "fp8",
+          "fp8-max", "cfg-trunc", "deepcache", "turbo")
+APPROXIMATE_SPEEDS = ("fp8", "fp8-max", "cfg-trunc", "deepcache", "turbo")
 MEMORY_MODES = ("normal", "balanced", "low", "lowest")
 MEMORY_CHOICES = ("auto", *MEMORY_MODES)  # "auto": chosen from the card's size (auto_memory)
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # what "balanced" streams from the CPU
@@ -78,6 +104,13 @@ class FastOptions:
     channels_last: bool = False
     attention: str = "auto"
     fp8: bool = False
+    fp8_scaling: str = "tensor"  # "tensor" (Float8Linear) | "row" (fast.fp8, inside the compiled graph)
+    context_kv: bool = False  # cross-attention K/V once per call (fast.context)
+    prune_ip: bool = False  # graph paths: no image branch in inactive IP layers (one graph per preset)
+    vae_decode: str = "stock"  # "stock" | "auto" | "bf16" | "fp16" | "fp32" (fast.vae)
+    inductor_tuning: bool = False  # coordinate-descent tuning + cudnn.benchmark (fast.compiling)
+    cfg_truncation: float = 0.0  # approximation: fraction of the steps, from the end, without CFG
+    deepcache_interval: int = 0  # approximation: deep blocks every n-th step (0 or 1: every step)
 
     @property
     def is_plain(self) -> bool:
@@ -85,8 +118,19 @@ class FastOptions:
 
     @property
     def exact(self) -> bool:
-        """False when the option changes the picture beyond rounding (fp8)."""
-        return not self.fp8
+        """False when an option changes the picture beyond rounding (fp8, CFG truncation, DeepCache)."""
+        return not (self.fp8 or self.cfg_truncation > 0 or self.deepcache_interval > 1)
+
+    def approximations(self) -> dict:
+        """The picture-changing settings in use (recorded in every output's parameters)."""
+        out = {}
+        if self.fp8:
+            out["fp8"] = self.fp8_scaling
+        if self.cfg_truncation > 0:
+            out["cfg_truncation"] = self.cfg_truncation
+        if self.deepcache_interval > 1:
+            out["deepcache_interval"] = self.deepcache_interval
+        return out
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,11 +141,21 @@ EXACT = FastOptions()
 FAST = FastOptions(compile=True, fuse_qkv=True, channels_last=True)
 MAX = FastOptions(compile=True, compile_scope="unet", cuda_graphs=True, fuse_qkv=True)
 GRAPHS = FastOptions(cuda_graphs=True, fuse_qkv=True)
+# max + the exact pieces not yet measured on a GPU (docs/performance.md, "not yet measured").
+MAX_TUNED = replace(MAX, context_kv=True, prune_ip=True, vae_decode="auto", compile_vae=True, inductor_tuning=True)
+# For servers: Inductor's autotuned kernels (minutes to compile once; cached on disk, see
+# fast.compiling.set_cache_dir); "-no-cudagraphs" because the fast path captures its own graphs.
+MAX_AUTOTUNE = replace(MAX_TUNED, compile_mode="max-autotune-no-cudagraphs")
+FP8_MAX = replace(MAX_TUNED, fp8=True, fp8_scaling="row", fuse_qkv=False)
+CFG_TRUNCATION = 0.4  # the named modes' defaults (research: ~40 % of the steps, from the end)
+DEEPCACHE_INTERVAL = 2  # DeepCache's uniform schedule, every other step full
 COMPILE_SCOPES = ("blocks", "unet")
+FP8_SCALINGS = ("tensor", "row")
 
 
 def options_for(speed: str | FastOptions | None, device: torch.device | str = "cpu", *,
-                long_lived: bool = False) -> FastOptions:
+                long_lived: bool = False, cfg_truncation: float | None = None,
+                deepcache_interval: int | None = None) -> FastOptions:
     """Resolve a ``speed`` name to options.
 
     ``plain``: stock diffusers processors; ``exact``: light inactive blocks + projection once (no
@@ -111,20 +165,55 @@ def options_for(speed: str | FastOptions | None, device: torch.device | str = "c
     compilation on first use, then the fastest); ``fp8``: fast + float8 linears (changes the
     picture slightly; opt-in).
 
+    Not yet measured on a GPU (docs/performance.md): ``max-tuned``: max + cross-attention K/V
+    once per call + no work in inactive IP layers (one graph per preset) + the VAE decoded in
+    bf16, channels-last, compiled + coordinate-descent tuning and cudnn.benchmark (exact);
+    ``max-autotune``: max-tuned with Inductor's autotuned kernels, for servers (exact);
+    approximations, opt-in: ``fp8-max`` (max-tuned + row-wise fp8 linears inside the compiled
+    graph), ``cfg-trunc`` (max-tuned + the last 40 % of the steps without CFG), ``deepcache``
+    (max-tuned + the deep blocks every other step), ``turbo`` (fp8-max + deepcache).
+    ``cfg_truncation``/``deepcache_interval`` override or add those two on any speed.
+
     ``auto``: ``exact`` off CUDA; on CUDA ``graphs`` for a process that makes a few images (the
     CLI: compiling would cost more than it saves) and ``max`` for a ``long_lived`` one (the server).
     """
     if isinstance(speed, FastOptions):
-        return speed
-    speed = speed or "auto"
-    cuda = torch.device(device).type == "cuda"
-    if speed == "auto":
-        speed = ("max" if long_lived else "graphs") if cuda else "exact"
-    named = {"plain": PLAIN, "exact": EXACT, "graphs": GRAPHS, "fast": FAST, "max": MAX,
-             "fp8": replace(FAST, fp8=True, fuse_qkv=False)}
-    if speed not in named:
-        raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
-    return named[speed]
+        options = speed
+    else:
+        speed = speed or "auto"
+        cuda = torch.device(device).type == "cuda"
+        if speed == "auto":
+            speed = ("max" if long_lived else "graphs") if cuda else "exact"
+        named = {"plain": PLAIN, "exact": EXACT, "graphs": GRAPHS, "fast": FAST, "max": MAX,
+                 "max-tuned": MAX_TUNED, "max-autotune": MAX_AUTOTUNE,
+                 "fp8": replace(FAST, fp8=True, fuse_qkv=False), "fp8-max": FP8_MAX,
+                 "cfg-trunc": replace(MAX_TUNED, cfg_truncation=CFG_TRUNCATION),
+                 "deepcache": replace(MAX_TUNED, deepcache_interval=DEEPCACHE_INTERVAL),
+                 "turbo": replace(FP8_MAX, deepcache_interval=DEEPCACHE_INTERVAL)}
+        if speed not in named:
+            raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
+        options = named[speed]
+    if cfg_truncation is not None:
+        options = replace(options, cfg_truncation=cfg_truncation)
+    if deepcache_interval is not None:
+        options = replace(options, deepcache_interval=deepcache_interval)
+    check(options)
+    return options
+
+
+def check(options: FastOptions) -> None:
+    """One-line errors for values no piece can use."""
+    if not 0.0 <= options.cfg_truncation < 1.0:
+        raise InstantStyleError(f"--cfg-truncation {options.cfg_truncation}: must be a fraction of the steps in "
+                                "[0, 1) (e.g. 0.4 = the last 40 % without CFG); 0 turns it off")
+    if isinstance(options.deepcache_interval, bool) or not isinstance(options.deepcache_interval, int) \
+            or options.deepcache_interval < 0:
+        raise InstantStyleError(f"--deepcache {options.deepcache_interval!r}: must be a whole number >= 0 (2 = the "
+                                "deep blocks every other step; 0 or 1 turns it off)")
+    if options.vae_decode not in fast_vae.VAE_DECODES:
+        raise InstantStyleError(f"VAE decode {options.vae_decode!r} is not one of {', '.join(fast_vae.VAE_DECODES)}")
+    if options.fp8_scaling not in FP8_SCALINGS:
+        raise InstantStyleError(f"fp8 scaling {options.fp8_scaling!r} is not one of {', '.join(FP8_SCALINGS)}")
 
 
 def auto_memory(device: torch.device | str) -> str:
@@ -169,13 +258,16 @@ class FastAttention:
     Mirrors diffusers 0.42 ``AttnProcessor2_0`` / ``IPAdapterAttnProcessor2_0`` (no masks) step by
     step. ``ip`` holds ``(adapter index, to_k_ip, to_v_ip, scale tensor)`` for the adapters that
     are active on this layer; empty means plain text cross-attention (the image tokens are not
-    touched). ``qkv``/``kv`` are optional fused weights.
+    touched). ``qkv``/``kv`` are optional fused weights. ``ctx`` (a ``fast.context.ContextSlot``)
+    holds this layer's text and image-token keys/values, computed once per call outside the graph.
     """
 
-    def __init__(self, ip: tuple = (), qkv: torch.Tensor | None = None, kv: torch.Tensor | None = None):
+    def __init__(self, ip: tuple = (), qkv: torch.Tensor | None = None, kv: torch.Tensor | None = None,
+                 ctx: fast_context.ContextSlot | None = None):
         self.ip = ip
         self.qkv = qkv
         self.kv = kv
+        self.ctx = ctx
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -190,6 +282,9 @@ class FastAttention:
 
         if self.qkv is not None and encoder_hidden_states is None:  # fused self-attention
             q, k, v = F.linear(hidden_states, self.qkv).chunk(3, dim=-1)
+        elif self.ctx is not None and encoder_hidden_states is not None:  # step-invariant K/V, made once
+            q = attn.to_q(hidden_states)
+            k, v = self.ctx.text_kv(encoder_hidden_states)
         else:
             q = attn.to_q(hidden_states)
             context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -203,7 +298,11 @@ class FastAttention:
 
         for index, to_k_ip, to_v_ip, scale in self.ip:  # active adapters only
             tokens = ip_tokens[index]  # [B, n_img, T, D]
-            out = out + scale * _attention(attn, hidden_states, q, to_k_ip(tokens), to_v_ip(tokens), None)
+            if self.ctx is not None:
+                k_ip, v_ip = self.ctx.ip_kv(index, tokens)
+            else:
+                k_ip, v_ip = to_k_ip(tokens), to_v_ip(tokens)
+            out = out + scale * _attention(attn, hidden_states, q, k_ip, v_ip, None)
         return attention_frame.leave(attn, out, residual, shape)
 
 
@@ -355,7 +454,8 @@ def _ip_layers(proc, uniform: bool) -> list | None:
 _PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Attention -> {structure: FastAttention}
 
 
-def _fast_processor(attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.Tensor | None = None) -> FastAttention:
+def _fast_processor(attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.Tensor | None = None,
+                    ctx: bool = False) -> FastAttention:
     """The layer's ``FastAttention`` for this structure, made once and reused by every call.
 
     Reuse keeps the objects (and so compiled graphs' guards and captured CUDA graphs) stable; the
@@ -363,14 +463,14 @@ def _fast_processor(attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.
     processor holds its weights, so the ids in the key cannot be reused by other objects.
     """
     key = (tuple((i, id(k), id(v), k.weight.device, k.weight.dtype) for i, k, v, _ in layers),
-           None if kv is None else id(kv), None if qkv is None else id(qkv))
+           None if kv is None else id(kv), None if qkv is None else id(qkv), ctx)
     cache = _PROCESSORS.setdefault(attn, {})
     proc = cache.get(key)
     if proc is None:
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: writable in and out of inference mode
             ip = tuple((i, k, v, torch.zeros((), dtype=k.weight.dtype, device=k.weight.device))
                        for i, k, v, _ in layers)
-        proc = cache[key] = FastAttention(ip=ip, qkv=qkv, kv=kv)
+        proc = cache[key] = FastAttention(ip=ip, qkv=qkv, kv=kv, ctx=fast_context.ContextSlot() if ctx else None)
     with torch.no_grad():
         for (_, _, _, tensor), (_, _, _, value) in zip(proc.ip, layers, strict=True):
             tensor.fill_(value)
@@ -382,7 +482,7 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
     from .adapter import ip_processors
 
     ips = ip_processors(unet)
-    uniform = (options.compile and options.compile_scope == "unet") or options.cuda_graphs
+    uniform = ((options.compile and options.compile_scope == "unet") or options.cuda_graphs) and not options.prune_ip
     attn_modules = {f"{name}.processor": module for name, module in unet.named_modules()
                     if hasattr(module, "set_processor") and hasattr(module, "to_q")}
     plan: dict[str, object] = {}
@@ -399,7 +499,7 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
             if layers is None:
                 continue
             kv = _fused(attn, ("to_k", "to_v")) if options.fuse_qkv and not options.fp8 else None
-            plan[name] = _fast_processor(attn, layers, kv=kv)
+            plan[name] = _fast_processor(attn, layers, kv=kv, ctx=options.context_kv)
         elif options.fuse_qkv and not options.fp8 and not attn.is_cross_attention:
             qkv = _fused(attn, ("to_q", "to_k", "to_v"))
             if qkv is not None and type(proc).__name__ == "AttnProcessor2_0":
@@ -455,14 +555,14 @@ def _compiled_blocks(unet, options: FastOptions):
 
         blocks += [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
     configure_dynamo()
-    key = (options.compile_backend, options.compile_mode)
+    key = compiling.compile_key("blocks", options)
+    kwargs = compiling.compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
     saved = [b._compiled_call_impl for b in blocks]
     try:
         for b in blocks:
             cache = b.__dict__.setdefault(_COMPILED_ATTR, {})
             if key not in cache:
-                cache[key] = torch.compile(b._call_impl, backend=options.compile_backend,
-                                           mode=options.compile_mode, dynamic=False)
+                cache[key] = torch.compile(b._call_impl, dynamic=False, **kwargs)
             b._compiled_call_impl = cache[key]
         yield
     finally:
@@ -471,8 +571,10 @@ def _compiled_blocks(unet, options: FastOptions):
 
 
 @contextlib.contextmanager
-def _fp8_linears(unet):
-    """Swap the transformer blocks' big linears for cached ``Float8Linear`` twins."""
+def _fp8_linears(unet, scaling: str = "tensor"):
+    """Swap the transformer blocks' big linears for cached float8 twins (``Float8Linear``, or
+    ``fast.fp8.RowwiseFloat8Linear`` for ``scaling="row"``)."""
+    kind = fast_fp8.RowwiseFloat8Linear if scaling == "row" else Float8Linear
     swaps = []  # (parent, child name, original)
     for block in transformer_blocks(unet):
         skip = {id(m) for attn in (block.attn1, getattr(block, "attn2", None)) if attn is not None
@@ -487,8 +589,8 @@ def _fp8_linears(unet):
                 if child_name in ("to_k", "to_v") and getattr(parent, "is_cross_attention", False):
                     continue  # 77 text tokens: not worth it, and not a multiple of 16
                 twin = _FP8.get(child)
-                if twin is None or twin.source != (child.weight.data_ptr(), child.weight._version):
-                    twin = _FP8[child] = Float8Linear(child)
+                if type(twin) is not kind or twin.source != (child.weight.data_ptr(), child.weight._version):
+                    twin = _FP8[child] = kind(child)
                 swaps.append((parent, child_name, child, twin))
     try:
         for parent, name, _, twin in swaps:
@@ -555,10 +657,10 @@ def _compiled_unet(unet, options: FastOptions):
     """The whole UNet forward as one cached ``torch.compile`` graph (``compile_scope="unet"``)."""
     configure_dynamo()
     cache = unet.__dict__.setdefault(_COMPILED_ATTR, {})
-    key = ("unet", options.compile_backend, options.compile_mode)
+    key = compiling.compile_key("unet", options)  # everything baked in at trace time
     if key not in cache:
-        cache[key] = torch.compile(type(unet).forward.__get__(unet), backend=options.compile_backend,
-                                   mode=options.compile_mode, dynamic=False)
+        kwargs = compiling.compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+        cache[key] = torch.compile(type(unet).forward.__get__(unet), dynamic=False, **kwargs)
     return _wrapped_forward(unet, lambda inner: cache[key])
 
 
@@ -570,16 +672,37 @@ def _compiled_decoder(vae, options: FastOptions):
         yield
         return
     cache = decoder.__dict__.setdefault(_COMPILED_ATTR, {})
-    key = (options.compile_backend, options.compile_mode)
+    key = compiling.compile_key("vae", options)
     if key not in cache:
-        cache[key] = torch.compile(decoder._call_impl, backend=options.compile_backend, mode=options.compile_mode,
-                                   dynamic=False)
+        kwargs = compiling.compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+        cache[key] = torch.compile(decoder._call_impl, dynamic=False, **kwargs)
     saved = decoder._compiled_call_impl
     decoder._compiled_call_impl = cache[key]
     try:
         yield
     finally:
         decoder._compiled_call_impl = saved
+
+
+def fast_decoder(pipe, options: FastOptions):
+    """The VAE decoder twin a call decodes with (``fast.vae``), or None for the stock decode."""
+    if options.vae_decode == "stock" or not fast_vae.usable(pipe):
+        return None
+    vae = pipe.vae
+    return fast_vae.twin(vae, fast_vae.decode_dtype(vae, options.vae_decode), channels_last=True)
+
+
+def decode_latents(pipe, latents: torch.Tensor, decoder, options: FastOptions, output_type: str = "pil"):
+    """Decode with the twin; compiled (cached per compile key) when ``compile_vae``."""
+    forward = None
+    if options.compile_vae:
+        configure_dynamo()
+        key = compiling.compile_key("vae-twin", options)
+        if key not in decoder.compiled:
+            kwargs = compiling.compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+            decoder.compiled[key] = torch.compile(decoder, dynamic=False, **kwargs)
+        forward = decoder.compiled[key]
+    return fast_vae.decode(pipe, latents, decoder, forward, output_type)
 
 
 _GRAPHS_ATTR = "_instantstyle_graphs"
@@ -609,8 +732,10 @@ def graphs_usable(unet, device: torch.device) -> bool:
     return all(type(p).__name__ in _GRAPH_SAFE_PROCESSORS for p in unet.attn_processors.values())
 
 
-def _graphed_unet(unet, options: FastOptions, device: torch.device):
-    """Replay the UNet forward as CUDA graphs for the call (see ``instantstyle.graphs``)."""
+def _graphed_unet(unet, options: FastOptions, device: torch.device, phase=None):
+    """Replay the UNet forward as CUDA graphs for the call (see ``instantstyle.graphs``).
+    ``phase()``, when given, names Python decisions that differ between the call's steps
+    (DeepCache's full/cached step): part of each graph's key."""
     cache = graph_cache(unet)
     procs = tuple(unet.attn_processors.values())
     weights = tuple(t.data_ptr() for t in itertools.chain(unet.parameters(), unet.buffers()))
@@ -622,7 +747,8 @@ def _graphed_unet(unet, options: FastOptions, device: torch.device):
                 return inner(*args, **kwargs)
             args, kwargs = graphs.timestep_as_tensor(args, kwargs, device)
             try:
-                out = cache.call(inner, args, kwargs, context, keep=procs)
+                key = context if phase is None else (context, phase())
+                out = cache.call(inner, args, kwargs, key, keep=procs)
             except Exception as exc:  # a capture the kernels or driver refuse: eager from now on, said once
                 cache.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 cache.clear()
@@ -647,12 +773,14 @@ def effective(options: FastOptions, unet, device: torch.device) -> FastOptions:
         raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     if options.compile_scope not in COMPILE_SCOPES:
         raise InstantStyleError(f"compile scope {options.compile_scope!r} is not one of {', '.join(COMPILE_SCOPES)}")
+    check(options)
     if offloaded(unet, device):
         # Weights move between devices during the call: pieces that hold tensors (fused weights,
-        # scale tensors, compiled graphs, CUDA graphs, memory formats) would be stale. Keep the
-        # module-level one.
+        # scale tensors, K/V buffers, compiled graphs, CUDA graphs, memory formats, the VAE twin)
+        # would be stale. Keep the module-level ones (and the approximations, which hold activations only).
         return replace(options, light_inactive=False, fuse_qkv=False, compile=False, channels_last=False,
-                       fp8=False, attention="auto", cuda_graphs=False, compile_vae=False)
+                       fp8=False, attention="auto", cuda_graphs=False, compile_vae=False, context_kv=False,
+                       prune_ip=False, vae_decode="stock", inductor_tuning=False)
     if options.compile and options.compile_scope == "unet" and "forward" in unet.__dict__:
         options = replace(options, compile_scope="blocks")  # someone wrapped the forward: keep their wrapper
     if options.cuda_graphs:
@@ -665,6 +793,24 @@ def effective(options: FastOptions, unet, device: torch.device) -> FastOptions:
     if options.compile and options.compile_scope == "unet":
         options = replace(options, project_once=False)  # a Python-side cache inside one graph: no
     return options
+
+
+@contextlib.contextmanager
+def _outer_forward(unet, hooks):
+    """Run ``hook(args, kwargs)`` before every UNet call, outside any compiled region or CUDA
+    graph (eager Python: K/V fills, the step counter, argument fixes). A hook may return new
+    ``(args, kwargs)``."""
+    def wrap(inner):
+        def forward(*args, **kwargs):
+            for hook in hooks:
+                fixed = hook(args, kwargs)
+                if fixed is not None:
+                    args, kwargs = fixed
+            return inner(*args, **kwargs)
+        return forward
+
+    with _wrapped_forward(unet, wrap):
+        yield
 
 
 @contextlib.contextmanager
@@ -689,8 +835,15 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
     masks = bool(cross_attention_kwargs and cross_attention_kwargs.get("ip_adapter_masks") is not None)
     with contextlib.ExitStack() as stack:
         if options.fp8:
-            stack.enter_context(_fp8_linears(unet))
-        stack.enter_context(_swap_processors(unet, plan_processors(unet, options, masks)))
+            stack.enter_context(_fp8_linears(unet, options.fp8_scaling))
+        plan = plan_processors(unet, options, masks)
+        stack.enter_context(_swap_processors(unet, plan))
+        deep = None
+        if options.deepcache_interval > 1:
+            deep = stack.enter_context(fast_deepcache.wrapped_blocks(fast_deepcache.DeepCache.for_unet(
+                unet, options.deepcache_interval)))
+        if options.inductor_tuning:
+            stack.enter_context(compiling.cudnn_benchmark(True))
         if options.project_once:
             stack.enter_context(_project_once(unet))
         if options.channels_last:
@@ -699,15 +852,36 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
             stack.enter_context(_compiled_unet(unet, options))
         elif options.compile:
             stack.enter_context(_compiled_blocks(unet, options))
-        if options.compile_vae and getattr(pipe, "vae", None) is not None:
+        if options.compile_vae and getattr(pipe, "vae", None) is not None and fast_decoder(pipe, options) is None:
             stack.enter_context(_compiled_decoder(pipe.vae, options))
         stack.enter_context(_unet_sdpa_backend(unet, options.attention))
         if options.cuda_graphs:
             if not graphs_usable(unet, device):  # processors as installed (a method's own may be stateful)
                 options = replace(options, cuda_graphs=False)
             else:
-                stack.enter_context(_graphed_unet(unet, options, device))
+                stack.enter_context(_graphed_unet(unet, options, device, deep.phase if deep is not None else None))
+        hooks = []
+        if options.cfg_truncation > 0:
+            hooks.append(fast_cfg.CondHalf())
+        if deep is not None:
+            hooks.append(deep.before_forward)
+        if options.context_kv:
+            modules = {f"{name}.processor": m for name, m in unet.named_modules() if hasattr(m, "set_processor")}
+            layers = [(modules[name], p) for name, p in plan.items()
+                      if isinstance(p, FastAttention) and p.ctx is not None]
+            if layers:
+                stack.enter_context(_context(unet, layers, hooks))
+        if hooks:
+            stack.enter_context(_outer_forward(unet, hooks))
         yield options
+
+
+def _context(unet, layers, hooks):
+    """The K/V cache of this call (``fast.context``), as a hook of the outer forward."""
+    cache = fast_context.ContextCache(unet, layers)
+    unet.__dict__["_instantstyle_context"] = cache  # the last call's, for tests and the benchmark
+    hooks.append(cache.before_forward)
+    return contextlib.nullcontext(cache)
 
 
 # ---------------------------------------------------------------------- memory modes
@@ -748,6 +922,8 @@ def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
     if mode not in MEMORY_MODES:
         raise InstantStyleError(f"--memory {mode!r} is not one of {', '.join(MEMORY_MODES)}")
     release_caches(pipe.unet)  # weights are about to move: cached copies and captured addresses go stale
+    if getattr(pipe, "vae", None) is not None:
+        fast_vae.release(pipe.vae)
     if mode == "normal":
         pipe.to(device)
         return
@@ -812,3 +988,4 @@ def release_caches(unet) -> None:
         _PROCESSORS.pop(module, None)
         _FP8.pop(module, None)
     release_graphs(unet)
+    fast_deepcache.release(unet)

@@ -62,11 +62,18 @@ class TracedCapture:
     inputs, weights, scale tensors) is read again at each 'replay', as a CUDA graph re-reads its
     memory. 'Replay' runs the traced graph and writes into the outputs made at capture. A test
     that passes with this capturer shows that nothing a call changes hides in Python state.
+    Like ``CudaCapture`` it runs the function once before capture, so buffers a call makes lazily
+    (the fast path's step caches) exist as real tensors before tracing.
     """
+
+    def __init__(self, warmup: int = 1):
+        self.warmup = warmup
 
     def __call__(self, fn: Callable[[], object], device: torch.device):
         from torch.fx.experimental.proxy_tensor import make_fx
 
+        for _ in range(self.warmup):
+            fn()
         traced = make_fx(fn)()
         out = traced()
 

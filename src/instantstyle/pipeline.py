@@ -22,6 +22,7 @@ from . import adapter as adapter_mod
 from . import blocks, embeddings, fastpath, models
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
+from .fast import cfg as fast_cfg
 from .images import DEFAULT_MAX_PIXELS, attach_metadata
 
 StyleRef = str | Path | Image.Image | embeddings.Style
@@ -82,6 +83,9 @@ class InstantStyle:
         speed: str = "auto",
         memory: str = "auto",
         long_lived: bool = False,
+        cfg_truncation: float | None = None,
+        deepcache_interval: int | None = None,
+        compile_cache: str | Path | None = None,
     ) -> InstantStyle:
         """Load base model, image encoder and IP-Adapter; check they fit together; attach.
 
@@ -91,14 +95,20 @@ class InstantStyle:
         ``speed`` picks the fast path (``instantstyle.fastpath.options_for``: auto, plain, exact,
         graphs, fast, max, fp8; ``long_lived=True`` makes ``auto`` pick ``max`` on CUDA, for servers);
         ``memory`` = auto | normal | balanced | low | lowest (``fastpath.apply_memory_mode``;
-        ``auto`` picks by the card's size, ``fastpath.auto_memory``).
+        ``auto`` picks by the card's size, ``fastpath.auto_memory``). ``cfg_truncation`` and
+        ``deepcache_interval`` add those approximations to any speed (``fastpath.options_for``);
+        ``compile_cache`` keeps torch.compile's artefacts in that folder across restarts.
         """
-        # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32.
+        # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32; the fast path's options.
         dev, dt = models.device_and_dtype(device, dtype)
         if memory == "auto":
             memory = fastpath.auto_memory(dev)
-        if isinstance(speed, str) and speed == "auto":
-            speed = fastpath.options_for("auto", dev, long_lived=long_lived)
+        speed = fastpath.options_for(speed, dev, long_lived=long_lived, cfg_truncation=cfg_truncation,
+                                     deepcache_interval=deepcache_interval)
+        if compile_cache:
+            from .fast.compiling import set_cache_dir
+
+            set_cache_dir(compile_cache)
         tiny = base == models.TINY
         adapter = adapter or (models.TINY if tiny else models.DEFAULT_ADAPTER)
         image_encoder = image_encoder or (models.TINY if tiny else models.DEFAULT_IMAGE_ENCODER)
@@ -330,19 +340,41 @@ class InstantStyle:
             num_images_per_prompt=req.num_images,
             generator=prep.generator(),
         )
+        callbacks, tensor_inputs = [], []
         if on_step is not None:
             def _callback(_pipe, i, _t, cb_kwargs):
                 on_step(i + 1, req.steps)
                 return cb_kwargs
 
-            kwargs["callback_on_step_end"] = _callback
+            callbacks.append(_callback)
+        callbacks.append(pipe_kwargs.pop("callback_on_step_end", None))
+        tensor_inputs += pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None) or []
         kwargs.update(pipe_kwargs)
+        speed = self.speed
+        if speed.cfg_truncation > 0 and req.guidance > 1.0:
+            # 4a. CFG truncation (approximation): after the switch step, the conditional half only.
+            if type(pipe).__name__ != "StableDiffusionXLPipeline":
+                raise InstantStyleError(f"--cfg-truncation works for text-to-image only, not {type(pipe).__name__}; "
+                                        "drop it (or use --speed max-tuned) for this request")
+            callbacks.append(fast_cfg.callback(req.steps, speed.cfg_truncation))
+            tensor_inputs += list(fast_cfg.TENSOR_INPUTS)
+        if any(callbacks):
+            kwargs["callback_on_step_end"] = fast_cfg.chain(*callbacks)
+            kwargs["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys(["latents", *tensor_inputs]))
+        output_type = kwargs.get("output_type", "pil")
         with adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), scoped_scheduler(pipe, req.scheduler):
-            with torch.inference_mode(), fastpath.scope(pipe, self.speed, kwargs.get("cross_attention_kwargs")):
+            with torch.inference_mode(), fastpath.scope(pipe, speed, kwargs.get("cross_attention_kwargs")) as used:
+                # 4b. The VAE decode by the fast path (bf16 twin, channels-last, compiled) when it applies.
+                decoder = fastpath.fast_decoder(pipe, used) if output_type in ("pil", "np", "pt") else None
+                if decoder is not None:
+                    kwargs["output_type"] = "latent"
                 images = pipe(**kwargs).images
-        if pipe_kwargs.get("output_type", "pil") == "pil":
+                if decoder is not None:
+                    images = fastpath.decode_latents(pipe, images, decoder, used, output_type)
+        if output_type == "pil":
+            approx = speed.approximations()
             for i, image in enumerate(images):
-                attach_metadata(image, {**prep.params, "index": i})
+                attach_metadata(image, {**prep.params, **({"approximations": approx} if approx else {}), "index": i})
         return images
 
 
