@@ -7,12 +7,26 @@ What it does, in order:
    change the cost, so nothing is downloaded. ``--tiny`` uses the tiny test model on the CPU.
 2. Prepares one request per (preset, batch): prompt, seed, style embedding.
 3. Times each row on the same inputs: stock diffusers (``StableDiffusionXLPipeline`` +
-   ``set_ip_adapter_scale(dict)`` + ``ip_adapter_image_embeds``) and ours (``InstantStyle.run``
-   with a fast-path setting). Median of N synchronised timed calls after warm-up; peak memory
-   of the timed calls; the relative L2 of the final latents against stock diffusers on the same
-   preset and batch (fp16 noise for exact rows; the approximation error for fp8).
-4. Prints a Markdown table row by row (flushed) and rewrites ``--json`` after every row, so a
+   ``set_ip_adapter_scale(dict)`` + ``ip_adapter_image_embeds``), eager, with
+   ``torch.compile(pipe.unet)``, and with diffusers' documented compile recipe (channels-last UNet
+   and VAE, ``torch.compile(..., mode="max-autotune", fullgraph=True)`` of the UNet and of
+   ``vae.decode``), and ours (``InstantStyle.run`` with a fast-path setting). Synchronised timed
+   calls after warm-up: median, min and spread (max - min, and the interquartile range); headline
+   rows get >= 10 calls and are *interleaved* (A B C A B C ...), so drift or throttling hits
+   every row alike. Peak memory of the timed calls; the relative L2 of the final latents against
+   stock diffusers on the same preset and batch (fp16 noise for exact rows; the approximation's
+   error otherwise, also against ``max-tuned``, the exact path it approximates) and the decoded
+   image's PSNR against stock's float32 decode.
+4. Inside one call (the last timed one) of each row, events split the time into text encoding,
+   the rest before the loop, the loop (and per step: median and slowest) and decode + PIL (CUDA
+   events on a GPU). The GPU's SM/memory clocks, power and temperature are sampled after each row
+   and logged every second by ``nvidia-smi`` next to ``--json`` (``*.clocks.csv``).
+5. Prints a Markdown table row by row (flushed) and rewrites ``--json`` after every row, so a
    run that is cut short still leaves its data.
+
+Compiled artefacts are keyed on everything baked in at trace time (``fast.compiling.compile_key``:
+mode, Inductor options, SDPA backend, fp8), so rows that differ in them never share code; the
+stock rows compile their own ``torch.compile`` objects.
 
 Rows are listed by priority; ``--budget-s`` skips the rest when the next row would not fit.
 
@@ -26,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
@@ -38,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from instantstyle import fastpath  # noqa: E402
@@ -64,11 +80,16 @@ class Row:
     warmup: int = 1
     cuda_only: bool = False
     latent: bool = False  # stop before the VAE decode (output_type="latent"): the decode's share
-    compiled_stock: bool = False  # stock diffusers with torch.compile(pipe.unet)
+    stock_compile: str = ""  # "default": torch.compile(pipe.unet); "recipe": diffusers' documented recipe
+    group: str = ""  # rows of one group are timed interleaved (A B A B ...)
     result: dict = field(default_factory=dict)
 
+    @property
+    def compiled_stock(self) -> bool:
+        return bool(self.stock_compile)
 
-def plan(headline_repeats: int = 5, repeats: int = 3, b4_repeats: int = 2) -> list[Row]:
+
+def plan(headline_repeats: int = 10, repeats: int = 3, b4_repeats: int = 3) -> list[Row]:
     """Every row, most important first (``--budget-s`` drops rows from the end)."""
     o = fastpath.FastOptions
     light = o(light_inactive=True, project_once=False)
@@ -78,10 +99,39 @@ def plan(headline_repeats: int = 5, repeats: int = 3, b4_repeats: int = 2) -> li
     cl = replace(fuse, channels_last=True)
     fast = fastpath.FAST
     mx = fastpath.MAX
+    tuned = fastpath.MAX_TUNED
+    h = dict(repeats=headline_repeats, group="headline")
     rows = [
-        Row("stock-style-b1", "diffusers", "style", 1, "stock diffusers, eager", repeats=headline_repeats),
-        Row("ours-max-style-b1", "ours", "style", 1, "ours, max: whole UNet compiled + CUDA graphs", mx,
-            repeats=headline_repeats),
+        # Headline, interleaved: stock eager, stock's documented compile recipe, max, max-tuned.
+        Row("stock-style-b1", "diffusers", "style", 1, "stock diffusers, eager", **h),
+        Row("stock-recipe-style-b1", "diffusers", "style", 1, "stock diffusers, documented recipe: channels-last + "
+            "compile(max-autotune, fullgraph) of UNet and VAE decode", stock_compile="recipe", cuda_only=True, **h),
+        Row("ours-max-style-b1", "ours", "style", 1, "ours, max: whole UNet compiled + CUDA graphs", mx, **h),
+        Row("ours-max-tuned-style-b1", "ours", "style", 1, "ours, max-tuned: max + K/V once + per-preset graphs + "
+            "bf16 compiled VAE + tuned Inductor (exact)", tuned, **h),
+        # Approximations (opt-in): rel. L2 vs stock and vs max-tuned.
+        Row("ours-fp8-max-style-b1", "ours", "style", 1, "approx: fp8-max (row-wise fp8 inside the compiled graph)",
+            fastpath.FP8_MAX, repeats=repeats, group="approx"),
+        Row("ours-cfg-trunc-style-b1", "ours", "style", 1, "approx: cfg-trunc (last 40 % of steps without CFG)",
+            fastpath.options_for("cfg-trunc"), repeats=repeats, group="approx"),
+        Row("ours-deepcache-style-b1", "ours", "style", 1, "approx: deepcache (deep blocks every other step)",
+            fastpath.options_for("deepcache"), repeats=repeats, group="approx"),
+        Row("ours-turbo-style-b1", "ours", "style", 1, "approx: turbo (fp8-max + deepcache)",
+            fastpath.options_for("turbo"), repeats=repeats, group="approx"),
+        # Exact pieces of max-tuned, each on its own over max.
+        Row("ours-max+ctx-style-b1", "ours", "style", 1, "piece: max + cross-attention K/V once per call",
+            replace(mx, context_kv=True), repeats=repeats, group="pieces"),
+        Row("ours-max+prune-style-b1", "ours", "style", 1, "piece: max + no work in inactive IP layers",
+            replace(mx, prune_ip=True), repeats=repeats, group="pieces"),
+        Row("ours-max+vae16-style-b1", "ours", "style", 1, "piece: max + VAE twin bf16, channels-last, compiled",
+            replace(mx, vae_decode="auto", compile_vae=True), repeats=repeats, group="pieces"),
+        Row("ours-max+tuning-style-b1", "ours", "style", 1, "piece: max + coordinate-descent tuning + cudnn.benchmark",
+            replace(mx, inductor_tuning=True), repeats=repeats, group="pieces"),
+        Row("ours-max-tuned-style-b4", "ours", "style", 4, "ours, max-tuned", tuned, repeats=b4_repeats),
+        Row("ours-max-autotune-style-b1", "ours", "style", 1, "ours, max-autotune (serve: autotuned kernels)",
+            fastpath.MAX_AUTOTUNE, repeats=repeats),
+        Row("ours-max-tuned-style+layout-b1", "ours", "style+layout", 1, "ours, max-tuned (a second preset: one "
+            "capture and compile, then none)", tuned, repeats=repeats),
         Row("stock-style+layout-b1", "diffusers", "style+layout", 1, "stock diffusers, eager", repeats=repeats),
         Row("ours-max-style+layout-b1", "ours", "style+layout", 1, "ours, max (same graph: no recompile, no capture)",
             mx, repeats=repeats),
@@ -94,7 +144,7 @@ def plan(headline_repeats: int = 5, repeats: int = 3, b4_repeats: int = 2) -> li
         Row("ours-fast-style-b1", "ours", "style", 1, "ours, fast (regional compile of the transformer blocks)", fast,
             repeats=repeats),
         Row("stock-compiled-style-b1", "diffusers", "style", 1, "stock diffusers, torch.compile(unet)",
-            repeats=repeats, compiled_stock=True),
+            repeats=repeats, stock_compile="default"),
         Row("ours-max+vae-style-b1", "ours", "style", 1, "max + compiled VAE decoder",
             replace(mx, compile_vae=True), repeats=repeats),
         Row("ours-fast+graphs-style-b1", "ours", "style", 1, "regional compile (seconds, not minutes) + CUDA graphs",
@@ -148,6 +198,65 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+class Phases:
+    """Marks inside one call: CUDA events on a GPU (read after the call), else wall-clock."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []  # (name, event or perf_counter)
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def summary(self) -> dict:
+        """Seconds: text encoding, other pre-loop work, loop, per step (median, max), decode + PIL."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        names = [n for n, _ in self.marks]
+        if not {"start", "text", "latents", "end"} <= set(names):
+            return {}
+
+        def t(i):
+            m = self.marks[i][1]
+            return self.marks[0][1].elapsed_time(m) / 1e3 if self.cuda else m - self.marks[0][1]
+
+        at = {n: t(i) for i, n in enumerate(names) if n != "step"}
+        steps = [t(i) for i, n in enumerate(names) if n == "step"]
+        if not steps:
+            return {}
+        edges = [at["latents"], *steps]
+        per_step = [b - a for a, b in zip(edges, edges[1:], strict=False)]
+        return {"text_s": at["text"], "pre_loop_s": at["latents"] - at["text"], "loop_s": steps[-1] - at["latents"],
+                "step_median_ms": 1e3 * statistics.median(per_step), "step_max_ms": 1e3 * max(per_step),
+                "decode_s": at["end"] - steps[-1], "total_s": at["end"]}
+
+
+@contextlib.contextmanager
+def phase_marks(pipe, phases: Phases):
+    """Mark the end of ``encode_prompt`` and of ``prepare_latents`` (the loop starts right after)."""
+    saved = {}
+    for name, label in (("encode_prompt", "text"), ("prepare_latents", "latents")):
+        inner = getattr(pipe, name)
+        saved[name] = inner
+
+        def wrapped(*a, _inner=inner, _label=label, **kw):
+            out = _inner(*a, **kw)
+            phases.mark(_label)
+            return out
+
+        setattr(pipe, name, wrapped)
+    try:
+        yield
+    finally:
+        for name in saved:
+            pipe.__dict__.pop(name, None)
+
+
 class Runner:
     def __init__(self, model, args):
         from PIL import Image
@@ -158,8 +267,9 @@ class Runner:
         self.style = Image.new("RGB", (256, 256), (200, 60, 40))
         self.preps: dict = {}
         self.latents: dict = {}  # (preset, batch, row id) -> final latents
+        self.images: dict = {}  # (preset, batch, row id) -> first decoded image (uint8 array)
         self.memory = "normal"
-        self.stock_compiled = None  # torch.compile(pipe.unet), made by the first compiled stock row
+        self.stock_compiled: dict = {}  # "default" | "recipe" -> the compiled UNet (and VAE decode)
 
     def prep(self, preset, batch):
         key = (preset, batch)
@@ -170,39 +280,79 @@ class Runner:
             self.preps[key] = m.prepare(req, style_images=[self.style])
         return self.preps[key]
 
-    def call(self, row: Row):
-        """One generation; returns the final latents."""
+    def _stock_compiled(self, kind: str):
+        """``default``: ``torch.compile(pipe.unet)``. ``recipe``: diffusers' documented recipe
+        (docs "Accelerate inference of text-to-image diffusion models" / torch 2.0 page):
+        channels-last UNet and VAE, ``torch.compile(unet, mode="max-autotune", fullgraph=True)``
+        and the same for ``vae.decode``."""
+        if kind not in self.stock_compiled:
+            fastpath.configure_dynamo()
+            pipe = self.model.pipe
+            if kind == "default":
+                self.stock_compiled[kind] = (torch.compile(pipe.unet), None)
+            else:
+                self.stock_compiled[kind] = (torch.compile(pipe.unet, mode="max-autotune", fullgraph=True),
+                                             torch.compile(pipe.vae.decode, mode="max-autotune", fullgraph=True))
+        return self.stock_compiled[kind]
+
+    @contextlib.contextmanager
+    def _stock(self, row: Row):
+        pipe = self.model.pipe
+        unet, decode = pipe.unet, pipe.vae.__dict__.get("decode")
+        if row.stock_compile == "recipe":
+            with torch.inference_mode(False), torch.no_grad():
+                unet.to(memory_format=torch.channels_last)
+                pipe.vae.to(memory_format=torch.channels_last)
+        if row.stock_compile:
+            compiled_unet, compiled_decode = self._stock_compiled(row.stock_compile)
+            pipe.unet = compiled_unet
+            if compiled_decode is not None:
+                pipe.vae.decode = compiled_decode
+        pipe.set_ip_adapter_scale(STOCK_SCALES[row.preset])
+        try:
+            yield
+        finally:
+            pipe.set_ip_adapter_scale(0.0)
+            pipe.unet = unet
+            if decode is None:
+                pipe.vae.__dict__.pop("decode", None)
+            if row.stock_compile == "recipe":
+                with torch.inference_mode(False), torch.no_grad():
+                    unet.to(memory_format=torch.contiguous_format)
+                    pipe.vae.to(memory_format=torch.contiguous_format)
+
+    def call(self, row: Row, phases: Phases | None = None):
+        """One generation; returns the final latents and the first image (or None)."""
         prep = self.prep(row.preset, row.batch)
         grabbed = {}
 
         def grab(_pipe, i, _t, kw):
             grabbed["latents"] = kw["latents"]
+            if phases is not None:
+                phases.mark("step")
             return kw
 
         extra = dict(callback_on_step_end=grab, callback_on_step_end_tensor_inputs=["latents"])
         if row.latent:
             extra["output_type"] = "latent"
         pipe = self.model.pipe
-        if row.impl == "diffusers":
-            unet = pipe.unet
-            if row.compiled_stock:  # the usual recipe: pipe.unet = torch.compile(pipe.unet)
-                if self.stock_compiled is None:
-                    fastpath.configure_dynamo()
-                    self.stock_compiled = torch.compile(unet)
-                pipe.unet = self.stock_compiled
-            pipe.set_ip_adapter_scale(STOCK_SCALES[row.preset])
-            try:
-                with torch.inference_mode():
-                    pipe(prompt=PROMPT, ip_adapter_image_embeds=prep.ip_embeds, num_inference_steps=self.args.steps,
-                         guidance_scale=5.0, width=prep.width, height=prep.height, num_images_per_prompt=row.batch,
-                         generator=prep.generator(), **extra)
-            finally:
-                pipe.set_ip_adapter_scale(0.0)
-                pipe.unet = unet
-        else:
-            self.model.speed = row.options
-            self.model.run(pipe, prep, **extra)
-        return grabbed["latents"]
+        marks = phase_marks(pipe, phases) if phases is not None else contextlib.nullcontext()
+        if phases is not None:
+            phases.mark("start")
+        with marks:
+            if row.impl == "diffusers":
+                with self._stock(row), torch.inference_mode():
+                    images = pipe(prompt=PROMPT, ip_adapter_image_embeds=prep.ip_embeds,
+                                  num_inference_steps=self.args.steps, guidance_scale=5.0, width=prep.width,
+                                  height=prep.height, num_images_per_prompt=row.batch, generator=prep.generator(),
+                                  **extra).images
+            else:
+                self.model.speed = row.options
+                images = self.model.run(pipe, prep, **extra)
+        if phases is not None:
+            phases.mark("end")
+        first = None if row.latent else np.asarray(images[0]).copy()
+        return grabbed["latents"], first
 
     def captures(self) -> int:
         cache = self.model.pipe.unet.__dict__.get("_instantstyle_graphs")
@@ -237,47 +387,131 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def measure(self, row: Row, warmup: int, repeats: int) -> dict:
-        from torch._dynamo.utils import counters
-
-        self.set_memory(row.memory)
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            self.call(row)
-        sync(self.device)
-        warm_s = time.perf_counter() - t0
-        graphs_before = counters["stats"]["unique_graphs"]
-        captures_before = self.captures()
+    def _failed(self, exc: Exception) -> str:
+        traceback.print_exc()
+        self.recover()  # e.g. a VAE left upcast by an error inside the decoder
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-        times, latents = [], None
-        for _ in range(repeats):
-            sync(self.device)
-            t = time.perf_counter()
-            latents = self.call(row)
-            sync(self.device)
-            times.append(time.perf_counter() - t)
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
-        # A replayed CUDA graph computes in its private pool without allocating: its activations
-        # show in the reserved peak, not the allocated one.
-        reserved = torch.cuda.max_memory_reserved(self.device) / 2**30 if self.device.type == "cuda" else None
-        latents = latents.float().cpu()
-        self.latents[(row.preset, row.batch, row.id)] = latents
-        median = statistics.median(times)
-        out = {"s_per_call": median, "s_per_image": median / row.batch, "times": times, "peak_gib": peak,
-               "peak_reserved_gib": reserved,
-               "warmup_s": warm_s, "new_graphs_while_timed": counters["stats"]["unique_graphs"] - graphs_before,
-               "captures_while_timed": self.captures() - captures_before,
-               "graphs_failed": self.graphs_failed(),
-               "finite": bool(torch.isfinite(latents).all())}
-        stock = self.latents.get((row.preset, row.batch, f"stock-{row.preset}-b{row.batch}"))
-        if stock is not None and (row.impl == "ours" or row.compiled_stock):
-            out["rel_l2_vs_stock"] = rel_l2(latents, stock)
-        fast = self.latents.get((row.preset, row.batch, f"ours-fast-{row.preset}-b{row.batch}"))
-        if fast is not None and row.options is not None and row.options.fp8:
-            out["rel_l2_vs_fp16_fast"] = rel_l2(latents, fast)
-        return out
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
+    def measure(self, row: Row, warmup: int, repeats: int) -> dict:
+        return self.measure_group([row], warmup, repeats)[row.id]
+
+    def measure_group(self, rows: list[Row], warmup: int | None = None, repeats: int | None = None) -> dict:
+        """Warm every row up, then time them interleaved: A B C A B C ... (one memory mode)."""
+        from torch._dynamo.utils import counters
+
+        self.set_memory(rows[0].memory)
+        warm, errors = {}, {}
+        for row in rows:
+            t0 = time.perf_counter()
+            try:
+                for _ in range(row.warmup if warmup is None else warmup):
+                    self.call(row)
+                sync(self.device)
+            except Exception as exc:  # one failing row (e.g. no flash kernel) must not lose the others
+                errors[row.id] = self._failed(exc)
+            warm[row.id] = time.perf_counter() - t0
+        n = max(r.repeats for r in rows) if repeats is None else repeats
+        stats = {r.id: {"times": [], "graphs": 0, "captures": 0, "peak": 0.0, "reserved": 0.0} for r in rows}
+        cuda = self.device.type == "cuda"
+        outputs, phases = {}, {}
+        for i in range(n):
+            for row in rows:
+                if i >= (row.repeats if repeats is None else repeats) or row.id in errors:
+                    continue
+                st = stats[row.id]
+                graphs_before, captures_before = counters["stats"]["unique_graphs"], self.captures()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                last = i == (row.repeats if repeats is None else repeats) - 1
+                ph = Phases(self.device) if last else None
+                sync(self.device)
+                t = time.perf_counter()
+                try:
+                    outputs[row.id] = self.call(row, ph)
+                    sync(self.device)
+                except Exception as exc:
+                    errors[row.id] = self._failed(exc)
+                    continue
+                st["times"].append(time.perf_counter() - t)
+                st["graphs"] += counters["stats"]["unique_graphs"] - graphs_before
+                st["captures"] += self.captures() - captures_before
+                if cuda:
+                    # A replayed CUDA graph computes in its private pool without allocating: its
+                    # activations show in the reserved peak, not the allocated one.
+                    st["peak"] = max(st["peak"], torch.cuda.max_memory_allocated(self.device) / 2**30)
+                    st["reserved"] = max(st["reserved"], torch.cuda.max_memory_reserved(self.device) / 2**30)
+                if ph is not None:
+                    phases[row.id] = ph.summary()
+        results = {row_id: {"error": message} for row_id, message in errors.items()}
+        for row in rows:
+            if row.id in errors:
+                continue
+            st, (latents, first) = stats[row.id], outputs[row.id]
+            latents = latents.float().cpu()
+            key = (row.preset, row.batch, row.id)
+            self.latents[key] = latents
+            if first is not None:
+                self.images[key] = first
+            times = st["times"]
+            median = statistics.median(times)
+            q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), median, max(times)]
+            out = {"s_per_call": median, "s_per_image": median / row.batch, "times": times,
+                   "min_s_per_image": min(times) / row.batch, "spread_s": max(times) - min(times),
+                   "iqr_s": q[2] - q[0], "n": len(times), "interleaved_with": [r.id for r in rows if r is not row],
+                   "peak_gib": st["peak"] if cuda else None, "peak_reserved_gib": st["reserved"] if cuda else None,
+                   "warmup_s": warm[row.id], "new_graphs_while_timed": st["graphs"],
+                   "captures_while_timed": st["captures"], "graphs_failed": self.graphs_failed(),
+                   "finite": bool(torch.isfinite(latents).all()), "phases": phases.get(row.id, {}),
+                   "gpu_clocks": gpu_clocks() if cuda else None}
+            stock = self.latents.get((row.preset, row.batch, f"stock-{row.preset}-b{row.batch}"))
+            if stock is not None and (row.impl == "ours" or row.compiled_stock):
+                out["rel_l2_vs_stock"] = rel_l2(latents, stock)
+            stock_image = self.images.get((row.preset, row.batch, f"stock-{row.preset}-b{row.batch}"))
+            if stock_image is not None and first is not None and (row.impl == "ours" or row.compiled_stock):
+                out["psnr_db_vs_stock"] = psnr(first, stock_image)
+            tuned = self.latents.get((row.preset, row.batch, f"ours-max-tuned-{row.preset}-b{row.batch}"))
+            if tuned is not None and row.options is not None and not row.options.exact:
+                out["rel_l2_vs_exact"] = rel_l2(latents, tuned)
+            fast = self.latents.get((row.preset, row.batch, f"ours-fast-{row.preset}-b{row.batch}"))
+            if fast is not None and row.options is not None and row.options.fp8:
+                out["rel_l2_vs_fp16_fast"] = rel_l2(latents, fast)
+            results[row.id] = out
+        return results
+
+
+def gpu_clocks() -> dict | None:
+    """SM and memory clocks (MHz), power (W), temperature (C) and throttle reasons, from nvidia-smi."""
+    import subprocess
+
+    fields = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+    try:
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+    return dict(zip(fields.split(","), (v.strip() for v in line.split(",")), strict=False))
+
+
+def start_clock_log(path: str):
+    """``nvidia-smi`` sampling every second into ``path`` (stopped at exit), or None."""
+    import atexit
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,"
+                             "clocks_throttle_reasons.active", "--format=csv", "-l", "1", "-f", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(proc.terminate)
+    return proc
+
+
+def psnr(a, b) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -286,14 +520,16 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------- report
 
-HEADER = ("| row | what | preset | batch | s/image | peak GiB (reserved) | ours/stock | rel. L2 vs stock | warm-up s | "
-          "recompiles / captures while timed |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| row | what | preset | batch | s/image (median) | min / spread s, n | peak GiB (reserved) | ours/stock | "
+          "rel. L2 vs stock (vs exact) | PSNR dB vs stock | warm-up s | recompiles / captures while timed |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table_line(row: Row, stock_s: dict) -> str:
     r = row.result
     if "skipped" in r or "error" in r:
-        return f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r.get('skipped') or 'error: ' + r['error']} | | | | | |"
+        return (f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r.get('skipped') or 'error: ' + r['error']} "
+                "| | | | | | | |")
     ratio = ""
     base = stock_s.get((row.preset, row.batch))
     if base and (row.impl == "ours" or row.compiled_stock):
@@ -303,14 +539,28 @@ def table_line(row: Row, stock_s: dict) -> str:
         peak += f" ({r['peak_reserved_gib']:.2f})"
     diff = r.get("rel_l2_vs_stock")
     diff = f"{diff:.1e}" if diff is not None else ""
+    if "rel_l2_vs_exact" in r:
+        diff += f" ({r['rel_l2_vs_exact']:.1e})"
     if "rel_l2_vs_fp16_fast" in r:
         diff += f" (vs fp16 fast {r['rel_l2_vs_fp16_fast']:.1e})"
     if not r.get("finite", True):
         diff += " NON-FINITE"
     if r.get("graphs_failed") and row.options is not None and row.options.cuda_graphs:
         diff += f" (graphs failed: {r['graphs_failed'][:80]})"
-    return (f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r['s_per_image']:.3f} | {peak} | {ratio} | "
-            f"{diff} | {r['warmup_s']:.1f} | {r['new_graphs_while_timed']} / {r['captures_while_timed']} |")
+    spread = f"{r['min_s_per_image']:.3f} / {r['spread_s']:.3f}, {r['n']}"
+    db = f"{r['psnr_db_vs_stock']:.1f}" if r.get("psnr_db_vs_stock") is not None else ""
+    return (f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r['s_per_image']:.3f} | {spread} | {peak} | "
+            f"{ratio} | {diff} | {db} | {r['warmup_s']:.1f} | {r['new_graphs_while_timed']} / "
+            f"{r['captures_while_timed']} |")
+
+
+def phase_line(row: Row) -> str:
+    """The phases of one call of the row, as a Markdown comment line under the table row."""
+    p, c = row.result["phases"], row.result.get("gpu_clocks") or {}
+    clocks = f"; SM {c.get('clocks.sm')} MHz, mem {c.get('clocks.mem')} MHz, {c.get('power.draw')} W" if c else ""
+    return (f"<!-- {row.id}: text {p['text_s'] * 1e3:.0f} ms, pre-loop {p['pre_loop_s'] * 1e3:.0f} ms, loop "
+            f"{p['loop_s']:.3f} s (step median {p['step_median_ms']:.1f} ms, max {p['step_max_ms']:.1f}), decode+PIL "
+            f"{p['decode_s'] * 1e3:.0f} ms{clocks} -->")
 
 
 def environment(model, args) -> dict:
@@ -341,13 +591,17 @@ MEMORY_ORDER = {"normal": 0, "low": 1, "balanced": 2, "lowest": 3}
 
 
 def compile_key(row: Row):
-    """What a row compiles (rows sharing a key reuse the code), or None."""
+    """What a row compiles (rows sharing a key reuse the code), or None: the fast path's own key
+    (``fast.compiling.compile_key``) plus what changes the traced graph (batch, processors)."""
     if row.compiled_stock:
-        return ("stock", row.batch)
+        return ("stock", row.stock_compile, row.batch, row.preset)
     if row.options is None or not row.options.compile:
         return None
     o = row.options
-    return (o.compile_scope, row.batch, o.fuse_qkv, o.compile_mode, o.fp8, o.compile_vae)
+    from instantstyle.fast.compiling import compile_key as fast_key
+
+    return (fast_key(o.compile_scope, o), row.batch, o.fuse_qkv, o.compile_vae, o.vae_decode, o.prune_ip and row.preset,
+            o.context_kv, o.cfg_truncation > 0, o.deepcache_interval > 1)
 
 
 def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> float:
@@ -359,7 +613,12 @@ def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> floa
     est = (row.warmup + row.repeats) * per_call * factor
     key = compile_key(row)
     if key is not None and key not in compiled:
-        est += 90.0 if key[0] in ("unet", "stock") else 40.0
+        autotune = row.stock_compile == "recipe" or (row.options is not None and row.options.compile_mode
+                                                     and "autotune" in row.options.compile_mode)
+        whole = row.compiled_stock or row.options.compile_scope == "unet"
+        est += 300.0 if autotune else 90.0 if whole else 40.0
+        if row.options is not None and (row.options.cfg_truncation > 0 or row.options.deepcache_interval > 1):
+            est += 60.0  # a second graph: batch 1, or the cached step
     return est
 
 
@@ -369,7 +628,7 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="write results here (rewritten after every row)")
     p.add_argument("--only", metavar="IDS", help="comma-separated row ids or globs, e.g. 'stock-*,ours-fast-style-b1'")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
-    p.add_argument("--repeats", type=int, help="timed calls per row (default: 5 headline rows, 3 others, 2 batch-4)")
+    p.add_argument("--repeats", type=int, help="timed calls per row (default: 10 headline rows, 3 others and batch 4)")
     p.add_argument("--warmup", type=int, help="untimed calls before timing each row (default 1)")
     p.add_argument("--steps", type=int, help="denoising steps (default 30; 2 with --tiny)")
     p.add_argument("--size", type=int, help="image size in pixels (default 1024; 64 with --tiny)")
@@ -397,6 +656,8 @@ def select(rows: list[Row], args, device: torch.device) -> list[Row]:
             r.warmup = args.warmup
         if args.tiny:
             r.repeats = min(r.repeats, 2)
+        if r.options is not None and r.options.deepcache_interval > 1 and r.options.compile:
+            r.warmup = max(r.warmup, 2)  # the second call traces the full step with its buffers made
         if r.options is not None and r.options.compile and device.type != "cuda":
             # No Triton/C++ code generation on a CPU smoke run: trace with dynamo, run eagerly.
             r.options = replace(r.options, compile_backend="eager", compile_mode=None)
@@ -426,27 +687,40 @@ def main(argv=None) -> int:
     stock_s: dict = {}
     compiled: set = set()
     steps_scale = args.steps / 30
+    if args.json and runner.device.type == "cuda":
+        start_clock_log(str(Path(args.json).with_suffix(".clocks.csv")))
+    done: set = set()
     for row in rows:
+        if row.id in done:
+            continue
+        # A group's rows (same memory mode, selected) are timed together, interleaved.
+        group = [r for r in rows if row.group and r.group == row.group and r.memory == row.memory
+                 and r.id not in done] or [row]
         elapsed = time.perf_counter() - start
-        if row.cuda_only and runner.device.type != "cuda":
-            row.result = {"skipped": "CUDA only"}
-        elif elapsed + estimate(row, stock_s, compiled, steps_scale) > args.budget_s and not args.tiny:
-            row.result = {"skipped": f"budget ({elapsed:.0f} s used of {args.budget_s:.0f})"}
-        else:
-            try:
-                row.result = runner.measure(row, row.warmup, row.repeats)
-            except Exception as exc:  # one failing row (e.g. no flash kernel) must not lose the others
-                row.result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
-                traceback.print_exc()
-                runner.recover()  # e.g. a VAE left upcast by an error inside the decoder
-                if runner.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        runnable = []
+        for r in group:
+            done.add(r.id)
+            if r.cuda_only and runner.device.type != "cuda":
+                r.result = {"skipped": "CUDA only"}
+            elif elapsed + sum(estimate(x, stock_s, compiled, steps_scale) for x in [*runnable, r]) > args.budget_s \
+                    and not args.tiny:
+                r.result = {"skipped": f"budget ({elapsed:.0f} s used of {args.budget_s:.0f})"}
             else:
-                if row.impl == "diffusers" and not row.compiled_stock:
-                    stock_s[(row.preset, row.batch)] = row.result["s_per_image"]
-                if compile_key(row) is not None:
-                    compiled.add(compile_key(row))
-        print(table_line(row, stock_s), flush=True)
+                runnable.append(r)
+        if runnable:
+            results = runner.measure_group(runnable)
+            for r in runnable:
+                r.result = results[r.id]
+                if "error" in r.result:
+                    continue
+                if r.impl == "diffusers" and not r.compiled_stock:
+                    stock_s[(r.preset, r.batch)] = r.result["s_per_image"]
+                if compile_key(r) is not None:
+                    compiled.add(compile_key(r))
+        for r in group:
+            print(table_line(r, stock_s), flush=True)
+            if r.result.get("phases"):
+                print(phase_line(r), flush=True)
         write_json(args.json, env, rows, time.perf_counter() - start)
     total = time.perf_counter() - start
     failed = [r.id for r in rows if "error" in r.result]

@@ -318,7 +318,9 @@ class InstantStyle:
 
         start = time.perf_counter()
         grey = Image.new("RGB", (224, 224), (128, 128, 128))
-        self.generate(prompt="warm-up", style_images=[grey], steps=2, seed=0, width=width, height=height)
+        # DeepCache: the second call traces the full step again, now with its feature buffers made.
+        for _ in range(2 if self.speed.deepcache_interval > 1 and self.speed.compile else 1):
+            self.generate(prompt="warm-up", style_images=[grey], steps=2, seed=0, width=width, height=height)
         return time.perf_counter() - start
 
     def run(self, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None, **pipe_kwargs):

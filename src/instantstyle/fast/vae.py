@@ -106,7 +106,7 @@ def decode(pipe, latents: torch.Tensor, model: DecoderTwin, forward=None, output
     z = unscale(pipe.vae, latents).to(model.dtype)
     if model.channels_last:
         z = z.contiguous(memory_format=torch.channels_last)
-    image = (forward or model)(z).float()  # [B, 3, H, W] in [-1, 1]
+    image = (model if forward is None else forward)(z).float()  # [B, 3, H, W] in [-1, 1]
     model.calls += 1
     if getattr(pipe, "watermark", None) is not None:
         image = pipe.watermark.apply_watermark(image)
