@@ -7,6 +7,18 @@
 #   bash benchmarks/gpu_run.sh generate   # issue 6: every bench_generate row that fits (~5 min)
 #   bash benchmarks/gpu_run.sh rest       # issues 3, 4, 7: stylize modes, method costs, adapter training, and
 #                                         # issue 6's batch-4 and older piece rows (~8 min)
+#   bash benchmarks/gpu_run.sh speed      # issue 18, first 15-minute lease, one command (<= 9.5 min; ~11 min
+#                                         # of device time with the start): the probe's run A, trimmed (env,
+#                                         # build, max, vae: ~4.3 min), then the headline rows interleaved
+#                                         # (stock eager, max, max-tuned; 10 calls each: ~4.5 min with compiles)
+#   bash benchmarks/gpu_run.sh speed2     # issue 18, a second lease (<= 9.5 min): stock's documented compile
+#                                         # recipe against max-tuned in one process (max-autotune compile:
+#                                         # ~3-5 min), then the approximate modes, the pieces and batch 4 as the
+#                                         # budget allows
+#
+# The probe (shared/tools/gpu_probe.py, a measuring tool that is not committed) is expected at
+# .probe/gpu_probe.py: `mkdir -p .probe && cp ../shared/tools/gpu_probe.py .probe/` before the run
+# (an untracked file travels with the tree). Without it `speed` skips the probe and says so.
 #
 # Results (Markdown tables on stdout, JSON and logs) go to $OUT (default artifacts/gpu). Python packages
 # the machine lacks travel as wheels in .whl/ (diffusers, pydantic and their needs); see
@@ -54,8 +66,30 @@ case "${1:-}" in
       2>&1 | quiet || status=1
     echo "=== tables"; grep -h "^|\|^#\|^total\|^built" "$log"
     ;;
+  speed)
+    # 1. Probe run A, trimmed to fit (env 15 s, build 45 s, max ~150 s, vae ~45 s).
+    if [ -f .probe/gpu_probe.py ]; then
+      timeout 275 python3 .probe/gpu_probe.py --out "$OUT/probe" --phases env,build,max,vae --budget-s 255 2>&1 \
+        | grep --line-buffered -v "should be kept in float32" | tee "$OUT/probe.log" || status=1
+    else
+      echo "probe skipped: copy shared/tools/gpu_probe.py to .probe/gpu_probe.py" | tee "$OUT/probe.log"
+    fi
+    # 2. Headline rows, interleaved, 10 timed calls each (build 45 s, max compile ~90 s or less from the
+    #    probe's on-disk Inductor cache, max-tuned compile + VAE ~120 s, 30 calls ~45 s).
+    timeout 290 python3 benchmarks/bench_generate.py --budget-s 270 --json "$OUT/bench_speed.json" \
+      --only 'stock-style-b1,ours-max-style-b1,ours-max-tuned-style-b1,ours-max+vae16-style-b1' \
+      2>&1 | grep --line-buffered -v "should be kept in float32" | tee "$OUT/bench_speed.log" || status=1
+    echo "=== tables"; grep -h "^|\|^#\|^<!--" "$OUT/bench_speed.log"
+    ;;
+  speed2)
+    # Stock's documented recipe vs max-tuned in one process, then the approximations, pieces, batch 4.
+    timeout 565 python3 benchmarks/bench_generate.py --budget-s 540 --json "$OUT/bench_speed2.json" \
+      --only 'stock-style-b1,stock-recipe-style-b1,ours-max-tuned-style-b1,ours-cfg-trunc-style-b1,ours-deepcache-style-b1,ours-fp8-max-style-b1,ours-turbo-style-b1,ours-max+ctx-style-b1,ours-max+prune-style-b1,ours-max+tuning-style-b1,stock-style-b4,ours-max-style-b4,ours-max-tuned-style-b4,ours-max-autotune-style-b1' \
+      2>&1 | grep --line-buffered -v "should be kept in float32" | tee "$OUT/bench_speed2.log" || status=1
+    echo "=== tables"; grep -h "^|\|^#\|^<!--" "$OUT/bench_speed2.log"
+    ;;
   *)
-    echo "usage: $0 all|generate|rest" >&2
+    echo "usage: $0 all|generate|rest|speed|speed2" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,7 @@ inside ``adapter.scoped_scales`` for the duration of one call.
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -319,8 +320,10 @@ class InstantStyle:
         start = time.perf_counter()
         grey = Image.new("RGB", (224, 224), (128, 128, 128))
         # DeepCache: the second call traces the full step again, now with its feature buffers made.
+        # CFG truncation: enough steps that the last one runs without CFG (its batch-1 graph).
+        steps = 2 if self.speed.cfg_truncation <= 0 else max(2, math.ceil(1 / self.speed.cfg_truncation) + 1)
         for _ in range(2 if self.speed.deepcache_interval > 1 and self.speed.compile else 1):
-            self.generate(prompt="warm-up", style_images=[grey], steps=2, seed=0, width=width, height=height)
+            self.generate(prompt="warm-up", style_images=[grey], steps=steps, seed=0, width=width, height=height)
         return time.perf_counter() - start
 
     def run(self, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None, **pipe_kwargs):
