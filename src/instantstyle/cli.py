@@ -71,7 +71,18 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
 
     g = p.add_argument_group("models (local path, Hub 'owner/repo[/path]', or 'tiny')")
     if not encoder_only:
-        g.add_argument("--base", default=models.DEFAULT_BASE, help="SDXL base model (default: %(default)s)")
+        g.add_argument("--base", default=models.DEFAULT_BASE,
+                       help="SDXL base model: a diffusers directory or Hub id, or one .safetensors checkpoint "
+                            "(an SDXL finetune from Civitai, local or 'owner/repo/file.safetensors') "
+                            "(default: %(default)s)")
+        g.add_argument("--base-config", default=None,
+                       help="diffusers configs for a single-file --base (Hub id or directory; configs only, a few KB; "
+                            "default: stabilityai/stable-diffusion-xl-base-1.0)")
+        g.add_argument("--vae", default=None,
+                       help="replace the base's VAE: a diffusers directory, Hub id ('owner/repo[/subfolder]') or one "
+                            ".safetensors file. With fp16 (the CUDA default) the stock SDXL VAE overflows and diffusers "
+                            "decodes in fp32 (slower, more memory); madebyollin/sdxl-vae-fp16-fix decodes in fp16 "
+                            "with nearly the same picture")
         g.add_argument("--adapter", default=None,
                        help=f"IP-Adapter .safetensors/.bin in the h94 layout (default: {models.DEFAULT_ADAPTER})")
         g.add_argument("--variant", default=None, help="weights variant to fetch, e.g. fp16 (halves the download)")
@@ -581,6 +592,7 @@ def cmd_generate(args) -> int:
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=not args.quiet,
         memory=args.memory, **_speed_args(args),
+        vae=args.vae, base_config=args.base_config,
     )
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
@@ -696,6 +708,7 @@ def cmd_serve(args) -> int:
             args.base, args.adapter, args.image_encoder, device=device, dtype=args.dtype, variant=args.variant,
             content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False,
             memory=args.memory, **_speed_args(args), long_lived=True)
+            vae=args.vae, base_config=args.base_config,
         model.styles.max_pixels = limits.max_pixels
         model.styles.styles_directory = args.styles_dir
         if not args.no_warmup and (model.speed.compile or model.speed.cuda_graphs):
@@ -748,6 +761,7 @@ def cmd_compare(args) -> int:
         args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
         content_text_encoder=args.content_text_encoder, cache_dir=True, progress=not args.quiet,
         memory=args.memory, **_speed_args(args),
+        vae=args.vae, base_config=args.base_config,
     )
     result = compare(model, args.style, args.prompt, args.out, methods=methods, settings=settings,
                      overwrite=args.overwrite, log=lambda msg: print(msg, file=sys.stderr), scorer=scorer)

@@ -126,12 +126,21 @@ def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tup
     return dev, names[dtype]
 
 
-def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None, pipeline_class=None):
-    """A ``StableDiffusionXLPipeline`` (or ``pipeline_class``) from a local dir or Hub id."""
+def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None, pipeline_class=None,
+                       base_config: str | None = None):
+    """A ``StableDiffusionXLPipeline`` (or ``pipeline_class``) from a local dir, Hub id or single file.
+
+    A single ``.safetensors`` checkpoint (local, or Hub ``owner/repo/file.safetensors``) goes through
+    ``from_single_file`` with its family's reference configs; ``base_config`` overrides those.
+    """
     from diffusers import StableDiffusionXLPipeline
+
+    from . import single_file
 
     cls = pipeline_class or StableDiffusionXLPipeline
     src = parse_source(spec)
+    if single_file.is_single_file(spec):
+        return single_file.load_pipeline(resolve_file(spec, "base model"), spec, dtype, base_config, cls)
     if src.local is not None:
         if not (src.local / "model_index.json").is_file():
             raise missing("base model", src, " as a diffusers directory (no model_index.json)")
@@ -148,6 +157,63 @@ def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None
                                   or "connect" in str(exc).lower() or isinstance(exc, OSError)):
             raise missing("base model", src) from None
         raise InstantStyleError(f"base model '{spec}' could not be loaded: {str(exc).splitlines()[0]}") from None
+
+
+def load_vae(spec: str, dtype: torch.dtype, unet, base_vae=None):
+    """An ``AutoencoderKL`` to replace the base's: a diffusers dir, Hub id (``owner/repo[/sub]``) or one file.
+
+    A single file takes the base's VAE config (its layout is the same across SD1.5 and SDXL). A VAE
+    whose latent width differs from the UNet's (SD3, FLUX) or whose scaling factor says it belongs to
+    another family is a one-line error.
+    """
+    from diffusers import AutoencoderKL
+
+    from . import single_file
+
+    src = parse_source(spec)
+    try:
+        if single_file.is_single_file(spec):
+            path = resolve_file(spec, "VAE")
+            family = single_file.family_of_keys(single_file.read_keys(path))
+            if family not in ("vae", "sdxl", "sd15"):
+                raise InstantStyleError(f"--vae '{spec}' is {single_file.FAMILY_NAMES[family]}, not a VAE")
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="instantstyle-vae-") as tmp:
+                config = _write_vae_config(base_vae, Path(tmp))
+                vae = AutoencoderKL.from_single_file(str(path), config=config, dtype=dtype)
+        elif src.local is not None:
+            if not (src.local / "config.json").is_file():
+                raise missing("VAE", src, " as a diffusers AutoencoderKL directory (no config.json)")
+            vae = AutoencoderKL.from_pretrained(str(src.local), dtype=dtype)
+        else:
+            kwargs = {"subfolder": src.subpath} if src.subpath else {}
+            vae = AutoencoderKL.from_pretrained(src.repo_id, dtype=dtype, **kwargs)
+    except OSError:
+        raise missing("VAE", src) from None
+    except ValueError as exc:
+        raise InstantStyleError(f"--vae '{spec}' could not be loaded: {str(exc).splitlines()[0]}") from None
+    if vae.config.latent_channels != unet.config.in_channels:
+        raise InstantStyleError(
+            f"--vae '{spec}' has {vae.config.latent_channels} latent channels but the base's UNet takes "
+            f"{unet.config.in_channels}: it is a VAE of another model family (SD3/FLUX use 16); use an SDXL VAE "
+            "such as madebyollin/sdxl-vae-fp16-fix")
+    if base_vae is not None and vae.config.scaling_factor != base_vae.config.scaling_factor:
+        raise InstantStyleError(
+            f"--vae '{spec}' has scaling_factor {vae.config.scaling_factor} but the base's VAE has "
+            f"{base_vae.config.scaling_factor}: it is a VAE of another model family (SD1.5 0.18215, SDXL 0.13025)")
+    return vae.eval()
+
+
+def _write_vae_config(base_vae, directory: Path) -> str | None:
+    """The base VAE's config as ``directory/config.json`` (``from_single_file`` reads configs from disk)."""
+    import json
+
+    if base_vae is None:
+        return None
+    config = {k: v for k, v in dict(base_vae.config).items() if not k.startswith("_")}
+    (directory / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config}))
+    return str(directory)
 
 
 def image_processor(size: int):
@@ -206,6 +272,11 @@ def load_unet_config(spec: str) -> dict:
         from .testing.tiny import tiny_unet_config
 
         return tiny_unet_config()
+    from . import single_file
+
+    if single_file.is_single_file(spec):  # the family's reference configs describe its UNet
+        family = single_file.check_base_family(resolve_file(spec, "base model"), spec)
+        return load_unet_config(single_file.REFERENCE_CONFIG[family])
     src = parse_source(spec)
     if src.local is not None:
         path = src.local / "unet" / "config.json"

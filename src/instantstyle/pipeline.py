@@ -79,6 +79,8 @@ class InstantStyle:
         dtype: str | torch.dtype | None = None,
         variant: str | None = None,
         content_text_encoder: str | None = None,
+        vae: str | None = None,
+        base_config: str | None = None,
         cache_dir: str | Path | None | bool = True,
         progress: bool = True,
         speed: str = "auto",
@@ -91,7 +93,10 @@ class InstantStyle:
         """Load base model, image encoder and IP-Adapter; check they fit together; attach.
 
         ``base``/``adapter``/``image_encoder`` take a local path, a Hub reference or ``tiny``
-        (see ``instantstyle.models``). ``cache_dir=True`` caches image embeddings on disk in the
+        (see ``instantstyle.models``); ``base`` may be a single ``.safetensors`` checkpoint (an SDXL
+        finetune), read with ``from_single_file`` and the configs of ``base_config`` (default: the
+        family's reference repository). ``vae`` replaces the base's VAE (a diffusers directory, Hub
+        id or single file). ``cache_dir=True`` caches image embeddings on disk in the
         default place, a path puts them there, ``False``/``None`` keeps them in memory only.
         ``speed`` picks the fast path (``instantstyle.fastpath.options_for``: auto, plain, exact,
         graphs, fast, max, fp8; ``long_lived=True`` makes ``auto`` pick ``max`` on CUDA, for servers);
@@ -135,7 +140,12 @@ class InstantStyle:
             adapter_mod.check_compatible(info, encoder, None, 0)
 
         # 3. Base model.
-        pipe = tiny_models.pipe if base == models.TINY else models.load_base_pipeline(base, dt, variant)
+        if base == models.TINY:
+            pipe = tiny_models.pipe
+        else:
+            pipe = models.load_base_pipeline(base, dt, variant, base_config=base_config)
+        if vae:
+            pipe.register_modules(vae=models.load_vae(vae, dt, pipe.unet, pipe.vae))
         n_cross = sum(len(m.processors) for m in blocks.discover(pipe.unet))
         adapter_mod.check_compatible(info, encoder, pipe.unet, n_cross)
 
@@ -154,6 +164,8 @@ class InstantStyle:
         cache = embeddings.EmbeddingCache(cache_dir or None)
         ids = {"base": models.canonical_id(base), "adapter": models.canonical_id(adapter_id),
                "image_encoder": models.canonical_id(encoder_id)}
+        if vae:
+            ids["vae"] = models.canonical_id(vae)
         model = cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=speed)
         model.memory, model._memory_device = memory, dev
         return model

@@ -17,7 +17,8 @@ SDXL block naming"):
 ``make_tiny(dir)`` writes everything in the standard on-disk layouts so the real loaders are
 exercised: ``DIR/sdxl`` (diffusers), ``DIR/IP-Adapter/sdxl_models/{ip-adapter_sdxl.safetensors,
 ip-adapter_sdxl.bin, image_encoder/}`` (the h94 repository layout), ``DIR/controlnet-canny`` and
-``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout).
+``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout), and
+``DIR/sdxl-single-file`` (one original-layout checkpoint plus its configs; ``write_single_file``).
 """
 
 from __future__ import annotations
@@ -62,14 +63,14 @@ def _tokenizer(directory: Path):
     )
 
 
-def _text_config(vocab_size: int):
+def _text_config(vocab_size: int, hidden: int = 32):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
-        hidden_size=32,
+        hidden_size=hidden,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
@@ -79,7 +80,7 @@ def _text_config(vocab_size: int):
     )
 
 
-def tiny_unet_config() -> dict:
+def tiny_unet_config(cross_dim: int = CROSS_DIM) -> dict:
     """UNet2DConditionModel kwargs: SDXL's topology at toy width."""
     return dict(
         sample_size=32,
@@ -96,7 +97,7 @@ def tiny_unet_config() -> dict:
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + CLIP_DIM,
-        cross_attention_dim=CROSS_DIM,
+        cross_attention_dim=cross_dim,
         norm_num_groups=32,
     )
 
@@ -142,8 +143,13 @@ def random_adapter_state_dict(unet, clip_dim: int = CLIP_DIM, tokens: int = IP_T
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def build_tiny(seed: int = TINY_SEED) -> TinyModels:
-    """Build the tiny SDXL, image encoder and IP-Adapter in memory (CPU, float32, seconds)."""
+def build_tiny(seed: int = TINY_SEED, text_widths: tuple[int, int] = (32, 32)) -> TinyModels:
+    """Build the tiny SDXL, image encoder and IP-Adapter in memory (CPU, float32, seconds).
+
+    ``text_widths`` are the hidden sizes of the two text towers (their sum is the UNet's
+    cross-attention width). The single-file variant uses two different widths, as SDXL's 768 and
+    1280: diffusers' single-file loader tells CLIP-L from bigG by that width.
+    """
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -161,10 +167,9 @@ def build_tiny(seed: int = TINY_SEED) -> TinyModels:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp))
     tokenizer_2 = tokenizer
-    text_cfg = _text_config(vocab_size=len(tokenizer))
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config())
+    unet = UNet2DConditionModel(**tiny_unet_config(sum(text_widths)))
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3,
@@ -176,9 +181,9 @@ def build_tiny(seed: int = TINY_SEED) -> TinyModels:
         sample_size=64,
     )
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(text_cfg)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer), text_widths[0]))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(text_cfg)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer), text_widths[1]))
     torch.manual_seed(seed + 4)
     image_encoder = CLIPVisionModelWithProjection(tiny_vision_config())
     feature_extractor = image_processor(224)
@@ -260,6 +265,7 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     flat.update({f"ip_adapter.{k}": v for k, v in models.adapter_state_dict["ip_adapter"].items()})
     save_file({k: v.contiguous() for k, v in flat.items()}, sdxl_models / "ip-adapter_sdxl.safetensors")
     torch.save(models.adapter_state_dict, sdxl_models / "ip-adapter_sdxl.bin")
+    single = write_single_file(directory / "sdxl-single-file", seed)
     tiny_controlnet(seed + 6).save_pretrained(directory / "controlnet-canny", safe_serialization=True)
     tiny_controlnet(seed + 7).save_pretrained(directory / "controlnet-tile", safe_serialization=True)
     (directory / "README.txt").write_text(
@@ -273,4 +279,34 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
         "image_encoder": encoder_dir,
         "controlnet_canny": directory / "controlnet-canny",
         "controlnet_tile": directory / "controlnet-tile",
+        **single,
     }
+
+
+def write_single_file(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
+    """A tiny SDXL as one checkpoint in the original (LDM/A1111) key layout, as Civitai finetunes ship.
+
+    ``DIR/tiny-sdxl.safetensors`` holds UNet, VAE and both text towers (``ldm_layout``); ``DIR/config``
+    holds only the diffusers configs and tokenizers (no weights), as ``hf download <repo> --include
+    '*.json' '*.txt'`` leaves them, for ``from_single_file(config=...)``. Its text towers have
+    different widths (16 and 48), as SDXL's, so diffusers tells them apart. Also ``DIR/vae-16ch``:
+    a VAE of another family (16 latent channels, as SD3/FLUX), for the bad-input tests.
+    """
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from .ldm_layout import pipeline_to_ldm
+
+    directory = Path(directory)
+    pipe = build_tiny(seed, text_widths=(16, 48)).pipe
+    config = directory / "config"
+    pipe.save_pretrained(config, safe_serialization=True)
+    for weights in config.glob("*/*.safetensors"):
+        weights.unlink()
+    save_file(pipeline_to_ldm(pipe), directory / "tiny-sdxl.safetensors")
+    torch.manual_seed(seed + 9)
+    other = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=16,
+                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    other.save_pretrained(directory / "vae-16ch", safe_serialization=True)
+    return {"single_file": directory / "tiny-sdxl.safetensors", "single_file_config": config,
+            "vae_other_family": directory / "vae-16ch"}
