@@ -707,8 +707,8 @@ def cmd_serve(args) -> int:
         model = InstantStyle.from_pretrained(
             args.base, args.adapter, args.image_encoder, device=device, dtype=args.dtype, variant=args.variant,
             content_text_encoder=args.content_text_encoder, cache_dir=not args.no_cache, progress=False,
-            memory=args.memory, **_speed_args(args), long_lived=True)
-            vae=args.vae, base_config=args.base_config,
+            memory=args.memory, **_speed_args(args), long_lived=True,
+            vae=args.vae, base_config=args.base_config)
         model.styles.max_pixels = limits.max_pixels
         model.styles.styles_directory = args.styles_dir
         if not args.no_warmup and (model.speed.compile or model.speed.cuda_graphs):
