@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .. import models
+from ..errors import InstantStyleError
 from ..images import image_hash
 from . import METRICS, parse_metrics
 from .clip_t import DEFAULT_CLIP
@@ -70,6 +71,15 @@ class Scorer:
         """Load every model the metrics need now (fails early: a missing model names its fetch command)."""
         for kind in self.needed:
             self._model(kind)
+        return self
+
+    def set_model(self, kind: str, *loaded) -> Scorer:
+        """Use already-built models for ``kind`` (``csd``: model, processor; ``clip``: model, tokenizer,
+        processor; ``dino``: model, processor), e.g. the random full-size ones of the benchmark."""
+        if kind not in self.sources:
+            raise InstantStyleError(f"unknown metric model kind {kind!r}; one of {', '.join(self.sources)}")
+        self._models[kind] = tuple(loaded)
+        self._cache.clear()
         return self
 
     def _model(self, kind: str) -> tuple:
