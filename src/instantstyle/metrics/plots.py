@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import InstantStyleError
@@ -58,9 +58,13 @@ def scatter(summary: Sequence[dict], x: str, y: str, path: Path, *, key: str = "
     return _save(fig, path)
 
 
-def examples(rows: Sequence[dict], images: Sequence, metric: str, path: Path, k: int = 4) -> Path:
-    """Top row: the ``k`` best outputs by ``metric``; bottom row: the ``k`` worst (each captioned)."""
-    order = sorted(range(len(rows)), key=lambda i: rows[i][metric], reverse=METRICS[metric].higher_is_better)
+def examples(rows: Sequence[dict], load: Callable[[dict], object], metric: str, path: Path, k: int = 4) -> Path:
+    """Top row: the ``k`` best outputs by ``metric``; bottom row: the ``k`` worst (each captioned).
+
+    ``load(row)`` gives a row's image; only the ``2k`` shown are loaded. NaN scores are never shown.
+    """
+    scored = [i for i in range(len(rows)) if rows[i][metric] == rows[i][metric]]
+    order = sorted(scored, key=lambda i: rows[i][metric], reverse=METRICS[metric].higher_is_better)
     k = max(1, min(k, len(order)))
     picks = [("best", order[:k]), ("worst", order[::-1][:k])]
     fig = _figure(2.4 * k, 5.6)
@@ -71,7 +75,7 @@ def examples(rows: Sequence[dict], images: Sequence, metric: str, path: Path, k:
             ax.axis("off")
             if c < len(idx):
                 i = idx[c]
-                ax.imshow(images[i])
+                ax.imshow(load(rows[i]))
                 ax.set_title(f"{label}: {rows[i][metric]:.3f}\n{str(rows[i].get('setting', ''))[:28]}", fontsize=7)
     fig.suptitle(f"best and worst outputs by {METRICS[metric].label}", fontsize=10)
     return _save(fig, path)

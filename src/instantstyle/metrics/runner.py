@@ -34,6 +34,7 @@ from .report import summarize, write_report, write_text
 from .scorer import Item, Scorer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+CHUNK = 64  # images decoded at a time while scoring
 # Request fields that identify an output; a reused file must match the request on all of them.
 IDENTITY = ("prompt", "negative_prompt", "method", "mode", "scale", "blocks", "content_prompt", "content_scale",
             "steps", "guidance", "seed", "width", "height", "scheduler", "reference_prompt", "attention_layers",
@@ -311,11 +312,13 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def score_entries(entries: Sequence[Entry], scorer: Scorer, *, progress: bool = True) -> list[dict]:
     """Per-image rows: ``setting``, ``file``, ``prompt``, ``seed``, ``style`` and every metric."""
-    items = [Item(load_image(e.path, what="output image"), e.prompt, [load_image(r, what="style reference")
-                                                                       for r in e.references], e.weights)
-             for e in entries]
-    bar = _bar(len(items), "scoring", progress)
-    scores = scorer.score(items, progress=bar.update)
+    bar = _bar(len(entries), "scoring", progress)
+    scores = []
+    for start in range(0, len(entries), CHUNK):  # a benchmark's images never all sit in memory at once
+        items = [Item(load_image(e.path, what="output image"), e.prompt,
+                      [load_image(r, what="style reference") for r in e.references], e.weights)
+                 for e in entries[start:start + CHUNK]]
+        scores += scorer.score(items, progress=bar.update)
     bar.close()
     return [{"setting": e.setting, "file": str(e.path), "prompt": e.prompt, "seed": e.seed,
              "style": ";".join(str(r) for r in e.references), **s} for e, s in zip(entries, scores, strict=True)]
@@ -336,8 +339,8 @@ def write_outputs(out: Path, rows: list[dict], scorer: Scorer, source: str, *, c
         if {STYLE, TEXT} <= have:
             files["style vs text"] = plots_mod.scatter(summary, TEXT, STYLE, out / "style_vs_text.png").name
         metric = STYLE if STYLE in have else scorer.metrics[0]
-        images = [load_image(r["file"], what="output image") for r in rows]
-        files["best and worst"] = plots_mod.examples(rows, images, metric, out / "best_worst.png").name
+        files["best and worst"] = plots_mod.examples(rows, lambda r: load_image(r["file"], what="output image"),
+                                                     metric, out / "best_worst.png").name
     report = {"source": source, "metrics": list(scorer.metrics), "metric_models": scorer.ids,
               "summary": summary, "images": rows, "plots": files, **({"counts": counts} if counts else {}),
               **(extra or {})}
