@@ -172,3 +172,105 @@ def test_cli_b_lora_without_lora_is_a_clear_error(tmp_path, capsys):
 
     rc = main(["generate", "--base", "tiny", "--prompt", "a", "--method", "b-lora", "--out", str(tmp_path / "x.png")])
     assert rc == 2 and "--method b-lora needs --lora DIR" in capsys.readouterr().err
+
+
+def _unet_calls(tiny_model, **params):
+    """(encoder_hidden_states, sample, timestep) of every UNet call during one generation."""
+    calls = []
+    hook = tiny_model.pipe.unet.register_forward_pre_hook(
+        lambda _m, args, kwargs: calls.append((kwargs["encoder_hidden_states"].clone(), args[0].clone(), int(args[1]))),
+        with_kwargs=True)
+    try:
+        tiny_model.generate(prompt="a cat", **params)
+    finally:
+        hook.remove()
+    return calls
+
+
+def test_vsp_reference_row_gets_the_null_prompt_and_fresh_noise_each_step(tiny_model, style_images):
+    from instantstyle.inversion import ddim_scheduler, encode_latents
+
+    pipe = tiny_model.pipe
+    calls = _unet_calls(tiny_model, style=[str(style_images["red"])], method="visual-style-prompting",
+                        negative_prompt="blurry", **{**FAST, "steps": 3}, **REF)
+    assert len(calls) == 3 and all(c[0].shape[0] == 4 for c in calls)  # [ref, target] x [uncond, cond]
+    ref_pe, null, _, _ = pipe.encode_prompt("a red square", device="cpu", do_classifier_free_guidance=True)
+    tgt_neg = pipe.encode_prompt("a cat", device="cpu", do_classifier_free_guidance=True, negative_prompt="blurry")[1]
+    text = calls[0][0]
+    assert torch.equal(text[0], null[0])  # unconditional reference row: the null prompt
+    assert not torch.equal(text[0], ref_pe[0])  # (the reference prompt would be visible)
+    assert torch.equal(text[2], ref_pe[0]) and torch.equal(text[1], tgt_neg[0])  # the negative is the targets'
+    # Re-noising: the noise inside the reference row differs between steps.
+    z0 = encode_latents(pipe, __import__("PIL.Image").Image.open(style_images["red"]).convert("RGB"), 64, 64)
+    sched = ddim_scheduler(pipe)
+    eps = []
+    for _text, sample, t in calls:
+        a = sched.alphas_cumprod[t]
+        eps.append((sample[0] - a.sqrt() * z0[0]) / (1 - a).sqrt())
+    assert all((eps[i] - eps[i + 1]).abs().max() > 0.5 for i in range(2))
+    assert all(0.5 < float(e.std()) < 1.5 for e in eps)  # each is a unit-variance draw
+
+
+def test_method_guidance_defaults_apply_only_when_none_is_given():
+    from instantstyle.config import make_request
+
+    vsp = dict(prompt="a", method="visual-style-prompting", reference_prompt="r")
+    assert make_request(**vsp).guidance == 7.0
+    assert make_request(**vsp, guidance=3.0).guidance == 3.0
+    assert make_request(prompt="a", method="style-aligned", reference_prompt="r").guidance == 10.0
+    assert make_request(prompt="a").guidance == 5.0
+
+
+def test_style_aligned_reference_row_starts_at_the_offset_step_of_its_inversion(tiny_model, style_images):
+    from PIL import Image
+
+    from instantstyle.inversion import ddim_invert
+    from instantstyle.methods.style_aligned import INVERSION_GUIDANCE, default_offset
+
+    assert default_offset(50) == 5 and default_offset(30) == 3 and default_offset(2) == 0
+    steps, offset = 4, 2
+    calls = _unet_calls(tiny_model, style=[str(style_images["red"])], method="style-aligned",
+                        **{**FAST, "steps": steps}, inversion_offset=offset, **REF)
+    sampling = [c for c in calls if c[1].shape[0] == 4]  # [ref, target] x CFG; the inversion's batch is 2
+    assert len(sampling) == steps
+    ref = Image.open(style_images["red"]).convert("RGB")
+    inv = ddim_invert(tiny_model.pipe, ref, REF["reference_prompt"], steps=steps, guidance=INVERSION_GUIDANCE,
+                      width=64, height=64, progress=False)
+    expected = [offset] + [max(offset + 1, i) for i in range(1, steps)]  # the authors' callback
+    for i, (_text, sample, _t) in enumerate(sampling):
+        assert torch.allclose(sample[0], inv.at_forward_step(expected[i])[0], atol=1e-6), i
+        assert torch.equal(sample[0], sample[2])  # both CFG halves
+    assert not torch.allclose(sampling[0][1][0], inv.noisy[0], atol=1e-3)  # offset 0 would start at x_T
+
+
+def test_style_aligned_shares_group_norm_statistics_with_the_reference(tiny_model, style_images):
+    import torch.nn.functional as F
+
+    unet = tiny_model.pipe.unet
+    name, norm = next((n, m) for n, m in unet.named_modules() if n.startswith("up_blocks.1")
+                      and isinstance(m, torch.nn.GroupNorm))
+    seen = []
+
+    def hook(mod, args, out):
+        x = args[0]
+        if x.shape[0] == 4:  # a sampling call: rows [ref, target] per CFG half
+            seen.append((x.clone(), out.clone()))
+
+    h = norm.register_forward_hook(hook)
+    try:
+        for share in (True, False):
+            tiny_model.generate(prompt="a cat", style=[str(style_images["red"])], method="style-aligned",
+                                share_group_norm=share, **{**FAST, "steps": 1}, **REF)
+    finally:
+        h.remove()
+    (x, shared), (x_plain, plain) = seen
+    g = norm.num_groups
+    with torch.no_grad():  # the hooked tensors are inference tensors
+        for row, ref_row in ((1, 0), (3, 2)):  # each target normalised over [own | reference] features
+            joint = torch.cat([x[row : row + 1], x[ref_row : ref_row + 1]], dim=-2)
+            want = F.group_norm(joint, g, norm.weight, norm.bias, norm.eps)[..., : x.shape[-2], :]
+            assert torch.allclose(shared[row : row + 1], want, atol=1e-5)
+            own = F.group_norm(x[row : row + 1], g, norm.weight, norm.bias, norm.eps)
+            assert (shared[row : row + 1] - own).abs().max() > 1e-3  # sharing is visible
+        assert torch.allclose(plain, F.group_norm(x_plain, g, norm.weight, norm.bias, norm.eps), atol=1e-5)
+    assert name

@@ -90,7 +90,7 @@ def test_swapped_attention_uses_the_reference_keys_and_values():
     assert torch.allclose(swapped_attention(*same, group=2), F.scaled_dot_product_attention(*same), atol=1e-6)
 
 
-def test_colour_calibration_recomposes_the_ddim_step_from_the_calibrated_x0():
+def test_colour_calibration_matches_the_targets_to_the_reference_rows_predicted_x0():
     from diffusers import DDIMScheduler
 
     from instantstyle.methods.visual_style_prompting import calibrate
@@ -100,20 +100,23 @@ def test_colour_calibration_recomposes_the_ddim_step_from_the_calibrated_x0():
     sched.set_timesteps(50)
     t = next(int(t) for t in sched.timesteps if 100 < t < 150)
     g = torch.Generator().manual_seed(3)
-    z0 = torch.randn(1, 4, 8, 8, generator=g) * 2 + 1
     sample, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    cond_ref = torch.randn(1, 4, 8, 8, generator=g) * 0.5 + 0.3  # the reference's conditional prediction
     plain = DDIMScheduler.from_config(sched.config)
     plain.set_timesteps(50)
     base = plain.step(eps, t, sample)
-    calibrate(sched, z0)
+    calibrate(sched, reference_prediction=lambda: cond_ref)
     out = sched.step(eps, t, sample, eta=0.0)
-    a_prev = sched.alphas_cumprod[t - 1000 // 50]
+    a_t, a_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[t - 1000 // 50]
+    ref_x0 = (sample[:1] - (1 - a_t).sqrt() * cond_ref) / a_t.sqrt()  # row 0 from its conditional prediction
+    assert torch.allclose(out.pred_original_sample[:1], ref_x0, atol=1e-5)
     x0_implied = (out.prev_sample - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
-    assert torch.allclose(x0_implied[1:].mean((2, 3)), z0.mean((2, 3)).expand(2, 4), atol=1e-3)
-    assert torch.allclose(out.prev_sample[0], base.prev_sample[0])  # the reference row is untouched
-    # outside the window the step is DDIM's own
+    assert torch.allclose(x0_implied[1:].mean((2, 3)), ref_x0.mean((2, 3)).expand(2, 4), atol=1e-3)
+    assert torch.allclose(x0_implied[1:].std((2, 3)), ref_x0.std((2, 3)).expand(2, 4), atol=1e-3)
+    assert not torch.allclose(out.prev_sample[1:], base.prev_sample[1:], atol=1e-2)  # calibration moved them
+    # outside the window the targets' step is DDIM's own
     t_out = int(sched.timesteps[0])
-    assert torch.equal(sched.step(eps, t_out, sample).prev_sample, plain.step(eps, t_out, sample).prev_sample)
+    assert torch.equal(sched.step(eps, t_out, sample).prev_sample[1:], plain.step(eps, t_out, sample).prev_sample[1:])
 
 
 def test_swap_range_covers_the_requested_fraction_of_steps():
@@ -159,3 +162,17 @@ def test_ip_adapter_accepts_mode_full_only():
     make_request(prompt="a", method="ip-adapter", mode="full")
     with pytest.raises(InstantStyleError, match="--mode 'layout'"):
         make_request(prompt="a", method="ip-adapter", mode="layout")
+
+
+def test_style_aligned_appends_the_style_words_as_the_authors_notebook():
+    from instantstyle.config import make_request
+    from instantstyle.methods.style_aligned import target_prompt
+
+    def req(**kw):
+        return make_request(prompt="A man eats pizza", method="style-aligned", **kw)
+
+    assert target_prompt(req(reference_prompt="Man laying in a bed, medieval painting.")) == \
+        "A man eats pizza, medieval painting."
+    assert target_prompt(req(reference_prompt="a watercolour harbour")) == "A man eats pizza"  # no style clause
+    assert target_prompt(req(reference_prompt="x", style_description="ink wash")) == "A man eats pizza, ink wash."
+    assert target_prompt(req(reference_prompt="a, b", style_description="")) == "A man eats pizza"

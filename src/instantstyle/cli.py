@@ -187,12 +187,21 @@ def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize
     c.add_argument("--content-ip-scale", default=None, metavar="F", help=_field_help("content_ip_scale"))
     c.add_argument("--inversion-steps", default=None, metavar="N", help=_field_help("inversion_steps"))
     c.add_argument("--inversion-prompt", default=None, metavar="TEXT", help=_field_help("inversion_prompt"))
+    c.add_argument("--inversion", default=None, choices=["renoise", "ddim"], help=_field_help("inversion"))
+    c.add_argument("--renoise-steps", default=None, metavar="N", help=_field_help("renoise_steps"))
+    c.add_argument("--noise-regularization", action=argparse.BooleanOptionalAction, default=None,
+                   help=_field_help("noise_regularization"))
+    if not stylize:
+        c.add_argument("--inpaint-style", default=None, choices=["everywhere", "mask"],
+                       help=_field_help("inpaint_style") + " (default: everywhere)")
     p = g.add_argument_group("prompt and sampling")
     p.add_argument("--prompt", required=True, metavar="TEXT", help=_field_help("prompt"))
     p.add_argument("--negative-prompt", default=None, metavar="TEXT", help=_field_help("negative_prompt"))
     p.add_argument("--steps", default=None, metavar="N",
                    help=_field_help("steps") + (" (default: 50)" if stylize else " (default: 30; plus: 50)"))
-    p.add_argument("--guidance", default="5.0", metavar="F", help=_field_help("guidance") + " (default: 5.0)")
+    p.add_argument("--guidance", default=None, metavar="F",
+                   help=_field_help("guidance") + " (default: 5.0; style-aligned 10, visual-style-prompting 7, "
+                                                  "their authors')")
     p.add_argument("--seed", default=None, metavar="N", help=_field_help("seed"))
     p.add_argument("--width", default=None, metavar="W", help=_field_help("width"))
     p.add_argument("--height", default=None, metavar="H", help=_field_help("height"))
@@ -224,8 +233,11 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("baseline methods (--method style-aligned | visual-style-prompting | b-lora)")
     m.add_argument("--reference-prompt", default=None, metavar="TEXT", help=_field_help("reference_prompt"))
     m.add_argument("--attention-layers", default=None, metavar="NAMES", help=_field_help("attention_layers"))
-    m.add_argument("--share-group-norm", action="store_true", default=None, help=_field_help("share_group_norm"))
+    m.add_argument("--share-group-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help=_field_help("share_group_norm") + " (default: on)")
     m.add_argument("--shared-score-shift", default=None, metavar="F", help=_field_help("shared_score_shift"))
+    m.add_argument("--inversion-offset", default=None, metavar="N", help=_field_help("inversion_offset"))
+    m.add_argument("--style-description", default=None, metavar="TEXT", help=_field_help("style_description"))
     m.add_argument("--swap-start", default=None, metavar="F", help=_field_help("swap_start"))
     m.add_argument("--swap-end", default=None, metavar="F", help=_field_help("swap_end"))
     m.add_argument("--no-color-calibration", dest="color_calibration", action="store_false", default=None,
@@ -234,8 +246,9 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--lora-scale", default=None, metavar="F", help=_field_help("lora_scale"))
 
 
-METHOD_FIELDS = ("reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift", "swap_start",
-                 "swap_end", "color_calibration", "lora", "lora_scale")
+METHOD_FIELDS = ("reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift",
+                 "inversion_offset", "style_description", "swap_start", "swap_end", "color_calibration", "lora",
+                 "lora_scale")
 
 
 def _method_params(args) -> dict:
@@ -573,7 +586,9 @@ def cmd_generate(args) -> int:
         control_scale=args.control_scale, canny_low=args.canny_low, canny_high=args.canny_high,
         strength=getattr(args, "strength", None), mask=getattr(args, "mask", None), style_masks=args.style_masks,
         content_ip_scale=args.content_ip_scale, inversion_steps=args.inversion_steps,
-        inversion_prompt=args.inversion_prompt, **_method_params(args),
+        inversion_prompt=args.inversion_prompt, inversion=args.inversion, renoise_steps=args.renoise_steps,
+        noise_regularization=args.noise_regularization, inpaint_style=getattr(args, "inpaint_style", None),
+        **_method_params(args),
     )
     # Unset options take the schema's defaults (which depend on the task, e.g. Plus's scale 1.2).
     req = make_request(**{k: v for k, v in params.items() if v is not None and v != []})

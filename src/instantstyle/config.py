@@ -25,10 +25,19 @@ SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", 
 MODES = ("style", "layout", "style+layout", "full")
 MAX_SEED = 2**63 - 1
 TASKS = ("txt2img", "controlnet", "img2img", "inpaint", "plus")
-# InstantStyle-Plus defaults (its reference pipeline): style-only adapter at 1.2, 50 DDIM steps,
-# tile ControlNet at 0.4 on the content image, content adapter at 0.2 everywhere, guidance 5.
-PLUS_DEFAULTS = {"scale": 1.2, "steps": 50, "scheduler": "ddim", "control": ["tile"]}
+# InstantStyle-Plus defaults (its reference pipeline, infer_style.py): style-only adapter at 1.2,
+# 50 DDIM steps, tile ControlNet at 0.4 on the content image, content adapter at 0.2 everywhere,
+# guidance 5, the authors' negative prompt, ReNoise inversion with one renoise step.
+PLUS_NEGATIVE_PROMPT = "lowres, low quality, worst quality, deformed, noisy, blurry"
+PLUS_DEFAULTS = {"scale": 1.2, "steps": 50, "scheduler": "ddim", "control": ["tile"],
+                 "negative_prompt": PLUS_NEGATIVE_PROMPT}
 DEFAULT_CONTENT_IP_SCALE = 0.2
+INVERSIONS = ("renoise", "ddim")
+DEFAULT_RENOISE_STEPS = 1  # InstantStyle-Plus's RunConfig(num_renoise_steps=1)
+# Guidance of the baselines when the request gives none: StyleAligned's real-image notebook (10),
+# Visual Style Prompting's scripts (7). Everything else: the field's default.
+METHOD_DEFAULTS = {"style-aligned": {"guidance": 10.0}, "visual-style-prompting": {"guidance": 7.0}}
+INPAINT_STYLE_REGIONS = ("everywhere", "mask")
 DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 0.99}
 
 
@@ -126,7 +135,25 @@ class GenerateRequest(BaseModel):
         description="plus: global IP-Adapter scale of the content image, every block (default 0.2).",
     )
     inversion_steps: int | None = Field(
-        None, ge=1, le=1000, description="plus: DDIM inversion steps (default: --steps, 50)."
+        None, ge=1, le=1000,
+        description="plus: inversion steps; must equal --steps (the generation retraces the inversion's timesteps), "
+        "so it is only a check.",
+    )
+    inversion: Literal[INVERSIONS] | None = Field(  # type: ignore[valid-type]
+        None, description="plus: how the content image is inverted: renoise (the authors', ReNoise) or ddim (plain "
+        "DDIM inversion); default renoise.",
+    )
+    renoise_steps: int | None = Field(
+        None, ge=0, le=20, description="plus with --inversion renoise: renoise iterations per inversion step "
+        "(default 1, the authors'; 0 = plain DDIM steps).",
+    )
+    noise_regularization: bool | None = Field(
+        None, description="plus with --inversion renoise: the KL and auto-correlation noise regularisation in the "
+        "last steps (t < 250), as the authors (default on).",
+    )
+    inpaint_style: Literal[INPAINT_STYLE_REGIONS] = Field(  # type: ignore[valid-type]
+        "everywhere", description="inpaint: where the style is injected: everywhere (the InstantStyle inpainting "
+        "script) or mask (only where the image is repainted).",
     )
     inversion_prompt: str | None = Field(
         None, max_length=2000,
@@ -146,13 +173,23 @@ class GenerateRequest(BaseModel):
         "blocks/modules/layers or '*' (default: '*' for style-aligned, up_blocks.1 for visual-style-prompting).",
     )
     share_group_norm: bool = Field(
-        False, description="style-aligned: GroupNorm statistics over [own | reference] features (the paper's "
-        "real-image setting).",
+        True, description="style-aligned: GroupNorm statistics over [own | reference] features (the authors' "
+        "real-image setting; off = their generated-reference demo).",
     )
     shared_score_shift: float = Field(
-        0.0, ge=-10.0, le=10.0,
-        description="style-aligned: added to the attention logits of the reference's tokens (log 2 = 0.69 in the "
-        "paper's real-image setting; > 0 strengthens the style).",
+        0.6931471805599453, ge=-10.0, le=10.0,
+        description="style-aligned: added to the attention logits of the reference's tokens (default log 2, the "
+        "authors' real-image setting; 0 = their demo; > 0 strengthens the style).",
+    )
+    inversion_offset: int | None = Field(
+        None, ge=0, le=500,
+        description="style-aligned: the reference row starts this many steps ahead on its inverted trajectory "
+        "(default: 5 per 50 steps, the authors'; 0 = none).",
+    )
+    style_description: str | None = Field(
+        None, max_length=2000,
+        description="style-aligned: style words appended to the prompt (', WORDS.'), as the authors' notebook "
+        "(default: the --reference-prompt's text after its last comma, if any; '' = append nothing).",
     )
     swap_start: float = Field(
         0.0, ge=0.0, le=1.0, description="visual-style-prompting: first fraction of the steps that swaps (0 = from the start)."
@@ -229,6 +266,9 @@ class GenerateRequest(BaseModel):
             else:
                 task = "txt2img"
             data["task"] = task
+        if data.get("guidance") is None:
+            data.pop("guidance", None)
+            data.update(METHOD_DEFAULTS.get(data.get("method") or "instantstyle", {}))
         if task == "plus":
             for key, value in PLUS_DEFAULTS.items():
                 if data.get(key) in (None, []):
@@ -284,10 +324,18 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"{len(self.style_masks)} style masks for {n_refs} style references; "
                              "give one --style-mask per --style")
         plus_only = {"content_ip_scale": self.content_ip_scale, "inversion_steps": self.inversion_steps,
-                     "inversion_prompt": self.inversion_prompt}
+                     "inversion_prompt": self.inversion_prompt, "inversion": self.inversion,
+                     "renoise_steps": self.renoise_steps, "noise_regularization": self.noise_regularization}
         for name, value in plus_only.items():
             if value is not None and task != "plus":
                 raise ValueError(f"{name} is for task plus (InstantStyle-Plus), not task {task}")
+        if self.inpaint_style != "everywhere" and task != "inpaint":
+            raise ValueError(f"inpaint_style is for task inpaint, not task {task}")
+        if task == "plus" and self.inversion_steps is not None and self.inversion_steps != self.steps:
+            raise ValueError(f"inversion_steps {self.inversion_steps} differs from steps {self.steps}: the generation "
+                             "must retrace the inversion's timesteps; drop inversion_steps (it follows steps)")
+        if self.inversion == "ddim" and (self.renoise_steps is not None or self.noise_regularization is not None):
+            raise ValueError("renoise_steps / noise_regularization are for inversion renoise, not ddim")
         if task == "plus" and self.scheduler != "ddim":
             raise ValueError(f"task plus samples with DDIM (it undoes the DDIM inversion); drop --scheduler "
                              f"{self.scheduler}")
@@ -297,6 +345,10 @@ class GenerateRequest(BaseModel):
         if self.task not in DEFAULT_STRENGTH:
             return None
         return DEFAULT_STRENGTH[self.task] if self.strength is None else self.strength
+
+    @property
+    def effective_inversion(self) -> str:
+        return self.inversion or "renoise"
 
     @property
     def effective_content_ip_scale(self) -> float:

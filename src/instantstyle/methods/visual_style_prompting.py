@@ -1,23 +1,40 @@
 """Visual Style Prompting with swapping self-attention (Jeong et al., arXiv 2402.12974).
 
-- Sec. 4, "Swapping self-attention" (Eq. 4): in the configured self-attention layers (default:
-  the late ones, ``blocks.VSP_LAYERS`` = all of ``up_blocks.1``, the official config's
-  ``activate_layer_indices``), every target keeps its own queries and attends to the reference's
-  keys and values *instead of* its own, in both CFG halves, during the configured fraction of
-  the steps (``swap_start``..``swap_end``, default all).
-- Real reference (the official ``vsp_real_script.py``; "stochastic encoding" in StyleKeeper,
-  arXiv 2510.06827): no inversion. The reference row of the batch is re-noised before every step
-  from its clean VAE latent with ``scheduler.add_noise(z0, eps, t)`` (one ``eps`` drawn from the
-  seed); it is conditioned on ``reference_prompt`` in both CFG halves (``use_prompt_as_null``).
-- Colour calibration (the official DDIM scheduler's ``fit_mode="channel"``): for 100 < t < 150 the
-  predicted x0 of every target is AdaIN-matched per channel to the reference latent, and the DDIM
-  step is recomposed from the calibrated x0 and the model's noise estimate.
+Sources: the paper (Sec. 4) and the authors' code (naver-ai/Visual-Style-Prompting, Apache-2.0):
+``vsp_real_script.py`` (a real reference), ``pipelines/pipeline_stable_diffusion_xl.py`` and
+``schedulers/scheduling_ddim.py``. Defaults, each the authors':
 
-Sampling uses DDIM, as the paper. The IP-Adapter stays off (all scales 0).
+- Sec. 4, "Swapping self-attention" (Eq. 4): in the configured self-attention layers (default:
+  the late ones, ``blocks.VSP_LAYERS`` = all of ``up_blocks.1``, the scripts'
+  ``activate_layer_indices=[[0, 0], [128, 140]]``), every target keeps its own queries and attends
+  to the reference's keys and values *instead of* its own, in both CFG halves, during the
+  configured fraction of the steps (``swap_start``..``swap_end``, default all: ``activate_step 50``
+  of 50).
+- Real reference (``vsp_real_script.py``; "stochastic encoding" in StyleKeeper, arXiv
+  2510.06827): no inversion. Before every step the reference row is re-noised from its clean VAE
+  latent with ``scheduler.add_noise(z0, eps, t)`` and a *fresh* ``eps`` each step (the script
+  draws new noise every step; ours comes from the request's seed, so a seed reproduces it).
+- Prompts: the reference row is conditioned on ``reference_prompt`` in the conditional half and
+  on the null prompt in the unconditional half, like the targets (the authors encode the
+  reference and target prompts separately, each with ``negative_prompt=None``); a user's
+  ``negative_prompt`` goes to the targets only. The reference row's own update uses its
+  conditional prediction alone (``use_prompt_as_null=True``).
+- Colour calibration (the DDIM scheduler's ``fit_mode="channel"``, ``color_cal_start_t 150``,
+  window 50): for 100 < t < 150 the predicted x0 of every target is AdaIN-matched per channel to
+  the *reference row's predicted x0* at that step, and the DDIM step is recomposed from the
+  calibrated x0 and the model's noise estimate.
+- Guidance 7 (the scripts' ``--guidance_scale``) when the request gives none; 50 DDIM steps in
+  the scripts (ours: the request's ``steps``). ``use_advanced_sampling`` (CFG 20 for 3 steps) is
+  off in the real-image script and not offered.
+
+Differences: the script re-encodes the image with a sampled VAE posterior each step; we use the
+posterior mean once (the noise added dwarfs the posterior's spread). The reference prompt is
+the user's (the script captions with BLIP-2). The IP-Adapter stays off (all scales 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -50,16 +67,23 @@ def recompose_ddim(prev: torch.Tensor, x0: torch.Tensor, x0_new: torch.Tensor, a
     return prev + alpha_prev**0.5 * (x0_new - x0)
 
 
-def calibrate(scheduler, z0: torch.Tensor, window=CALIBRATION_WINDOW):
-    """Wrap ``scheduler.step`` (a fresh ``DDIMScheduler`` used for one call) with colour calibration.
+def calibrate(scheduler, window=CALIBRATION_WINDOW, reference_prediction=None):
+    """Wrap ``scheduler.step`` (a fresh ``DDIMScheduler`` used for one call) for VSP's reference row.
 
-    Rows 1.. (the targets) get their predicted x0 AdaIN-matched per channel to ``z0`` ``[1, C, h, w]``
-    when ``window[0] < t < window[1]``; row 0 (the reference) is left alone.
+    ``reference_prediction()``, when given, returns the reference row's conditional noise
+    prediction of this step, which replaces its guided one (the authors' ``use_prompt_as_null``).
+    When ``window[0] < t < window[1]``, rows 1.. (the targets) get their predicted x0 AdaIN-matched
+    per channel to row 0's predicted x0 (the reference's), and the step is recomposed from it.
     """
     original = scheduler.step
 
     @functools.wraps(original)
     def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+        if reference_prediction is not None:
+            cond = reference_prediction()
+            if cond is not None:
+                model_output = model_output.clone()
+                model_output[:1] = cond.to(model_output)
         out = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
         prev, x0 = out.prev_sample, out.pred_original_sample
         t = int(timestep)
@@ -67,7 +91,7 @@ def calibrate(scheduler, z0: torch.Tensor, window=CALIBRATION_WINDOW):
             prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
             alpha_prev = float(scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod)
             x0_new = x0.clone()
-            x0_new[1:] = adain_channels(x0[1:].float(), z0.float()).to(x0.dtype)
+            x0_new[1:] = adain_channels(x0[1:].float(), x0[:1].float()).to(x0.dtype)
             prev = recompose_ddim(prev, x0, x0_new, alpha_prev)
             x0 = x0_new
             scheduler.calibrated_steps = getattr(scheduler, "calibrated_steps", 0) + 1
@@ -77,6 +101,29 @@ def calibrate(scheduler, z0: torch.Tensor, window=CALIBRATION_WINDOW):
 
     scheduler.step = step
     return scheduler
+
+
+@contextlib.contextmanager
+def conditional_reference_prediction(unet, group: int, do_cfg: bool):
+    """Keep the UNet's conditional prediction for row 0 (the reference) of each call, scoped.
+
+    Yields a function returning the latest one (``[1, C, h, w]``), or ``None`` without CFG (the
+    prediction is then conditional already).
+    """
+    seen: list = [None]
+
+    def make(_module, original):
+        def forward(*args, **kwargs):
+            out = original(*args, **kwargs)
+            sample = out[0] if isinstance(out, tuple) else out.sample
+            if do_cfg and sample.shape[0] == 2 * group:
+                seen[0] = sample[group : group + 1].detach()
+            return out
+
+        return forward
+
+    with _common.scoped_forward({"unet": unet}, make):
+        yield lambda: seen[0]
 
 
 def run(model, req, *, style_images=None, on_step=None):
@@ -97,19 +144,20 @@ def run(model, req, *, style_images=None, on_step=None):
 
     gen = st.generator()
     noise = randn_tensor((n, *z0.shape[1:]), generator=gen, device=model.device, dtype=model.dtype)
-    ref_eps = randn_tensor(z0.shape, generator=gen, device=model.device, dtype=model.dtype)
 
     def noisy_reference(i: int) -> torch.Tensor:
-        return probe.add_noise(z0, ref_eps, timesteps[i : i + 1])
+        """The reference re-noised to step ``i``'s level with fresh noise (drawn from the seed)."""
+        eps = randn_tensor(z0.shape, generator=gen, device=model.device, dtype=model.dtype)
+        return probe.add_noise(z0, eps, timesteps[i : i + 1])
 
     latents = torch.cat([noisy_reference(0), noise])
 
-    # 3. Prompts: the reference row is conditioned on its description in both CFG halves.
-    pe, npe, pooled, npooled = _common.encode_batch(pipe, [req.reference_prompt] + [req.prompt] * n,
-                                                    req.negative_prompt, do_cfg)
+    # 3. Prompts: reference row = its description / the null prompt; targets = prompt / negative.
+    ref_pe, ref_npe, ref_pooled, ref_npooled = _common.encode_batch(pipe, [req.reference_prompt], None, do_cfg)
+    pe, npe, pooled, npooled = _common.encode_batch(pipe, [req.prompt] * n, req.negative_prompt, do_cfg)
+    pe, pooled = torch.cat([ref_pe, pe]), torch.cat([ref_pooled, pooled])
     if do_cfg:
-        npe, npooled = npe.clone(), npooled.clone()
-        npe[:1], npooled[:1] = pe[:1], pooled[:1]
+        npe, npooled = torch.cat([ref_npe, npe]), torch.cat([ref_npooled, npooled])
 
     # 4. Swap in the configured layers during the configured steps; the reference row is re-noised.
     state = PatchState(group=1 + n, active=swap_active(0, req.steps, req.swap_start, req.swap_end))
@@ -120,12 +168,12 @@ def run(model, req, *, style_images=None, on_step=None):
             state.active = swap_active(i + 1, req.steps, req.swap_start, req.swap_end)
         return lat
 
-    if req.color_calibration:
-        calibrate(scheduler, z0)
     processors = {name: SelfAttentionPatch(swapped_attention, state) for name in patched}
-    images = _common.sample_reference_batch(
-        model, req, st, scheduler=scheduler, processors=processors, embeds=(pe, npe, pooled, npooled),
-        latents=latents, update=renoise, on_step=on_step)
+    with conditional_reference_prediction(pipe.unet, 1 + n, do_cfg) as reference_prediction:
+        calibrate(scheduler, CALIBRATION_WINDOW if req.color_calibration else (0, 0), reference_prediction)
+        images = _common.sample_reference_batch(
+            model, req, st, scheduler=scheduler, processors=processors, embeds=(pe, npe, pooled, npooled),
+            latents=latents, update=renoise, on_step=on_step)
 
     extra = {"scheduler": "ddim", "patched_layers": len(patched),
              "attention_layers": req.attention_layers or ",".join(blocks.VSP_LAYERS),
