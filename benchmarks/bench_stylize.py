@@ -99,8 +99,7 @@ def request(mode: str, files: dict, steps: int, plus_steps: int) -> dict:
         return base | dict(content=files["content"], strength=0.8)
     if mode == "inpaint":
         return base | dict(content=files["content"], mask=files["mask"])
-    return base | dict(task="plus", content=files["content"], control=[f"tile={cn}"], steps=plus_steps,
-                       inversion_steps=plus_steps)
+    return base | dict(task="plus", content=files["content"], control=[f"tile={cn}"], steps=plus_steps)
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,25 @@
-"""DDIM inversion of a real image (Song et al. 2021, Sec. 4.3; used as in Mokady et al. 2023).
+"""Inversion of a real image: plain DDIM (Song et al. 2021, Sec. 4.3; as in Mokady et al. 2023) and
+ReNoise (Garibi et al., arXiv 2403.14602).
 
-Shared by InstantStyle-Plus (start denoising from the content image's inverted latent) and
-StyleAligned (the inverted trajectory of a real reference drives the reference row).
+Shared by InstantStyle-Plus (start denoising from the content image's inverted latent; the
+authors invert with ReNoise) and StyleAligned (the DDIM-inverted trajectory of a real reference
+drives the reference row).
 
-Inversion runs the deterministic DDIM update backwards: from the clean latent ``x_0`` it
-steps up the noise levels of the forward sampler's timesteps, evaluating the UNet at the
+Plain DDIM inversion runs the deterministic DDIM update backwards: from the clean latent ``x_0``
+it steps up the noise levels of the forward sampler's timesteps, evaluating the UNet at the
 target timestep on the current latent (the standard first-order approximation). diffusers'
 ``DDIMInverseScheduler`` does the update; the matching ``DDIMScheduler`` (same config) undoes it.
+
+ReNoise (paper Sec. 3-4; garibida/ReNoise-Inversion ``src/renoise_inversion.py``, with the
+settings InstantStyle-Plus's ``infer_style.py`` passes) refines each step by fixed-point
+iteration: after the DDIM step gives an estimate of the noisier latent, the UNet is evaluated
+*there* and the step is redone from the same latent, ``renoise_steps`` times (Plus: 1). For the
+last steps (t < 250, at most 5 iterations) the noise estimates of the iterations are averaged,
+and each estimate is regularised (Sec. 4.2, after pix2pix-zero): 4 rounds of a gradient step on a
+patch-wise KL term against the prediction at the forward-noised ``x_0`` (lambda 0.065) and 5
+random-roll steps on a multi-scale auto-correlation term (lambda 20). Elsewhere the authors'
+averaging window (iterations 8-10) is never reached with one renoise step. Noise correction is
+off, as in Plus. The forward noise and the rolls come from ``seed``.
 """
 
 from __future__ import annotations
@@ -155,6 +168,150 @@ def ddim_invert(
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance * (cond - uncond)
             x = inverse.step(eps, t, x).prev_sample
+            latents.append(x)
+            timesteps.append(int(t))
+    return Inversion(latents, timesteps, prompt, guidance)
+
+
+# ---------------------------------------------------------------------- ReNoise
+
+RENOISE_LAST_STEPS_T = 250  # below this timestep: averaging window (0, 5), at most 5 renoise iterations
+AVERAGE_FIRST, AVERAGE_REST = (0, 5), (8, 10)  # the authors' average_first_step_range / average_step_range
+MAX_RENOISE_LAST = 5  # max_num_renoise_steps_first_step
+LAMBDA_KL, LAMBDA_AC, REG_STEPS, AC_ROLLS = 0.065, 20.0, 4, 5  # noise_regularization_* defaults
+
+
+def patch_kl(x: torch.Tensor, ref: torch.Tensor, patch: int = 4) -> torch.Tensor:
+    """Sum over ``patch x patch`` tiles and channels of |KL-like divergence| of Gaussian fits.
+
+    ``x``, ``ref``: ``[1, C, H, W]`` (H, W multiples of ``patch``). Per tile and channel: mean and
+    unbiased variance over its pixels, ``|log(v_r / v_x) + (v_x + (m_x - m_r)^2) / v_r - 1|``.
+    """
+    def stats(t):
+        c = t.shape[1]
+        tiles = t.reshape(c, t.shape[2] // patch, patch, t.shape[3] // patch, patch).permute(1, 3, 0, 2, 4)
+        tiles = tiles.reshape(-1, c, patch * patch)  # [tiles, C, p*p]
+        return tiles.mean(-1), tiles.var(-1)
+
+    eps = 1e-6
+    mu_x, var_x = stats(x)
+    mu_r, var_r = stats(ref)
+    kl = torch.log((var_r + eps) / (var_x + eps)) + (var_x + (mu_x - mu_r) ** 2) / (var_r + eps) - 1
+    return kl.abs().sum()
+
+
+def autocorrelation(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multi-scale auto-correlation of each channel of ``x`` ``[1, C, H, W]`` at random shifts.
+
+    For each channel: the squared mean of ``x * roll(x, k)`` along H and along W for a random
+    ``k < H / 2``, then the same on a 2x average-pooled copy, until the side is 8 or less.
+    """
+    loss = x.new_zeros(())
+    for c in range(x.shape[1]):
+        z = x[:, c : c + 1]
+        while True:
+            k = int(torch.randint(0, max(z.shape[2] // 2, 1), (1,), generator=generator))
+            loss = loss + (z * torch.roll(z, k, dims=2)).mean() ** 2 + (z * torch.roll(z, k, dims=3)).mean() ** 2
+            if z.shape[2] <= 8:
+                break
+            z = torch.nn.functional.avg_pool2d(z, 2)
+    return loss
+
+
+def regularize_noise(eps: torch.Tensor, eps_forward: torch.Tensor, generator: torch.Generator | None = None,
+                     *, lambda_kl: float = LAMBDA_KL, lambda_ac: float = LAMBDA_AC, steps: int = REG_STEPS,
+                     rolls: int = AC_ROLLS) -> torch.Tensor:
+    """ReNoise's noise regularisation: gradient steps that make ``eps`` look like Gaussian noise."""
+    dtype = eps.dtype
+    with torch.inference_mode(False), torch.enable_grad():
+        e = eps.detach().clone().float()
+        ref = eps_forward.detach().clone().float()
+        for _ in range(steps):
+            if lambda_kl > 0:
+                v = e.clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(patch_kl(v, ref), v)
+                e = e - lambda_kl * grad.clamp(-100, 100)
+            if lambda_ac > 0:
+                for _ in range(rolls):
+                    v = e.clone().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(autocorrelation(v, generator), v)
+                    e = e - lambda_ac * grad / rolls
+            e = e.detach()
+    return e.to(dtype)
+
+
+@torch.no_grad()
+def invert(pipe, image_or_latents, prompt: str, *, method: str = "ddim", steps: int = 50, guidance: float = 1.0,
+           renoise_steps: int = 1, noise_regularization: bool = True, seed: int = 0,
+           negative_prompt: str | None = None, width: int | None = None, height: int | None = None,
+           progress: bool = True) -> Inversion:
+    """Invert with ``method`` ``"ddim"`` (plain) or ``"renoise"`` (ReNoise, see the module docstring).
+
+    The timesteps are those of ``ddim_scheduler(pipe)`` at ``steps`` (``Inversion.timesteps``), so a
+    forward DDIM sampler at the same step count retraces them.
+    """
+    if method == "ddim":
+        return ddim_invert(pipe, image_or_latents, prompt, steps=steps, guidance=guidance,
+                           negative_prompt=negative_prompt, width=width, height=height, progress=progress)
+    if method != "renoise":
+        from .errors import InstantStyleError
+
+        raise InstantStyleError(f"unknown inversion {method!r}; use renoise or ddim")
+    from diffusers import DDIMInverseScheduler
+
+    from .adapter import ip_processors, scoped_scales
+
+    if isinstance(image_or_latents, torch.Tensor):
+        x = image_or_latents.to(pipe._execution_device, pipe.unet.dtype)
+        height, width = x.shape[-2] * pipe.vae_scale_factor, x.shape[-1] * pipe.vae_scale_factor
+    else:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        width, height = width or size, height or size
+        x = encode_latents(pipe, image_or_latents, width, height)
+    text, added = sdxl_added_cond(pipe, prompt, negative_prompt, width, height, guidance)
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, **_EXACT)
+    inverse.set_timesteps(steps, device=x.device)
+    forward = ddim_scheduler(pipe)
+    gen = torch.Generator().manual_seed(seed)
+    z0, noise = x, torch.randn(x.shape, generator=gen).to(x)
+
+    def predict(latent, t):
+        inp = torch.cat([latent, latent]) if guidance > 1.0 else latent
+        eps = pipe.unet(inp, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
+        if guidance > 1.0:
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance * (cond - uncond)
+        return eps
+
+    n_adapters = len(next(iter(ip_processors(pipe.unet).values())).scale) if ip_processors(pipe.unet) else 0
+    scope = scoped_scales(pipe.unet, [{}] * n_adapters) if n_adapters else contextlib.nullcontext()
+    latents, timesteps = [x], []
+    with scope:
+        for t in tqdm(inverse.timesteps, desc="ReNoise inversion", disable=not progress, leave=False):
+            last = int(t) < RENOISE_LAST_STEPS_T
+            window = AVERAGE_FIRST if last else AVERAGE_REST
+            iterations = min(MAX_RENOISE_LAST, renoise_steps) if last else renoise_steps
+            forward_eps: list = []  # the prediction at the forward-noised x_0, made when first needed
+
+            def regularized(eps, t=t, forward_eps=forward_eps):
+                if not forward_eps:
+                    forward_eps.append(predict(forward.add_noise(z0, noise, t.reshape(1)), t))
+                return regularize_noise(eps, forward_eps[0], gen)
+
+            estimate, average, n_avg = x, None, 0
+            for i in range(iterations + 1):
+                eps = predict(estimate, t)
+                if window[0] <= i < window[1]:
+                    average = eps.clone() if average is None else average * (n_avg / (n_avg + 1)) + eps / (n_avg + 1)
+                    n_avg += 1
+                if i >= window[0] and noise_regularization:
+                    eps = regularized(eps)
+                estimate = inverse.step(eps, t, x).prev_sample
+            if average is not None:
+                if noise_regularization:
+                    average = regularized(average)
+                estimate = inverse.step(average, t, x).prev_sample
+            x = estimate
             latents.append(x)
             timesteps.append(int(t))
     return Inversion(latents, timesteps, prompt, guidance)

@@ -140,7 +140,7 @@ def test_inpaint_with_mask(client, tiny_model, red_png):
 
 
 def test_plus(client, tiny_model, red_png):
-    params = {"prompt": "a house", "task": "plus", "control": ["tile=tinytile"], "inversion_steps": 2}
+    params = {"prompt": "a house", "task": "plus", "control": ["tile=tinytile"], "steps": 2}
     _, meta = _check(client, tiny_model, red_png, params, {"content": CONTENT}, {"content_image": CONTENT},
                      expect={"scheduler": "ddim", "content_ip_scale": 0.2})
     assert meta["controlnets"] == [{"kind": "tile", "model": "tinytile", "scale": 0.4}]
@@ -202,7 +202,8 @@ BAD = {
     "content too elongated for the size range": ({"strength": 0.5}, {"content": _long_png()}, 400,
                                                  "outside the allowed range"),
     "b-lora": ({"method": "b-lora", "lora": "/tmp/lora"}, {}, 400, "not served over HTTP"),
-    "inversion steps over the limit": ({"task": "plus", "control": ["tile=tinytile"], "inversion_steps": 11},
+    "inversion steps over the limit": ({"task": "plus", "control": ["tile=tinytile"], "steps": 11,
+                                        "inversion_steps": 11},
                                        {"content": CONTENT}, 400, "over the limit of 10"),
 }
 

@@ -75,3 +75,37 @@ def test_invert_then_regenerate_reconstructs_on_a_smooth_tiny_model(fresh_pipe, 
     other = inversion.noisy + 0.5 * torch.randn_like(inversion.noisy)
     inversion.latents[-1] = other
     assert relative_error(regenerate(fresh_pipe, inversion, "a house"), inversion.clean) > 0.1
+
+
+def test_renoise_reconstructs_at_least_as_well_as_ddim(fresh_pipe, content_images):
+    """ReNoise's fixed-point refinement (one renoise step, the InstantStyle-Plus setting) on the damped
+    tiny model, 4 steps: relative error 0.0002 vs plain DDIM's 0.0036 (10 steps: 0.0004 vs 0.0056).
+
+    Its noise regularisation is left off here: its constants assume unit-variance noise estimates,
+    and the damped model's are 1e3 times smaller, so regularising them wrecks the latent (error 2.2);
+    it is checked on Gaussian noise below.
+    """
+    from instantstyle.inversion import invert
+    from instantstyle.testing.tiny import damp_unet_output
+
+    damp_unet_output(fresh_pipe.unet, 1e-3)
+    image = Image.open(content_images["content"]).convert("RGB")
+    errors = {}
+    for method in ("ddim", "renoise"):
+        inv = invert(fresh_pipe, image, "a house", method=method, steps=STEPS, renoise_steps=1,
+                     noise_regularization=False, progress=False)
+        assert inv.timesteps == sorted(inv.timesteps) and len(inv.latents) == STEPS + 1
+        errors[method] = relative_error(regenerate(fresh_pipe, inv, "a house"), inv.clean)
+    assert errors["renoise"] <= errors["ddim"], errors  # measured 0.0002 vs 0.0036
+    assert errors["ddim"] < 0.01
+
+
+def test_noise_regularization_pulls_a_noise_estimate_toward_the_forward_noise_statistics():
+    from instantstyle.inversion import patch_kl, regularize_noise
+
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(1, 4, 32, 32, generator=g) * 1.5 + 0.3  # off in mean and variance
+    forward = torch.randn(1, 4, 32, 32, generator=g)
+    out = regularize_noise(eps, forward, torch.Generator().manual_seed(1))
+    assert patch_kl(out, forward) < 0.8 * patch_kl(eps, forward)
+    assert 0.01 < float((out - eps).norm() / eps.norm()) < 0.5  # a correction, not a replacement

@@ -40,3 +40,51 @@ def test_plus_style_and_content_adapter_matter(tiny_model, tiny_paths, style_ima
     assert np.abs(plus(style_images["blue"]) - red).max() > 20 / 255  # the style image matters
     assert np.abs(plus(style_images["red"], content_ip_scale=0.0) - red).max() > 20 / 255  # so does the content one
     assert state(tiny_model.pipe.unet) == before  # the model is left exactly as found
+
+
+def test_plus_sizes_as_the_authors_resize_img():
+    from instantstyle.pipelines.stylize import plus_size
+
+    assert plus_size(1920, 1080) == (1280, 704)  # 16:9
+    assert plus_size(1600, 1200) == (1280, 960)  # 4:3
+    assert plus_size(1080, 1920) == (704, 1280)
+    assert plus_size(1000, 1000) == (1280, 1280)  # the long side always goes to 1280
+    assert plus_size(96, 64, 64, 80, 16) == (80, 48)  # scaled to the tiny model
+
+
+def test_plus_inverts_and_generates_on_the_same_timesteps(tiny_model, tiny_paths, style_images, content_images):
+    """Hook on the UNet: the inversion's calls (batch 1, guidance 1) and the generation's (batch 2, CFG)."""
+    seen = []
+    hook = tiny_model.pipe.unet.register_forward_pre_hook(
+        lambda _m, args, _kw: seen.append((args[0].shape[0], int(args[1]))), with_kwargs=True)
+    try:
+        tiny_model.generate(prompt="a box", task="plus", content=str(content_images["content"]), steps=3, seed=0,
+                            style=[str(style_images["red"])], control=[f"tile={tiny_paths['controlnet_tile']}"])
+    finally:
+        hook.remove()
+    inversion = [t for b, t in seen if b == 1]
+    generation = [t for b, t in seen if b == 2]
+    assert len(generation) == 3 and len(inversion) >= 3  # ReNoise: several calls per inversion step
+    assert sorted(set(inversion)) == sorted(generation)
+
+
+def test_plus_refuses_inversion_steps_that_differ_from_the_steps(content_images):
+    import pytest
+
+    from instantstyle.config import make_request
+    from instantstyle.errors import InstantStyleError
+
+    base = dict(prompt="a", task="plus", content=str(content_images["content"]), style=["s.png"])
+    assert make_request(**base, steps=30, inversion_steps=30).inversion_steps == 30
+    with pytest.raises(InstantStyleError, match="inversion_steps 30 differs from steps 50: the generation must "
+                                                "retrace the inversion's timesteps"):
+        make_request(**base, inversion_steps=30)
+
+
+def test_plus_ddim_inversion_is_selectable_and_differs_from_renoise(tiny_model, tiny_paths, style_images,
+                                                                    content_images):
+    params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=2, seed=0,
+                  style=[str(style_images["red"])], control=[f"tile={tiny_paths['controlnet_tile']}"])
+    renoise = np.asarray(tiny_model.generate(**params)[0], dtype=np.float32)
+    ddim = np.asarray(tiny_model.generate(**params, inversion="ddim")[0], dtype=np.float32)
+    assert np.abs(renoise - ddim).max() > 2

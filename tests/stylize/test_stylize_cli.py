@@ -76,11 +76,14 @@ def test_stylize_plus_writes_png_with_metadata_at_content_aspect(run, style_imag
     from instantstyle.images import read_metadata
 
     meta = read_metadata(path)
-    assert Image.open(path).size == (96, 64)  # 96x64 content -> short side 64 (tiny native), same aspect
+    # 96x64 content -> the authors' rule scaled to the tiny model (short 64, long 80, multiples of 16)
+    assert Image.open(path).size == (80, 48)
     assert meta["task"] == "plus" and meta["scale"] == 1.2 and meta["scheduler"] == "ddim"
     assert meta["content_ip_scale"] == 0.2 and meta["inversion_steps"] == 1 and meta["guidance"] == 5.0
     assert meta["controlnets"] == [{"kind": "tile", "model": "tiny", "scale": 0.4}]
-    assert len(meta["content_sha256"]) == 64 and meta["output_size"] == [96, 64]
+    assert len(meta["content_sha256"]) == 64 and meta["output_size"] == [80, 48]
+    assert meta["negative_prompt"] == "lowres, low quality, worst quality, deformed, noisy, blurry"
+    assert meta["inversion"] == "renoise" and meta["renoise_steps"] == 1 and meta["noise_regularization"]
 
 
 def test_generate_mode_plus_is_the_same_as_stylize(run, style_images, content_images):

@@ -82,8 +82,8 @@ def test_inpaint_equals_stock_with_style_masked_to_the_repainted_region(stock_sd
     ref = stock_call(pipe, style_images["red"], image=content, mask_image=mask, strength=0.99,
                      cross_attention_kwargs={"ip_adapter_masks": [ip_mask]})
     mine = ours(tiny_model, style_images["red"], content=str(content_images["content"]),
-                mask=str(content_images["left"]))
+                mask=str(content_images["left"]), inpaint_style="mask")
     assert np.abs(mine - ref).max() <= TOL
     other = ours(tiny_model, style_images["blue"], content=str(content_images["content"]),
-                 mask=str(content_images["left"]))
+                 mask=str(content_images["left"]), inpaint_style="mask")
     assert np.abs(other - ref).max() > 10 * TOL

@@ -7,17 +7,28 @@ IP-Adapter scales and scheduler, metadata on every image):
 
 1. ``controlnet``: ``StableDiffusionXLControlNetPipeline`` (one ControlNet or a ``MultiControlNetModel``);
 2. ``img2img``: ``StableDiffusionXLImg2ImgPipeline`` (``StableDiffusionXLControlNetImg2ImgPipeline`` with --control);
-3. ``inpaint``: ``StableDiffusionXLInpaintPipeline``; the style goes in through an IP-Adapter
-   attention mask equal to the inpainting mask, so it is injected only where the image is repainted;
+3. ``inpaint``: ``StableDiffusionXLInpaintPipeline``; the style is injected everywhere, as the
+   InstantStyle inpainting script (``inpaint_style="everywhere"``, the default), or only where the
+   image is repainted (``inpaint_style="mask"``: an IP-Adapter attention mask equal to the
+   inpainting mask);
 4. regional styles (any task): several references, one token set each, each masked to its region
    through diffusers' IP-Adapter attention masks, per-image scales on the style block only;
-5. ``plus`` (InstantStyle-Plus): DDIM inversion of the content image, tile ControlNet on it, a second
-   adapter on the content image at a low global scale plus the style-only adapter on the style
-   image. The second adapter shares every weight with the first (``shared_second_adapter``).
+5. ``plus`` (InstantStyle-Plus, arXiv 2407.00788; instantX-research/InstantStyle-Plus
+   ``infer_style.py``): ReNoise inversion of the content image (plain DDIM selectable), then
+   DDIM sampling from the inverted latent on the *same* timesteps, with the tile ControlNet on the
+   content image (0.4), the loaded adapter on the content image at a low global scale (0.2) and on
+   the style image in the style block only (1.2), guidance 5 and the authors' negative prompt.
+   The authors load ``ip-adapter_sdxl_vit-h`` with the ViT-H encoder for both; we use whichever
+   adapter the model loaded (``--adapter``/``--image-encoder``; the ViT-H pair is one command in
+   docs/stylize.md), as a second adapter that shares every weight with the first
+   (``shared_second_adapter``). The authors' optional CSD style guidance (off in their script)
+   is not implemented.
 
 Sizes: a content image of any aspect ratio is resized so its short side is the model's native
 size and both sides are multiples of the model's size unit; the output is returned at the content
-image's aspect ratio (resized from the generation size when rounding changed it).
+image's aspect ratio (resized from the generation size when rounding changed it). Plus sizes as
+the authors' ``resize_img``: short side 1024, then the long side scaled to 1280, each side floored
+to a multiple of 64 (scaled with the model's native size), and returns that size.
 
 Masks (inpainting and regional) must be single-channel images (mode ``1``/``L``, or a grey
 palette); a mask whose size differs from the content image is an error (never resized silently:
@@ -30,7 +41,7 @@ import contextlib
 import io
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +55,6 @@ from ..images import DEFAULT_MAX_PIXELS, image_hash, load_image
 from ..pipeline import swap_scheduler
 
 MASK_MODES = ("1", "L")
-# A style-guidance hook (the Plus paper's CSD style/content guidance goes here): called after each
-# denoising step with (pipe, step index, timestep, latents) and returns corrected latents.
-StyleGuidance = Callable[[object, int, int, torch.Tensor], torch.Tensor]
 
 _PIPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # InstantStyle -> {key: derived pipeline}
 
@@ -86,6 +94,17 @@ def fit_size(width: int, height: int, native: int, unit: int, limit: int = 4096)
     if width <= height:
         return native, gen_long, (native, exact_long)
     return gen_long, native, (exact_long, native)
+
+
+def plus_size(width: int, height: int, min_side: int = 1024, max_side: int = 1280,
+              base: int = 64) -> tuple[int, int]:
+    """InstantStyle-Plus's ``resize_img``: short side to ``min_side``, then long side to ``max_side``,
+    each side floored to a multiple of ``base`` (16:9 -> 1280x704, 4:3 -> 1280x960, 1:1 -> 1280x1280)."""
+    ratio = min_side / min(width, height)
+    w, h = round(ratio * width), round(ratio * height)
+    ratio = max_side / max(w, h)
+    w, h = round(ratio * w), round(ratio * h)
+    return max(base, w // base * base), max(base, h // base * base)
 
 
 def load_mask(source, *, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -169,6 +188,9 @@ def load_inputs(model, req: GenerateRequest, *, content_image=None, mask_image=N
     reference = content or next((g for g in given if g is not None), None)
     if req.width and req.height:
         width, height, out = req.width, req.height, (req.width, req.height)
+    elif req.task == "plus" and content is not None:
+        width, height = plus_size(*content.size, native, native * 5 // 4, 2 * unit)
+        out = (width, height)
     elif reference is not None:
         width, height, out = fit_size(*reference.size, native, unit)
     else:
@@ -260,8 +282,7 @@ def shared_second_adapter(unet):
 
 
 def stylize(model, request: GenerateRequest, *, style_images=None, content_image=None, mask_image=None,
-            style_masks=None, control_images=None, on_step=None,
-            style_guidance: StyleGuidance | None = None) -> list[Image.Image]:
+            style_masks=None, control_images=None, on_step=None) -> list[Image.Image]:
     """Run ``request`` (any task) on ``model``; in-memory images override the request's paths."""
     req = request
     # 1. Images and sizes (every input checked before any model runs).
@@ -287,7 +308,7 @@ def stylize(model, request: GenerateRequest, *, style_images=None, content_image
         weights = req.style_weights or [1.0] * n_images
         scale_maps = [{name: [s * w for w in weights] for name, s in scale_maps[0].items()}]
         cross_kwargs = {"ip_adapter_masks": [_ip_masks(inputs.style_masks, inputs.width, inputs.height)]}
-    elif req.task == "inpaint":
+    elif req.task == "inpaint" and req.inpaint_style == "mask":
         # The style is injected only where the image is repainted.
         cross_kwargs = {"ip_adapter_masks": [_ip_masks([inputs.mask] * n_images, inputs.width, inputs.height)]}
         scale_maps = [{name: [s] * n_images for name, s in scale_maps[0].items()}]
@@ -309,13 +330,10 @@ def stylize(model, request: GenerateRequest, *, style_images=None, content_image
         **inputs.hashes,
     })
     if req.task == "plus":
-        prep.params.update(content_ip_scale=req.effective_content_ip_scale,
-                           inversion_steps=req.inversion_steps or req.steps,
-                           inversion_prompt=req.inversion_prompt or req.prompt)
+        prep.params.update(content_ip_scale=req.effective_content_ip_scale, inversion_steps=req.steps,
+                           inversion_prompt=req.inversion_prompt or req.prompt, inversion=req.effective_inversion,
+                           **(_renoise_settings(req) if req.effective_inversion == "renoise" else {}))
     run_kwargs = dict(on_step=on_step, scale_maps=scale_maps, **extra)
-    if style_guidance is not None:
-        run_kwargs["callback_on_step_end"] = _guidance_callback(style_guidance, on_step, req.steps)
-        run_kwargs.pop("on_step")
 
     # 4. The mode.
     if req.task == "plus":
@@ -352,17 +370,39 @@ def stylize(model, request: GenerateRequest, *, style_images=None, content_image
     return images
 
 
+def _renoise_settings(req) -> dict:
+    from ..config import DEFAULT_RENOISE_STEPS
+
+    return {"renoise_steps": DEFAULT_RENOISE_STEPS if req.renoise_steps is None else req.renoise_steps,
+            "noise_regularization": True if req.noise_regularization is None else req.noise_regularization}
+
+
+def check_same_timesteps(inversion, scheduler, steps: int) -> None:
+    """The forward sampler must retrace the inversion's timesteps exactly (one line otherwise)."""
+    scheduler.set_timesteps(steps)
+    forward = [int(t) for t in scheduler.timesteps]
+    if forward != inversion.timesteps[::-1]:
+        raise InstantStyleError(f"InstantStyle-Plus: the inversion ran on timesteps {inversion.timesteps[-1]}..."
+                                f"{inversion.timesteps[0]} but the generation would run on {forward[0]}...{forward[-1]}; "
+                                "use the same --steps for both")
+
+
 def _plus(model, prep, inputs: Inputs, controlnets, run_kwargs) -> list[Image.Image]:
     """InstantStyle-Plus: invert the content, then denoise from it with tile ControlNet + two adapters."""
     from .. import embeddings
-    from ..inversion import ddim_invert, ddim_scheduler
+    from ..inversion import ddim_scheduler, invert
 
     req = prep.request
-    # 5a. DDIM inversion of the content image (adapters at 0, guidance 1, content prompt).
-    inversion = ddim_invert(model.pipe, inputs.content, req.inversion_prompt or req.prompt,
-                            steps=req.inversion_steps or req.steps, guidance=1.0,
-                            negative_prompt=None, width=inputs.width, height=inputs.height,
-                            progress=not getattr(model.pipe, "_progress_bar_config", {}).get("disable", False))
+    # 5a. Inversion of the content image (adapters at 0, guidance 1 = the authors' 0, content prompt),
+    #     on the timesteps the generation uses.
+    method = req.effective_inversion
+    inversion = invert(model.pipe, inputs.content, req.inversion_prompt or req.prompt, method=method,
+                       steps=req.steps, guidance=1.0, negative_prompt=None, width=inputs.width,
+                       height=inputs.height, seed=prep.seed,
+                       progress=not getattr(model.pipe, "_progress_bar_config", {}).get("disable", False),
+                       **(_renoise_settings(req) if method == "renoise" else {}))
+    scheduler = ddim_scheduler(model.pipe)
+    check_same_timesteps(inversion, ddim_scheduler(model.pipe), req.steps)
     # 5b. Adapter 2 = the same adapter on the content image, global low scale, every block.
     content_embed = model.encode_style([inputs.content]).embeds  # [1, D]
     prep.ip_embeds = [prep.ip_embeds[0],
@@ -372,7 +412,7 @@ def _plus(model, prep, inputs: Inputs, controlnets, run_kwargs) -> list[Image.Im
     if "cross_attention_kwargs" in run_kwargs:  # regional style masks: the content adapter is unmasked
         run_kwargs["cross_attention_kwargs"]["ip_adapter_masks"].append(None)
     pipe = derived_pipeline(model, "StableDiffusionXLControlNetPipeline", controlnets)
-    with shared_second_adapter(model.pipe.unet), swap_scheduler(pipe, ddim_scheduler(model.pipe)):
+    with shared_second_adapter(model.pipe.unet), swap_scheduler(pipe, scheduler):
         latents = inversion.noisy.repeat(req.num_images, 1, 1, 1)
         return model.run(pipe, prep, image=_one_or_list(inputs.control), latents=latents, **run_kwargs)
 
@@ -393,16 +433,6 @@ def _ip_masks(masks: list[Image.Image], width: int, height: int) -> torch.Tensor
 
 def _one_or_list(images: list):
     return images[0] if len(images) == 1 else images
-
-
-def _guidance_callback(guidance: StyleGuidance, on_step, steps: int):
-    def callback(pipe, i, t, cb_kwargs):
-        cb_kwargs["latents"] = guidance(pipe, i, int(t), cb_kwargs["latents"])
-        if on_step is not None:
-            on_step(i + 1, steps)
-        return cb_kwargs
-
-    return callback
 
 
 def needs_stylize(req: GenerateRequest) -> bool:
