@@ -211,3 +211,35 @@ def test_compare_cli_checks_methods_before_loading(style_images, tmp_path, capsy
     assert main([*common, "--methods", "style-aligned"]) == 2
     assert "needs --reference-prompt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_without_a_reference_prompt_runs_the_rest_and_says_why(style_images, tmp_path, capsys):
+    from instantstyle.cli import main
+
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--style", str(style_images["red"]), "--prompt", "a lighthouse", "--base", "tiny",
+               "--steps", "2", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["ran"] == ["instantstyle", "ip-adapter"] == report["grid"]["columns"]
+    assert set(report["not_run"]) == {"style-aligned", "visual-style-prompting"}
+    assert all("needs --reference-prompt" in r for r in report["not_run"].values())
+    md = (out / "report.md").read_text()
+    assert "Not run:" in md and "- style-aligned: needs --reference-prompt" in md
+    assert (out / "grid.png").is_file()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("needs --reference-prompt" in w for w in warnings)
+
+
+def test_compare_derives_the_reference_prompt_from_the_content_prompt():
+    from instantstyle.compare import build_requests, plan
+
+    chosen = plan(["instantstyle", "style-aligned", "visual-style-prompting"], {"content_prompt": "a harbour"})
+    assert chosen.methods == ["instantstyle", "style-aligned", "visual-style-prompting"] and not chosen.skipped
+    assert "reference prompt taken from --content-prompt 'a harbour'" in chosen.notes[0]
+    reqs = build_requests(chosen.methods, ["a cat"], "ref.png", {"content_prompt": "a harbour"}, chosen.overrides)
+    assert reqs["style-aligned"][0].reference_prompt == "a harbour"
+    assert reqs["instantstyle"][0].content_prompt == "a harbour"
+    given = plan(["style-aligned"], {"reference_prompt": "a red square", "content_prompt": "x"})
+    assert given.overrides == {} and not given.notes  # a given --reference-prompt wins

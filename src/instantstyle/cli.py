@@ -756,7 +756,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import build_requests, compare, parse_methods
+    from .compare import build_requests, compare, parse_methods, plan
 
     # 1. Validate methods, settings and every request before loading anything.
     settings = {k: getattr(args, k) for k in ("negative_prompt", "steps", "guidance", "seed", "width", "height",
@@ -768,7 +768,8 @@ def cmd_compare(args) -> int:
     from .images import load_image
 
     load_image(args.style, what="style image")
-    requests = build_requests(methods, args.prompt, args.style, settings)
+    chosen = plan(methods, settings)
+    requests = build_requests(chosen.methods, args.prompt, args.style, settings, chosen.overrides)
     for reqs in requests.values():
         _check_lora(args.base, reqs[0])
         settings.update({k: getattr(reqs[0], k) for k in settings if k in reqs[0].model_fields_set})  # typed

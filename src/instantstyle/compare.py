@@ -3,7 +3,12 @@
 ``compare(model, style, prompts, out_dir, methods=...)`` writes ``grid.png`` (one column per method,
 labelled; one row per prompt), every single image (``singles/METHOD-PROMPTINDEX.png``, with its
 parameters embedded), and ``report.json`` / ``report.md`` with seconds per image and peak memory
-per method.
+per method, which methods ran and why any did not.
+
+StyleAligned and Visual Style Prompting need a description of the style image
+(``reference_prompt``). Without one, ``content_prompt`` (which names the reference's content for
+InstantStyle's subtraction) is used when given, and the report says so; otherwise those methods
+are left out with a one-line warning and a note in the report, and the rest still run.
 """
 
 from __future__ import annotations
@@ -51,8 +56,40 @@ def parse_methods(spec: str | Sequence[str] | None, has_lora: bool) -> list[str]
     return names
 
 
+@dataclass
+class Plan:
+    """What ``compare`` runs: the methods, per-method setting overrides, and what was left out and why."""
+
+    methods: list[str]
+    overrides: dict[str, dict]
+    skipped: dict[str, str]
+    notes: list[str]
+
+
+def plan(methods: Sequence[str], settings: dict) -> Plan:
+    """Derive a reference prompt where that is sound, else leave the methods that need one out."""
+    run, overrides, skipped, notes = [], {}, {}, []
+    for name in methods:
+        method = methods_mod.get(name)
+        if method.reference != "image" or (settings.get("reference_prompt") or "").strip():
+            run.append(name)
+        elif (settings.get("content_prompt") or "").strip():
+            run.append(name)
+            overrides[name] = {"reference_prompt": settings["content_prompt"]}
+        else:
+            skipped[name] = ("needs --reference-prompt TEXT describing the style image (or --content-prompt, "
+                             "which is used for it); not run")
+    derived = [n for n in overrides if "reference_prompt" in overrides[n]]
+    if derived:
+        notes.append(f"{', '.join(derived)}: reference prompt taken from --content-prompt "
+                     f"{settings['content_prompt']!r} (no --reference-prompt given)")
+    if not run:
+        raise InstantStyleError("compare: no method left to run: " + "; ".join(f"{n} {r}" for n, r in skipped.items()))
+    return Plan(run, overrides, skipped, notes)
+
+
 def build_requests(methods: Sequence[str], prompts: Sequence[str], style: str | None,
-                   settings: dict) -> dict[str, list[GenerateRequest]]:
+                   settings: dict, overrides: dict[str, dict] | None = None) -> dict[str, list[GenerateRequest]]:
     """One validated request per (method, prompt); fails before any model runs."""
     if not prompts:
         raise InstantStyleError("no --prompt given")
@@ -63,6 +100,7 @@ def build_requests(methods: Sequence[str], prompts: Sequence[str], style: str | 
     for name in methods:
         method = methods_mod.get(name)
         params = {k: v for k, v in settings.items() if k in COMMON or k in method.options}
+        params.update((overrides or {}).get(name, {}))
         if method.reference != "lora" and style is not None:
             params["style"] = [style]
         unused = sorted(k for k, v in settings.items() if k not in params and v is not None
@@ -148,12 +186,18 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
     """
     settings = dict(settings or {})
     # 1. Check everything before any model runs: methods, requests, the style image, the outputs.
-    methods = parse_methods(methods, bool(settings.get("lora")))
+    wanted = parse_methods(methods, bool(settings.get("lora")))
     if settings.get("seed") is None:
         settings["seed"] = secrets.randbelow(2**31)
     style_path = str(style) if not isinstance(style, Image.Image) else None
     reference = load_image(style, what="style image", max_pixels=model.styles.max_pixels)
-    requests = build_requests(methods, prompts, style_path, settings)
+    chosen = plan(wanted, settings)
+    methods = chosen.methods
+    for name, reason in chosen.skipped.items():
+        log(f"warning: {name} {reason}")
+    for note in chosen.notes:
+        log(f"note: {note}")
+    requests = build_requests(methods, prompts, style_path, settings, chosen.overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "singles").mkdir(exist_ok=True)
@@ -199,6 +243,7 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
         "settings": {k: v for k, v in settings.items() if v is not None}, "seed": settings["seed"],
         "models": model.ids, "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
         "methods": results, "grid": {"file": "grid.png", "columns": list(methods), "label_boxes": boxes},
+        "ran": list(methods), "not_run": dict(chosen.skipped), "notes": list(chosen.notes),
     }
     if scorer is not None:
         report["metrics"] = {"names": list(scorer.metrics), "models": scorer.ids}
@@ -225,6 +270,11 @@ def report_markdown(report: dict) -> str:
         summary = [{"method": r["method"], "n": r["images"], **r["metrics"]} for r in report["methods"]]
         lines += ["Scores (mean over the prompts, bootstrap 95% interval; docs/evaluation.md):", "",
                   *markdown_table(summary, names, key="method"), ""]
+    lines += [f"Ran: {', '.join(report['ran'])}.", ""]
+    if report["not_run"]:
+        lines += ["Not run:", *[f"- {name}: {reason}" for name, reason in report["not_run"].items()], ""]
+    if report["notes"]:
+        lines += ["Notes:", *[f"- {note}" for note in report["notes"]], ""]
     return "\n".join(lines)
 
 
