@@ -88,3 +88,33 @@ def test_plus_ddim_inversion_is_selectable_and_differs_from_renoise(tiny_model, 
     renoise = np.asarray(tiny_model.generate(**params)[0], dtype=np.float32)
     ddim = np.asarray(tiny_model.generate(**params, inversion="ddim")[0], dtype=np.float32)
     assert np.abs(renoise - ddim).max() > 2
+
+
+def test_plus_runs_on_an_adapter_pair_of_another_width(tiny_paths, content_images, style_images, tmp_path):
+    """The authors' pair (ip-adapter_sdxl_vit-h + models/image_encoder, 1024-d instead of bigG's 1280)
+    goes through --adapter / --image-encoder; here a tiny pair of another width (24 vs 32)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    from instantstyle import InstantStyle
+    from instantstyle.testing import tiny
+
+    cfg = tiny.tiny_vision_config()
+    cfg.projection_dim = 24
+    torch.manual_seed(5)
+    CLIPVisionModelWithProjection(cfg).eval().save_pretrained(tmp_path / "models" / "image_encoder")
+    unet = UNet2DConditionModel.from_pretrained(tiny_paths["base"], subfolder="unet")
+    sd = tiny.random_adapter_state_dict(unet, clip_dim=24, seed=9)
+    flat = {f"{part}.{k}": v.contiguous() for part in ("image_proj", "ip_adapter") for k, v in sd[part].items()}
+    save_file(flat, tmp_path / "ip-adapter_sdxl_vit-h.safetensors")
+    model = InstantStyle.from_pretrained(str(tiny_paths["base"]), str(tmp_path / "ip-adapter_sdxl_vit-h.safetensors"),
+                                         str(tmp_path / "models" / "image_encoder"), device="cpu", dtype="fp32",
+                                         cache_dir=None, progress=False)
+    assert model.adapter_info.clip_dim == 24
+    params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=1, seed=0,
+                  control=[f"tile={tiny_paths['controlnet_tile']}"])
+    red = np.asarray(model.generate(**params, style=[str(style_images["red"])])[0], dtype=np.float32)
+    blue = np.asarray(model.generate(**params, style=[str(style_images["blue"])])[0], dtype=np.float32)
+    assert red.shape == (80, 80, 3) and np.abs(red - blue).max() > 20  # both adapters run on it

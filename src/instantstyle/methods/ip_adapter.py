@@ -1,6 +1,10 @@
 """Plain IP-Adapter (arXiv 2308.06721, Sec. 3.2, decoupled cross-attention): the reference's image
 features enter every cross-attention layer at one scale -- InstantStyle's ``full`` preset, with no
 content subtraction. This is the "original IP-Adapter" InstantStyle's report compares against.
+
+Defaults, from tencent-ailab/IP-Adapter (Apache-2.0) and its SDXL demo: ``ip-adapter_sdxl`` with
+the ViT-bigG encoder, scale 1.0 in every cross-attention layer, the request's sampling settings
+(guidance 5, 30 steps by default).
 """
 
 from __future__ import annotations
