@@ -6,7 +6,7 @@ a few hundred pixels; the test trains at 192 px (a 96 x 96 latent, 2.3 s per bac
 fp16 path runs on the CPU with the same code as on CUDA (an fp16 UNet, fp32 LoRA weights,
 ``torch.amp.GradScaler``). Measured relative L2 error against fp32, with the scaler / with the
 plain ``loss.backward()`` the code had before: 192 px 0.7% / 62% (11% of the elements exactly
-zero); 256 px 0.5% / 72% (35% zero, 16 of the 32 LoRA tensors all-zero).
+zero); 256 px 0.5% / 72% (35% zero, 16 of the 64 LoRA tensors all-zero).
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ CHUNK = 64  # images decoded at a time while scoring
 # Request fields that identify an output; a reused file must match the request on all of them.
 IDENTITY = ("prompt", "negative_prompt", "method", "mode", "scale", "blocks", "content_prompt", "content_scale",
             "steps", "guidance", "seed", "width", "height", "scheduler", "reference_prompt", "attention_layers",
-            "share_group_norm", "shared_score_shift", "swap_start", "swap_end", "color_calibration", "lora_scale")
+            "share_group_norm", "shared_score_shift", "inversion_offset", "style_description", "swap_start", "swap_end",
+            "color_calibration", "lora_scale")
 
 
 @dataclass
