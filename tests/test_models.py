@@ -35,7 +35,8 @@ def test_parse_source():
     assert models.parse_source("tiny").is_tiny
     s = models.parse_source("h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors")
     assert (s.repo_id, s.subpath) == ("h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.safetensors")
-    assert "hf download h94/IP-Adapter --include 'sdxl_models/ip-adapter_sdxl.safetensors*'" == s.fetch_command()
+    assert s.fetch_command() == "instantstyle download adapter"  # a default model: its download feature
+    assert models.parse_source("me/x/a.safetensors").fetch_command() == "instantstyle download me/x/a.safetensors"
     assert models.parse_source("./models/sdxl").local == Path("models/sdxl")
     with pytest.raises(InstantStyleError, match="neither an existing path nor a Hub id"):
         models.parse_source("sdxl")
@@ -60,15 +61,17 @@ def test_generate_from_the_hub_cache_offline(tmp_path, tiny_paths, style_images)
     res = subprocess.run(cmd[:-1] + [str(tmp_path / "p.png")], env=env, capture_output=True, text=True, timeout=240,
                          cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0
-    assert "not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set" in res.stderr
-    assert "hf download h94/IP-Adapter --include 'sdxl_models/ip-adapter_sdxl.safetensors*'" in res.stderr
+    lines = res.stderr.strip().splitlines()  # the pre-flight: one line per missing piece, then the fix
+    assert [x for x in lines if "is not in the Hugging Face cache" in x] == [
+        "  - IP-Adapter 'h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors' is not in the Hugging Face cache",
+        "  - image encoder 'h94/IP-Adapter/sdxl_models/image_encoder' is not in the Hugging Face cache"]
+    assert "fetch them with: instantstyle download adapter (HF_HUB_OFFLINE=1 is set" in res.stderr
 
 
 def test_missing_base_names_the_fetch_command(tiny_paths):
     from instantstyle import InstantStyle
 
-    with pytest.raises(ModelNotFoundError, match="hf download stabilityai/stable-diffusion-xl-base-1.0"):
+    with pytest.raises(ModelNotFoundError, match="fetch it with: instantstyle download base"):
         InstantStyle.from_pretrained(models.DEFAULT_BASE, str(tiny_paths["adapter"]), str(tiny_paths["image_encoder"]),
                                      device="cpu", cache_dir=None)
 

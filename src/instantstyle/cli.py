@@ -1,4 +1,4 @@
-"""Command line: ``instantstyle generate | stylize | blocks | style | serve | compare | train-blora | make-tiny | train-adapter | eval | probe-blocks``.
+"""Command line: ``instantstyle generate | stylize | blocks | style | serve | compare | train-blora | make-tiny | train-adapter | eval | probe-blocks | download``.
 
 A thin front end: it parses flags into the shared ``GenerateRequest``, calls the library and
 writes files. Bad input exits with status 2 and one line ``instantstyle: error: ...`` (the
@@ -30,11 +30,11 @@ examples:
       --blocks up_blocks.0.attentions.1=1.0,down_blocks.2.attentions.1=0.5
 
   # the baselines, and all methods side by side (see docs/comparing.md)
-  instantstyle generate --method style-aligned --style ref.png --reference-prompt "a watercolour harbour" \
+  instantstyle generate --method style-aligned --style ref.png --reference-prompt "a watercolour harbour" \\
       --prompt "a lighthouse, watercolour" --out sa.png
   instantstyle train-blora --image ref.png --out blora/
   instantstyle generate --method b-lora --lora blora/ --prompt "a lighthouse" --out bl.png
-  instantstyle compare --style ref.png --prompt "a lighthouse" --prompt "a cat" \
+  instantstyle compare --style ref.png --prompt "a lighthouse" --prompt "a cat" \\
       --reference-prompt "a watercolour harbour" --out cmp/
 
   # two references mixed 70/30, saved once and reused
@@ -92,7 +92,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -
     g.add_argument("--image-encoder", default=None,
                    help=f"CLIPVisionModelWithProjection directory (default: {models.DEFAULT_IMAGE_ENCODER})")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    g.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
+    g.add_argument("--dtype", default=None, choices=DTYPES,
                    help="default: fp16 on cuda/mps, fp32 on cpu")
     if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
         g.add_argument("--speed", default="auto",
@@ -256,13 +256,34 @@ def _method_params(args) -> dict:
     return {f: getattr(args, f) for f in METHOD_FIELDS if getattr(args, f, None) is not None}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem, a "did you mean" for a misspelt choice, where to
+    look; no usage dump (``--help`` shows it)."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        hint = ""
+        match = re.search(r"invalid choice: '?([^' ]+)'? \(choose from (.*)\)", message)
+        if match:
+            choices = [c.strip().strip("'\"") for c in match.group(2).split(",")]
+            close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
+            message = f"{message.split(' (choose from')[0]}; choose from {', '.join(choices)}"
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}{hint}; see `{self.prog} --help`\n")
+
+
+DTYPES = ["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]  # models.device_and_dtype reads each
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import MODES, SCHEDULERS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="instantstyle",
         description="Text-to-image in the style of reference images on SDXL (InstantStyle, arXiv 2404.02733): "
         "the reference's CLIP features go only into the style blocks, and its content can be subtracted.",
@@ -314,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--weights", nargs="+", default=None, metavar="W", help="one weight per image")
     save.add_argument("--overwrite", action="store_true")
     save.add_argument("--styles-dir", default=None, help="default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles")
+    save.add_argument("--base", default=None,
+                      help="tiny: encode with the tiny model's image encoder (as generate --base tiny); otherwise "
+                           "the styles depend only on --image-encoder")
     _add_model_args(save, encoder_only=True)
     ls = st_sub.add_parser("list", parents=[common], help="list saved styles")
     ls.add_argument("--styles-dir", default=None)
@@ -437,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--base", default=None, help="SDXL base model (default: stabilityai/stable-diffusion-xl-base-1.0)")
     tb.add_argument("--variant", default=None, help="weights variant to fetch, e.g. fp16")
     tb.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    tb.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
+    tb.add_argument("--dtype", default=None, choices=DTYPES,
                     help="base weights dtype (default: fp16 on cuda/mps, fp32 on cpu); LoRA weights train in fp32; "
                          "fp16 scales the loss (torch.amp.GradScaler)")
 
@@ -455,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_metric_args(c, with_metrics_flag=True)  # compare --metrics
     add_parsers(sub, common, _add_model_args)
+
+    # download ----------------------------------------------------------------------
+    from .cli_download import add_parser as add_download_parser
+
+    add_download_parser(sub, common)
     return parser
 
 
@@ -489,19 +518,34 @@ def _add_train_parser(sub, common) -> None:
 # ---------------------------------------------------------------------- commands
 
 
-def _output_paths(out: str, n: int, seed: int, overwrite: bool) -> list[Path]:
-    from .images import check_output_path
-
+def _output_names(out: str, n: int, seed: int) -> list[Path]:
+    """The files ``--out`` names: PATH, PATH-0.png ... for a batch, DIR/instantstyle-SEED-I.png for a folder."""
     path = Path(out)
     if out.endswith(("/", "\\")) or path.is_dir():
-        if not path.is_dir():
-            raise InstantStyleError(f"output directory '{path}' does not exist; create it first")
-        paths = [path / f"instantstyle-{seed}-{i}.png" for i in range(n)]
-    else:
-        if path.suffix.lower() != ".png":
-            raise InstantStyleError(f"--out '{out}': outputs are PNG files; use a name ending in .png")
-        paths = [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
+        return [path / f"instantstyle-{seed}-{i}.png" for i in range(n)]
+    if path.suffix.lower() != ".png":
+        raise InstantStyleError(f"--out '{out}': outputs are PNG files; use a name ending in .png, or end it "
+                                "with / for a folder")
+    return [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
+
+
+def _output_paths(out: str, n: int, seed: int, overwrite: bool) -> list[Path]:
+    """Checked output files; a folder given as ``DIR/`` that does not exist yet is created when writing."""
+    from .images import check_output_path
+
+    paths = _output_names(out, n, seed)
+    if not paths[0].parent.exists() and out.endswith(("/", "\\")):
+        return paths  # a new folder: nothing in it can be overwritten
     return [check_output_path(p, overwrite=overwrite) for p in paths]
+
+
+TRYOUT = "or try the commands without weights first: add --base tiny (a random-weight model; its images are noise)"
+
+
+def _input_files(req) -> dict[str, list[str]]:
+    """The files a request reads, by flag (an output must not be one of them)."""
+    return {"--style": [s for s in req.style if not s.startswith("@")], "--content": [req.content],
+            "--mask": [req.mask], "--style-mask": req.style_masks, "--control-image": req.control_image}
 
 
 def _check_blocks(base: str, req) -> None:
@@ -538,36 +582,70 @@ def _check_lora(base: str, req) -> None:
     read_info(req.lora, config)
 
 
-def _quiet_libraries() -> None:
-    """Library chatter (deprecation notes, backend fallbacks) is not for CLI users; --debug keeps it."""
+def _quiet_libraries(load: bool = False) -> None:
+    """Library chatter (deprecation notes, backend fallbacks) is not for CLI users; --debug keeps it.
+
+    Environment and ``logging`` settings only, unless ``load``: importing diffusers takes seconds,
+    and the pre-flight must answer before that (``_preflight`` calls this again with ``load``).
+    """
     import logging
+    import os
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when the libraries are imported
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
-
-        dlog.set_verbosity_error()
-        tlog.set_verbosity_error()
-    except ImportError:
-        pass
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        if load or module in sys.modules:
+            try:
+                __import__(module, fromlist=["set_verbosity_error"]).set_verbosity_error()
+            except ImportError:
+                pass
 
 
-def _no_progress_bars() -> None:
+def _no_progress_bars(load: bool = False) -> None:
     import os
 
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    try:
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        if load or module in sys.modules:
+            try:
+                __import__(module, fromlist=["disable_progress_bar"]).disable_progress_bar()
+            except (ImportError, AttributeError):
+                pass
 
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-    except (ImportError, AttributeError):
-        pass
+
+def _preflight(args, checks=(), needs=(), *, tryout: str | None = None) -> None:
+    """``preflight.run``, then the library settings that need the libraries imported."""
+    from . import preflight
+
+    preflight.run(checks, needs, tryout=tryout)
+    if not args.debug:
+        _quiet_libraries(load=True)
+    if getattr(args, "quiet", False):
+        _no_progress_bars(load=True)
+
+
+def _one_line_warnings() -> None:
+    """Our own warnings (e.g. a prompt that will be cut) as ``instantstyle: warning: ...``."""
+    import warnings
+
+    from .errors import InstantStyleWarning
+
+    default = warnings.showwarning
+    if getattr(default, "instantstyle", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InstantStyleWarning):
+            print(f"instantstyle: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.instantstyle = True
+    warnings.showwarning = show
 
 
 def cmd_generate(args) -> int:
@@ -600,18 +678,26 @@ def cmd_generate(args) -> int:
     req = make_request(**{k: v for k, v in params.items() if v is not None and v != []})
     if not req.style and req.method != "b-lora":
         raise InstantStyleError("no style image given; pass --style IMAGE (or --style @NAME of a saved style)")
-    paths = _output_paths(args.out, req.num_images, req.seed, args.overwrite)
-    _check_blocks(args.base, req)
-    _check_lora(args.base, req)
+    # Every local input and every model piece, all at once, before any model loads (preflight.py).
+    from . import preflight
     from .embeddings import load_style
     from .images import load_image
-
-    for ref in req.style:  # fail on a bad reference before loading gigabytes of weights
-        load_style(ref) if ref.startswith("@") else load_image(ref, what="style image",
-                                                               max_pixels=args.max_pixels or 40_000_000)
     from .pipelines.stylize import precheck
 
-    precheck(req, args.base, args.max_pixels or 40_000_000)  # content, masks, ControlNet configs
+    max_pixels = args.max_pixels or 40_000_000
+    paths: list[Path] = []
+    checks = [lambda: preflight.check_outputs_are_not_inputs(_output_names(args.out, req.num_images, req.seed),
+                                                             _input_files(req), flags=True),
+              lambda: paths.extend(_output_paths(args.out, req.num_images, req.seed, args.overwrite))]
+    checks += [(lambda ref=ref: load_style(ref) if ref.startswith("@") else
+                load_image(ref, what="style image", max_pixels=max_pixels)) for ref in req.style]
+    checks.append(lambda: precheck(req, args.base, max_pixels, controlnets=False))  # content, masks, control images
+    needs = preflight.needs_for_model(args.base, args.adapter, args.image_encoder, controls=req.control,
+                                      content_text_encoder=args.content_text_encoder)
+    _preflight(args, checks, needs, tryout=TRYOUT)
+    _check_blocks(args.base, req)
+    _check_lora(args.base, req)
+    precheck(req, args.base, max_pixels, images=False)  # each ControlNet's config against the base's UNet
 
     # 2. Load models, 3. generate, 4. write atomically.
     from .images import save_png
@@ -626,6 +712,7 @@ def cmd_generate(args) -> int:
     if args.max_pixels:
         model.styles.max_pixels = args.max_pixels
     images = model.generate(req)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)  # --out DIR/ names a folder to create
     for image, path in zip(images, paths, strict=True):
         save_png(image, path, overwrite=args.overwrite)
         print(path)
@@ -633,9 +720,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_blocks(args) -> int:
-    from . import blocks, models
+    from . import blocks, models, preflight
 
     base = args.base or models.DEFAULT_BASE
+    _preflight(args, needs=[preflight.Need("base model", base, "unet-config")], tryout=TRYOUT)
     config = models.load_unet_config(base)
     modules = blocks.discover(models.meta_unet(config))
     rows = blocks.describe(modules, sample_size=config.get("sample_size"))
@@ -673,7 +761,8 @@ def cmd_style(args) -> int:
         embeddings.delete_style(args.name, directory)
         return 0
     # save
-    from . import models
+    from . import models, preflight
+    from .images import load_image
 
     embeddings.style_path(args.name, directory)  # validate the name before loading the encoder
     weights = None
@@ -682,8 +771,10 @@ def cmd_style(args) -> int:
             weights = [float(w) for w in args.weights]
         except ValueError:
             raise InstantStyleError(f"--weights {args.weights}: weights must be numbers") from None
-    encoder, extractor, encoder_id = models.load_style_encoder(
-        args.image_encoder or models.DEFAULT_IMAGE_ENCODER, args.device, args.dtype)
+    spec = args.image_encoder or (models.TINY if args.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
+    _preflight(args, [lambda: [load_image(p, what="style image") for p in args.images]],
+               preflight.needs_for_encoder(spec), tryout=TRYOUT)
+    encoder, extractor, encoder_id = models.load_style_encoder(spec, args.device, args.dtype)
     enc = embeddings.StyleEncoder(encoder, extractor, encoder_id, embeddings.EmbeddingCache(embeddings.cache_dir()),
                                   styles_directory=directory)
     style = enc.encode(args.images, weights)
@@ -722,6 +813,12 @@ def cmd_serve(args) -> int:
             raise InstantStyleError(f"--controlnet {entry!r}: give NAME=REF, e.g. depth=diffusers/controlnet-depth-sdxl-1.0")
         controlnets[name.strip()] = ref.strip()
     check_controlnet_names(controlnets)
+    from . import preflight
+
+    _preflight(args, needs=preflight.needs_for_model(args.base, args.adapter, args.image_encoder,
+                                                     content_text_encoder=args.content_text_encoder)
+               + [preflight.Need("ControlNet", ref, "controlnet") for ref in controlnets.values()],
+               tryout=TRYOUT.replace("the commands", "the server"))
     api_key = args.api_key or os.environ.get("INSTANTSTYLE_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
@@ -771,11 +868,14 @@ def cmd_compare(args) -> int:
     settings.update(_method_params(args))
     settings.setdefault("seed", str(secrets.randbelow(2**31)))
     methods = parse_methods(args.methods, bool(settings.get("lora")))
+    from . import preflight
     from .images import load_image
 
-    load_image(args.style, what="style image")
     chosen = plan(methods, settings)
     requests = build_requests(chosen.methods, args.prompt, args.style, settings, chosen.overrides)
+    _preflight(args, [lambda: load_image(args.style, what="style image")],
+               preflight.needs_for_model(args.base, args.adapter, args.image_encoder,
+                                         content_text_encoder=args.content_text_encoder), tryout=TRYOUT)
     for reqs in requests.values():
         _check_lora(args.base, reqs[0])
         settings.update({k: getattr(reqs[0], k) for k in settings if k in reqs[0].model_fields_set})  # typed
@@ -801,17 +901,19 @@ def cmd_compare(args) -> int:
 
 
 def cmd_train_blora(args) -> int:
-    from . import models
+    from . import models, preflight
     from .images import load_image
     from .methods import b_lora
 
-    # 1. Check the image and the output directory before loading the base model.
+    # 1. Check the image, the base model and the output directory before loading the base model.
+    base = args.base or models.DEFAULT_BASE
+    _preflight(args, [lambda: load_image(args.image, what="B-LoRA image")], preflight.needs_for_base(base),
+               tryout=TRYOUT)
     image = load_image(args.image, what="B-LoRA image")
     out = Path(args.out)
     if not args.resume and out.exists() and any(out.iterdir()):
         raise InstantStyleError(f"--out '{out}' is not empty; pass --resume to continue its training or choose a new directory")
     # 2. Load the base (no IP-Adapter needed), 3. train, 4. report.
-    base = args.base or models.DEFAULT_BASE
     dev, dt = models.device_and_dtype(args.device, args.dtype)
     if base == models.TINY:
         from .testing.tiny import build_tiny
@@ -840,10 +942,14 @@ def cmd_make_tiny(args) -> int:
 
 
 def cmd_train_adapter(args) -> int:
+    from . import models, preflight
     from .training.adapter_trainer import train_adapter
     from .training.config import config_from_args
 
-    result = train_adapter(config_from_args(args), progress=not args.quiet)
+    config = config_from_args(args)
+    encoder = config.image_encoder or (models.TINY if config.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
+    _preflight(args, needs=preflight.needs_for_base(config.base) + preflight.needs_for_encoder(encoder), tryout=TRYOUT)
+    result = train_adapter(config, progress=not args.quiet)
     if result.adapter is not None:
         print(result.adapter)
     return 0
@@ -851,7 +957,26 @@ def cmd_train_adapter(args) -> int:
 
 COMMANDS = {"generate": cmd_generate, "stylize": cmd_generate, "blocks": cmd_blocks, "style": cmd_style,
             "serve": cmd_serve, "compare": cmd_compare, "train-blora": cmd_train_blora, "make-tiny": cmd_make_tiny,
-            "train-adapter": cmd_train_adapter}
+            "train-adapter": cmd_train_adapter, "download": lambda args: _download(args)}
+
+
+def _download(args) -> int:
+    from .cli_download import cmd_download
+
+    return cmd_download(args)
+
+
+# The library's errors name its parameters; on the command line the same advice names the flag.
+_LIBRARY_TO_FLAGS = {r"\boverwrite=True\b": "--overwrite", r"\bresume='latest'": "--resume latest",
+                     r"\bmax_steps\b": "--max-steps", r"\bout '": "--out '", r"\banother out\b": "another --out"}
+
+
+def _flag_names(message: str) -> str:
+    import re
+
+    for library, flag in _LIBRARY_TO_FLAGS.items():
+        message = re.sub(library, flag, message)
+    return message
 
 
 def cmd_eval(args) -> int:
@@ -874,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         _quiet_libraries()
+    _one_line_warnings()
     if getattr(args, "quiet", False):
         _no_progress_bars()
     try:
@@ -881,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     except InstantStyleError as exc:
         if args.debug:
             raise
-        print(f"instantstyle: error: {exc}", file=sys.stderr)
+        print(f"instantstyle: error: {_flag_names(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("instantstyle: interrupted", file=sys.stderr)

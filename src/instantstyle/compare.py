@@ -107,7 +107,11 @@ def build_requests(methods: Sequence[str], prompts: Sequence[str], style: str | 
                         and not any(k in methods_mod.METHODS[m].options for m in methods))
         if unused:
             raise InstantStyleError(f"compare: {', '.join(unused)} is read by none of --methods {','.join(methods)}")
-        out[name] = [make_request(prompt=p, method=name, num_images=1, **params) for p in prompts]
+        try:
+            out[name] = [make_request(prompt=p, method=name, num_images=1, **params) for p in prompts]
+        except InstantStyleError as exc:  # compare has --methods, not --method
+            why = str(exc).removeprefix("request: ").replace(f"--method {name} ", "")
+            raise InstantStyleError(f"compare, method {name}: {why}") from None
     return out
 
 

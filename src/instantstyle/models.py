@@ -44,9 +44,12 @@ class Source:
         return self.spec == TINY
 
     def fetch_command(self) -> str:
+        """``instantstyle download NAME`` for a model of the download table, else ``... REF``."""
         if self.repo_id is None:
             return ""
-        return f"hf download {self.repo_id}" + (f" --include '{self.subpath}*'" if self.subpath else "")
+        from .download import command_for, feature_for_reference
+
+        return command_for([feature_for_reference(self.spec) or self.spec])
 
 
 def parse_source(spec: str | os.PathLike) -> Source:
@@ -72,7 +75,12 @@ def canonical_id(spec: str) -> str:
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it (also when switched on by ``preflight.go_offline``)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def missing(what: str, src: Source, detail: str = "") -> ModelNotFoundError:
@@ -147,6 +155,7 @@ def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None
         target = str(src.local)
     else:
         target = src.repo_id if not src.subpath else src.spec
+    variant = variant or only_variant(src)
     try:
         kwargs = {"dtype": dtype}
         if variant:
@@ -214,6 +223,25 @@ def _write_vae_config(base_vae, directory: Path) -> str | None:
     config = {k: v for k, v in dict(base_vae.config).items() if not k.startswith("_")}
     (directory / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config}))
     return str(directory)
+
+
+def only_variant(src: Source) -> str | None:
+    """``fp16`` when the base's UNet is on disk (folder or Hub cache) only as fp16 weights.
+
+    ``instantstyle download base`` fetches the fp16 files only; loading them then needs no
+    ``--variant fp16``. None when the plain weights exist, or nothing is on disk yet.
+    """
+    def present(rel: str) -> bool:
+        if src.local is not None:
+            return (src.local / rel).is_file()
+        from .download import cached_file
+
+        prefix = f"{src.subpath.rstrip('/')}/" if src.subpath else ""
+        return cached_file(src.repo_id, prefix + rel) is not None
+
+    plain = any(present(f"unet/diffusion_pytorch_model.{ext}") for ext in ("safetensors", "bin"))
+    fp16 = any(present(f"unet/diffusion_pytorch_model.fp16.{ext}") for ext in ("safetensors", "bin"))
+    return "fp16" if fp16 and not plain else None
 
 
 def image_processor(size: int):

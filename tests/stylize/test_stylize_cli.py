@@ -121,4 +121,4 @@ def test_canny_and_control_parsing():
 
 def test_missing_hub_controlnet_names_the_fetch_command(run, style_images, content_images):
     code, err, path = run(*generate(style_images, content_images, "--control", "canny=nobody/no-such-controlnet"))
-    assert code == 2 and "hf download nobody/no-such-controlnet" in err and not path.exists()
+    assert code == 2 and "instantstyle download nobody/no-such-controlnet" in err and not path.exists()

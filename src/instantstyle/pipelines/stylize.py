@@ -137,14 +137,26 @@ def _check_same_size(mask: Image.Image, content: Image.Image, label: str) -> Non
         )
 
 
-def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXELS, *, images: bool = True,
+             controlnets: bool = True) -> None:
     """Every check that needs no weights, for the CLI to run before loading gigabytes.
 
-    Content / mask / control images (existence, pixel limit, mask channels and size) and each
-    ControlNet's config against the base UNet's config (kilobytes).
+    ``images``: content / mask / control images (existence, pixel limit, mask channels and size);
+    ``controlnets``: each ControlNet's config against the base UNet's config (kilobytes).
     """
-    from .. import models
+    if images:
+        _precheck_images(req, max_pixels)
+    if controlnets and req.control:
+        from .. import models
 
+        unet_config = models.load_unet_config(base)
+        for entry in req.control:
+            spec = control_mod.parse_control(entry, tiny=base == models.TINY)
+            if spec.model != models.TINY:
+                control_mod.check_compatible(control_mod.read_config(spec.model), unet_config, spec.model)
+
+
+def _precheck_images(req: GenerateRequest, max_pixels: int) -> None:
     content = load_image(req.content, what="content image", max_pixels=max_pixels) if req.content else None
     masks = ([("mask", req.mask)] if req.mask else []) + [(f"style mask {i + 1}", m) for i, m in
                                                           enumerate(req.style_masks)]
@@ -155,12 +167,6 @@ def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXE
     for path in req.control_image:
         if path is not None:
             load_image(path, what="control image", max_pixels=max_pixels)
-    if req.control:
-        unet_config = models.load_unet_config(base)
-        for entry in req.control:
-            spec = control_mod.parse_control(entry, tiny=base == models.TINY)
-            if spec.model != models.TINY:
-                control_mod.check_compatible(control_mod.read_config(spec.model), unet_config, spec.model)
 
 
 def load_inputs(model, req: GenerateRequest, *, content_image=None, mask_image=None, style_masks=None,
