@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InstantStyleError
+from .files import user_mode
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; far above anything SDXL or CLIP consume
 METADATA_KEY = "instantstyle"  # PNG iTXt chunk holding the full parameters as JSON
@@ -33,6 +34,10 @@ def load_image(
     label = f"{what} ({len(source)} bytes)" if isinstance(source, bytes) else f"{what} '{source}'"
     if not isinstance(source, bytes):
         path = Path(source)
+        if str(source).lower().startswith(("http://", "https://", "ftp://")):
+            raise InstantStyleError(f"{label} is a URL; images are read from local files: download it first")
+        if path.is_dir():
+            raise InstantStyleError(f"{label} is a directory; give an image file in it")
         if not path.is_file():
             raise InstantStyleError(f"{label} does not exist; check the path")
         data = path.read_bytes()
@@ -78,27 +83,10 @@ def image_hash(image: Image.Image) -> str:
 
 
 def a1111_parameters(params: dict) -> str:
-    """The ``parameters`` text other SD tools (A1111, Civitai, ComfyUI readers) show."""
-    lines = [params.get("prompt", "")]
-    if params.get("negative_prompt"):
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
-    fields = {
-        "Steps": params.get("steps"),
-        "Sampler": params.get("scheduler"),
-        "CFG scale": params.get("guidance"),
-        "Seed": params.get("seed"),
-        "Size": f"{params.get('width')}x{params.get('height')}",
-        "Model": params.get("base"),
-        "IP-Adapter": params.get("adapter"),
-        "InstantStyle method": params.get("method"),
-        "InstantStyle mode": params.get("mode"),
-        "InstantStyle scale": params.get("scale"),
-        "InstantStyle blocks": params.get("blocks"),
-        "Content prompt": params.get("content_prompt"),
-        "Content scale": params.get("content_scale"),
-    }
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v not in (None, "")))
-    return "\n".join(lines)
+    """The ``parameters`` text other SD tools (A1111, Civitai, ComfyUI readers) show (``provenance``)."""
+    from .provenance import a1111_parameters as text
+
+    return text(params)
 
 
 def attach_metadata(image: Image.Image, params: dict) -> Image.Image:
@@ -133,7 +121,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = False) -> Pa
     if not path.parent.is_dir():
         raise InstantStyleError(f"output directory '{path.parent}' does not exist; create it first")
     if path.exists() and not overwrite:
-        raise InstantStyleError(f"output '{path}' already exists; pass --overwrite or choose another name")
+        raise InstantStyleError(f"output '{path}' already exists; pass overwrite=True or choose another name")
     return path
 
 
@@ -146,6 +134,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, *, overwrite: bool = F
     path = check_output_path(path, overwrite=overwrite)
     data = png_bytes(image)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    user_mode(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -157,7 +146,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, *, overwrite: bool = F
             try:
                 os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
             except FileExistsError:
-                raise InstantStyleError(f"output '{path}' already exists; pass --overwrite") from None
+                raise InstantStyleError(f"output '{path}' already exists; pass overwrite=True") from None
             except OSError:  # filesystems without hard links
                 os.replace(tmp, path)
     finally:

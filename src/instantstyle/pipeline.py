@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import adapter as adapter_mod
-from . import blocks, embeddings, fastpath, models
+from . import blocks, embeddings, fastpath, models, prompts
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
 from .fast import cfg as fast_cfg
@@ -42,9 +42,13 @@ class Prepared:
     style_hashes: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)  # recorded in every output
 
-    def generator(self) -> torch.Generator:
-        # diffusers' meaning of a seed: a CPU generator, so images match across devices.
-        return torch.Generator("cpu").manual_seed(self.seed)
+    def generator(self) -> torch.Generator | list[torch.Generator]:
+        """diffusers' meaning of a seed: a CPU generator, so images match across devices. In a batch,
+        image i gets its own generator seeded ``seed + i`` (as A1111), so it is reproducible alone."""
+        n = self.request.num_images
+        if n == 1:
+            return torch.Generator("cpu").manual_seed(self.seed)
+        return [torch.Generator("cpu").manual_seed(self.seed + i) for i in range(n)]
 
 
 class InstantStyle:
@@ -255,6 +259,8 @@ class InstantStyle:
         if width % unit or height % unit:
             raise InstantStyleError(f"--width/--height {width}x{height}: must be multiples of {unit} for this model")
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        prompts.warn_if_truncated(self.pipe.tokenizer, {"prompt": req.prompt, "negative prompt": req.negative_prompt,
+                                                        "content prompt": req.content_prompt})
         # 3. Style embedding in CLIP space: encode (cached), combine, subtract content.
         refs = list(style_images or []) + list(req.style)
         style = self.encode_style(refs, req.style_weights)
@@ -276,6 +282,8 @@ class InstantStyle:
             **self.ids,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "speed": self.speed.as_dict(),  # fp8 changes the picture
+            "memory": self.memory,  # low/lowest tile the VAE decode
             "versions": _versions(),
         }
         params["style"] = [str(s) for s in req.style] + [f"<image {h[:12]}>" for h in
@@ -391,7 +399,8 @@ class InstantStyle:
         if output_type == "pil":
             approx = speed.approximations()
             for i, image in enumerate(images):
-                attach_metadata(image, {**prep.params, **({"approximations": approx} if approx else {}), "index": i})
+                attach_metadata(image, {**prep.params, **({"approximations": approx} if approx else {}), "index": i,
+                                        "image_seed": prep.seed + i})
         return images
 
 

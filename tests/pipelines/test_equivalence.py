@@ -28,7 +28,10 @@ def stock(tiny_paths, tiny_model):
 
 
 def stock_run(pipe, seed=0, n=1, **kw):
-    return pipe(prompt="a cat", num_inference_steps=STEPS, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(seed),
+    # A batch: one generator per image, seeded seed + i (our meaning of a batch's seeds, as A1111's).
+    gen = torch.Generator("cpu").manual_seed(seed) if n == 1 else \
+        [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+    return pipe(prompt="a cat", num_inference_steps=STEPS, guidance_scale=5.0, generator=gen,
                 num_images_per_prompt=n, output_type="np", **kw).images
 
 

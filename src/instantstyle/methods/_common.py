@@ -33,6 +33,10 @@ def setup(model, req) -> Setup:
     if width % unit or height % unit:
         raise InstantStyleError(f"--width/--height {width}x{height}: must be multiples of {unit} for this model")
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    from ..prompts import warn_if_truncated
+
+    warn_if_truncated(model.pipe.tokenizer, {"prompt": req.prompt, "negative prompt": req.negative_prompt,
+                                             "reference prompt": req.reference_prompt})
     return Setup(seed, width, height)
 
 
@@ -141,6 +145,8 @@ def finish(model, req, images: list[Image.Image], st: Setup, *, reference: Image
         **model.ids,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
+        "speed": model.speed.as_dict(),
+        "memory": model.memory,
         "versions": _versions(),
         **(extra or {}),
     }
