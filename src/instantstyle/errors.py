@@ -9,3 +9,7 @@ class InstantStyleError(Exception):
 
 class ModelNotFoundError(InstantStyleError):
     """A model (base, adapter, encoder, ControlNet) is neither local nor in the Hub cache."""
+
+
+class InstantStyleWarning(UserWarning):
+    """Something the user should know (the CLI prints it as one ``instantstyle: warning:`` line)."""
