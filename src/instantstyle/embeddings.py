@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import InstantStyleError
+from .files import user_mode
 
 COMBINE_MODES = ("mean", "concat")
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -131,6 +132,7 @@ class EmbeddingCache:
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             os.close(fd)
             save_file({"embeds": value}, tmp)
+            user_mode(tmp)  # mkstemp made it 0600
             os.replace(tmp, self.directory / f"{key}.safetensors")
 
     def _remember(self, key: str, value: torch.Tensor) -> None:
@@ -268,13 +270,14 @@ def save_style(style: Style, name: str, directory: str | Path | None = None, ove
 
     path = style_path(name, directory)
     if path.exists() and not overwrite:
-        raise InstantStyleError(f"style '{name}' already exists at {path}; pass --overwrite to replace it")
+        raise InstantStyleError(f"style '{name}' already exists at {path}; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     style.name = name
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
         save_file({"embeds": style.embeds.contiguous().float()}, tmp, metadata=style.metadata())
+        user_mode(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

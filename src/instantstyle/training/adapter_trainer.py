@@ -39,11 +39,14 @@ import torch.nn.functional as F
 
 from .. import models
 from ..errors import InstantStyleError
+from ..files import user_mode
 from . import data as data_mod
 from . import layers
 from .config import TrainConfig, make_config
 
 CHECKPOINTS = "checkpoints"
+# What a run leaves before its first complete checkpoint: starting it again loses nothing.
+_RESTARTABLE = {"train_config.json", "train_log.jsonl", CHECKPOINTS}
 DONE_MARKER = "trainer_state.json"
 ADAPTER_NAME = "adapter.safetensors"
 
@@ -142,6 +145,7 @@ class TrainCache:
         os.close(fd)
         try:
             save_file({k: v.detach().cpu().contiguous() for k, v in value.items()}, tmp)
+            user_mode(tmp)  # mkstemp made it 0600
             os.replace(tmp, p)
         finally:
             if os.path.exists(tmp):
@@ -167,13 +171,31 @@ class AdapterTrainer:
             (self._log or (lambda m: print(f"instantstyle: {m}", flush=True)))(msg)
 
     def _check_out(self) -> None:
+        """Never lose work: a finished or started run in ``out`` is continued or refused, not overwritten."""
         ck = self.out / CHECKPOINTS
         existing = sorted(ck.glob("checkpoint-*")) if ck.is_dir() else []
-        if self.config.resume is None and (existing or (self.out / ADAPTER_NAME).exists()):
+        adapter = self.out / ADAPTER_NAME
+        if self.config.resume is None and (existing or adapter.exists()):
             raise InstantStyleError(
-                f"--out '{self.out}' already holds a training run; pass --resume latest to continue it, "
-                "or choose another --out"
+                f"out '{self.out}' already holds a training run; resume it (resume='latest') or choose another out"
             )
+        if self.config.resume != "latest":
+            return
+        latest = latest_checkpoint(self.out)
+        if latest is None:
+            leftovers = sorted(p.name for p in self.out.iterdir() if p.name not in _RESTARTABLE) \
+                if self.out.is_dir() else []
+            if adapter.exists() or leftovers:
+                raise InstantStyleError(
+                    f"resume='latest': out '{self.out}' holds no complete checkpoint to resume from but "
+                    f"{'a finished adapter' if adapter.exists() else ', '.join(leftovers[:3])}; nothing was "
+                    "changed: choose another out to train again")
+            return
+        step = int(json.loads((latest / DONE_MARKER).read_text())["global_step"])
+        if step >= self.config.max_steps and adapter.exists():
+            raise InstantStyleError(
+                f"resume='latest': the run in '{self.out}' is finished (step {step} of max_steps "
+                f"{self.config.max_steps}); nothing was changed: raise max_steps to train further")
 
     def setup(self) -> None:
         from accelerate import Accelerator
@@ -192,14 +214,17 @@ class AdapterTrainer:
 
         # 1. Data first: an empty or missing dataset stops before any model loads.
         self.source = data_mod.open_source(cfg.data)
-        self.stream = data_mod.SampleStream(self.source, cfg.resolution, cfg.seed, acc.process_index,
-                                            acc.num_processes, log=self.log)
         self.log(f"data: {self.source.description}"
                  + (f" ({self.source.stats.summary()})" if self.source.stats.skipped else ""))
 
-        # 2. Frozen models.
+        # 2. Frozen models; the training size defaults to the base model's native size.
         set_seed(cfg.seed, device_specific=True)
         self._load_models()
+        if cfg.resolution is None:
+            native = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+            self.config = cfg = cfg.model_copy(update={"resolution": native})  # recorded in train_config.json
+        self.stream = data_mod.SampleStream(self.source, cfg.resolution, cfg.seed, acc.process_index,
+                                            acc.num_processes, log=self.log)
 
         # 3. Trainable layers on the chosen blocks.
         unet = self.unet
@@ -242,19 +267,20 @@ class AdapterTrainer:
 
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.empty_prompt, self.empty_pooled = self._encode_text([""])
-        model_key = f"{models.canonical_id(cfg.base)}|{models.canonical_id(cfg.image_encoder or 'default')}|{self.weight_dtype}"
+        model_key = f"{models.canonical_id(cfg.base)}|{models.canonical_id(self.encoder_spec)}|{self.weight_dtype}"
         self.cache = TrainCache(cfg.cache_dir, model_key) if cfg.cache_dir else None
         self.global_step = 0
 
     def _load_models(self) -> None:
         cfg, acc = self.config, self.accelerator
         tiny = None
-        if models.TINY in (cfg.base, cfg.image_encoder):
+        if models.TINY in (cfg.base, cfg.image_encoder or cfg.base):
             from ..testing.tiny import build_tiny
 
             tiny = build_tiny()
         self.pipe = tiny.pipe if cfg.base == models.TINY else models.load_base_pipeline(cfg.base, self.weight_dtype)
-        encoder_spec = cfg.image_encoder or models.DEFAULT_IMAGE_ENCODER
+        self.encoder_spec = encoder_spec = cfg.image_encoder or (
+            models.TINY if cfg.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
         if encoder_spec == models.TINY:
             self.image_encoder, self.feature_extractor = tiny.image_encoder, tiny.feature_extractor
         else:
@@ -442,6 +468,7 @@ class AdapterTrainer:
         bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train-adapter", unit="step",
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         losses: list[float] = []
+        start = self.global_step
         log_path = self.out / "train_log.jsonl"
         ips = None
         try:
@@ -478,6 +505,8 @@ class AdapterTrainer:
                     self.save_checkpoint()
                 if cfg.validate_every and self.global_step % cfg.validate_every == 0:
                     self.validate()
+            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every and self.global_step > start:
+                self.save_checkpoint()  # the final step too, so a later --resume continues from it
         finally:
             bar.close()
         if cfg.validation_prompts and not (cfg.validate_every and self.global_step % cfg.validate_every == 0):

@@ -26,7 +26,8 @@ class TrainConfig(BaseModel):
     # models and data -------------------------------------------------------------------------
     base: str = Field(..., min_length=1, description="SDXL base model: local diffusers dir, Hub id, or 'tiny'.")
     image_encoder: str | None = Field(
-        None, description="CLIPVisionModelWithProjection dir or Hub ref (default: h94's bigG encoder; 'tiny' for tests)."
+        None, description="CLIPVisionModelWithProjection dir or Hub ref (default: h94's bigG encoder; the tiny "
+        "model's with --base tiny)."
     )
     data: str = Field(
         ..., min_length=1,
@@ -43,7 +44,9 @@ class TrainConfig(BaseModel):
     tokens: int = Field(4, ge=1, le=64, description="Image tokens of a fresh adapter (ip-adapter_sdxl has 4).")
 
     # data processing -------------------------------------------------------------------------
-    resolution: int = Field(1024, ge=32, le=4096, description="Square training size: resize + centre crop.")
+    resolution: int | None = Field(
+        None, ge=32, le=4096,
+        description="Square training size: resize + centre crop (default: the base model's native size, 1024 for SDXL).")
     cache_dir: str | None = Field(
         None, description="Cache latents, text and image embeddings here (the frozen encoders then run once per sample)."
     )
@@ -93,7 +96,7 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.text_dropout + self.image_dropout + self.both_dropout > 1:
             raise ValueError("text_dropout + image_dropout + both_dropout must be <= 1")
-        if self.resolution % 8:
+        if self.resolution is not None and self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution}); try {self.resolution - self.resolution % 8}")
         return self
 

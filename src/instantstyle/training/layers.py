@@ -25,6 +25,7 @@ import torch
 from .. import adapter as adapter_mod
 from .. import blocks
 from ..errors import InstantStyleError
+from ..files import user_mode
 
 H94_PROJ = {"proj.weight": "image_embeds.weight", "proj.bias": "image_embeds.bias",
             "norm.weight": "norm.weight", "norm.bias": "norm.bias"}
@@ -199,6 +200,7 @@ def save_h94(flat: Mapping[str, torch.Tensor], path, metadata: Mapping[str, str]
     os.close(fd)
     try:
         save_file(dict(flat), tmp, metadata=dict(metadata or {}))
+        user_mode(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
