@@ -948,7 +948,10 @@ def cmd_train_adapter(args) -> int:
 
     config = config_from_args(args)
     encoder = config.image_encoder or (models.TINY if config.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
-    _preflight(args, needs=preflight.needs_for_base(config.base) + preflight.needs_for_encoder(encoder), tryout=TRYOUT)
+    from .training.data import open_source
+
+    _preflight(args, [lambda: open_source(config.data)],  # the data first: an empty folder needs no models
+               preflight.needs_for_base(config.base) + preflight.needs_for_encoder(encoder), tryout=TRYOUT)
     result = train_adapter(config, progress=not args.quiet)
     if result.adapter is not None:
         print(result.adapter)
