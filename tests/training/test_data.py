@@ -111,8 +111,8 @@ def test_cli_empty_folder_exits_2_before_training(tmp_path, capsys, tiny_paths):
 
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
-    rc = main(["train-adapter", "--base", str(tiny_paths["base"]), "--data", str(tmp_path / "empty"),
-               "--out", str(out), "--quiet"])
+    rc = main(["train-adapter", "--base", str(tiny_paths["base"]), "--image-encoder", str(tiny_paths["image_encoder"]),
+               "--data", str(tmp_path / "empty"), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("instantstyle: error: --data folder") and "nothing was trained" in err
     assert len(err.strip().splitlines()) == 1
