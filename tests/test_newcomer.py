@@ -88,6 +88,10 @@ def test_dry_run_lists_each_feature_sets_files_offline(cli, empty_hub):
     assert "models/image_encoder/model.safetensors" in pieces[3].files
     # What the cache holds is marked; a feature table row can be added by another module.
     fake_cache(empty_hub, "h94/IP-Adapter", ["sdxl_models/ip-adapter_sdxl.safetensors"])
+    metrics = download.plan(["metrics"])
+    assert [p.repo_id for p in metrics] == ["tomg-group-umd/CSD-ViT-L", "openai/clip-vit-large-patch14",
+                                            "facebook/dinov2-base"]
+    assert download.feature_for_reference("tomg-group-umd/CSD-ViT-L/pytorch_model.bin") == "metrics"
     code, out, _ = cli("download", "adapter", "--dry-run")
     assert "cached    h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors" in out
     assert "to fetch  h94/IP-Adapter/sdxl_models/image_encoder/config.json" in out
@@ -111,14 +115,15 @@ def _hf_params(argv: list[str]) -> dict:
 
 def test_readme_download_section_uses_the_command_and_its_hf_lines_are_right():
     assert "instantstyle download\n" in README and "instantstyle download canny tile" in README
-    hf_lines = [line.strip() for line in README.splitlines() if line.strip().startswith("hf download")]
-    assert hf_lines, "the README shows the equivalent hf lines"
-    planned = {p.repo_id: p for p in download.plan(["base", "adapter"])}
-    for line in hf_lines:
+    docs = [README, *(p.read_text() for p in (ROOT / "docs").glob("*.md"))]
+    hf_lines = [line.strip() for text in docs for line in text.splitlines() if line.strip().startswith("hf download")]
+    assert len(hf_lines) >= 5, "the README and docs/evaluation.md show the equivalent hf lines"
+    planned = {p.hf_command(): p for p in download.plan(list(download.FEATURES))}
+    for line in hf_lines:  # each one is exactly a planned piece, and the installed hf reads it as file names
+        piece = planned[line]
         params = _hf_params(shlex.split(line)[1:])
-        piece = planned[params["repo_id"]]
-        assert not params["include"] and list(params["filenames"]) == list(piece.files), line
-        assert line == piece.hf_command()
+        assert params["repo_id"] == piece.repo_id and not params["include"], line
+        assert list(params["filenames"]) == list(piece.files), line
     # The bug this replaces: several --include patterns after one flag become file names.
     assert _hf_params(["download", "x/y", "--include", "*.json", "*.txt"])["filenames"] == ("*.txt",)
 
@@ -278,7 +283,10 @@ def test_a1111_text_claims_only_what_was_used(tmp_path):
     assert blora["Model"] == tmp_path.name  # the name, not the local path
     fp8 = _a1111_pairs(a1111_parameters({**common, "method": "instantstyle", "speed": {"fp8": True},
                                          "memory": "lowest"}).splitlines()[-1])
-    assert fp8["InstantStyle speed"] == "fp8" and fp8["VAE tiling"] == "512 px"
+    assert fp8["InstantStyle approximations"] == "fp8=True" and fp8["VAE tiling"] == "512 px"
+    approx = _a1111_pairs(a1111_parameters({**common, "method": "instantstyle", "approximations":
+                                            {"fp8": "rowwise", "deepcache_interval": 3}}).splitlines()[-1])
+    assert approx["InstantStyle approximations"] == "fp8=rowwise, deepcache_interval=3"
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"weights" * 1000)
     assert short_hash(ckpt) == hashlib.sha256(ckpt.read_bytes()).hexdigest()[:10]

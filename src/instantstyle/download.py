@@ -97,6 +97,21 @@ IP_ADAPTER_VIT_H = Piece(
 )
 
 
+SDXL_BASE_CONFIGS = Piece(
+    "SDXL base configs and tokenizers (no weights; single-file bases take their configs from here)", SDXL_BASE_REPO,
+    files=tuple(f for f in SDXL_BASE_FP16.files if not f.endswith(".safetensors")), approx_gb=0.01,
+)
+# The metric models (instantstyle.metrics: CSD, CLIP-T, DINOv2), as their loaders ask for them.
+METRIC_PIECES = (
+    Piece("CSD style/content model (ViT-L)", "tomg-group-umd/CSD-ViT-L", files=("pytorch_model.bin",), approx_gb=2.4),
+    Piece("CLIP ViT-L/14 (CLIP-T text alignment)", "openai/clip-vit-large-patch14",
+          files=("config.json", "model.safetensors", "preprocessor_config.json", "merges.txt", "vocab.json",
+                 "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json"), approx_gb=1.7, whole_repo=True),
+    Piece("DINOv2 base (content leakage)", "facebook/dinov2-base",
+          files=("config.json", "model.safetensors", "preprocessor_config.json"), approx_gb=0.35, whole_repo=True),
+)
+
+
 def _controlnet(what: str, repo_id: str, gb: float) -> Piece:
     # The loader asks for the plain (fp32) weights: ControlNetModel.from_pretrained without a variant.
     return Piece(what, repo_id, files=("config.json", "diffusion_pytorch_model.safetensors"), approx_gb=gb,
@@ -125,6 +140,10 @@ def _default_features() -> None:
     register_feature(Feature("depth", "depth ControlNet: --control diffusers/controlnet-depth-sdxl-1.0 "
                                       "--control-image DEPTH.png",
                              (_controlnet("depth ControlNet", DEPTH_CONTROLNET, 5.0),)))
+    register_feature(Feature("base-config", "SDXL base's configs and tokenizers only: --base FILE.safetensors "
+                                            "(single-file finetunes)", (SDXL_BASE_CONFIGS,)))
+    register_feature(Feature("metrics", "the metric models (CSD, CLIP ViT-L/14, DINOv2): eval, compare --metrics, "
+                                        "probe-blocks", METRIC_PIECES))
     register_feature(Feature("vit-h", "the ViT-H IP-Adapters (sdxl_models/*vit-h*) and their image encoder "
                                       "(models/image_encoder)", (IP_ADAPTER_VIT_H,)))
 

@@ -99,7 +99,10 @@ def load_pipeline(path: str | Path, spec: str, dtype, config: str | None, pipeli
                                     local_files_only=models.offline() or src.local is not None)
     except (OSError, ValueError) as exc:
         if src.local is None:
-            fetch = f"hf download {src.spec} --include '*.json' '*.txt'"
+            from .download import command_for
+
+            fetch = command_for(["base-config"]) if src.spec == models.DEFAULT_BASE else \
+                f"hf download {src.spec} --include '*.json' --include '*.txt'"
             raise InstantStyleError(f"the configs for single-file base '{spec}' ({config}) are not available "
                                     f"({str(exc).splitlines()[0][:120]}); fetch them with: {fetch}") from None
         raise InstantStyleError(f"single-file base '{spec}' could not be loaded: {str(exc).splitlines()[0]}") from None

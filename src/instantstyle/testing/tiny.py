@@ -287,8 +287,8 @@ def write_single_file(directory: str | Path, seed: int = TINY_SEED) -> dict[str,
     """A tiny SDXL as one checkpoint in the original (LDM/A1111) key layout, as Civitai finetunes ship.
 
     ``DIR/tiny-sdxl.safetensors`` holds UNet, VAE and both text towers (``ldm_layout``); ``DIR/config``
-    holds only the diffusers configs and tokenizers (no weights), as ``hf download <repo> --include
-    '*.json' '*.txt'`` leaves them, for ``from_single_file(config=...)``. Its text towers have
+    holds only the diffusers configs and tokenizers (no weights), as ``instantstyle download base-config``
+    leaves them, for ``from_single_file(config=...)``. Its text towers have
     different widths (16 and 48), as SDXL's, so diffusers tells them apart. Also ``DIR/vae-16ch``:
     a VAE of another family (16 latent channels, as SD3/FLUX), for the bad-input tests.
     """
