@@ -149,7 +149,7 @@ def needs_for_model(base: str, adapter: str | None, image_encoder: str | None, *
     tiny = base == models.TINY
     adapter = adapter or (models.TINY if tiny else models.DEFAULT_ADAPTER)
     image_encoder = image_encoder or (models.TINY if tiny else models.DEFAULT_IMAGE_ENCODER)
-    needs = [Need("base model", base, "pipeline"), Need("IP-Adapter", adapter, "file"),
+    needs = [*needs_for_base(base), Need("IP-Adapter", adapter, "file"),
              Need("image encoder", image_encoder, "encoder")]
     if content_text_encoder:
         needs.append(Need("content text encoder", content_text_encoder, "encoder"))
@@ -167,7 +167,10 @@ def needs_for_encoder(image_encoder: str) -> list[Need]:
 
 
 def needs_for_base(base: str) -> list[Need]:
-    return [Need("base model", base, "pipeline")]
+    """A diffusers folder / repository, or one checkpoint file (its configs are the loader's concern)."""
+    from .single_file import is_single_file
+
+    return [Need("base model", base, "file" if is_single_file(base) else "pipeline")]
 
 
 def _safe(check: Callable[[], object], problems: list[str]) -> None:
