@@ -7,6 +7,9 @@ names the field, the value and the rule (``format_validation_error``).
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import typing
 from typing import Literal
 
 from pydantic import (
@@ -22,6 +25,8 @@ from pydantic import (
 from .errors import InstantStyleError
 
 SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", "heun", "lms")
+# Samplers whose diffusers class needs a package of its own: scheduler -> (module, pip package).
+SCHEDULER_NEEDS = {"lms": ("scipy", "scipy")}
 MODES = ("style", "layout", "style+layout", "full")
 MAX_SEED = 2**63 - 1
 TASKS = ("txt2img", "controlnet", "img2img", "inpaint", "plus")
@@ -44,7 +49,8 @@ DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 0.99}
 class GenerateRequest(BaseModel):
     """Everything that determines a generated image (together with the loaded models)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: Infinity/NaN are refused in every float field (and list of floats), present or future.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     prompt: str = Field(..., min_length=1, max_length=2000, description="What to draw.")
     negative_prompt: str | None = Field(
@@ -208,6 +214,25 @@ class GenerateRequest(BaseModel):
         description="b-lora: strength of the style LoRA (multiplies its update; the B-LoRA repo's alpha 1.1 = 1.21).",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v, info: ValidationInfo):
+        """``true``/``false`` are not numbers: refused in any field (or list entry) that does not take a bool."""
+        if info.field_name and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            values = v if isinstance(v, list | tuple) else [v]
+            if any(isinstance(x, bool) for x in values):
+                raise ValueError("must be a number or text, not true/false")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_installed(cls, v: str) -> str:
+        module, package = SCHEDULER_NEEDS.get(v, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise ValueError(f"sampler {v!r} needs the package {package!r}: pip install {package} "
+                             "(or pick another sampler)")
+        return v
+
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
@@ -307,6 +332,12 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"--mask is for inpainting, not task {task}")
         if self.strength is not None and task not in ("img2img", "inpaint"):
             raise ValueError(f"--strength is for img2img and inpainting, not task {task}")
+        if task in DEFAULT_STRENGTH and int(self.steps * self.effective_strength) < 1:
+            # diffusers runs int(steps * strength) of the steps; with none it fails deep inside the pipeline
+            strength = self.effective_strength
+            raise ValueError(f"--strength {strength:g} x --steps {self.steps} leaves no denoising step "
+                             f"(diffusers runs int(steps x strength) = 0); use --steps "
+                             f"{math.ceil(1 / strength - 1e-9)} or more, or a larger --strength")
         if task == "txt2img" and self.content:
             raise ValueError("task txt2img does not use --content")
         if self.control and task == "txt2img":
@@ -359,6 +390,10 @@ class GenerateRequest(BaseModel):
         if not self.content_prompt:
             return 0.0
         return 0.5 if self.content_scale is None else self.content_scale
+
+
+def _takes_bool(annotation) -> bool:
+    return annotation is bool or any(_takes_bool(a) for a in typing.get_args(annotation))
 
 
 def format_validation_error(exc: ValidationError, flag_style: bool = True) -> str:

@@ -256,9 +256,13 @@ def styles_dir() -> Path:
     return Path(root)
 
 
+class StyleExistsError(InstantStyleError):
+    """A style of that name is already saved (and overwrite was not asked for)."""
+
+
 def style_path(name: str, directory: str | Path | None = None) -> Path:
     """Path of a named style; the name is checked so no request can escape the styles directory."""
-    if not STYLE_NAME.match(name or ""):
+    if not isinstance(name, str) or not STYLE_NAME.fullmatch(name):  # fullmatch: no trailing newline
         raise InstantStyleError(
             f"style name {name!r} is not allowed; use 1-64 letters, digits, '_', '-', '.' (not starting with '.')"
         )
@@ -269,8 +273,9 @@ def save_style(style: Style, name: str, directory: str | Path | None = None, ove
     from safetensors.torch import save_file
 
     path = style_path(name, directory)
+    exists = StyleExistsError(f"style '{name}' already exists at {path}; pass overwrite=True to replace it")
     if path.exists() and not overwrite:
-        raise InstantStyleError(f"style '{name}' already exists at {path}; pass overwrite=True to replace it")
+        raise exists
     path.parent.mkdir(parents=True, exist_ok=True)
     style.name = name
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -278,7 +283,19 @@ def save_style(style: Style, name: str, directory: str | Path | None = None, ove
     try:
         save_file({"embeds": style.embeds.contiguous().float()}, tmp, metadata=style.metadata())
         user_mode(tmp)  # mkstemp made it 0600
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # create-if-absent, atomically: a hard link fails if another writer got there first
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise exists from None
+            except OSError:  # no hard links on this file system: claim the name, then fill it
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    raise exists from None
+                os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

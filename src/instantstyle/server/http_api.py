@@ -10,30 +10,35 @@ Endpoints (all under ``/v1``; with an API key set, each needs ``Authorization: B
   request's image fields then hold the label ``"<upload>"`` (filled in by the server); a request
   never names a file. ``?wait=true`` answers with the images (base64 PNG + parameters);
   otherwise 202 with a job id to poll.
-- ``GET /v1/jobs/{id}`` (status, progress, results), ``GET /v1/jobs/{id}/images/{i}.png``.
+- ``GET /v1/jobs/{id}`` (status, progress, results), ``GET /v1/jobs/{id}/images/{i}.png``,
+  ``DELETE /v1/jobs/{id}`` (cancel: a queued job is dropped, a running one stops at its next step).
 - ``GET /v1/blocks``, ``GET/POST /v1/styles``, ``DELETE /v1/styles/{name}``, ``GET /v1/health``.
 
-Every error is JSON ``{"error": {"status", "code", "message"}}`` with a one-line message.
+Every error is JSON ``{"error": {"status", "code", "message"}}`` with a one-line message, declared
+in the OpenAPI schema for every operation. Who may call what (Host, Origin, the key) is decided
+in front of all routes by ``policy.RequestPolicy``.
 """
 
 import asyncio
 import base64
-import hmac
 import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import GenerateRequest
 from ..errors import InstantStyleError
+from .policy import Policy, RequestPolicy, api_key_ok, default_allowed_hosts, scrub_paths
 from .service import (
+    CANCELLED,
     DONE,
     FAILED,
     MAX_CONTROL_IMAGES,
@@ -42,6 +47,7 @@ from .service import (
     Job,
     JobFailedError,
     QueueFullError,
+    ShuttingDownError,
     UnknownJobError,
     Uploads,
     UploadTooLargeError,
@@ -53,10 +59,40 @@ from .service import (
 
 log = logging.getLogger("instantstyle.server")
 
-_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 422: "invalid_request", 429: "queue_full",
           500: "internal_error", 503: "unavailable", 504: "timeout"}
-_JOB_ERROR_STATUS = {"bad_request": 400, "out_of_memory": 503, "internal": 500, "shutdown": 503}
+# A failed or cancelled job, answered to a waiting client: its error type -> HTTP status.
+_JOB_ERROR_STATUS = {"bad_request": 400, "out_of_memory": 503, "internal": 500, "shutdown": 503,
+                     "cancelled": 409, "timeout": 504}
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. retry_after (429), job_id (a failed job)
+
+    status: int
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error this API answers: one shape, one line of message."""
+
+    error: ErrorBody
+
+
+def _errors(*statuses: int) -> dict:
+    text = {400: "bad input (one line naming the field and the fix)", 401: "missing or wrong API key",
+            403: "cross-origin request refused", 404: "no such job, image or style",
+            409: "conflict: the style exists, or the job was cancelled or already finished",
+            413: "an upload or the body is over the byte limit", 422: "a form field is missing or malformed",
+            429: "the queue is full, or too many failed key attempts; see Retry-After",
+            503: "the server is shutting down, or the job ran out of memory",
+            504: "the job ran past the server's time limit"}
+    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
+
+
+COMMON_ERRORS = _errors(400, 401, 403, 413, 422, 429, 503)
 
 PARAMS_HELP = (
     "JSON object of request fields (the GenerateRequest schema below), e.g. "
@@ -73,17 +109,9 @@ PARAMS_HELP = (
 
 def error_response(status: int, message: str, *, code: str | None = None, headers: dict | None = None,
                    **extra) -> JSONResponse:
-    body = {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": message, **extra}}
+    body = {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": scrub_paths(message),
+                      **extra}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def api_key_ok(headers, api_key: str) -> bool:
-    """``X-API-Key: KEY`` or ``Authorization: Bearer KEY``, compared in constant time."""
-    given = headers.get("x-api-key")
-    if given is None:
-        scheme, _, token = (headers.get("authorization") or "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else ""
-    return hmac.compare_digest(given.encode(), api_key.encode())
 
 
 class _BodyTooLarge(Exception):
@@ -91,15 +119,15 @@ class _BodyTooLarge(Exception):
 
 
 class GuardMiddleware:
-    """Pure ASGI, in front of every ``/v1`` route: the API key, then the body size, BEFORE any parsing.
+    """Pure ASGI, in front of every ``/v1`` route: the body size, BEFORE any parsing (the key and
+    the origin are checked further out, by ``RequestPolicy``).
 
     Declared bodies over the limit are refused from ``Content-Length``; a streamed body is
     counted as it arrives and cut off with 413 once over the limit.
     """
 
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, prefix: str = "/v1/"):
+    def __init__(self, app, *, max_body_bytes: int, prefix: str = "/v1/"):
         self.app = app
-        self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.prefix = prefix
 
@@ -107,10 +135,6 @@ class GuardMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        if self.api_key and not api_key_ok(headers, self.api_key):
-            response = error_response(401, "missing or wrong API key; send 'Authorization: Bearer KEY' or "
-                                           "'X-API-Key: KEY'", headers={"WWW-Authenticate": "Bearer"})
-            return await response(scope, receive, send)
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             return await self._too_large(scope, receive, send, int(length))
@@ -159,6 +183,8 @@ def _image_entry(job: Job, result, with_data: bool) -> dict:
 
 def job_payload(service: GenerationService, job: Job, *, images: bool = True) -> dict:
     payload = job.summary()
+    if payload["error"]:
+        payload["error"]["message"] = scrub_paths(payload["error"]["message"])
     payload["preview_url"] = f"/v1/jobs/{job.id}/preview.png" if job.preview is not None else None
     if job.request is not None:
         payload["request"] = job.request.model_dump()
@@ -168,8 +194,19 @@ def job_payload(service: GenerationService, job: Job, *, images: bool = True) ->
     return payload
 
 
-async def wait_for_job(job: Job, timeout: float) -> bool:
-    """Await a job from the event loop without holding a thread; False on timeout."""
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (its body is read by then, so only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_for_job(job: Job, timeout: float, request: Request | None = None,
+                       service: GenerationService | None = None) -> bool:
+    """Await a job from the event loop without holding a thread; False on timeout.
+
+    With ``request``, a client that disconnects while waiting has its job cancelled (``service``):
+    nobody is left to take the images, so the worker goes on to the next job.
+    """
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
 
@@ -184,11 +221,18 @@ async def wait_for_job(job: Job, timeout: float) -> bool:
             pass
 
     job.add_done_callback(_done)
+    gone = asyncio.ensure_future(_disconnected(request)) if request is not None else None
     try:
-        await asyncio.wait_for(finished, timeout)
+        done, _ = await asyncio.wait([finished] + ([gone] if gone else []), timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if gone is not None:
+            gone.cancel()
+    if finished in done:
         return True
-    except asyncio.TimeoutError:
-        return False
+    if gone is not None and gone in done and service is not None:
+        service.cancel(job, "the client disconnected before the job finished")
+    return False
 
 
 def _failed_job_response(job: Job) -> JSONResponse:
@@ -225,20 +269,32 @@ async def _read_uploads(files, service: GenerationService, *, what: str = "style
 
 
 def create_app(service: GenerationService, *, api_key: str | None = None, ui: bool = True,
-               ui_path: str = "/ui") -> FastAPI:
-    """The FastAPI app (and, with ``ui``, the Gradio UI mounted at ``ui_path``). Starts the workers."""
+               ui_path: str = "/ui", allowed_hosts: list[str] | None = None,
+               allowed_origins: list[str] | None = None, bind_host: str = "127.0.0.1") -> FastAPI:
+    """The FastAPI app (and, with ``ui``, the Gradio UI mounted at ``ui_path``). Starts the workers.
+
+    ``allowed_hosts``: the Host names the server answers to (default: localhost names and
+    ``bind_host``; ``["*"]``: any); ``allowed_origins``: other origins allowed to make cross-origin
+    requests (CORS; none by default). With ``api_key``, every route but the health check needs it.
+    """
+    from ..embeddings import StyleExistsError
+
     service.start()
     limits = service.limits
+    policy = Policy(api_key=api_key, allowed_hosts=allowed_hosts or default_allowed_hosts(bind_host),
+                    allowed_origins=list(allowed_origins or []), ui_path=ui_path)
     app = FastAPI(
         title="InstantStyle",
         version=__version__,
         description="Style-preserving text-to-image on SDXL (InstantStyle). Upload style images, send a "
                     "prompt, get PNGs with their parameters embedded. "
-                    + ("An API key is required: `Authorization: Bearer KEY` or `X-API-Key: KEY`."
-                       if api_key else ""),
+                    + ("An API key is required on every route but `GET /v1/health`: `Authorization: Bearer KEY` "
+                       "or `X-API-Key: KEY`." if api_key else ""),
     )
     app.state.service = service
-    app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+    app.state.policy = policy
+    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestPolicy, policy=policy)  # outermost: before anything else runs
 
     # ------------------------------------------------------------------ errors as one JSON shape
 
@@ -254,6 +310,14 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
     @app.exception_handler(UnknownJobError)
     async def _unknown_job(_request, exc):
         return error_response(404, str(exc))
+
+    @app.exception_handler(ShuttingDownError)
+    async def _stopping(_request, exc):
+        return error_response(503, str(exc), code="shutdown", headers={"Retry-After": "30"})
+
+    @app.exception_handler(StyleExistsError)
+    async def _style_exists(_request, exc):
+        return error_response(409, "that style already exists; send overwrite=true to replace it")
 
     @app.exception_handler(JobFailedError)
     async def _job_failed(_request, exc: JobFailedError):
@@ -282,13 +346,14 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
 
     # ------------------------------------------------------------------ routes
 
-    v1 = APIRouter(prefix="/v1")
+    v1 = APIRouter(prefix="/v1", responses=COMMON_ERRORS)
+    queued_response = {202: {"description": "queued (or still running at the wait's end); poll GET /v1/jobs/{id}",
+                             "content": {"application/json": {}}}}
 
     @v1.post("/generate", status_code=200, summary="Generate images in the style of uploaded images",
-             responses={202: {"description": "queued; poll GET /v1/jobs/{id}"},
-                        400: {"description": "bad input"}, 413: {"description": "upload too large"},
-                        429: {"description": "queue full; see Retry-After"}})
+             responses={**queued_response, **_errors(409, 504)})
     async def generate(
+        request: Request,
         params: Annotated[str, Form(description=PARAMS_HELP)],
         images: Annotated[list[UploadFile] | None, File(description="style reference images (PNG, JPEG, WebP...)")]
         = None,
@@ -323,19 +388,28 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
                               headers={"Location": f"/v1/jobs/{job.id}"})
         if not wait:
             return queued
-        if not await wait_for_job(job, min(timeout or limits.max_wait_s, limits.max_wait_s)):
+        if not await wait_for_job(job, min(timeout or limits.max_wait_s, limits.max_wait_s), request, service):
             return JSONResponse(job_payload(service, job), status_code=202,
                                 headers={"Location": f"/v1/jobs/{job.id}"})
-        if job.status == FAILED:
+        if job.status in (FAILED, CANCELLED):
             return _failed_job_response(job)
         return job_payload(service, job)
 
-    @v1.get("/jobs/{job_id}", summary="A job's status, progress and results")
+    @v1.get("/jobs/{job_id}", summary="A job's status, progress and results", responses=_errors(404))
     async def get_job(job_id: str, images: Annotated[bool, Query(description="include base64 PNG data")] = True):
         return job_payload(service, service.get(job_id), images=images)
 
+    @v1.delete("/jobs/{job_id}", summary="Cancel a job: a queued one is dropped, a running one stops at its "
+               "next denoising step", responses=_errors(404, 409))
+    async def cancel_job(job_id: str):
+        job = service.get(job_id)
+        if job.status in (DONE, FAILED):
+            return error_response(409, f"job {job_id} already finished ({job.status}); nothing to cancel")
+        service.cancel(job)
+        return job_payload(service, job, images=False)
+
     @v1.get("/jobs/{job_id}/images/{index}.png", summary="One result as a PNG file (parameters embedded)",
-            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, **_errors(404)})
     async def get_job_image(job_id: str, index: Annotated[int, Path(ge=0)]):
         job = service.get(job_id)
         if job.status != DONE:
@@ -345,7 +419,7 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
         return Response(job.results[index].png, media_type="image/png")
 
     @v1.get("/jobs/{job_id}/preview.png", summary="The latest denoising-step preview of a running job",
-            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, **_errors(404)})
     async def get_job_preview(job_id: str):
         job = service.get(job_id)
         if job.preview is None:
@@ -372,7 +446,8 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
     async def get_styles():
         return {"styles": await run_in_threadpool(_list_styles, service)}
 
-    @v1.post("/styles", status_code=201, summary="Encode uploaded images once and save them as a style")
+    @v1.post("/styles", status_code=201, summary="Encode uploaded images once and save them as a style",
+             responses=_errors(409))
     async def post_style(
         name: Annotated[str, Form(description="1-64 letters, digits, '_', '-', '.'")],
         images: Annotated[list[UploadFile], File(description="reference images")],
@@ -383,7 +458,7 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
 
         directory = service.model.styles.styles_directory
         path = style_path(name, directory)  # checks the name: no request leaves the styles directory
-        if path.exists() and not overwrite:
+        if path.exists() and not overwrite:  # checked again, atomically, when it is written
             return error_response(409, f"style '{name}' already exists; send overwrite=true to replace it")
         w = _parse_weights(weights)
         pil = await _read_uploads(images, service)
@@ -397,23 +472,27 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
         await run_in_threadpool(save_style, style, name, directory, overwrite)
         return _style_entry(style)
 
-    @v1.delete("/styles/{name}", status_code=204, summary="Delete a saved style")
+    @v1.delete("/styles/{name}", status_code=204, summary="Delete a saved style", responses=_errors(404))
     async def delete_style_route(name: str):
-        from ..embeddings import delete_style, style_path
+        from ..embeddings import style_path
 
-        if not style_path(name, service.model.styles.styles_directory).is_file():
+        path = style_path(name, service.model.styles.styles_directory)
+        try:
+            path.unlink()  # one step: of two concurrent deletes, one gets 204 and the other 404
+        except FileNotFoundError:
             return error_response(404, f"style '{name}' not found")
-        delete_style(name, service.model.styles.styles_directory)
         return Response(status_code=204)
 
-    @v1.get("/health", summary="Workers, queue and model identifiers")
-    async def health():
+    @v1.get("/health", summary="Workers, queue and model identifiers (open without the key: then only status)")
+    async def health(request: Request):
         info = {**service.health(), "version": __version__, "limits": limits.as_dict(),
                 "api_key_required": bool(api_key)}
+        if api_key and not api_key_ok(request.headers, api_key):
+            info = {"status": info["status"], "api_key_required": True}
         return JSONResponse(info, status_code=200 if info["status"] == "ok" else 503)
 
     app.include_router(v1)
-    _document_request_schema(app)
+    _document_schema(app, api_key_required=bool(api_key))
 
     @app.get("/", include_in_schema=False)
     async def root():
@@ -422,19 +501,29 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
     if ui:
         from .ui import mount_ui
 
-        mount_ui(app, service, path=ui_path, api_key=api_key)
+        mount_ui(app, service, path=ui_path, api_key=api_key, policy=policy)
     return app
 
 
-def _document_request_schema(app: FastAPI) -> None:
-    """Put ``GenerateRequest`` (sent as the JSON ``params`` form field) into the OpenAPI components."""
+def _document_schema(app: FastAPI, *, api_key_required: bool) -> None:
+    """OpenAPI extras: ``GenerateRequest`` (sent as the JSON ``params`` form field), and the API-key
+    security schemes (required on every operation but the health check when the server has a key)."""
     build = app.openapi
 
     def openapi():
         if app.openapi_schema is None:
             schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {})["GenerateRequest"] = \
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["GenerateRequest"] = \
                 GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            if api_key_required:
+                schema["security"] = [{"bearer": []}, {"apiKey": []}]
+                for operation in schema.get("paths", {}).get("/v1/health", {}).values():
+                    operation["security"] = [{}, {"bearer": []}, {"apiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -457,15 +546,17 @@ def _style_entry(style) -> dict:
 
 
 def _list_styles(service: GenerationService) -> list[dict]:
-    from ..embeddings import list_styles, load_style
+    """The saved styles; one deleted while listing is left out, a damaged one says so (no server path)."""
+    from ..embeddings import list_styles, load_style, style_path
 
     directory = service.model.styles.styles_directory
     out = []
     for name in list_styles(directory):
         try:
             out.append(_style_entry(load_style(name, directory)))
-        except InstantStyleError as exc:
-            out.append({"name": name, "error": str(exc)})
+        except InstantStyleError:
+            if style_path(name, directory).is_file():
+                out.append({"name": name, "error": "the style file is damaged; save the style again"})
     return out
 
 

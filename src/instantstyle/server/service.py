@@ -8,7 +8,10 @@ Work goes through one bounded FIFO queue shared by all workers:
   (the API answers 429), so a burst of clients cannot make the server hang;
 - a job is an id (unguessable), a status (queued -> running -> done | failed), step progress,
   its results (PNG bytes with the full parameters) or a one-line error;
-- an exception in a job, out-of-memory included, fails that job only; the worker goes on.
+- an exception in a job, out-of-memory included, fails that job only; the worker goes on;
+- a job can be cancelled (``cancel``): a queued one is dropped at once, a running one stops at its
+  next denoising step (the step callback raises ``JobCancelled``); a job past ``--job-timeout``
+  stops the same way, and ``begin_shutdown`` cancels what is queued and bounds what runs.
 
 Request checks that need no model run (``check_request``, ``decode_upload``) happen in the
 caller's thread before anything is queued, so bad input is refused at once with a clear message.
@@ -34,7 +37,8 @@ from ..errors import InstantStyleError
 log = logging.getLogger("instantstyle.server")
 
 MiB = 1024 * 1024
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+MAX_JSON_DEPTH = 32  # nesting of the params JSON (objects + lists); the schema itself needs 2
 # A request never names a file. The request fields that name images (``content``, ``mask``,
 # ``style_masks``, ``control_image`` entries) may only hold this label; the images themselves are
 # uploads, passed to the library in memory (``InstantStyle.generate(content_image=...)``).
@@ -58,6 +62,10 @@ class Limits:
     max_size: int = 2048
     max_steps: int = 100
     max_wait_s: float = 600.0  # longest a ?wait=true call blocks before it answers with the job id
+    # steps x width x height x images of one request, in steps of a 1024x1024 image: 200 = four
+    # 1024x1024 images at 50 steps. Plus adds its inversion steps.
+    max_cost: float = 200.0
+    job_timeout_s: float = 900.0  # a running job past this stops at its next step (failed: timeout)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -93,6 +101,18 @@ class UploadTooLargeError(InstantStyleError):
 
 class UnknownJobError(InstantStyleError):
     """No job with this id (never existed, or expired) (HTTP 404)."""
+
+
+class ShuttingDownError(InstantStyleError):
+    """The server is stopping and takes no new work (HTTP 503)."""
+
+
+class JobCancelled(InstantStyleError):
+    """Raised inside a job's step callback to stop it: ``reason`` is cancelled | timeout | shutdown."""
+
+    def __init__(self, message: str, reason: str = "cancelled"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class JobFailedError(InstantStyleError):
@@ -172,14 +192,59 @@ def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False
     return params
 
 
+def _no_constant(name: str):
+    raise InstantStyleError(f"params holds {name}, which is not a JSON number; send finite numbers")
+
+
+def json_depth(text: str | bytes) -> int:
+    """Deepest nesting of objects/lists in JSON text, found without parsing it (strings skipped)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _dict_depth(value, limit: int, depth: int = 0) -> int:
+    if depth > limit:
+        return depth
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+    return max((_dict_depth(c, limit, depth + 1) for c in children), default=depth)
+
+
 def params_dict(params: str | bytes | dict) -> dict:
-    """The request's ``params`` field (JSON text, or already a dict) as a dict, or a one-line error."""
+    """The request's ``params`` field (JSON text, or already a dict) as a dict, or a one-line error.
+
+    Nesting deeper than ``MAX_JSON_DEPTH`` and the non-standard ``Infinity``/``NaN`` are refused
+    before anything else looks at the value.
+    """
+    too_deep = InstantStyleError(f"params is nested more than {MAX_JSON_DEPTH} levels deep; request fields are "
+                                 "flat values and lists")
     if isinstance(params, str | bytes):
+        if json_depth(params) > MAX_JSON_DEPTH:
+            raise too_deep
         try:
-            params = json.loads(params or "{}")
+            params = json.loads(params or "{}", parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise InstantStyleError(f"params is not valid JSON ({exc.msg} at character {exc.pos}); "
                                     'send an object such as {"prompt": "a cat", "seed": 1}') from None
+    elif _dict_depth(params, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise too_deep
     if not isinstance(params, dict):
         raise InstantStyleError(f"params must be a JSON object of request fields, got {type(params).__name__}")
     return params
@@ -220,7 +285,7 @@ def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: 
                                     f"{limits.max_prompt_length}; shorten it (server flag --max-prompt-length)")
     directory = model.styles.styles_directory
     for ref in req.style:
-        if not (ref.startswith("@") and STYLE_NAME.match(ref[1:])):
+        if not (ref.startswith("@") and STYLE_NAME.fullmatch(ref[1:])):
             raise InstantStyleError(
                 f"style entry {ref!r} is not allowed: a request may only name saved styles as @name "
                 "(letters, digits, '_', '-', '.'); upload image files instead of giving paths"
@@ -248,6 +313,7 @@ def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: 
         if not limits.min_size <= value <= limits.max_size:
             raise InstantStyleError(f"{what} is {value}, outside the allowed range {limits.min_size}..."
                                     f"{limits.max_size} (server flags --min-size/--max-size)")
+    check_cost(req, req.width or native, req.height or native, limits)
     if req.method != "instantstyle":
         if importlib.util.find_spec("instantstyle.methods") is None:
             raise InstantStyleError(f"method {req.method!r} is not available in this build; use 'instantstyle'")
@@ -259,13 +325,28 @@ def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: 
         raise InstantStyleError(f"width/height {width}x{height} must be multiples of {unit} for this model")
 
 
+def request_cost(req: GenerateRequest, width: int, height: int) -> float:
+    """What a request costs the worker: steps x pixels x images, in steps of one 1024x1024 image."""
+    steps = req.steps + ((req.inversion_steps or req.steps) if req.task == "plus" else 0)
+    return steps * width * height * req.num_images / 1024**2
+
+
+def check_cost(req: GenerateRequest, width: int, height: int, limits: Limits) -> None:
+    cost = request_cost(req, width, height)
+    if cost > limits.max_cost:
+        raise InstantStyleError(
+            f"this request costs {cost:.4g} (steps x width x height x images, in 1024x1024-image steps: "
+            f"{req.steps} steps, {width}x{height}, {req.num_images} images), over the limit of {limits.max_cost:g}; "
+            "ask for fewer steps, a smaller size or fewer images (server flag --max-cost)")
+
+
 def check_controlnet_names(controlnets: dict) -> None:
     """Operator ControlNet names: request-safe words (no path), not a built-in kind."""
     from ..control import KINDS
     from ..embeddings import STYLE_NAME
 
     for name, ref in controlnets.items():
-        if not STYLE_NAME.match(name) or name in KINDS:
+        if not STYLE_NAME.fullmatch(name) or name in KINDS:
             raise InstantStyleError(
                 f"--controlnet {name}={ref}: the name must be 1-64 letters, digits, '_', '-', '.' and not "
                 f"{' or '.join(KINDS)} (requests use canny=NAME to feed it Canny edges)")
@@ -315,6 +396,7 @@ def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) 
             raise InstantStyleError(f"{what} is {value} (from the content image's aspect ratio), outside the "
                                     f"allowed range {limits.min_size}...{limits.max_size}; crop the content image "
                                     "or give width and height (server flags --min-size/--max-size)")
+    check_cost(req, inputs.width, inputs.height, limits)
 
 
 @dataclass
@@ -365,17 +447,37 @@ class Job:
     value: object = None  # what a non-image job returned
     preview: object = None  # latest step preview (uint8 numpy array [h, w, 3]) of a running generation
     error: str | None = None
-    error_type: str | None = None  # "bad_request" | "out_of_memory" | "internal" | "shutdown"
+    # "bad_request" | "out_of_memory" | "internal" | and for cancelled jobs "cancelled" | "timeout" | "shutdown"
+    error_type: str | None = None
+    deadline: float | None = None  # time.monotonic() past which a running job stops (--job-timeout)
 
     def __post_init__(self) -> None:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Job], None]] = []
+        self._stop: JobCancelled | None = None  # set by cancel(); the next step raises it
         if self.request is not None:
             self.total = self.request.steps
 
     def on_step(self, step: int, total: int) -> None:
+        """The step callback of a running job: progress, then stop here if cancelled or out of time."""
         self.step, self.total = step, total
+        self.check_stop()
+
+    def check_stop(self) -> None:
+        if self._stop is not None:
+            raise self._stop
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobCancelled("the job ran past the server's time limit (--job-timeout); ask for fewer steps, "
+                               "a smaller size or fewer images", "timeout")
+
+    def request_stop(self, message: str, reason: str) -> None:
+        if self._stop is None:
+            self._stop = JobCancelled(message, reason)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._stop is not None
 
     @property
     def done(self) -> bool:
@@ -414,6 +516,7 @@ class Job:
             "finished": self.finished,
             "device": self.device,
             "error": None if self.error is None else {"type": self.error_type, "message": self.error},
+            "cancel_requested": self.cancel_requested,
         }
 
 
@@ -424,7 +527,8 @@ class GenerationService:
     """Loaded models + one worker thread each + one bounded FIFO queue + finished jobs kept a while."""
 
     def __init__(self, models, *, queue_size: int = 8, limits: Limits | None = None, keep_jobs: int = 128,
-                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None, controlnets: dict | None = None):
+                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None, controlnets: dict | None = None,
+                 drain_timeout_s: float = 30.0):
         self.models = list(models) if isinstance(models, list | tuple) else [models]
         if not self.models:
             raise InstantStyleError("the service needs at least one loaded model")
@@ -444,8 +548,10 @@ class GenerationService:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._busy = 0
+        self._running: set[Job] = set()
         self._avg_s: float | None = None  # moving average of job durations, for Retry-After
-        self.counts = {"accepted": 0, "refused": 0, "done": 0, "failed": 0}
+        self.drain_timeout_s = drain_timeout_s  # on shutdown, running jobs get this long, then stop
+        self.counts = {"accepted": 0, "refused": 0, "done": 0, "failed": 0, "cancelled": 0}
 
     @property
     def model(self):
@@ -482,19 +588,38 @@ class GenerationService:
             self._threads.append(t)
         return self
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop taking work, fail what is still queued, let running jobs finish, join the workers."""
+    def begin_shutdown(self, grace_s: float | None = None) -> None:
+        """Take no new work, answer every queued job as cancelled, and give running jobs ``grace_s``
+        seconds (default ``drain_timeout_s``) before they stop at their next step. Returns at once."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        message = "the server is shutting down; resubmit later"
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            job.status, job.error, job.error_type = FAILED, "the server is shutting down; resubmit later", "shutdown"
-            job.finished = time.time()
-            job._finish()
+            self._finish_cancelled(job, JobCancelled(message, "shutdown"))
+        grace = self.drain_timeout_s if grace_s is None else grace_s
+
+        def stop_running() -> None:
+            with self._lock:
+                running = list(self._running)
+            for job in running:
+                job.request_stop(message + f" (running jobs get {grace:g} s)", "shutdown")
+
+        timer = threading.Timer(max(0.0, grace), stop_running)
+        timer.daemon = True
+        timer.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking work, cancel what is queued, give running jobs the drain time, join the workers."""
+        grace = self.drain_timeout_s if timeout is None else timeout
+        self.begin_shutdown(grace)
+        deadline = time.monotonic() + grace + 10.0  # the grace, then one step of the stopped job
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         self._unregister_controlnets()
 
@@ -521,7 +646,7 @@ class GenerationService:
     def submit(self, work: Callable, *, kind: str = "generate", request: GenerateRequest | None = None) -> Job:
         """Queue ``work(model, job)``; never blocks. Raises ``QueueFullError`` when the queue is full."""
         if self._stopping.is_set():
-            raise InstantStyleError("the server is shutting down; try again later")
+            raise ShuttingDownError("the server is shutting down; try again later")
         job = Job(kind, work, request)
         with self._lock:
             self._evict()
@@ -574,11 +699,38 @@ class GenerationService:
     def call(self, fn: Callable, *, kind: str, timeout: float | None = None):
         """Run ``fn(model)`` on a worker (in queue order, like any job) and return its value."""
         job = self.submit(lambda model, _job: fn(model), kind=kind)
-        if not job.wait(timeout if timeout is not None else self.limits.max_wait_s):
-            raise InstantStyleError(f"{kind} job {job.id} did not finish within {timeout} s; the server is busy")
-        if job.status == FAILED:
+        timeout = timeout if timeout is not None else self.limits.max_wait_s
+        if not job.wait(timeout):
+            self.cancel(job, "the caller stopped waiting")
+            raise JobFailedError(job) if job.done and job.status != DONE else InstantStyleError(
+                f"{kind} job {job.id} did not finish within {timeout:g} s; the server is busy, try again later")
+        if job.status in (FAILED, CANCELLED):
             raise JobFailedError(job)
         return job.value
+
+    def cancel(self, job: Job | str, message: str = "cancelled by the client", reason: str = "cancelled") -> Job:
+        """Cancel a job: a queued one is dropped now (its slot frees); a running one stops at its next
+        denoising step. A finished job is left as it is. Returns the job."""
+        job = self.get(job) if isinstance(job, str) else job
+        with self._queue.mutex:
+            try:
+                self._queue.queue.remove(job)
+                self._queue.not_full.notify()
+                dropped = True
+            except ValueError:
+                dropped = False
+        if dropped:
+            self._finish_cancelled(job, JobCancelled(message, reason))
+        elif not job.done:
+            job.request_stop(message, reason)
+        return job
+
+    def _finish_cancelled(self, job: Job, exc: JobCancelled) -> None:
+        job.status, job.error, job.error_type = CANCELLED, str(exc), exc.reason
+        job.finished = time.time()
+        with self._lock:
+            self.counts["cancelled"] += 1
+        job._finish()
 
     # ------------------------------------------------------------ reading
 
@@ -597,9 +749,14 @@ class GenerationService:
         return items.index(job) if job in items else None
 
     def retry_after(self) -> int:
+        """Seconds until a queue slot is expected to free: when the soonest running job should end
+        (the measured average job time, less what it has run), not the time to drain the queue."""
         avg = self._avg_s if self._avg_s is not None else 5.0
-        ahead = self._queue.qsize() + self._busy
-        return int(min(3600, max(1, math.ceil(avg * max(ahead, 1) / len(self.models)))))
+        now = time.time()
+        with self._lock:
+            started = [j.started for j in self._running if j.started is not None]
+        left = min((avg - (now - t) for t in started), default=avg)
+        return int(min(3600, max(1, math.ceil(left))))
 
     def health(self) -> dict:
         alive = sum(t.is_alive() for t in self._threads)
@@ -641,24 +798,31 @@ class GenerationService:
                 job = self._queue.get(timeout=0.25)
             except queue.Empty:
                 continue
+            if job.done:  # cancelled while queued
+                continue
             self._execute(job, model)
 
     def _execute(self, job: Job, model) -> None:
         job.status, job.started, job.device = RUNNING, time.time(), str(getattr(model, "device", "?"))
+        job.deadline = time.monotonic() + self.limits.job_timeout_s
         with self._lock:
             self._busy += 1
+            self._running.add(job)
         try:
+            job.check_stop()  # cancelled between leaving the queue and starting
             value = job.work(model, job)
             if job.kind == "generate":
                 job.results = value
             else:
                 job.value = value
             job.status = DONE
+        except JobCancelled as exc:
+            job.status, job.error, job.error_type = CANCELLED, str(exc), exc.reason
         except InstantStyleError as exc:
             job.status, job.error, job.error_type = FAILED, str(exc), "bad_request"
         except Exception as exc:  # noqa: BLE001 - one job's failure must never stop the worker
             job.status = FAILED
-            first = (str(exc).splitlines() or [""])[0][:300]
+            first = first_line(exc)
             if _is_out_of_memory(exc):
                 job.error_type = "out_of_memory"
                 job.error = (f"out of memory on {job.device} ({type(exc).__name__}: {first}); "
@@ -672,10 +836,17 @@ class GenerationService:
             job.finished = time.time()
             with self._lock:
                 self._busy -= 1
-                self.counts["done" if job.status == DONE else "failed"] += 1
-                took = job.finished - job.started
-                self._avg_s = took if self._avg_s is None else 0.8 * self._avg_s + 0.2 * took
+                self._running.discard(job)
+                self.counts[{DONE: "done", CANCELLED: "cancelled"}.get(job.status, "failed")] += 1
+                if job.status == DONE:  # the time a job takes: measured on those that ran to the end
+                    took = job.finished - job.started
+                    self._avg_s = took if self._avg_s is None else 0.8 * self._avg_s + 0.2 * took
             job._finish()
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message (diffusers' ImportErrors start with a blank one)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:limit]
 
 
 def latent_preview(latents):

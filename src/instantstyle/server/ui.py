@@ -7,16 +7,28 @@ keeps this session's results, shows each image's parameters and can re-use them.
 
 The UI builds the same ``GenerateRequest`` and goes through the same checks
 (``service.check``/``decode_upload``) as the HTTP API, so its limits are the server's limits.
+
+No client names a server file here either: image inputs take uploads only, Gradio's file
+checks are switched on for the mounted app (``gr.mount_gradio_app`` leaves the app in its
+"not launched" state, in which Gradio copies any path a client names), each path is checked to
+lie in Gradio's upload folder before it is read, and ``policy.RequestPolicy`` refuses hostile
+file descriptors before Gradio sees them. Stop (or closing the page) cancels the job: a queued
+one is dropped, a running one stops at its next step.
 """
 
+import asyncio
+import atexit
 import hmac
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ..config import MODES, SCHEDULERS, TASKS, GenerateRequest
 from ..errors import InstantStyleError
 from .service import (
+    CANCELLED,
     FAILED,
     QUEUED,
     GenerationService,
@@ -27,6 +39,7 @@ from .service import (
 )
 
 MAX_HISTORY = 48
+RESULT_TTL_S = 3600  # result PNGs the UI wrote are removed after an hour (and all of them at exit)
 
 
 def _block_slider_values(model, mode: str) -> list[float]:
@@ -80,8 +93,33 @@ def _paths(value) -> list[str]:
     return [v if isinstance(v, str) else getattr(v, "name", v) for v in values if v]
 
 
+def upload_dirs() -> list[str]:
+    """Where Gradio keeps this server's uploads (and the copies of its results)."""
+    from gradio.utils import get_upload_folder
+
+    return [os.path.realpath(get_upload_folder())]
+
+
 def _read(paths: list[str], limits, what: str, mask: bool = False) -> list:
+    """Uploaded files -> decoded images; a path outside Gradio's upload folder is refused unread."""
+    from .policy import inside
+
+    allowed = upload_dirs()
+    for p in paths:
+        if not inside(p, allowed):
+            raise InstantStyleError(f"a {what} is not an upload; upload the image file (a request never names a "
+                                    "server file)")
     return [decode_upload(Path(p).read_bytes(), Path(p).name, limits, what=what, mask=mask) for p in paths]
+
+
+def _prune(directory: Path, ttl_s: float = RESULT_TTL_S) -> None:
+    cutoff = time.time() - ttl_s
+    for f in directory.glob("*.png"):
+        try:
+            if f.stat().st_mtime < cutoff:
+                f.unlink()
+        except OSError:
+            pass
 
 
 def _number_or_none(value) -> float | None:
@@ -110,14 +148,20 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
     model, limits = service.model, service.limits
     methods = [m for m in METHODS if m != "b-lora"]  # b-lora reads a LoRA directory: CLI only
     styles_dir = model.styles.styles_directory
-    out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="instantstyle-ui-"))
+    if output_dir:
+        out_dir = Path(output_dir)
+    else:  # a private directory for result PNGs, removed at exit
+        out_dir = Path(tempfile.mkdtemp(prefix="instantstyle-ui-"))
+        atexit.register(shutil.rmtree, out_dir, True)
     out_dir.mkdir(parents=True, exist_ok=True)
     native = min(max(model.native_size, limits.min_size), limits.max_size)
 
     def saved_choices():
         return gr.update(choices=list_styles(styles_dir))
 
-    with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
+    # delete_cache: Gradio removes this app's uploads and result copies older than an hour, every
+    # 10 minutes (and all of them when the server stops), so its cache stays bounded.
+    with gr.Blocks(title="InstantStyle", analytics_enabled=False, delete_cache=(600, RESULT_TTL_S)) as demo:
         gr.Markdown("## InstantStyle\nStyle from reference images, content from your prompt. "
                     f"Models: `{model.ids.get('base')}` + `{model.ids.get('adapter')}`. "
                     "The same service is an HTTP API: see [/docs](/docs).")
@@ -196,7 +240,9 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                                            elem_id="height")
                         num_images = gr.Slider(1, limits.max_num_images, value=1, step=1, label="Images")
                         scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="Sampler")
-                run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    run_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=4)
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
             with gr.Column(scale=5):
                 preview = gr.Image(label="Step preview (latents, rough colours)", elem_id="preview",
                                    interactive=False, height=160, visible=True, show_label=True)
@@ -267,26 +313,34 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
             service.check_inputs(req, uploads)
             return req, images, paths, uploads, inputs
 
-        def generate(*values, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        async def generate(*values, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+            # async: Gradio's cancel (Stop, a closed page) lands here as CancelledError at an await,
+            # and the finally below cancels the job, so the worker is freed for the next one.
             hist = values[-1]
             try:
-                req, images, paths, uploads, inputs = build(list(values[:-1]))
+                req, images, paths, uploads, inputs = await asyncio.to_thread(build, list(values[:-1]))
                 job = service.submit_generate(req, images, uploads=uploads)
             except InstantStyleError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-            progress(0.0, desc="queued")
-            shown = None
-            while not job.wait(0.1):
-                if job.status == QUEUED:
-                    ahead = service.position(job)
-                    progress(0.0, desc=f"queued ({ahead} ahead)" if ahead else "queued")
-                else:
-                    progress((job.step, job.total), desc="generating", unit="steps")
-                if job.preview is not None and job.preview is not shown:
-                    shown = job.preview
-                    yield _enlarge(shown), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            if job.status == FAILED:
+            try:
+                progress(0.0, desc="queued")
+                shown = None
+                while not job.done:
+                    await asyncio.sleep(0.1)
+                    if job.status == QUEUED:
+                        ahead = service.position(job)
+                        progress(0.0, desc=f"queued ({ahead} ahead)" if ahead else "queued")
+                    else:
+                        progress((job.step, job.total), desc="generating", unit="steps")
+                    if job.preview is not None and job.preview is not shown:
+                        shown = job.preview
+                        yield _enlarge(shown), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            finally:
+                if not job.done:
+                    service.cancel(job, "cancelled in the web UI")
+            if job.status in (FAILED, CANCELLED):
                 raise gr.Error(job.error or "generation failed", print_exception=False)
+            _prune(out_dir)
             new = []
             for r in job.results:
                 path = out_dir / f"{job.id}-{r.index}.png"
@@ -336,20 +390,22 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
             from ..embeddings import style_path
 
             try:
-                paths = [p if isinstance(p, str) else getattr(p, "name", p) for p in (files_value or [])]
+                paths = _paths(files_value)
                 if not paths:
                     raise InstantStyleError("upload one or more style images first")
                 style_path(name or "", styles_dir)  # validates the name
                 w = _parse_weights(weights_text)
-                images = [decode_upload(Path(p).read_bytes(), Path(p).name, limits) for p in paths]
+                images = _read(paths, limits, "style image")
                 style = service.call(lambda m: m.encode_style(images, w), kind="style")
                 save(style, name, styles_dir, overwrite=False)
             except InstantStyleError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             return f"saved **@{name}** ({len(paths)} images)", gr.update(choices=list_styles(styles_dir))
 
-        run_btn.click(generate, inputs=[*form, history], outputs=[preview, gallery, history, params_view, selected],
-                      concurrency_limit=service.queue_size + len(service.models))
+        run_event = run_btn.click(generate, inputs=[*form, history],
+                                  outputs=[preview, gallery, history, params_view, selected],
+                                  concurrency_limit=service.queue_size + len(service.models))
+        stop_btn.click(None, cancels=[run_event])
         gallery.select(on_select, inputs=[history], outputs=[params_view, selected])
         reuse_btn.click(reuse, inputs=[selected], outputs=form)
         mode.change(lambda m: _block_slider_values(model, m), inputs=[mode], outputs=sliders)
@@ -361,10 +417,30 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
     return demo
 
 
+def _blocked_paths(service: GenerationService, keep: list[str]) -> list[str]:
+    """Directories Gradio must never serve or copy from: saved styles, the working directory, the
+    home directory and the model folders (each unless it holds Gradio's upload folder)."""
+    from ..embeddings import styles_dir
+
+    model = service.model
+    candidates = [model.styles.styles_directory or styles_dir(), os.getcwd(), Path.home()]
+    candidates += [v for v in getattr(model, "ids", {}).values() if isinstance(v, str) and os.path.isdir(v)]
+    out = []
+    for c in candidates:
+        real = os.path.realpath(c)
+        if not any(os.path.commonpath([real, os.path.realpath(k)]) == real for k in keep):
+            out.append(real)
+    return sorted(set(out))
+
+
 def mount_ui(app, service: GenerationService, *, path: str = "/ui", api_key: str | None = None,
-             output_dir: str | os.PathLike | None = None):
-    """Mount the UI on ``app`` at ``path``; with an API key, the UI asks for it (any user name)."""
+             output_dir: str | os.PathLike | None = None, policy=None):
+    """Mount the UI on ``app`` at ``path``; with an API key, the UI asks for it (any user name).
+
+    ``policy`` (the app's ``policy.Policy``) learns the UI's upload folder and login cookies.
+    """
     import gradio as gr
+    from starlette.routing import Mount
 
     demo = build_ui(service, output_dir=output_dir)
     auth = None
@@ -372,6 +448,20 @@ def mount_ui(app, service: GenerationService, *, path: str = "/ui", api_key: str
         def auth(_user: str, password: str) -> bool:
             return hmac.compare_digest(password.encode(), api_key.encode())
 
-    return gr.mount_gradio_app(app, demo, path=path, auth=auth, max_file_size=service.limits.max_upload_bytes,
-                               auth_message="Enter the server's API key as the password (any user name)."
-                               if api_key else None, footer_links=["api"])
+    uploads = upload_dirs()
+    gr.mount_gradio_app(app, demo, path=path, auth=auth, max_file_size=service.limits.max_upload_bytes,
+                        auth_message="Enter the server's API key as the password (any user name)."
+                        if api_key else None, footer_links=["api"], allowed_paths=[],
+                        blocked_paths=_blocked_paths(service, uploads))
+    # Gradio checks the files a client names only once an app has "launched" (Blocks.launch sets
+    # this; mount_gradio_app does not, as of gradio 6.31): without it, a descriptor naming any server
+    # file is copied into the cache and served. is_running also stops it marking client SVG paths static.
+    demo.has_launched = True
+    demo.is_running = True
+    if policy is not None:
+        gradio_app = next(r.app for r in app.routes if isinstance(r, Mount) and r.path == path.rstrip("/"))
+        policy.upload_dirs = uploads
+        policy.ui_cookie_names = (f"access-token-{gradio_app.cookie_id}",
+                                  f"access-token-unsecure-{gradio_app.cookie_id}")
+        policy.ui_tokens = gradio_app.tokens
+    return app
