@@ -369,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--api-key", default=None,
                    help="require this key on every API call ('Authorization: Bearer KEY' or 'X-API-Key: KEY') and "
                         "as the UI password (default: $INSTANTSTYLE_API_KEY, else none)")
+    n.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the server answers to, besides localhost and the --host address (behind a "
+                        "reverse proxy: its public name); repeatable; '*' answers to any (default: "
+                        "$INSTANTSTYLE_ALLOWED_HOSTS, comma-separated)")
+    n.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example.com) allowed to call the API from its pages (CORS); "
+                        "repeatable; default none: cross-origin requests that change state are refused")
     n.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
     n.add_argument("--no-warmup", action="store_true",
                    help="skip the start-up warm-up generation (with a compiling --speed, such as the default max "
@@ -388,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--min-size", type=int, default=lim.min_size, help="smallest width/height (default: %(default)s)")
     q.add_argument("--max-size", type=int, default=lim.max_size, help="largest width/height (default: %(default)s)")
     q.add_argument("--max-steps", type=int, default=lim.max_steps, help="most denoising steps (default: %(default)s)")
+    q.add_argument("--max-cost", type=float, default=lim.max_cost,
+                   help="most steps x width x height x images per request, counted in steps of a 1024x1024 image "
+                        "(default: %(default)s = 4 images of 1024x1024 at 50 steps)")
+    q.add_argument("--job-timeout", type=float, default=lim.job_timeout_s, metavar="S",
+                   help="a running job past S seconds stops at its next step and fails (default: %(default)s)")
+    q.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM/Ctrl-C, queued jobs are answered as cancelled and running ones get S seconds "
+                        "before they stop (default: %(default)s)")
     q.add_argument("--styles-dir", default=None,
                    help="saved styles (default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles)")
     q.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
@@ -799,7 +814,9 @@ def cmd_serve(args) -> int:
     limits = Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                     max_prompt_length=args.max_prompt_length, max_style_images=args.max_style_images,
                     max_num_images=args.max_images, min_size=args.min_size, max_size=args.max_size,
-                    max_steps=args.max_steps)
+                    max_steps=args.max_steps, max_cost=args.max_cost, job_timeout_s=args.job_timeout)
+    if not args.drain_timeout >= 0:
+        raise InstantStyleError(f"--drain-timeout is {args.drain_timeout}; it must be >= 0")
     if args.queue_size < 1:
         raise InstantStyleError(f"--queue-size is {args.queue_size}; it must be >= 1")
     if args.cpu_threads is not None and args.cpu_threads < 1:
@@ -820,6 +837,11 @@ def cmd_serve(args) -> int:
                + [preflight.Need("ControlNet", ref, "controlnet") for ref in controlnets.values()],
                tryout=TRYOUT.replace("the commands", "the server"))
     api_key = args.api_key or os.environ.get("INSTANTSTYLE_API_KEY") or None
+    from .server.policy import Policy, default_allowed_hosts
+
+    env_hosts = [h.strip() for h in os.environ.get("INSTANTSTYLE_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    allowed_hosts = default_allowed_hosts(args.host) + (args.allowed_host or env_hosts)
+    Policy(allowed_hosts=allowed_hosts, allowed_origins=args.allowed_origin)  # checks the values now
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
               "port can generate (set --api-key or INSTANTSTYLE_API_KEY)", file=sys.stderr)
@@ -846,15 +868,27 @@ def cmd_serve(args) -> int:
     from .server.http_api import create_app
 
     service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads,
-                                controlnets=controlnets)
-    app = create_app(service, api_key=api_key, ui=not args.no_ui)
+                                controlnets=controlnets, drain_timeout_s=args.drain_timeout)
+    app = create_app(service, api_key=api_key, ui=not args.no_ui, allowed_hosts=allowed_hosts,
+                     allowed_origins=args.allowed_origin, bind_host=args.host)
     where = f"http://{args.host}:{args.port}"
     print(f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"
           + ("" if args.no_ui else f" (UI {where}/ui/, API docs {where}/docs)"), file=sys.stderr)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: cancel the queued jobs and bound the running ones (--drain-timeout) at
+        once, so open ?wait=true requests get their answers and the shutdown below never waits long."""
+
+        def handle_exit(self, sig, frame):
+            service.begin_shutdown(args.drain_timeout)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=max(1, int(args.drain_timeout) + 5))
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        DrainingServer(config).run()
     finally:
-        service.close()
+        service.close(args.drain_timeout)
     return 0
 
 

@@ -34,7 +34,7 @@ def client(service):
 
     from instantstyle.server.http_api import create_app
 
-    with TestClient(create_app(service, ui=False)) as c:
+    with TestClient(create_app(service, ui=False), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -275,18 +275,23 @@ def test_api_key(service, red_png):
 
     from instantstyle.server.http_api import create_app
 
-    with TestClient(create_app(service, api_key="s3cret-key", ui=False)) as c:
+    with TestClient(create_app(service, api_key="s3cret-key", ui=False), base_url="http://127.0.0.1") as c:
         for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
-            r = c.get("/v1/health", headers=headers)
+            r = c.get("/v1/blocks", headers=headers)
             assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
             assert r.headers["www-authenticate"] == "Bearer"
         r = _post(c, {"prompt": "x", "steps": STEPS}, _upload(red_png), headers={"X-API-Key": "nope"})
         assert r.status_code == 401
-        assert c.get("/v1/health", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        # the health check answers without the key, with its status only
+        assert c.get("/v1/health").json() == {"status": "ok", "api_key_required": True}
+        full = c.get("/v1/health", headers={"X-API-Key": "s3cret-key"})
+        assert full.status_code == 200 and "limits" in full.json()
         ok = _post(c, {"prompt": "x", "seed": 1, "steps": STEPS}, _upload(red_png),
                    headers={"Authorization": "Bearer s3cret-key"})
         assert ok.status_code == 200
-        assert c.get("/docs").status_code == 200  # the documentation stays readable
+        for path in ("/docs", "/openapi.json", "/"):  # nothing of ours is open without the key
+            assert c.get(path, follow_redirects=False).status_code == 401
+        assert c.get("/openapi.json", headers={"X-API-Key": "s3cret-key"}).status_code == 200
 
 
 def test_api_key_also_guards_the_ui(service):
@@ -295,7 +300,7 @@ def test_api_key_also_guards_the_ui(service):
 
     from instantstyle.server.http_api import create_app
 
-    with TestClient(create_app(service, api_key="s3cret-key", ui=True)) as c:
+    with TestClient(create_app(service, api_key="s3cret-key", ui=True), base_url="http://127.0.0.1") as c:
         assert c.get("/ui/config").status_code == 401
         assert c.post("/ui/login", data={"username": "me", "password": "wrong"}).status_code >= 400
         assert c.post("/ui/login", data={"username": "me", "password": "s3cret-key"}).status_code == 200

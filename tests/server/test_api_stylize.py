@@ -59,7 +59,7 @@ def client(service):
 
     from instantstyle.server.http_api import create_app
 
-    with TestClient(create_app(service, ui=False)) as c:
+    with TestClient(create_app(service, ui=False), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -44,12 +44,14 @@ def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys
 
     seen = {}
 
-    def fake_run(app, host, port, **kwargs):
+    def fake_run(self, sockets=None):
+        app, host, port = self.config.app, self.config.host, self.config.port
         seen.update(host=host, port=port)
-        with TestClient(app) as c:
+        with TestClient(app, base_url=f"http://127.0.0.1:{port}") as c:
             health = c.get("/v1/health", headers={"X-API-Key": "k3y"})
             seen["health"] = health.json()
-            seen["no_key"] = c.get("/v1/health").status_code
+            seen["no_key"] = c.get("/v1/blocks").status_code
+            seen["health_no_key"] = c.get("/v1/health").json()
             seen["ui"] = c.get("/ui/", headers={"X-API-Key": "k3y"}).status_code
             r = c.post("/v1/generate?wait=true", headers={"Authorization": "Bearer k3y"},
                        data={"params": json.dumps({"prompt": "a cat", "seed": 1, "steps": 2})},
@@ -63,13 +65,14 @@ def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys
                               ("content", ("content.png", red_png, "image/png"))])
             seen["controlnet"] = (r.status_code, r.json())
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     monkeypatch.setenv("INSTANTSTYLE_API_KEY", "k3y")
     assert main(["serve", "--base", "tiny", "--device", "cpu", "--cpu-threads", "1", "--no-ui",
                  "--controlnet", "edges=tiny"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 7860)  # this machine only, by default
     assert seen["health"]["status"] == "ok" and seen["health"]["models"]["base"] == "tiny"
     assert seen["health"]["api_key_required"] and seen["no_key"] == 401  # the environment's key is enforced
+    assert seen["health_no_key"] == {"status": "ok", "api_key_required": True}  # a health check, nothing more
     assert seen["ui"] == 404  # --no-ui
     status, body = seen["generate"]
     assert status == 200 and body["images"][0]["metadata"]["seed"] == 1
@@ -111,7 +114,7 @@ def test_serve_passes_speed_and_memory_and_is_long_lived(monkeypatch):
         raise Stop
 
     monkeypatch.setattr(pipeline.InstantStyle, "from_pretrained", no_loading)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
     assert main(["serve", "--base", "tiny", "--device", "cpu", "--speed", "exact", "--memory", "normal"]) != 0
     assert (seen["speed"], seen["memory"], seen["long_lived"]) == ("exact", "normal", True)
 
@@ -125,7 +128,7 @@ def test_serve_warms_up_when_the_speed_compiles(speed, extra, warmed, monkeypatc
 
     calls = []
     monkeypatch.setattr(pipeline.InstantStyle, "warmup", lambda self: calls.append(self.speed) or 0.0)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
     assert main(["serve", "--base", "tiny", "--device", "cpu", "--speed", speed, *extra]) == 0
     assert bool(calls) == warmed
 

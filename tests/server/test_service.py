@@ -81,7 +81,7 @@ def test_an_error_or_oom_fails_only_that_job():
         assert jobs[3].value == 42
         health = service.health()
         assert health["status"] == "ok" and health["workers_alive"] == 1
-        assert health["jobs"] == {"accepted": 4, "refused": 0, "done": 1, "failed": 3}
+        assert health["jobs"] == {"accepted": 4, "refused": 0, "done": 1, "failed": 3, "cancelled": 0}
         with pytest.raises(JobFailedError, match="kaboom"):
             service.call(lambda m: boom(m, None), kind="x", timeout=5)
 
@@ -95,7 +95,7 @@ def test_one_worker_per_model_runs_jobs_in_parallel():
         assert service.health()["workers"] == 2
 
 
-def test_close_fails_queued_jobs_and_refuses_new_ones():
+def test_close_cancels_queued_jobs_and_refuses_new_ones():
     gate = threading.Event()
     service = GenerationService(StubModel(), queue_size=4).start()
     running = service.submit(_gate_work(gate), kind="x")
@@ -105,7 +105,7 @@ def test_close_fails_queued_jobs_and_refuses_new_ones():
     threading.Timer(0.2, gate.set).start()
     service.close(timeout=5)
     assert running.status == DONE
-    assert queued.status == FAILED and queued.error_type == "shutdown"
+    assert queued.status == "cancelled" and queued.error_type == "shutdown"  # answered at once, as cancelled
     with pytest.raises(InstantStyleError, match="shutting down"):
         service.submit(_gate_work(gate), kind="x")
 
