@@ -354,7 +354,8 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
              responses={**queued_response, **_errors(409, 504)})
     async def generate(
         request: Request,
-        params: Annotated[str, Form(description=PARAMS_HELP)],
+        params: Annotated[str, Form(min_length=1, description=PARAMS_HELP,
+                                    examples=['{"prompt": "a lighthouse at dusk", "seed": 1}'])],
         images: Annotated[list[UploadFile] | None, File(description="style reference images (PNG, JPEG, WebP...)")]
         = None,
         content: Annotated[UploadFile | None, File(description="content image to stylize (sets content)")] = None,
@@ -520,6 +521,7 @@ def _document_schema(app: FastAPI, *, api_key_required: bool) -> None:
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             }
+            _mark_files_binary(components.get("schemas", {}))
             if api_key_required:
                 schema["security"] = [{"bearer": []}, {"apiKey": []}]
                 for operation in schema.get("paths", {}).get("/v1/health", {}).values():
@@ -528,6 +530,27 @@ def _document_schema(app: FastAPI, *, api_key_required: bool) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _mark_files_binary(node) -> None:
+    """File fields (``contentMediaType: application/octet-stream``) also get ``format: binary``,
+    the OpenAPI 3.0 spelling most clients and fuzzers look for to send a file part; an optional
+    file field is declared as the file (multipart has no null: a part is sent or left out)."""
+    if isinstance(node, dict):
+        for prop in (node.get("properties") or {}).values():
+            options = prop.get("anyOf") if isinstance(prop, dict) else None
+            if options and len(options) == 2 and {"type": "null"} in options:
+                (kept,) = [o for o in options if o != {"type": "null"}]
+                if "application/octet-stream" in json.dumps(kept):
+                    del prop["anyOf"]
+                    prop.update(kept)
+        if node.get("contentMediaType") == "application/octet-stream" and node.get("type") == "string":
+            node.setdefault("format", "binary")
+        for value in node.values():
+            _mark_files_binary(value)
+    elif isinstance(node, list):
+        for value in node:
+            _mark_files_binary(value)
 
 
 def _parse_weights(text: str | None) -> list[float] | None:
