@@ -18,6 +18,9 @@ from instantstyle.cli import main
     (["--controlnet", "depth"], "--controlnet 'depth': give NAME=REF"),
     (["--controlnet", "canny=/models/cn"], "--controlnet canny=/models/cn: the name must be"),
     (["--controlnet", "../x=/models/cn"], "--controlnet ../x=/models/cn: the name must be"),
+    (["--max-cost", "0"], "--max-cost is 0.0"),
+    (["--drain-timeout", "-1"], "--drain-timeout is -1"),
+    (["--allowed-origin", "evil.example"], "--allowed-origin 'evil.example': give scheme://host"),
 ])
 def test_bad_serve_flags_exit_2_in_one_line(flags, words, capsys, monkeypatch):
     import instantstyle.pipeline as pipeline
@@ -64,6 +67,15 @@ def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys
                        files=[("images", ("red.png", red_png, "image/png")),
                               ("content", ("content.png", red_png, "image/png"))])
             seen["controlnet"] = (r.status_code, r.json())
+            # SIGTERM: the service stops taking work at once, and the shutdown wait is bounded
+            import signal
+
+            self.handle_exit(signal.SIGTERM, None)
+            r = c.post("/v1/generate", headers={"Authorization": "Bearer k3y"},
+                       data={"params": json.dumps({"prompt": "a cat", "steps": 2})},
+                       files=[("images", ("red.png", red_png, "image/png"))])
+            seen["after_sigterm"] = (r.status_code, r.json()["error"]["code"])
+            seen["graceful"] = self.config.timeout_graceful_shutdown
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     monkeypatch.setenv("INSTANTSTYLE_API_KEY", "k3y")
@@ -81,6 +93,7 @@ def test_serve_base_tiny_binds_localhost_and_serves(red_png, monkeypatch, capsys
     assert status == 200, body
     assert [c["model"] for c in body["images"][0]["metadata"]["controlnets"]] == ["tiny", "edges"]
     assert "serving cpu at http://127.0.0.1:7860" in capsys.readouterr().err
+    assert seen["after_sigterm"] == (503, "shutdown") and seen["graceful"] == 35  # --drain-timeout 30, +5
 
 
 def test_cli_parser_imports_no_web_framework():

@@ -108,3 +108,42 @@ def test_30_concurrent_requests_against_a_queue_of_8(tiny_model, red_png):
     # and the images really differ between requests (the pixel check above can tell them apart)
     first, second = sorted(images)[:2]
     assert np.abs(images[first].astype(int) - images[second].astype(int)).max() > 10
+
+
+def test_a_cancelled_long_job_frees_the_worker_within_one_step(tiny_model, red_png):
+    """With a long job running, DELETE /v1/jobs/{id} stops it at its next step: the next client's
+    job starts within about one step's time, not after the long job's remaining steps."""
+    import httpx
+
+    from instantstyle.server.http_api import create_app
+
+    service = GenerationService(tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_steps=500), cpu_threads=1)
+    files = [("images", ("red.png", red_png, "image/png"))]
+    with service, live_server(create_app(service, ui=False)) as url, httpx.Client(timeout=CLIENT_TIMEOUT_S) as c:
+        long = c.post(f"{url}/v1/generate", data={"params": json.dumps({"prompt": "long", "steps": 500})},
+                      files=files).json()
+        job = service.get(long["id"])
+        deadline = time.monotonic() + 30
+        while job.step < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        step_s = (time.time() - job.started) / job.step  # measured time per step (upper bound)
+        next_job = {}
+
+        def next_client():
+            r = c.post(f"{url}/v1/generate", params={"wait": "true"},
+                       data={"params": json.dumps({"prompt": "next", "steps": 2, "seed": 7})}, files=files)
+            next_job.update(r.json())
+
+        waiter = threading.Thread(target=next_client)
+        waiter.start()
+        while service.health()["queued"] < 1:
+            time.sleep(0.005)
+        t_cancel, step_at_cancel = time.time(), job.step
+        assert c.delete(f"{url}/v1/jobs/{long['id']}").status_code == 200
+        waiter.join(CLIENT_TIMEOUT_S)
+        assert job.status == "cancelled" and job.step <= step_at_cancel + 1 < 500
+        assert next_job["status"] == "done", next_job
+        freed_after = next_job["started"] - t_cancel
+        print(f"\ncancel: long job stopped at step {job.step}/500 (cancel at {step_at_cancel}); next job started "
+              f"{freed_after * 1000:.0f} ms after the cancel (one step: {step_s * 1000:.0f} ms)")
+        assert freed_after < 2 * step_s + 0.5  # within one step (plus scheduling slack)

@@ -46,7 +46,6 @@ def api_schema(tiny_model, tmp_path_factory):
 def test_the_api_holds_to_its_schema(api_schema):
     from hypothesis import given
     from hypothesis.errors import Unsatisfiable
-
     from schemathesis.generation.modes import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance
     from schemathesis.transport.serialization import Binary
@@ -66,7 +65,7 @@ def test_the_api_holds_to_its_schema(api_schema):
                 # not a usable request (no style reference, not JSON) is rightly a 400
                 response = case.call_and_validate(timeout=REQUEST_TIMEOUT_S,
                                                   excluded_checks=[positive_data_acceptance])
-                statuses.append((operation.label, response.status_code))
+                statuses.append((case.operation.label, response.status_code))
 
             try:
                 run()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,50 @@ def test_failed_key_and_login_attempts_are_limited(service):
         r = c.get("/v1/blocks", headers={"X-API-Key": "guess"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert c.get("/v1/blocks").status_code == 401  # no key at all: plain 401, not counted
+
+
+def test_cancelling_in_the_ui_stops_the_job(service, red_png):
+    """Gradio's cancel (the Stop button; a closed page) reaches the job: it stops at its next step."""
+    import httpx
+    from server_helpers import live_server
+
+    from instantstyle.server.http_api import create_app
+
+    big = GenerationService(service.model, queue_size=2, cpu_threads=1, limits=Limits(max_steps=400))
+    with big, live_server(create_app(big, ui=True)) as url, httpx.Client(base_url=f"{url}/ui", timeout=30) as c:
+        config = c.get("/config").json()
+        dep = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
+        comps = {comp["id"]: comp for comp in config["components"]}
+        (path,) = c.post("/gradio_api/upload", files=[("files", ("red.png", red_png, "image/png"))]).json()
+        data = []
+        for i in dep["inputs"]:
+            props = comps[i].get("props", {})
+            value = props.get("value")
+            if props.get("elem_id") == "style-files":
+                value = [{"path": path, "orig_name": "red.png", "meta": {"_type": "gradio.FileData"}}]
+            elif props.get("elem_id") == "prompt":
+                value = "stop me"
+            elif props.get("elem_id") == "steps":
+                value = 400
+            elif props.get("elem_id") in ("width", "height"):
+                value = 64
+            data.append(value)
+        session = "ui-cancel"
+        r = c.post("/gradio_api/queue/join", json={"data": data, "fn_index": dep["id"], "session_hash": session,
+                                                   "trigger_id": dep["targets"][0][0], "event_data": None})
+        assert r.status_code == 200, r.text
+        event_id = r.json()["event_id"]
+        with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as events:
+            deadline = time.monotonic() + 30
+            job = None
+            while job is None or job.step < 1:
+                assert time.monotonic() < deadline, "the UI job never started"
+                job = next((j for j in big._jobs.values() if j.request and j.request.prompt == "stop me"), None)
+                time.sleep(0.02)
+            r = c.post("/gradio_api/cancel", json={"session_hash": session, "fn_index": dep["id"],
+                                                   "event_id": event_id})
+            assert r.status_code == 200
+            step_at_cancel = job.step
+            assert job.wait(5) and job.status == "cancelled", job.status
+            assert job.step <= step_at_cancel + 2 < 400 and "web UI" in job.error
+            events.close()
