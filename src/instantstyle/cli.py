@@ -1016,16 +1016,27 @@ def _flag_names(message: str) -> str:
     return message
 
 
+def _load_for_eval(args):
+    """The generation model of eval / probe-blocks, from the same model flags as generate."""
+    from .pipeline import InstantStyle
+
+    return InstantStyle.from_pretrained(
+        args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
+        content_text_encoder=args.content_text_encoder, cache_dir=True, progress=not args.quiet,
+        memory=args.memory, **_speed_args(args), vae=args.vae, base_config=args.base_config,
+    )
+
+
 def cmd_eval(args) -> int:
     from .eval_cli import cmd_eval as run
 
-    return run(args)
+    return run(args, lambda: _load_for_eval(args))
 
 
 def cmd_probe_blocks(args) -> int:
     from .eval_cli import cmd_probe_blocks as run
 
-    return run(args)
+    return run(args, lambda: _load_for_eval(args))
 
 
 COMMANDS.update({"eval": cmd_eval, "probe-blocks": cmd_probe_blocks})

@@ -2,7 +2,8 @@
 flags ``instantstyle compare --metrics`` shares. ``cli.py`` only registers them.
 
 The logic lives in ``instantstyle.metrics`` (``runner.evaluate``, ``probe.probe_blocks``); this
-module parses flags, loads models and prints where the results went.
+module parses flags and prints where the results went. The generation model comes from ``cli.py``'s
+loader (the same model flags as ``generate``), passed in as ``load_model``.
 """
 
 from __future__ import annotations
@@ -112,28 +113,20 @@ def add_parsers(sub, common, add_model_args) -> None:
     add_model_args(p)
 
 
-def _load_model(args):
-    from .pipeline import InstantStyle
-
-    return InstantStyle.from_pretrained(
-        args.base, args.adapter, args.image_encoder, device=args.device, dtype=args.dtype, variant=args.variant,
-        content_text_encoder=args.content_text_encoder, cache_dir=True, progress=not args.quiet,
-        speed=args.speed, memory=args.memory)
-
-
-def cmd_eval(args) -> int:
+def cmd_eval(args, load_model) -> int:
+    """``load_model()`` loads the generation model (called only if a manifest's images are missing)."""
     from pathlib import Path
 
     from .metrics.runner import evaluate
 
     scorer = make_scorer(args)
-    report = evaluate(args.source, args.out, scorer, references=args.references, load_model=lambda: _load_model(args),
+    report = evaluate(args.source, args.out, scorer, references=args.references, load_model=load_model,
                       progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr))
     print(Path(report["out"]) / "report.md")
     return 0 if report["images"] else 1
 
 
-def cmd_probe_blocks(args) -> int:
+def cmd_probe_blocks(args, load_model) -> int:
     from .metrics.probe import probe_blocks
 
     scorer = make_scorer(args)
@@ -141,7 +134,7 @@ def cmd_probe_blocks(args) -> int:
         raise InstantStyleError("probe-blocks needs csd_style in --metrics")
     settings = {k: getattr(args, k) for k in ("steps", "guidance", "width", "height") if getattr(args, k) is not None}
     scorer.load()  # a missing metric model fails before the base model loads
-    model = _load_model(args)
+    model = load_model()
     result = probe_blocks(model, args.style, args.prompt, scorer, args.out, seeds=args.seed or [0], layers=args.layers,
                           scale=args.scale, settings=settings, overwrite=args.overwrite, progress=not args.quiet,
                           log=lambda msg: print(msg, file=sys.stderr))

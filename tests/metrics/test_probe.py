@@ -72,3 +72,23 @@ def test_recommendation_rule():
             {"unit": "b", "d_csd_style": 0.20, "d_dino_leakage": 0.02},  # style without leakage
             {"unit": "c", "d_csd_style": 0.05, "d_dino_leakage": 0.10}]
     assert recommend(rows) == {"style": "b=1.0", "layout": "a=1.0", "style+layout": "b=1.0,a=1.0"}
+
+
+def test_cli_probe_blocks_and_eval_load_the_model_from_the_generate_flags(tiny_paths, style_images, tmp_path, capsys):
+    """Both commands load the base through the same flags as generate (a written tiny model here)."""
+    from instantstyle.cli import main
+
+    model_flags = ["--base", str(tiny_paths["base"]), "--adapter", str(tiny_paths["adapter"]),
+                   "--image-encoder", str(tiny_paths["image_encoder"]), "--device", "cpu", "--quiet",
+                   "--csd", "tiny", "--clip", "tiny", "--dino", "tiny"]
+    code = main(["probe-blocks", "--style", str(style_images["red"]), "--prompt", "a cat", "--steps", "1",
+                 "--out", str(tmp_path / "probe"), "--metrics", "csd_style,dino_leakage", *model_flags])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("style: --blocks ") and "layout: --blocks " in out and (tmp_path / "probe" / "heatmap.png").is_file()
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"styles": [{"image": str(style_images["red"])}], "prompts": ["a cat"],
+                                    "defaults": {"steps": 1}, "settings": [{"method": "instantstyle"}]}))
+    assert main(["eval", str(manifest), "--metrics", "csd_style", *model_flags]) == 0
+    report = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert report["counts"] == {"generated": 1, "reused": 0}
