@@ -2,12 +2,13 @@
 
 This is the only module that spells block names. It reads the cross-attention modules of a
 UNet from the model itself, declares the presets as data, and resolves a request (a preset, a
-``--blocks`` spec, a global scale) to one scale per cross-attention processor. A name that
+``--blocks`` spec, a global scale) to one scale per cross-attention processor and CFG branch. A name that
 matches nothing is an error listing the valid names -- never a silent zero (diffusers'
 ``set_ip_adapter_scale`` dict silently ignores a misspelt ``block_5``).
 
 Names accepted in a spec, from coarse to fine (the finest match wins):
-- a preset: ``style``, ``layout``, ``style+layout``, ``full`` (alias ``all``);
+- a preset: ``style``, ``layout``, ``style+layout``, ``full`` (alias ``all``), ``strong``,
+  ``composition``, ``precise``;
 - a block: ``up_blocks.0``, ``mid_block``;
 - an attention module: ``up_blocks.0.attentions.1``;
 - one transformer layer inside a module: ``up_blocks.0.attentions.1.transformer_blocks.3``.
@@ -26,12 +27,45 @@ STYLE_BLOCK = "up_blocks.0.attentions.1"  # colour, material, atmosphere
 LAYOUT_BLOCK = "down_blocks.2.attentions.1"  # structure, composition
 ALL = "*"
 
-# Presets are data: name -> attention modules that get the adapter at full scale.
-PRESETS: dict[str, tuple[str, ...]] = {
-    "style": (STYLE_BLOCK,),
-    "layout": (LAYOUT_BLOCK,),
-    "style+layout": (STYLE_BLOCK, LAYOUT_BLOCK),
-    "full": (ALL,),
+# Which half of the classifier-free-guidance batch receives the reference's image tokens:
+# "cond" = the usual IP-Adapter (the unconditional half gets the negative: zeros or --negative-style);
+# "uncond" = the unconditional half gets the reference, the conditional half zero tokens, so guidance
+# pushes the picture *away* from what that block carries (ComfyUI_IPAdapter_plus "style transfer
+# precise", InvokeAI ``style_precise``); "both" = both halves get the reference.
+BRANCHES = ("cond", "uncond", "both")
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One entry of a preset: these modules get the reference in this branch at this scale."""
+
+    target: str  # a module, a block, or ALL
+    scale: float = 1.0  # multiplied by the request's --scale
+    branch: str = "cond"
+    boost: bool = False  # also multiplied by --layout-boost
+
+    def as_dict(self) -> dict:
+        return {"blocks": "every module" if self.target == ALL else self.target, "branch": self.branch,
+                "scale": self.scale, **({"boost": "--layout-boost"} if self.boost else {})}
+
+
+# Presets are data: name -> injections, applied in order (a later entry overrides an earlier one
+# on the same processors and branch). The module names come from the family's style and layout
+# blocks (STYLE_BLOCK, LAYOUT_BLOCK), so a family's table only names those two.
+#   style, layout, style+layout, full: InstantStyle's README and diffusers' scale dicts.
+#   composition: the layout block only (ComfyUI "composition", InvokeAI ``composition``) = layout.
+#   strong: every module except the layout block (ComfyUI "strong style transfer", InvokeAI
+#     ``style_strong``; InvokeAI's SDXL list also names 8 modules SDXL does not have).
+#   precise: the style block as usual + the layout block in the unconditional branch only, its
+#     scale times --layout-boost (ComfyUI "style transfer precise" with its style_boost, default 1).
+PRESETS: dict[str, tuple[Injection, ...]] = {
+    "style": (Injection(STYLE_BLOCK),),
+    "layout": (Injection(LAYOUT_BLOCK),),
+    "style+layout": (Injection(STYLE_BLOCK), Injection(LAYOUT_BLOCK)),
+    "full": (Injection(ALL),),
+    "strong": (Injection(ALL), Injection(LAYOUT_BLOCK, scale=0.0)),
+    "composition": (Injection(LAYOUT_BLOCK),),
+    "precise": (Injection(STYLE_BLOCK), Injection(LAYOUT_BLOCK, branch="uncond", boost=True)),
 }
 PRESET_ALIASES = {"all": "full"}
 DEFAULT_PRESET = "style"
@@ -64,7 +98,7 @@ class AttentionModule:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return tuple(p for p in ("style", "layout") if PRESETS[p] == (self.name,))
+        return tuple(p for p in ("style", "layout") if tuple(i.target for i in PRESETS[p]) == (self.name,))
 
 
 def discover(unet) -> list[AttentionModule]:
@@ -155,59 +189,127 @@ def resolve(
 
     Each processor takes the value of the most specific entry that covers it (layer > module >
     block > preset); processors covered by nothing get 0. The result is multiplied by ``scale``.
-    Raises on any name that is not a preset, block, module or layer of this UNet.
+    Raises on any name that is not a preset, block, module or layer of this UNet, and on a preset
+    that injects into the unconditional branch (use ``resolve_branches``).
+    """
+    branches = resolve_branches(modules, spec, scale)
+    extra = [b for b in branches if b != "cond"]
+    if extra:
+        raise InstantStyleError(
+            f"'{', '.join(n for n, _ in spec)}' injects into the {extra[0]} branch of classifier-free guidance, "
+            "which only generation supports; use a preset without one (style, style+layout, strong, ...)"
+        )
+    return branches["cond"]
+
+
+def resolve_branches(
+    modules: list[AttentionModule], spec: list[tuple[str, float]], scale: float = 1.0,
+    layout_boost: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """Resolve a spec to ``{branch: {attn2 processor name: scale}}``.
+
+    ``"cond"`` is always there (every processor, 0 where nothing covers it); ``"uncond"`` and
+    ``"both"`` only when a preset in the spec uses them. Names other than presets act on the
+    conditional branch. ``layout_boost`` multiplies the preset entries marked ``boost``; giving it
+    for a spec without such an entry is an error (it would be ignored).
     """
     scale = _scale_value(scale, "scale")
+    boost = 1.0 if layout_boost is None else _scale_value(layout_boost, "--layout-boost")
     by_module = {m.name: m for m in modules}
     by_block: dict[str, list[AttentionModule]] = {}
     for m in modules:
         by_block.setdefault(m.block, []).append(m)
     layer_owner = {m.layer_name(i): (m, i) for m in modules for i in range(m.layers)}
 
-    # rank: 0 preset, 1 block, 2 module, 3 layer. value per (processor) = highest rank wins.
-    chosen: dict[str, tuple[int, float, str]] = {}
+    # rank: 0 preset, 1 block, 2 module, 3 layer. value per (branch, processor) = highest rank wins.
+    chosen: dict[tuple[str, str], tuple[int, float, str]] = {}
 
-    def assign(processor: str, rank: int, value: float, source: str) -> None:
-        prev = chosen.get(processor)
+    def assign(branch: str, processor: str, rank: int, value: float, source: str) -> None:
+        prev = chosen.get((branch, processor))
         if prev is not None and prev[0] == rank and prev[1] != value:
             raise InstantStyleError(
                 f"--blocks: '{processor.rsplit('.attn2', 1)[0]}' gets two scales ({prev[1]} from "
                 f"'{prev[2]}', {value} from '{source}'); give it once"
             )
         if prev is None or rank >= prev[0]:
-            chosen[processor] = (rank, value, source)
+            chosen[(branch, processor)] = (rank, value, source)
 
+    boosted = False
     for name, value in spec:
         canonical = PRESET_ALIASES.get(name, name)
         if canonical in PRESETS:
-            targets = PRESETS[canonical]
-            mods = modules if targets == (ALL,) else [by_module[t] for t in targets if t in by_module]
-            if targets != (ALL,) and len(mods) != len(targets):
-                missing = [t for t in targets if t not in by_module]
-                raise InstantStyleError(
-                    f"preset '{canonical}' needs {', '.join(missing)}, which this UNet does not have; "
-                    f"use --blocks with one of: {', '.join(m.name for m in modules)}"
-                )
-            for m in mods:
-                for p in m.processors:
-                    assign(p, 0, value, name)
+            own: dict[tuple[str, str], float] = {}  # this preset's entries, later ones override
+            for inj in PRESETS[canonical]:
+                mods = modules if inj.target == ALL else by_module.get(inj.target) and [by_module[inj.target]]
+                if not mods:
+                    raise InstantStyleError(
+                        f"preset '{canonical}' needs {inj.target}, which this UNet does not have; "
+                        f"use --blocks with one of: {', '.join(m.name for m in modules)}"
+                    )
+                boosted |= inj.boost
+                for m in mods:
+                    for p in m.processors:
+                        own[(inj.branch, p)] = value * inj.scale * (boost if inj.boost else 1.0)
+            for (branch, p), v in own.items():
+                assign(branch, p, 0, v, name)
         elif name in by_block:
             for m in by_block[name]:
                 for p in m.processors:
-                    assign(p, 1, value, name)
+                    assign("cond", p, 1, value, name)
         elif name in by_module:
             for p in by_module[name].processors:
-                assign(p, 2, value, name)
+                assign("cond", p, 2, value, name)
         elif name in layer_owner:
             m, i = layer_owner[name]
             proc = f"{name}.attn2.processor"
             if proc not in m.processors:
                 raise InstantStyleError(f"--blocks: layer '{name}' has no cross-attention")
-            assign(proc, 3, value, name)
+            assign("cond", proc, 3, value, name)
         else:
             raise InstantStyleError(_unknown_name_message(name, modules))
+    if layout_boost is not None and not boosted:
+        raise InstantStyleError(
+            f"--layout-boost {layout_boost} has nothing to boost: '{', '.join(n for n, _ in spec)}' has no "
+            "negative-branch layout block; use it with --mode precise"
+        )
 
-    return {p: (chosen[p][1] * scale if p in chosen else 0.0) for m in modules for p in m.processors}
+    procs = [p for m in modules for p in m.processors]
+    out = {"cond": {p: (chosen[("cond", p)][1] * scale if ("cond", p) in chosen else 0.0) for p in procs}}
+    for branch in BRANCHES[1:]:
+        values = {p: chosen[(branch, p)][1] * scale if (branch, p) in chosen else 0.0 for p in procs}
+        if any(values.values()):
+            out[branch] = values
+    return out
+
+
+def has_boost(spec: list[tuple[str, float]]) -> bool:
+    """Whether a spec names a preset with a ``--layout-boost`` entry (``precise``)."""
+    return any(i.boost for n, _ in spec for i in PRESETS.get(PRESET_ALIASES.get(n, n), ()))
+
+
+def branches_of(spec: list[tuple[str, float]]) -> set[str]:
+    """The CFG branches the presets named in a spec inject into (without resolving against a UNet)."""
+    return {"cond"} | {i.branch for n, _ in spec for i in PRESETS.get(PRESET_ALIASES.get(n, n), ()) if i.scale}
+
+
+def preset_table() -> dict[str, list[dict]]:
+    """The presets as JSON-friendly rows (``instantstyle blocks --json``, the HTTP API)."""
+    return {name: [i.as_dict() for i in injections] for name, injections in PRESETS.items()}
+
+
+def describe_preset(name: str) -> str:
+    """One line for ``instantstyle blocks``: ``precise = up_blocks.0.attentions.1; ...``."""
+    parts = []
+    for i in PRESETS[name]:
+        target = "every module" if i.target == ALL else i.target
+        if i.scale == 0:
+            parts.append(f"not {target}")
+            continue
+        extra = [x for x in (f"x{i.scale:g}" if i.scale != 1 else "",
+                             f"{i.branch} branch" if i.branch != "cond" else "",
+                             "x --layout-boost" if i.boost else "") if x]
+        parts.append(target + (f" ({', '.join(extra)})" if extra else ""))
+    return f"{name} = {', '.join(parts)}"
 
 
 def _unknown_name_message(name: str, modules: list[AttentionModule]) -> str:

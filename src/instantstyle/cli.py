@@ -166,6 +166,14 @@ def _add_generate_args(g: argparse.ArgumentParser, modes, schedulers, *, stylize
     s.add_argument("--blocks", default=None, metavar="SPEC", help=_field_help("blocks") + " See `instantstyle blocks`.")
     s.add_argument("--content-prompt", default=None, metavar="TEXT", help=_field_help("content_prompt"))
     s.add_argument("--content-scale", default=None, metavar="F", help=_field_help("content_scale"))
+    lk = g.add_argument_group("leakage controls (see docs/leakage.md)")
+    lk.add_argument("--layout-boost", default=None, metavar="F", help=_field_help("layout_boost"))
+    lk.add_argument("--composition", default=None, metavar="IMAGE", help=_field_help("composition"))
+    lk.add_argument("--composition-scale", default=None, metavar="F", help=_field_help("composition_scale"))
+    lk.add_argument("--negative-style", default=None, metavar="IMAGE", help=_field_help("negative_style"))
+    lk.add_argument("--negative-style-scale", default=None, metavar="F", help=_field_help("negative_style_scale"))
+    lk.add_argument("--style-window", default=None, metavar="START:END",
+                    help=_field_help("style_window") + " (default: 0:1)")
     s.add_argument("--method", default="instantstyle", help=_method_help())
     _add_method_args(g)
     c = g.add_argument_group("content image (ControlNet, img2img, inpainting, InstantStyle-Plus)")
@@ -574,7 +582,7 @@ def _check_blocks(base: str, req) -> None:
     except InstantStyleError:
         return  # the full load reports the missing model with its fetch command
     spec = blocks.parse_spec(req.blocks) if req.blocks else blocks.preset_spec(req.mode)
-    blocks.resolve(blocks.discover(models.meta_unet(config)), spec, req.scale)
+    blocks.resolve_branches(blocks.discover(models.meta_unet(config)), spec, req.scale, req.layout_boost)
 
 
 def _check_lora(base: str, req) -> None:
@@ -677,7 +685,10 @@ def cmd_generate(args) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt, style=args.style,
         style_weights=args.style_weights, style_combine=args.style_combine, method=args.method,
         mode=args.mode if args.mode not in (None, "plus") else "style", scale=args.scale, blocks=args.blocks,
-        content_prompt=args.content_prompt, content_scale=args.content_scale, steps=args.steps,
+        content_prompt=args.content_prompt, content_scale=args.content_scale, layout_boost=args.layout_boost,
+        composition=args.composition, composition_scale=args.composition_scale,
+        negative_style=args.negative_style, negative_style_scale=args.negative_style_scale,
+        style_window=args.style_window, steps=args.steps,
         guidance=args.guidance, seed=seed, width=args.width, height=args.height, num_images=args.num_images,
         scheduler=args.scheduler, task=task, content=args.content, control=args.control,
         control_image=(args.control_image + [None] * (len(args.control) - len(args.control_image))
@@ -706,6 +717,9 @@ def cmd_generate(args) -> int:
               lambda: paths.extend(_output_paths(args.out, req.num_images, req.seed, args.overwrite))]
     checks += [(lambda ref=ref: load_style(ref) if ref.startswith("@") else
                 load_image(ref, what="style image", max_pixels=max_pixels)) for ref in req.style]
+    checks += [(lambda path=path, what=what: load_image(path, what=what, max_pixels=max_pixels))
+               for what, path in (("composition image", req.composition), ("negative style image", req.negative_style))
+               if path]
     checks.append(lambda: precheck(req, args.base, max_pixels, controlnets=False))  # content, masks, control images
     needs = preflight.needs_for_model(args.base, args.adapter, args.image_encoder, controls=req.control,
                                       content_text_encoder=args.content_text_encoder)
@@ -743,7 +757,7 @@ def cmd_blocks(args) -> int:
     modules = blocks.discover(models.meta_unet(config))
     rows = blocks.describe(modules, sample_size=config.get("sample_size"))
     if args.json:
-        print(json.dumps({"base": base, "modules": rows, "presets": blocks.PRESETS}, indent=2))
+        print(json.dumps({"base": base, "modules": rows, "presets": blocks.preset_table()}, indent=2))
         return 0
     headers = ["module", "level", "latent_grid", "channels", "layers", "role"]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
@@ -751,8 +765,9 @@ def cmd_blocks(args) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print("\npresets: " + "; ".join(f"{k} = {', '.join(v) if v != ('*',) else 'every module'}"
-                                     for k, v in blocks.PRESETS.items()))
+    print("\npresets (the style goes into the conditional branch unless marked):")
+    for name in blocks.PRESETS:
+        print("  " + blocks.describe_preset(name))
     print("a layer: <module>.transformer_blocks.<i>, e.g. "
           f"{modules[0].layer_name(0) if modules else ''}; --blocks NAME=SCALE,NAME=SCALE")
     return 0

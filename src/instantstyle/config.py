@@ -27,7 +27,10 @@ from .errors import InstantStyleError
 SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", "heun", "lms")
 # Samplers whose diffusers class needs a package of its own: scheduler -> (module, pip package).
 SCHEDULER_NEEDS = {"lms": ("scipy", "scipy")}
-MODES = ("style", "layout", "style+layout", "full")
+MODES = ("style", "layout", "style+layout", "full", "strong", "composition", "precise")
+# Modes whose style reaches the layout block's conditional branch: a --composition image, which
+# takes that block, cannot be combined with them.
+LAYOUT_MODES = ("layout", "style+layout", "full", "composition")
 MAX_SEED = 2**63 - 1
 TASKS = ("txt2img", "controlnet", "img2img", "inpaint", "plus")
 # InstantStyle-Plus defaults (its reference pipeline, infer_style.py): style-only adapter at 1.2,
@@ -68,10 +71,12 @@ class GenerateRequest(BaseModel):
         "mean", description="mean: weighted mean of the image embeddings; concat: one token set per image."
     )
     method: str = Field("instantstyle", description="Generation method (see `instantstyle generate --help`).")
-    mode: Literal["style", "layout", "style+layout", "full"] = Field(
+    mode: Literal[MODES] = Field(  # type: ignore[valid-type]
         "style",
         description="Blocks that get the style: style = up_blocks.0.attentions.1, layout = down_blocks.2.attentions.1, "
-        "style+layout = both, full = every block (plain IP-Adapter).",
+        "style+layout = both, full = every block (plain IP-Adapter), strong = every block but the layout one, "
+        "composition = the layout block only (= layout), precise = style + the layout block in the unconditional "
+        "branch only (guidance then pushes away from the reference's layout; see --layout-boost).",
     )
     scale: float = Field(1.0, ge=0.0, le=10.0, description="IP-Adapter strength, multiplies every block scale.")
     blocks: str | None = Field(
@@ -85,6 +90,32 @@ class GenerateRequest(BaseModel):
     )
     content_scale: float | None = Field(
         None, ge=0.0, le=10.0, description="How much of the content prompt to subtract (default 0.5 with a content prompt)."
+    )
+    layout_boost: float | None = Field(
+        None, ge=0.0, le=10.0,
+        description="precise: scale of the layout block's unconditional-branch reference, times --scale (default 1).",
+    )
+    composition: str | None = Field(
+        None, max_length=4096,
+        description="A second reference whose layout goes into the layout block (down_blocks.2.attentions.1) while "
+        "--style goes into the style blocks (same weights, one image encoder).",
+    )
+    composition_scale: float | None = Field(
+        None, ge=0.0, le=10.0, description="Layout-block scale of the --composition image (default 1.0; not times --scale).",
+    )
+    negative_style: str | None = Field(
+        None, max_length=4096,
+        description="An image whose embedding replaces the zeros of the unconditional branch (e.g. the content "
+        "photo): guidance steers away from what it shows.",
+    )
+    negative_style_scale: float | None = Field(
+        None, ge=0.0, le=10.0,
+        description="Multiplies the --negative-style embedding in CLIP space (default 1.0; 0 = zeros, no effect).",
+    )
+    style_window: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="START:END fractions of the denoising steps that get the style; step i of N gets it when "
+        "START <= i/N < END (e.g. 0:0.8 lets the prompt finish the details).",
     )
     steps: int = Field(30, ge=1, le=500, description="Denoising steps.")
     guidance: float = Field(5.0, ge=0.0, le=50.0, description="Classifier-free guidance scale (<= 1 disables CFG).")
@@ -240,6 +271,29 @@ class GenerateRequest(BaseModel):
 
         return check_name(v)
 
+    @field_validator("style_window", mode="before")
+    @classmethod
+    def _parse_window(cls, v):
+        if isinstance(v, str):
+            start, sep, end = v.partition(":")
+            if not sep:
+                raise ValueError(f"give START:END fractions of the steps, e.g. 0:0.8 (got {v!r})")
+            try:
+                return (float(start), float(end))
+            except ValueError:
+                raise ValueError(f"START and END must be numbers, e.g. 0:0.8 (got {v!r})") from None
+        return v
+
+    @field_validator("style_window")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        start, end = v
+        if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
+            raise ValueError(f"START and END must be fractions in [0, 1] (got {start:g}:{end:g}); e.g. 0:0.8")
+        if start >= end:
+            raise ValueError(f"START must be below END (got {start:g}:{end:g}); e.g. 0:0.8")
+        return (float(start), float(end))
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, v: int | None) -> int | None:
@@ -315,6 +369,7 @@ class GenerateRequest(BaseModel):
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
         self._check_stylize(n_refs)
+        self._check_controls()
         if self.swap_start >= self.swap_end:
             raise ValueError(f"swap_start ({self.swap_start}) must be below swap_end ({self.swap_end})")
         from .methods import check_options
@@ -370,6 +425,45 @@ class GenerateRequest(BaseModel):
         if task == "plus" and self.scheduler != "ddim":
             raise ValueError(f"task plus samples with DDIM (it undoes the DDIM inversion); drop --scheduler "
                              f"{self.scheduler}")
+
+    def _check_controls(self) -> None:
+        """Precise mode, composition and negative images, the step window: combinations that mean something."""
+        from . import blocks
+
+        spec_names = [n.partition("=")[0].strip() for n in (self.blocks or "").split(",")] if self.blocks else [self.mode]
+        spec = [(n, 1.0) for n in spec_names if n]
+        if self.layout_boost is not None and not blocks.has_boost(spec):
+            where = f"--blocks {self.blocks}" if self.blocks else f"--mode {self.mode}"
+            raise ValueError(f"--layout-boost is for presets with a negative-branch layout block (--mode precise); "
+                             f"{where} has none")
+        cfg = self.guidance > 1.0
+        if self.task == "plus" and blocks.branches_of(spec) != {"cond"}:
+            raise ValueError("--mode precise is not for task plus (its second adapter carries the content image); "
+                             "use --mode style")
+        if not cfg and "uncond" in blocks.branches_of(spec):
+            raise ValueError(f"--mode precise works through the unconditional branch of classifier-free guidance; "
+                             f"--guidance {self.guidance:g} turns it off: use --guidance > 1")
+        if self.composition_scale is not None and not self.composition:
+            raise ValueError("composition_scale needs a composition image (--composition IMAGE)")
+        if self.negative_style_scale is not None and not self.negative_style:
+            raise ValueError("negative_style_scale needs a negative style image (--negative-style IMAGE)")
+        if self.negative_style and not cfg:
+            raise ValueError(f"--negative-style replaces the unconditional branch of classifier-free guidance; "
+                             f"--guidance {self.guidance:g} turns it off: use --guidance > 1")
+        if self.composition:
+            if self.task == "plus":
+                raise ValueError("--composition is not for task plus: there the content image gives the composition")
+            if not self.blocks and self.mode in LAYOUT_MODES:
+                raise ValueError(f"--composition puts its image into the layout block, and --mode {self.mode} puts "
+                                 "the style there too; use --mode style, strong or precise")
+
+    @property
+    def effective_composition_scale(self) -> float:
+        return 1.0 if self.composition_scale is None else self.composition_scale
+
+    @property
+    def effective_negative_style_scale(self) -> float:
+        return 1.0 if self.negative_style_scale is None else self.negative_style_scale
 
     @property
     def effective_strength(self) -> float | None:

@@ -63,15 +63,28 @@ def subtract_content(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scal
     return image_embeds - scale * text_embeds.to(image_embeds)
 
 
-def with_unconditional(cond: torch.Tensor, do_cfg: bool) -> torch.Tensor:
-    """Precomputed ``ip_adapter_image_embeds`` entry: ``[2, M, D] = cat(zeros, cond)`` under CFG.
+def with_unconditional(cond: torch.Tensor, do_cfg: bool, uncond: torch.Tensor | None = None) -> torch.Tensor:
+    """Precomputed ``ip_adapter_image_embeds`` entry: ``[2, M, D] = cat(uncond, cond)`` under CFG.
 
-    The unconditional image embedding stays zeros (never content-subtracted), matching what
-    diffusers' ``encode_image`` uses for a global-embedding adapter. Batch is 1: diffusers repeats it
+    The unconditional image embedding is zeros (never content-subtracted), matching what
+    diffusers' ``encode_image`` uses for a global-embedding adapter, unless ``uncond`` ``[1 or M, D]``
+    is given (a negative style image, ComfyUI's ``image_negative``). Batch is 1: diffusers repeats it
     per image (passing a larger batch hits diffusers issue #9813).
     """
     cond = cond.unsqueeze(0)  # [1, M, D]
-    return torch.cat([torch.zeros_like(cond), cond]) if do_cfg else cond
+    if not do_cfg:
+        return cond
+    if uncond is None:
+        return torch.cat([torch.zeros_like(cond), cond])
+    if uncond.shape[-1] != cond.shape[-1]:
+        raise InstantStyleError(f"negative embedding is {uncond.shape[-1]}-d, the style's {cond.shape[-1]}-d")
+    return torch.cat([uncond.to(cond).expand_as(cond[0]).unsqueeze(0), cond])  # [2, M, D]
+
+
+def negative_embedding(embeds: torch.Tensor, scale: float) -> torch.Tensor:
+    """A negative style image's embedding ``[1, D]``: mean of its images ``[N, D]`` times ``scale``
+    (in CLIP space, before the adapter's projection, as content subtraction; 0 gives the zeros)."""
+    return scale * embeds.mean(0, keepdim=True)
 
 
 # ---------------------------------------------------------------- encoding with a cache

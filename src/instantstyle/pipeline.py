@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import adapter as adapter_mod
-from . import blocks, embeddings, fastpath, models, prompts
+from . import blocks, embeddings, fastpath, injection, models, prompts
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
 from .fast import cfg as fast_cfg
@@ -38,9 +38,12 @@ class Prepared:
     width: int
     height: int
     ip_embeds: list[torch.Tensor]  # one per loaded adapter, [2 or 1, M, D]
-    scales: list[dict[str, float]]  # one per loaded adapter: attn2 processor -> scale
+    scales: list[dict[str, float]]  # one per adapter slot: attn2 processor -> scale
     style_hashes: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)  # recorded in every output
+    # What each ip_embeds/scales entry is (injection.SLOT_KINDS); entries past the loaded adapters
+    # run as slots sharing its weights (injection.shared_slots).
+    slots: list[str] = field(default_factory=lambda: ["style"])
 
     def generator(self) -> torch.Generator | list[torch.Generator]:
         """diffusers' meaning of a seed: a CPU generator, so images match across devices. In a batch,
@@ -246,13 +249,39 @@ class InstantStyle:
         return request
 
     def resolve_scales(self, req: GenerateRequest) -> dict[str, float]:
-        spec = blocks.parse_spec(req.blocks) if req.blocks else blocks.preset_spec(req.mode)
-        return blocks.resolve(self.modules, spec, req.scale)
+        """The conditional-branch scales of ``req`` (``resolve_branches`` has every branch)."""
+        return self.resolve_branches(req)["cond"]
 
-    def prepare(self, req: GenerateRequest, style_images: Sequence[StyleRef] | None = None) -> Prepared:
-        """Steps 1-4 of a generation: everything but the denoising loop."""
+    def resolve_branches(self, req: GenerateRequest) -> dict[str, dict[str, float]]:
+        spec = blocks.parse_spec(req.blocks) if req.blocks else blocks.preset_spec(req.mode)
+        branches = blocks.resolve_branches(self.modules, spec, req.scale, req.layout_boost)
+        if len(branches) > 1 and req.guidance <= 1.0:
+            raise InstantStyleError("a preset with an unconditional-branch block needs classifier-free guidance; "
+                                    "use --guidance > 1")
+        if req.composition:
+            comp = self.composition_scales(req)
+            shared = [p for p, s in comp.items() if s and branches["cond"][p]]
+            if shared:
+                raise InstantStyleError(
+                    f"--composition takes {shared[0].split('.transformer_blocks')[0]}, which the style also gets; "
+                    "give the style other blocks (--mode style, strong or precise)")
+        return branches
+
+    def composition_scales(self, req: GenerateRequest) -> dict[str, float]:
+        """The composition image's scales: the layout block(s), at --composition-scale."""
+        return blocks.resolve(self.modules, blocks.preset_spec("composition"), req.effective_composition_scale)
+
+    def prepare(self, req: GenerateRequest, style_images: Sequence[StyleRef] | None = None, *,
+                composition_image: Image.Image | None = None,
+                negative_style_image: Image.Image | None = None) -> Prepared:
+        """Steps 1-4 of a generation: everything but the denoising loop.
+
+        ``composition_image``/``negative_style_image`` are in-memory images used instead of the
+        files ``req.composition``/``req.negative_style`` name (those then only label them).
+        """
         # 1. Blocks: a misspelt name fails here, before any model runs.
-        scales = self.resolve_scales(req)
+        branches = self.resolve_branches(req)
+        scales = branches["cond"]
         # 2. Size and seed.
         width, height = req.width or self.native_size, req.height or self.native_size
         unit = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
@@ -268,9 +297,26 @@ class InstantStyle:
         if req.content_prompt:
             cond = embeddings.subtract_content(cond, self.content_embedding(req.content_prompt),
                                                req.effective_content_scale)
-        # 4. Precomputed embeds for diffusers: unconditional = zeros, batch 1 (diffusers repeats it).
+        # 4. Precomputed embeds for diffusers: unconditional = zeros or the negative image, batch 1
+        #    (diffusers repeats it); one slot per branch / extra image (see injection.py).
         do_cfg = req.guidance > 1.0
-        ip_embeds = [embeddings.with_unconditional(cond, do_cfg).to(self.device, self.dtype)]
+        uncond, extra_hashes = None, {}
+        if req.negative_style:
+            negative = self.encode_style([negative_style_image if negative_style_image is not None
+                                          else req.negative_style])
+            uncond = embeddings.negative_embedding(negative.embeds, req.effective_negative_style_scale)
+            extra_hashes["negative_style_sha256"] = negative.image_hashes
+        slots = [("style", embeddings.with_unconditional(cond, do_cfg, uncond), scales)]
+        for branch in ("uncond", "both"):
+            if branch in branches:  # the reference in the unconditional half (and the conditional, for both)
+                slots.append((branch, embeddings.with_unconditional(cond, True, cond), branches[branch]))
+        if req.composition:
+            comp = self.encode_style([composition_image if composition_image is not None else req.composition])
+            comp_cond = embeddings.combine_styles(comp.embeds, comp.weights, "mean")
+            slots.append(("composition", embeddings.with_unconditional(comp_cond, do_cfg, uncond),
+                          self.composition_scales(req)))
+            extra_hashes["composition_sha256"] = comp.image_hashes
+        ip_embeds = [e.to(self.device, self.dtype) for _, e, _ in slots]
         params = {
             **req.model_dump(),
             "seed": seed,
@@ -278,7 +324,9 @@ class InstantStyle:
             "height": height,
             "content_scale": req.effective_content_scale if req.content_prompt else None,
             "active_blocks": blocks.active_modules(self.modules, scales),
+            **{f"active_blocks_{kind}": blocks.active_modules(self.modules, s) for kind, _, s in slots[1:]},
             "style_image_sha256": style.image_hashes,
+            **extra_hashes,
             **self.ids,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -288,7 +336,12 @@ class InstantStyle:
         }
         params["style"] = [str(s) for s in req.style] + [f"<image {h[:12]}>" for h in
                                                          style.image_hashes[: len(style_images or [])]]
-        return Prepared(req, seed, width, height, ip_embeds, [scales], style.image_hashes, params)
+        for name, value in (("composition", req.composition), ("negative_style", req.negative_style)):
+            if value and name + "_sha256" in extra_hashes and (composition_image if name == "composition"
+                                                               else negative_style_image) is not None:
+                params[name] = f"<image {extra_hashes[name + '_sha256'][0][:12]}>"
+        return Prepared(req, seed, width, height, ip_embeds, [s for _, _, s in slots], style.image_hashes, params,
+                        slots=[k for k, _, _ in slots])
 
     def generate(
         self,
@@ -300,6 +353,8 @@ class InstantStyle:
         mask_image: Image.Image | None = None,
         style_mask_images: Sequence[Image.Image] | None = None,
         control_images: Sequence[Image.Image | None] | None = None,
+        composition_image: Image.Image | None = None,
+        negative_style_image: Image.Image | None = None,
         **params,
     ) -> list[Image.Image]:
         """Generate images; each carries its full parameters in ``image.info`` (see ``images.save_png``).
@@ -312,7 +367,9 @@ class InstantStyle:
         """
         req = self.request(request, **params)
         in_memory = {"content": content_image, "mask": mask_image, "style_masks": style_mask_images,
-                     "control_image": control_images}
+                     "control_image": control_images, "composition": composition_image,
+                     "negative_style": negative_style_image}
+        extra = {"composition_image": composition_image, "negative_style_image": negative_style_image}
         for name, value in in_memory.items():
             given = value is not None and (not isinstance(value, list | tuple) or len(value) > 0)
             if given and not getattr(req, name):
@@ -321,15 +378,17 @@ class InstantStyle:
         if req.method != "instantstyle":
             from .methods import run_method
 
-            return run_method(self, req, style_images=style_images, on_step=on_step)
+            return run_method(self, req, style_images=style_images, on_step=on_step,
+                              **{k: v for k, v in extra.items() if v is not None})
         from .pipelines.stylize import needs_stylize
 
         if needs_stylize(req):  # content image, ControlNet, img2img, inpainting, regional styles, Plus
             from .pipelines.stylize import stylize
 
             return stylize(self, req, style_images=style_images, on_step=on_step, content_image=content_image,
-                           mask_image=mask_image, style_masks=style_mask_images, control_images=control_images)
-        prep = self.prepare(req, style_images)
+                           mask_image=mask_image, style_masks=style_mask_images, control_images=control_images,
+                           **extra)
+        prep = self.prepare(req, style_images, **extra)
         return self.run(self.pipe, prep, on_step=on_step)
 
     def warmup(self, width: int | None = None, height: int | None = None) -> float:
@@ -377,18 +436,28 @@ class InstantStyle:
         kwargs.update(pipe_kwargs)
         speed = self.speed
         if speed.cfg_truncation > 0 and req.guidance > 1.0:
+            if "uncond" in prep.slots:
+                raise InstantStyleError("--mode precise works through the unconditional branch, which --cfg-truncation "
+                                        "drops; use one or the other")
             # 4a. CFG truncation (approximation): after the switch step, the conditional half only.
             if type(pipe).__name__ != "StableDiffusionXLPipeline":
                 raise InstantStyleError(f"--cfg-truncation works for text-to-image only, not {type(pipe).__name__}; "
                                         "drop it (or use --speed max-tuned) for this request")
             callbacks.append(fast_cfg.callback(req.steps, speed.cfg_truncation))
             tensor_inputs += list(fast_cfg.TENSOR_INPUTS)
+        window = injection.StepWindow(req.style_window)  # the style only inside --style-window
+        if not window.is_full:
+            callbacks.insert(0, window)
         if any(callbacks):
             kwargs["callback_on_step_end"] = fast_cfg.chain(*callbacks)
             kwargs["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys(["latents", *tensor_inputs]))
         output_type = kwargs.get("output_type", "pil")
-        with adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), scoped_scheduler(pipe, req.scheduler):
-            with torch.inference_mode(), fastpath.scope(pipe, speed, kwargs.get("cross_attention_kwargs")) as used:
+        n_loaded = len(next(iter(adapter_mod.ip_processors(pipe.unet).values())).scale)
+        with injection.shared_slots(pipe.unet, prep.slots[n_loaded:]), \
+                adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), \
+                scoped_scheduler(pipe, req.scheduler):
+            with torch.inference_mode(), fastpath.scope(pipe, speed, kwargs.get("cross_attention_kwargs")) as used, \
+                    window.active_in(pipe.unet):
                 # 4b. The VAE decode by the fast path (bf16 twin, channels-last, compiled) when it applies.
                 decoder = fastpath.fast_decoder(pipe, used) if output_type in ("pil", "np", "pt") else None
                 if decoder is not None:

@@ -35,9 +35,11 @@ METHODS: dict[str, Method] = {
         Method("instantstyle", "instantstyle", "IP-Adapter features into the style blocks only, content subtracted",
                "arXiv 2404.02733", "clip",
                ("mode", "blocks", "content_prompt", "content_scale", "scale", "style_weights", "style_combine",
-                "scheduler")),
+                "scheduler", "layout_boost", "composition", "composition_scale", "negative_style",
+                "negative_style_scale", "style_window")),
         Method("ip-adapter", "ip_adapter", "plain IP-Adapter: image features into every cross-attention block",
-               "arXiv 2308.06721", "clip", ("scale", "style_weights", "style_combine", "scheduler")),
+               "arXiv 2308.06721", "clip", ("scale", "style_weights", "style_combine", "scheduler", "negative_style",
+                                            "negative_style_scale", "style_window")),
         Method("style-aligned", "style_aligned",
                "shared self-attention with AdaIN'd queries/keys; the reference is DDIM-inverted",
                "arXiv 2312.02133", "image",
@@ -108,8 +110,10 @@ def check_options(req) -> None:
 
 
 def run_method(model, req, *, style_images: Sequence | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> list:
-    """Generate with ``req.method`` on the loaded ``model``; images carry their parameters."""
+               on_step: Callable[[int, int], None] | None = None, **images) -> list:
+    """Generate with ``req.method`` on the loaded ``model``; images carry their parameters.
+
+    ``images``: in-memory composition / negative style images, for the methods whose options take them."""
     method = get(req.method)
     module = importlib.import_module(f".{method.module}", __name__)
-    return module.run(model, req, style_images=style_images, on_step=on_step)
+    return module.run(model, req, style_images=style_images, on_step=on_step, **images)

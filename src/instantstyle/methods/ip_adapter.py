@@ -10,7 +10,8 @@ the ViT-bigG encoder, scale 1.0 in every cross-attention layer, the request's sa
 from __future__ import annotations
 
 
-def run(model, req, *, style_images=None, on_step=None):
+def run(model, req, *, style_images=None, on_step=None, negative_style_image=None):
     # The request validator refuses --blocks / --content-prompt / other modes for this method.
-    prep = model.prepare(req.model_copy(update={"mode": "full"}), style_images)
+    prep = model.prepare(req.model_copy(update={"mode": "full"}), style_images,
+                         negative_style_image=negative_style_image)
     return model.run(model.pipe, prep, on_step=on_step)

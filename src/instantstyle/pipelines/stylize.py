@@ -288,7 +288,8 @@ def shared_second_adapter(unet):
 
 
 def stylize(model, request: GenerateRequest, *, style_images=None, content_image=None, mask_image=None,
-            style_masks=None, control_images=None, on_step=None) -> list[Image.Image]:
+            style_masks=None, control_images=None, on_step=None, composition_image=None,
+            negative_style_image=None) -> list[Image.Image]:
     """Run ``request`` (any task) on ``model``; in-memory images override the request's paths."""
     req = request
     # 1. Images and sizes (every input checked before any model runs).
@@ -299,7 +300,8 @@ def stylize(model, request: GenerateRequest, *, style_images=None, content_image
     update = {"width": inputs.width, "height": inputs.height}
     if regional:
         update.update(style_combine="concat", style_weights=None)
-    prep = model.prepare(req.model_copy(update=update), style_images)
+    prep = model.prepare(req.model_copy(update=update), style_images, composition_image=composition_image,
+                         negative_style_image=negative_style_image)
     prep.request = req.model_copy(update={"width": inputs.width, "height": inputs.height})
     prep.params.update(style_combine=req.style_combine, style_weights=req.style_weights)
     scale_maps = [dict(s) for s in prep.scales]
@@ -312,12 +314,18 @@ def stylize(model, request: GenerateRequest, *, style_images=None, content_image
                 "its images); give one --style-mask per style image"
             )
         weights = req.style_weights or [1.0] * n_images
-        scale_maps = [{name: [s * w for w in weights] for name, s in scale_maps[0].items()}]
-        cross_kwargs = {"ip_adapter_masks": [_ip_masks(inputs.style_masks, inputs.width, inputs.height)]}
+        masks = _ip_masks(inputs.style_masks, inputs.width, inputs.height)
     elif req.task == "inpaint" and req.inpaint_style == "mask":
         # The style is injected only where the image is repainted.
-        cross_kwargs = {"ip_adapter_masks": [_ip_masks([inputs.mask] * n_images, inputs.width, inputs.height)]}
-        scale_maps = [{name: [s] * n_images for name, s in scale_maps[0].items()}]
+        weights = [1.0] * n_images
+        masks = _ip_masks([inputs.mask] * n_images, inputs.width, inputs.height)
+    if regional or (req.task == "inpaint" and req.inpaint_style == "mask"):
+        # Slots carrying the style images (injection.py) take their masks and per-image weights;
+        # a composition image is one unmasked image.
+        styled = [kind != "composition" for kind in prep.slots]
+        scale_maps = [{name: [s * w for w in weights] for name, s in m.items()} if keep else m
+                      for m, keep in zip(scale_maps, styled, strict=True)]
+        cross_kwargs = {"ip_adapter_masks": [masks if keep else None for keep in styled]}
 
     # 3. ControlNets.
     specs = [control_mod.parse_control(c, tiny=model.ids["base"] == "tiny") for c in req.control]

@@ -435,13 +435,13 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
 
     @v1.get("/blocks", summary="The UNet's cross-attention modules and the mode presets")
     async def get_blocks():
-        from ..blocks import PRESETS, describe
+        from ..blocks import describe, preset_table
         from ..config import MODES
 
         model = service.model
         sample_size = model.pipe.unet.config.sample_size
         return {"base": model.ids.get("base"), "modules": describe(model.modules, sample_size),
-                "presets": {k: list(v) for k, v in PRESETS.items()}, "modes": list(MODES)}
+                "presets": preset_table(), "modes": list(MODES)}
 
     @v1.get("/styles", summary="Saved styles (use them as \"@name\" in style)")
     async def get_styles():

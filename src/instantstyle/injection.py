@@ -1,0 +1,200 @@
+"""Where a request's images enter beyond "the reference, in the conditional branch, every step".
+
+The controls that ComfyUI_IPAdapter_plus (``IPAdapterAdvanced``: "style transfer precise",
+``image_composition``, ``image_negative``, ``start_at``/``end_at``) and InvokeAI (``style_precise``,
+``begin/end_step_percent``) users rely on, re-implemented on diffusers' own inputs (behaviour read
+from those projects; no code taken):
+
+- **Slots.** Every image token set a call uses is one entry of diffusers' multi-adapter inputs
+  (``ip_adapter_image_embeds`` + one scale map per adapter). Slot 0 is the loaded adapter; further
+  slots share *all* its weights (``shared_slots``: the same projection and ``to_k_ip``/``to_v_ip``
+  modules, nothing copied or loaded again, the image encoder runs once per image):
+  ``"composition"`` (a second image, the layout block), ``"uncond"`` (the reference in the
+  unconditional half only: precise mode), ``"both"`` (the reference in both halves).
+- **Branch "uncond".** Its projection (``ConditionalZeroed``) returns zero tokens for the
+  conditional half of the CFG batch; its embeddings put the reference in the unconditional half.
+  So at that block the conditional branch sees zero image tokens (``to_k_ip``/``to_v_ip`` have no
+  bias: the image attention adds exactly 0) and the unconditional branch the reference's.
+- **Negative image.** Its CLIP embedding (before the projection, times ``negative_style_scale``)
+  replaces the zeros of the unconditional half (``embeddings.with_unconditional``).
+- **Step window** (``StepWindow``): the IP scales are set to 0 outside ``START <= i/N < END``
+  from the pipeline's ``callback_on_step_end``, in place: the stock processors' ``scale`` lists and
+  the fast path's 0-d scale tensors (``fastpath.FastAttention``), so compiled code and captured
+  CUDA graphs see new data, never new structure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Sequence
+
+import torch
+
+from .errors import InstantStyleError
+
+SLOT_KINDS = ("style", "composition", "uncond", "both")
+
+
+class ConditionalZeroed(torch.nn.Module):
+    """An image projection whose tokens for the conditional half of the CFG batch are zero.
+
+    diffusers flattens ``[2B, n_img, D]`` embeddings (unconditional rows first) to ``[2B*n_img, D]``
+    before the projection, so the conditional half is the second half of the rows.
+    """
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        tokens = self.inner(image_embeds)  # [2B*n, T, C]
+        half = tokens.shape[0] // 2
+        return torch.cat([tokens[:half], torch.zeros_like(tokens[half:])])
+
+
+_ZEROED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # projection -> its ConditionalZeroed
+
+
+def _projection_for(kind: str, first: torch.nn.Module) -> torch.nn.Module:
+    if kind != "uncond":
+        return first
+    wrapped = _ZEROED.get(first)  # one object per projection: compiled guards and graphs stay valid
+    if wrapped is None:
+        wrapped = _ZEROED[first] = ConditionalZeroed(first)
+    return wrapped
+
+
+@contextlib.contextmanager
+def shared_slots(unet, kinds: Sequence[str]):
+    """Extra IP-Adapter slots sharing every weight of the first, for the duration of the block.
+
+    Appends, per kind, the first adapter's image projection (``ConditionalZeroed`` around it for
+    ``"uncond"``) and each processor's ``to_k_ip``/``to_v_ip`` modules (the same objects) as a new
+    adapter at scale 0. Removed in ``finally``: the model is left with the adapters it had.
+    """
+    from .adapter import ip_processors
+
+    kinds = list(kinds)
+    if not kinds:
+        yield
+        return
+    unknown = [k for k in kinds if k not in SLOT_KINDS[1:]]
+    if unknown:
+        raise InstantStyleError(f"unknown IP-Adapter slot kind {unknown[0]!r}; use one of {', '.join(SLOT_KINDS[1:])}")
+    procs = ip_processors(unet)
+    layers = unet.encoder_hid_proj.image_projection_layers
+    first = layers[0]
+    n = len(layers)
+    for kind in kinds:
+        layers.append(_projection_for(kind, first))
+    for proc in procs.values():
+        proc.to_k_ip.extend([proc.to_k_ip[0]] * len(kinds))
+        proc.to_v_ip.extend([proc.to_v_ip[0]] * len(kinds))
+        proc.num_tokens = [*proc.num_tokens, *[proc.num_tokens[0]] * len(kinds)]
+        proc.scale = [*proc.scale, *[0.0] * len(kinds)]
+    try:
+        yield
+    finally:
+        del layers[n:]
+        for proc in procs.values():
+            del proc.to_k_ip[n:]
+            del proc.to_v_ip[n:]
+            proc.num_tokens = proc.num_tokens[:n]
+            proc.scale = proc.scale[:n]
+
+
+# ---------------------------------------------------------------------- the step window
+
+
+def window_steps(window: tuple[float, float], n_steps: int) -> range:
+    """The step indices ``i`` of ``n_steps`` with ``START <= i/N < END`` (rounding-safe)."""
+    start, end = window
+    eps = 1e-9
+    return range(max(0, math.ceil(start * n_steps - eps)), min(n_steps, math.ceil(end * n_steps - eps)))
+
+
+class StepWindow:
+    """``callback_on_step_end`` that switches every IP scale off outside the window, in place.
+
+    ``begin(unet)`` is called inside the fast-path scope, just before the pipeline: it sets the
+    state of step 0 (off when START > 0). After step ``i`` the callback sets the state of step
+    ``i + 1`` from ``pipe.num_timesteps`` (the steps really run, e.g. fewer under img2img).
+    ``end()`` restores every value it changed. Stock diffusers' IPAdapterScaleCutoffCallback with
+    ``cutoff_step_index = K - 1`` equals the window ``0:K/N``.
+    """
+
+    def __init__(self, window: tuple[float, float], inner=None):
+        self.window = (float(window[0]), float(window[1]))
+        self.inner = inner  # the callback it wraps (progress, previews, style guidance)
+        self.unet = None
+        self.saved: dict[int, tuple[object, list]] = {}  # id(processor) -> (processor, saved scales)
+        self.on = True
+        self.states: list[bool] = []  # the state each step ran with (for tests and metadata)
+
+    @property
+    def is_full(self) -> bool:
+        return self.window == (0.0, 1.0)
+
+    def begin(self, unet) -> None:
+        self.unet = unet
+        self._set(self.window[0] == 0.0)
+
+    def active(self, i: int, n_steps: int) -> bool:
+        return i in window_steps(self.window, n_steps)
+
+    def __call__(self, pipe, i, t, cb_kwargs):
+        self.states.append(self.on)
+        self._set(self.active(i + 1, int(getattr(pipe, "num_timesteps", 0) or 0)))
+        if self.inner is not None:
+            cb_kwargs = self.inner(pipe, i, t, cb_kwargs)
+        return cb_kwargs
+
+    def _set(self, on: bool) -> None:
+        if on == self.on:
+            return
+        for proc in self.unet.attn_processors.values():
+            stock = isinstance(getattr(proc, "scale", None), list) and hasattr(proc, "to_k_ip")
+            tensors = [entry[3] for entry in getattr(proc, "ip", ())]  # fastpath.FastAttention
+            if not (stock or tensors):
+                continue
+            if not on:
+                if stock:
+                    self.saved[id(proc)] = (proc, list(proc.scale))
+                    proc.scale = [[0.0] * len(s) if isinstance(s, list) else 0.0 for s in proc.scale]
+                else:
+                    self.saved[id(proc)] = (proc, [t.clone() for t in tensors])
+                    with torch.no_grad():
+                        for t in tensors:
+                            t.zero_()
+            elif id(proc) in self.saved:
+                self._restore(*self.saved.pop(id(proc)))
+        self.on = on
+
+    @staticmethod
+    def _restore(proc, values) -> None:
+        if isinstance(getattr(proc, "scale", None), list) and hasattr(proc, "to_k_ip"):
+            proc.scale = values
+            return
+        with torch.no_grad():
+            for entry, value in zip(getattr(proc, "ip", ()), values, strict=True):
+                entry[3].copy_(value)
+
+    @contextlib.contextmanager
+    def active_in(self, unet):
+        """``begin`` now, ``end`` on the way out (even on error); nothing for the full window."""
+        if self.is_full:
+            yield self
+            return
+        self.begin(unet)
+        try:
+            yield self
+        finally:
+            self.end()
+
+    def end(self) -> None:
+        for proc, values in self.saved.values():
+            self._restore(proc, values)
+        self.saved.clear()
+        self.on = True
