@@ -11,7 +11,7 @@ from those projects; no code taken):
   modules, nothing copied or loaded again, the image encoder runs once per image):
   ``"composition"`` (a second image, the layout block), ``"uncond"`` (the reference in the
   unconditional half only: precise mode), ``"both"`` (the reference in both halves).
-- **Branch "uncond".** Its projection (``ConditionalZeroed``) returns zero tokens for the
+- **Branch "uncond".** Its projection (``SlotProjection`` at gain 0) returns zero tokens for the
   conditional half of the CFG batch; its embeddings put the reference in the unconditional half.
   So at that block the conditional branch sees zero image tokens (``to_k_ip``/``to_v_ip`` have no
   bias: the image attention adds exactly 0) and the unconditional branch the reference's.
@@ -37,42 +37,55 @@ from .errors import InstantStyleError
 SLOT_KINDS = ("style", "composition", "uncond", "both")
 
 
-class ConditionalZeroed(torch.nn.Module):
-    """An image projection whose tokens for the conditional half of the CFG batch are zero.
+class SlotProjection(torch.nn.Module):
+    """The first adapter's image projection for an extra slot, with a gain on the conditional half.
 
     diffusers flattens ``[2B, n_img, D]`` embeddings (unconditional rows first) to ``[2B*n_img, D]``
-    before the projection, so the conditional half is the second half of the rows.
+    before the projection, so the conditional half is the second half of the rows. ``cond_gain`` is
+    a 0-d tensor set in place per call: 0 for an ``"uncond"`` slot (zero tokens in the conditional
+    half), 1 otherwise (multiplying by 1 is exact). Every slot kind therefore has the same
+    structure, and a compiled graph or captured CUDA graph serves them all.
     """
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
         self.inner = inner
+        self.cond_gain: torch.Tensor | None = None
+
+    def set_gain(self, value: float) -> None:
+        param = next(self.inner.parameters())
+        if self.cond_gain is None or self.cond_gain.device != param.device or self.cond_gain.dtype != param.dtype:
+            with torch.inference_mode(False):
+                self.cond_gain = torch.ones((), device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            self.cond_gain.fill_(value)
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         tokens = self.inner(image_embeds)  # [2B*n, T, C]
-        half = tokens.shape[0] // 2
-        return torch.cat([tokens[:half], torch.zeros_like(tokens[half:])])
+        rows, half = tokens.shape[0], tokens.shape[0] // 2
+        gain = torch.cat([tokens.new_ones(half), self.cond_gain.to(tokens.dtype).expand(rows - half)])
+        return tokens * gain[:, None, None]
 
 
-_ZEROED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # projection -> its ConditionalZeroed
+_SLOT_PROJECTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # projection -> [SlotProjection]
 
 
-def _projection_for(kind: str, first: torch.nn.Module) -> torch.nn.Module:
-    if kind != "uncond":
-        return first
-    wrapped = _ZEROED.get(first)  # one object per projection: compiled guards and graphs stay valid
-    if wrapped is None:
-        wrapped = _ZEROED[first] = ConditionalZeroed(first)
-    return wrapped
+def _projection(first: torch.nn.Module, position: int) -> SlotProjection:
+    """The ``position``-th extra slot's projection, made once (compiled guards and graphs stay valid)."""
+    made = _SLOT_PROJECTIONS.setdefault(first, [])
+    while len(made) <= position:
+        made.append(SlotProjection(first))
+    return made[position]
 
 
 @contextlib.contextmanager
 def shared_slots(unet, kinds: Sequence[str]):
     """Extra IP-Adapter slots sharing every weight of the first, for the duration of the block.
 
-    Appends, per kind, the first adapter's image projection (``ConditionalZeroed`` around it for
-    ``"uncond"``) and each processor's ``to_k_ip``/``to_v_ip`` modules (the same objects) as a new
-    adapter at scale 0. Removed in ``finally``: the model is left with the adapters it had.
+    Appends, per kind, the first adapter's image projection (through ``SlotProjection``, whose
+    conditional half is zeroed for ``"uncond"``) and each processor's ``to_k_ip``/``to_v_ip``
+    modules (the same objects) as a new adapter at scale 0. Removed in ``finally``: the model is
+    left with the adapters it had.
     """
     from .adapter import ip_processors
 
@@ -87,8 +100,10 @@ def shared_slots(unet, kinds: Sequence[str]):
     layers = unet.encoder_hid_proj.image_projection_layers
     first = layers[0]
     n = len(layers)
-    for kind in kinds:
-        layers.append(_projection_for(kind, first))
+    for position, kind in enumerate(kinds):
+        projection = _projection(first, position)
+        projection.set_gain(0.0 if kind == "uncond" else 1.0)
+        layers.append(projection)
     for proc in procs.values():
         proc.to_k_ip.extend([proc.to_k_ip[0]] * len(kinds))
         proc.to_v_ip.extend([proc.to_v_ip[0]] * len(kinds))
