@@ -56,7 +56,7 @@ def state(unet):
 
 
 def active_processors(model, mode="style"):
-    return {p for m in model.modules if m.name in PRESETS[mode] for p in m.processors}
+    return {p for m in model.modules if m.name in {i.target for i in PRESETS[mode]} for p in m.processors}
 
 
 def test_fast_path_matches_plain_and_style_still_matters(tiny_model, style_images):

@@ -150,7 +150,9 @@ def test_blocks_health_and_docs(client):
     blocks = client.get("/v1/blocks").json()
     names = [m["module"] for m in blocks["modules"]]
     assert "up_blocks.0.attentions.1" in names and "down_blocks.2.attentions.1" in names
-    assert set(blocks["modes"]) == {"style", "layout", "style+layout", "full"}
+    assert set(blocks["modes"]) == {"style", "layout", "style+layout", "full", "strong", "composition", "precise"}
+    assert blocks["presets"]["precise"][1] == {"blocks": "down_blocks.2.attentions.1", "branch": "uncond",
+                                              "scale": 1.0, "boost": "--layout-boost"}
     health = client.get("/v1/health").json()
     assert health["status"] == "ok" and health["limits"]["max_upload_bytes"] == LIMITS.max_upload_bytes
     assert client.get("/docs").status_code == 200
