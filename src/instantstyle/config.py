@@ -277,11 +277,11 @@ class GenerateRequest(BaseModel):
         if isinstance(v, str):
             start, sep, end = v.partition(":")
             if not sep:
-                raise ValueError(f"give START:END fractions of the steps, e.g. 0:0.8 (got {v!r})")
+                raise ValueError("give START:END fractions of the steps, e.g. 0:0.8")
             try:
                 return (float(start), float(end))
             except ValueError:
-                raise ValueError(f"START and END must be numbers, e.g. 0:0.8 (got {v!r})") from None
+                raise ValueError("START and END must be numbers, e.g. 0:0.8") from None
         return v
 
     @field_validator("style_window")
@@ -289,9 +289,9 @@ class GenerateRequest(BaseModel):
     def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
         start, end = v
         if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
-            raise ValueError(f"START and END must be fractions in [0, 1] (got {start:g}:{end:g}); e.g. 0:0.8")
+            raise ValueError(f"START and END must be fractions in [0, 1] ({start:g}:{end:g}); e.g. 0:0.8")
         if start >= end:
-            raise ValueError(f"START must be below END (got {start:g}:{end:g}); e.g. 0:0.8")
+            raise ValueError(f"START must be below END ({start:g}:{end:g}); e.g. 0:0.8")
         return (float(start), float(end))
 
     @field_validator("width", "height")
