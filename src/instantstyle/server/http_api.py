@@ -6,7 +6,8 @@ Endpoints (all under ``/v1``; with an API key set, each needs ``Authorization: B
 - ``POST /v1/generate``: multipart form: ``params`` (JSON of ``GenerateRequest`` fields) and
   ``images`` (style image files, several allowed); to stylize a content image also ``content``,
   ``mask`` (inpainting), ``style_masks`` (one per style image, regional styles) and
-  ``control_images`` (for ControlNets that do not derive theirs from the content image). The
+  ``control_images`` (for ControlNets that do not derive theirs from the content image); for the
+  leakage controls ``composition`` (layout reference) and ``negative_style`` (negative image). The
   request's image fields then hold the label ``"<upload>"`` (filled in by the server); a request
   never names a file. ``?wait=true`` answers with the images (base64 PNG + parameters);
   otherwise 202 with a job id to poll.
@@ -366,13 +367,18 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
         control_images: Annotated[list[UploadFile] | None, File(
             description="control images, one per control entry (or per \"<upload>\" entry of control_image)")]
         = None,
+        composition: Annotated[UploadFile | None, File(
+            description="a second reference whose layout goes into the layout block (sets composition)")] = None,
+        negative_style: Annotated[UploadFile | None, File(
+            description="negative style image for the unconditional branch (sets negative_style)")] = None,
         wait: Annotated[bool, Query(description="answer with the images when done instead of a job id")] = False,
         timeout: Annotated[float | None, Query(gt=0, description="longest wait in seconds (default: server's)")]
         = None,
     ):
         n_uploads = len(_files(images))
         fields = fill_image_fields(params_dict(params), content=bool(_files(content)), mask=bool(_files(mask)),
-                                   style_masks=len(_files(style_masks)), control_images=len(_files(control_images)))
+                                   style_masks=len(_files(style_masks)), control_images=len(_files(control_images)),
+                                   composition=bool(_files(composition)), negative_style=bool(_files(negative_style)))
         req = parse_request(fields, style_images=n_uploads)
         await run_in_threadpool(service.check, req, style_images=n_uploads)
         style_images = await _read_uploads(images, service)
@@ -382,6 +388,10 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
             style_masks=await _read_uploads(style_masks, service, what="style mask", mask=True, field="style_masks"),
             control_images=await _read_uploads(control_images, service, what="control image",
                                                max_count=MAX_CONTROL_IMAGES, field="control_images"),
+            composition=next(iter(await _read_uploads(composition, service, what="composition image",
+                                                      field="composition")), None),
+            negative_style=next(iter(await _read_uploads(negative_style, service, what="negative style image",
+                                                         field="negative_style")), None),
         )
         await run_in_threadpool(service.check_inputs, req, uploads)
         job = service.submit_generate(req, style_images, uploads=uploads)

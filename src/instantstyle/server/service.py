@@ -79,9 +79,10 @@ class Limits:
     def max_body_bytes(self) -> int:
         """Largest request body accepted at all: every allowed upload at full size, plus 1 MiB of fields.
 
-        Uploads: style images and one mask each, a content image, a mask, and the control images.
+        Uploads: style images and one mask each, a content image, a mask, a composition image, a negative
+        style image, and the control images.
         """
-        return (2 * self.max_style_images + 2 + MAX_CONTROL_IMAGES) * self.max_upload_bytes + MiB
+        return (2 * self.max_style_images + 4 + MAX_CONTROL_IMAGES) * self.max_upload_bytes + MiB
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -156,7 +157,7 @@ def decode_upload(data: bytes, name: str, limits: Limits, *, what: str = "style 
 
 
 def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False, style_masks: int = 0,
-                      control_images: int = 0) -> dict:
+                      control_images: int = 0, composition: bool = False, negative_style: bool = False) -> dict:
     """Set the request's image fields to ``UPLOAD`` labels for the files that came with it.
 
     A client may leave them out (the server fills them) or send the ``UPLOAD`` label itself; any
@@ -166,7 +167,8 @@ def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False
     ``control`` entry, in order.
     """
     params = dict(params)
-    for name, given in (("content", content), ("mask", mask)):
+    for name, given in (("content", content), ("mask", mask), ("composition", composition),
+                        ("negative_style", negative_style)):
         value = params.get(name)
         if value not in (None, UPLOAD):
             raise InstantStyleError(f"{name} {value!r} is not allowed: a request never names a file; upload the "
@@ -356,11 +358,12 @@ def _check_no_paths(req: GenerateRequest, controlnets: Sequence[str]) -> None:
     """No field of ``req`` names a file or a model: image fields hold ``UPLOAD``, controls are names."""
     from ..control import KINDS
 
-    images = [req.content, req.mask, *req.style_masks, *req.control_image]
+    images = [req.content, req.mask, *req.style_masks, *req.control_image, req.composition, req.negative_style]
     bad = next((v for v in images if v not in (None, UPLOAD)), None)
     if bad is not None:
         raise InstantStyleError(f"image field value {bad!r} is not allowed: a request never names a file; "
-                                "upload the image (multipart fields content, mask, style_masks, control_images)")
+                                "upload the image (multipart fields content, mask, style_masks, control_images, "
+                                "composition, negative_style)")
     allowed = [*KINDS, *controlnets]
     for entry in req.control:
         kind, sep, name = entry.partition("=")
@@ -390,6 +393,7 @@ def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) 
         return
     kwargs = uploads.kwargs(req)
     kwargs["style_masks"] = kwargs.pop("style_mask_images")
+    kwargs.pop("composition_image"), kwargs.pop("negative_style_image")  # style-side images: decoded, not resized
     inputs = load_inputs(model, req, **kwargs)
     for what, value in (("width", inputs.width), ("height", inputs.height)):
         if not limits.min_size <= value <= limits.max_size:
@@ -407,6 +411,8 @@ class Uploads:
     mask: object = None  # PIL L
     style_masks: list = field(default_factory=list)  # PIL L, one per style image
     control_images: list = field(default_factory=list)  # PIL RGB, in upload order
+    composition: object = None  # PIL RGB
+    negative_style: object = None  # PIL RGB
 
     def kwargs(self, req: GenerateRequest) -> dict:
         """Keyword arguments for ``InstantStyle.generate``: control uploads fill ``UPLOAD`` entries in order."""
@@ -415,7 +421,8 @@ class Uploads:
             it = iter(self.control_images)
             control = [next(it) if v == UPLOAD else None for v in req.control_image]
         return {"content_image": self.content, "mask_image": self.mask,
-                "style_mask_images": list(self.style_masks) or None, "control_images": control}
+                "style_mask_images": list(self.style_masks) or None, "control_images": control,
+                "composition_image": self.composition, "negative_style_image": self.negative_style}
 
 
 # ---------------------------------------------------------------------- jobs
@@ -687,7 +694,8 @@ class GenerationService:
                         job.preview = latent_preview(tensors["latents"][0])
                     return tensors
 
-                prep = model.prepare(req, images)
+                prep = model.prepare(req, images, composition_image=in_memory["composition_image"],
+                                     negative_style_image=in_memory["negative_style_image"])
                 out = model.run(model.pipe, prep, callback_on_step_end=on_step_end,
                                 callback_on_step_end_tensor_inputs=["latents"])
             else:
