@@ -44,9 +44,10 @@ RESULT_TTL_S = 3600  # result PNGs the UI wrote are removed after an hour (and a
 
 def _block_slider_values(model, mode: str) -> list[float]:
     """Per-module values that reproduce a mode preset (1 where the preset puts the style, else 0)."""
-    from ..blocks import active_modules, preset_spec, resolve
+    from ..blocks import active_modules, preset_spec, resolve_branches
 
-    active = set(active_modules(model.modules, resolve(model.modules, preset_spec(mode), 1.0)))
+    cond = resolve_branches(model.modules, preset_spec(mode), 1.0)["cond"]  # sliders: the conditional branch
+    active = set(active_modules(model.modules, cond))
     return [1.0 if m.name in active else 0.0 for m in model.modules]
 
 
@@ -197,6 +198,26 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                     content_prompt = gr.Textbox(label="Content of the reference to remove (e.g. 'a dog')",
                                                 max_length=limits.max_prompt_length)
                     content_scale = gr.Slider(0.0, 2.0, value=0.5, step=0.05, label="Content scale")
+                with gr.Accordion("Leakage controls (precise, composition image, negative image, step window)",
+                                  open=False, elem_id="leakage-accordion"):
+                    layout_boost = gr.Number(None, label="Layout boost (precise only; empty: 1)",
+                                             info=_info("layout_boost"), minimum=0, maximum=10, elem_id="layout-boost")
+                    with gr.Row():
+                        composition = gr.Image(label="Composition image (its layout, into the layout block)",
+                                               type="filepath", sources=["upload"], elem_id="composition-image",
+                                               height=160)
+                        negative_style = gr.Image(label="Negative style image (steer away from it)", type="filepath",
+                                                  sources=["upload"], elem_id="negative-style-image", height=160)
+                    with gr.Row():
+                        composition_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Composition scale",
+                                                      elem_id="composition-scale")
+                        negative_style_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Negative image scale",
+                                                         elem_id="negative-style-scale")
+                    with gr.Row():
+                        window_start = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Style from (fraction of steps)",
+                                                 elem_id="window-start")
+                        window_end = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Style until (fraction of steps)",
+                                               elem_id="window-end")
                 with gr.Accordion("Content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
                                   open=False, elem_id="content-accordion"):
                     with gr.Row():
@@ -254,11 +275,13 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
         form = [files, weights, saved, prompt, negative, mode, scale, custom, content_prompt, content_scale,
                 seed, steps, guidance, width, height, num_images, scheduler, content, mask, task, control,
                 control_files, control_scale, strength, canny_low, canny_high, style_mask_files, method,
-                reference_prompt, *sliders]
+                reference_prompt, layout_boost, composition, composition_scale, negative_style,
+                negative_style_scale, window_start, window_end, *sliders]
         names = ["files", "weights", "saved", "prompt", "negative", "mode", "scale", "custom", "content_prompt",
                  "content_scale", "seed", "steps", "guidance", "width", "height", "num_images", "scheduler",
                  "content", "mask", "task", "control", "control_files", "control_scale", "strength", "canny_low",
-                 "canny_high", "style_mask_files", "method", "reference_prompt"]
+                 "canny_high", "style_mask_files", "method", "reference_prompt", "layout_boost", "composition",
+                 "composition_scale", "negative_style", "negative_style_scale", "window_start", "window_end"]
 
         def build(values: list):
             v = dict(zip(names, values[: len(names)], strict=True))
@@ -271,6 +294,8 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 "mask": _paths(v["mask"]) if task_ == "inpaint" else [],
                 "style_masks": _paths(v["style_mask_files"]),
                 "control": _paths(v["control_files"]) if stylize else [],
+                "composition": _paths(v["composition"]),
+                "negative_style": _paths(v["negative_style"]),
             }
             scale_ = _number_or_none(v["control_scale"])
             params = {
@@ -292,6 +317,10 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 "scheduler": v["scheduler"],
                 "method": v["method"] or "instantstyle",
                 "reference_prompt": v["reference_prompt"] or None,
+                "layout_boost": _number_or_none(v["layout_boost"]),
+                "composition_scale": v["composition_scale"] if inputs["composition"] else None,
+                "negative_style_scale": v["negative_style_scale"] if inputs["negative_style"] else None,
+                "style_window": (v["window_start"], v["window_end"]),
             }
             if stylize:
                 params.update(task=task_, control=list(v["control"] or []),
@@ -300,7 +329,9 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 if task_ in ("img2img", "inpaint"):
                     params["strength"] = _number_or_none(v["strength"])
             params = fill_image_fields(params, content=bool(inputs["content"]), mask=bool(inputs["mask"]),
-                                       style_masks=len(inputs["style_masks"]), control_images=len(inputs["control"]))
+                                       style_masks=len(inputs["style_masks"]), control_images=len(inputs["control"]),
+                                       composition=bool(inputs["composition"]),
+                                       negative_style=bool(inputs["negative_style"]))
             req = parse_request(params, style_images=len(paths))
             service.check(req, style_images=len(paths))
             images = _read(paths, limits, "style image")
@@ -309,6 +340,8 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 mask=next(iter(_read(inputs["mask"], limits, "mask", mask=True)), None),
                 style_masks=_read(inputs["style_masks"], limits, "style mask", mask=True),
                 control_images=_read(inputs["control"], limits, "control image"),
+                composition=next(iter(_read(inputs["composition"], limits, "composition image")), None),
+                negative_style=next(iter(_read(inputs["negative_style"], limits, "negative style image")), None),
             )
             service.check_inputs(req, uploads)
             return req, images, paths, uploads, inputs
@@ -382,6 +415,9 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 p.get("task") or "txt2img", p.get("control") or [], inputs.get("control") or None,
                 scales[0] if scales else None, p.get("strength"), p.get("canny_low", 50), p.get("canny_high", 200),
                 inputs.get("style_masks") or None, p.get("method", "instantstyle"), p.get("reference_prompt") or "",
+                p.get("layout_boost"), next(iter(inputs.get("composition") or []), None),
+                p.get("composition_scale") or 1.0, next(iter(inputs.get("negative_style") or []), None),
+                p.get("negative_style_scale") or 1.0, *(p.get("style_window") or (0.0, 1.0)),
                 *block_values,
             ]
 
