@@ -56,3 +56,23 @@ def test_window_and_presets_replay_their_graph(tiny_model, style_images):
         assert cache.replays == 2 * (len(cases) + 1)  # every step replayed, none run eagerly
     for case, ref, got in zip(cases, refs, out, strict=True):
         assert np.abs(got - ref).max() <= TOL, case
+
+
+def test_window_and_precise_on_the_pruned_graph_path(tiny_model, style_images):
+    """``max-tuned``'s pieces (image K/V once per call, no branch in inactive IP layers: a graph per
+    preset) with graphs: the window still switches the style off, and replays."""
+    from dataclasses import replace
+
+    red, blue = style_images["red"], style_images["blue"]
+    tuned = replace(GRAPHED, context_kv=True, prune_ip=True)
+    case = dict(mode="precise", composition=str(blue), style_window="0.5:1")
+    with speed(tiny_model, fastpath.PLAIN):
+        ref = generate(tiny_model, red, **case)
+        full = generate(tiny_model, red, **{**case, "style_window": "0:1"})
+    assert np.abs(full - ref).max() > 10 * TOL
+    with speed(tiny_model, tuned, traced=True) as cache:
+        got = generate(tiny_model, red, **case)
+        captures = cache.captures
+        again = generate(tiny_model, red, **{**case, "style_window": "0:1"})
+        assert cache.captures == captures  # another window: the same graph
+    assert np.abs(got - ref).max() <= TOL and np.abs(again - full).max() <= TOL
