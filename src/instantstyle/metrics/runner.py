@@ -67,9 +67,10 @@ def setting_label(params: dict) -> str:
         parts.append(str(params["task"]))
     options = methods_mod.METHODS[method].options if method in methods_mod.METHODS else ()
     for name in options:
-        if name in ("reference_prompt", "lora", "content_prompt", "style_weights"):
+        if name in ("reference_prompt", "lora", "content_prompt", "style_weights", "composition", "negative_style"):
             continue  # differ per reference, not per setting
         default = fields[name].get_default(call_default_factory=True) if name in fields else None
+        default = list(default) if isinstance(default, tuple) else default  # as JSON metadata holds it
         value = params.get(name)
         if value is not None and value != default:
             parts.append(f"{name}={value}")
