@@ -24,7 +24,7 @@ def client(tiny_model):
     from instantstyle.server.http_api import create_app
 
     with GenerationService(tiny_model, queue_size=2, limits=LIMITS, cpu_threads=1) as svc, \
-            TestClient(create_app(svc, ui=False)) as c:
+            TestClient(create_app(svc, ui=False), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -49,7 +49,8 @@ def test_composition_and_negative_uploads(client, tiny_model, style_images):
     api = tiny_model.generate(prompt="a cat", seed=4, steps=2, width=64, height=64, mode="precise",
                               style_window=(0, 0.5), negative_style_scale=0.5, style=[str(red)],
                               composition=str(blue), negative_style=str(green))[0]
-    assert np.array_equal(np.asarray(api), got)
+    diff = np.abs(np.asarray(api).astype(int) - got.astype(int)).max()
+    assert diff <= 2, diff  # the service runs on one CPU thread: reductions round differently
 
 
 @pytest.mark.parametrize("params, message", [
