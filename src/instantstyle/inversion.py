@@ -122,6 +122,37 @@ def sdxl_added_cond(pipe, prompt: str, negative_prompt: str | None, width: int, 
     return pe, added
 
 
+def _prepare(pipe, image_or_latents, prompt, negative_prompt, width, height, guidance, steps):
+    """What every inversion starts from: the clean latent, the prompt's conditioning, the inverse DDIM
+    schedule at ``steps``, a guided noise predictor, and a scope holding any IP-Adapter at scale 0."""
+    from diffusers import DDIMInverseScheduler
+
+    from .adapter import ip_processors, scoped_scales
+
+    if isinstance(image_or_latents, torch.Tensor):
+        x = image_or_latents.to(pipe._execution_device, pipe.unet.dtype)
+        height, width = x.shape[-2] * pipe.vae_scale_factor, x.shape[-1] * pipe.vae_scale_factor
+    else:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        width, height = width or size, height or size
+        x = encode_latents(pipe, image_or_latents, width, height)
+    text, added = sdxl_added_cond(pipe, prompt, negative_prompt, width, height, guidance)
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, **_EXACT)
+    inverse.set_timesteps(steps, device=x.device)
+
+    def predict(latent, t):
+        inp = torch.cat([latent, latent]) if guidance > 1.0 else latent
+        eps = pipe.unet(inp, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
+        if guidance > 1.0:
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance * (cond - uncond)
+        return eps
+
+    n_adapters = len(next(iter(ip_processors(pipe.unet).values())).scale) if ip_processors(pipe.unet) else 0
+    scope = scoped_scales(pipe.unet, [{}] * n_adapters) if n_adapters else contextlib.nullcontext()
+    return x, inverse, predict, scope
+
+
 @torch.no_grad()
 def ddim_invert(
     pipe,
@@ -140,34 +171,14 @@ def ddim_invert(
     Any IP-Adapter on the UNet is held at scale 0 for the duration (restored afterwards), so the
     inversion depends on the image and the prompt only.
     """
-    from diffusers import DDIMInverseScheduler
-
-    from .adapter import ip_processors, scoped_scales
-
-    # 1. Clean latent.
-    if isinstance(image_or_latents, torch.Tensor):
-        x = image_or_latents.to(pipe._execution_device, pipe.unet.dtype)
-        height, width = x.shape[-2] * pipe.vae_scale_factor, x.shape[-1] * pipe.vae_scale_factor
-    else:
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        width, height = width or size, height or size
-        x = encode_latents(pipe, image_or_latents, width, height)
-    # 2. Conditioning and the inverse schedule.
-    text, added = sdxl_added_cond(pipe, prompt, negative_prompt, width, height, guidance)
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, **_EXACT)
-    inverse.set_timesteps(steps, device=x.device)
-    n_adapters = len(next(iter(ip_processors(pipe.unet).values())).scale) if ip_processors(pipe.unet) else 0
-    scope = scoped_scales(pipe.unet, [{}] * n_adapters) if n_adapters else contextlib.nullcontext()
-    # 3. Walk up the noise levels.
+    # 1. Clean latent, conditioning, the inverse schedule and the IP-Adapter held at 0.
+    x, inverse, predict, scope = _prepare(pipe, image_or_latents, prompt, negative_prompt, width, height,
+                                          guidance, steps)
+    # 2. Walk up the noise levels.
     latents, timesteps = [x], []
     with scope:
         for t in tqdm(inverse.timesteps, desc="DDIM inversion", disable=not progress, leave=False):
-            inp = torch.cat([x, x]) if guidance > 1.0 else x
-            eps = pipe.unet(inp, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
-            if guidance > 1.0:
-                uncond, cond = eps.chunk(2)
-                eps = uncond + guidance * (cond - uncond)
-            x = inverse.step(eps, t, x).prev_sample
+            x = inverse.step(predict(x, t), t, x).prev_sample
             latents.append(x)
             timesteps.append(int(t))
     return Inversion(latents, timesteps, prompt, guidance)
@@ -257,34 +268,12 @@ def invert(pipe, image_or_latents, prompt: str, *, method: str = "ddim", steps: 
         from .errors import InstantStyleError
 
         raise InstantStyleError(f"unknown inversion {method!r}; use renoise or ddim")
-    from diffusers import DDIMInverseScheduler
-
-    from .adapter import ip_processors, scoped_scales
-
-    if isinstance(image_or_latents, torch.Tensor):
-        x = image_or_latents.to(pipe._execution_device, pipe.unet.dtype)
-        height, width = x.shape[-2] * pipe.vae_scale_factor, x.shape[-1] * pipe.vae_scale_factor
-    else:
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        width, height = width or size, height or size
-        x = encode_latents(pipe, image_or_latents, width, height)
-    text, added = sdxl_added_cond(pipe, prompt, negative_prompt, width, height, guidance)
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, **_EXACT)
-    inverse.set_timesteps(steps, device=x.device)
+    x, inverse, predict, scope = _prepare(pipe, image_or_latents, prompt, negative_prompt, width, height,
+                                          guidance, steps)
     forward = ddim_scheduler(pipe)
     gen = torch.Generator().manual_seed(seed)
     z0, noise = x, torch.randn(x.shape, generator=gen).to(x)
 
-    def predict(latent, t):
-        inp = torch.cat([latent, latent]) if guidance > 1.0 else latent
-        eps = pipe.unet(inp, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
-        if guidance > 1.0:
-            uncond, cond = eps.chunk(2)
-            eps = uncond + guidance * (cond - uncond)
-        return eps
-
-    n_adapters = len(next(iter(ip_processors(pipe.unet).values())).scale) if ip_processors(pipe.unet) else 0
-    scope = scoped_scales(pipe.unet, [{}] * n_adapters) if n_adapters else contextlib.nullcontext()
     latents, timesteps = [x], []
     with scope:
         for t in tqdm(inverse.timesteps, desc="ReNoise inversion", disable=not progress, leave=False):
