@@ -14,7 +14,6 @@ are left out with a one-line warning and a note in the report, and the rest stil
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 import time
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import methods as methods_mod
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
+from .files import atomic_write_text
 from .images import check_output_path, image_hash, load_image, save_png
 
 DEFAULT_METHODS = ("instantstyle", "ip-adapter", "style-aligned", "visual-style-prompting")
@@ -284,6 +284,4 @@ def report_markdown(report: dict) -> str:
 
 def _write_text(path: Path, text: str, overwrite: bool) -> None:
     check_output_path(path, overwrite=overwrite)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

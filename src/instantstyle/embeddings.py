@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import InstantStyleError
-from .files import user_mode
+from .files import atomic_write
 
 COMBINE_MODES = ("mean", "concat")
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -142,11 +141,8 @@ class EmbeddingCache:
             from safetensors.torch import save_file
 
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            os.close(fd)
-            save_file({"embeds": value}, tmp)
-            user_mode(tmp)  # mkstemp made it 0600
-            os.replace(tmp, self.directory / f"{key}.safetensors")
+            with atomic_write(self.directory / f"{key}.safetensors") as tmp:
+                save_file({"embeds": value}, str(tmp))
 
     def _remember(self, key: str, value: torch.Tensor) -> None:
         self._mem[key] = value
@@ -291,27 +287,11 @@ def save_style(style: Style, name: str, directory: str | Path | None = None, ove
         raise exists
     path.parent.mkdir(parents=True, exist_ok=True)
     style.name = name
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"embeds": style.embeds.contiguous().float()}, tmp, metadata=style.metadata())
-        user_mode(tmp)  # mkstemp made it 0600
-        if overwrite:
-            os.replace(tmp, path)
-        else:  # create-if-absent, atomically: a hard link fails if another writer got there first
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise exists from None
-            except OSError:  # no hard links on this file system: claim the name, then fill it
-                try:
-                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    raise exists from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    try:  # create-if-absent unless overwrite: another writer that got there first wins (409 upstream)
+        with atomic_write(path, exclusive=not overwrite) as tmp:
+            save_file({"embeds": style.embeds.contiguous().float()}, str(tmp), metadata=style.metadata())
+    except FileExistsError:
+        raise exists from None
     return path
 
 

@@ -6,14 +6,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InstantStyleError
-from .files import user_mode
+from .files import atomic_write_bytes
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; far above anything SDXL or CLIP consume
 METADATA_KEY = "instantstyle"  # PNG iTXt chunk holding the full parameters as JSON
@@ -132,24 +131,8 @@ def save_png(image: Image.Image, path: str | os.PathLike, *, overwrite: bool = F
     ``overwrite``.
     """
     path = check_output_path(path, overwrite=overwrite)
-    data = png_bytes(image)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    user_mode(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
-            except FileExistsError:
-                raise InstantStyleError(f"output '{path}' already exists; pass overwrite=True") from None
-            except OSError:  # filesystems without hard links
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    try:  # exclusive unless overwrite: a file that appeared meanwhile is never clobbered
+        atomic_write_bytes(path, png_bytes(image), exclusive=not overwrite)
+    except FileExistsError:
+        raise InstantStyleError(f"output '{path}' already exists; pass overwrite=True") from None
     return path

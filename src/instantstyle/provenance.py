@@ -29,6 +29,8 @@ import json
 import os
 from pathlib import Path
 
+from .files import atomic_write_text
+
 # our sampler name -> (A1111 sampler, A1111 schedule type or None)
 A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
     "euler": ("Euler", None),
@@ -83,9 +85,7 @@ def short_hash(path: str | os.PathLike) -> str:
     known[key] = value
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(store)
+        atomic_write_text(store, json.dumps(known))
     except OSError:
         pass  # an unwritable cache only costs a re-hash next time
     return value

@@ -11,10 +11,10 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..files import atomic_write_text
 from . import METRICS
 from .maths import bootstrap_ci
 
@@ -92,10 +92,7 @@ def summary_rows(summary: Sequence[dict], metrics: Sequence[str], key: str = "se
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` atomically (a temporary file beside it, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_report(out: Path, report: dict) -> dict[str, Path]:
