@@ -1,17 +1,20 @@
-"""``instantstyle download``: the subcommand's flags and its one function (the work is in download.py)."""
+"""``instantstyle download``: the subcommand's flags and its one function (the work is in
+``instantstyle.download``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from . import common
 
-def add_parser(sub, common) -> None:
-    from .download import DEFAULT_FEATURES, FEATURES
+
+def register(sub) -> None:
+    from ..download import DEFAULT_FEATURES, FEATURES
 
     table = "\n".join(f"  {f.name:<8} {f.summary}" for f in FEATURES.values())
-    d = sub.add_parser(
-        "download", parents=[common], help="fetch the weights that chosen features need (base, adapter, ControlNets)",
+    d = common.add_command(
+        sub, "download", run, help="fetch the weights that chosen features need (base, adapter, ControlNets)",
         description="Fetch exactly the files a set of features needs into the Hugging Face cache, through "
                     "huggingface_hub (progress bars; an interrupted download resumes when run again). Then every "
                     "command runs offline (HF_HUB_OFFLINE=1).",
@@ -30,8 +33,8 @@ def add_parser(sub, common) -> None:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def cmd_download(args) -> int:
-    from . import download
+def run(args) -> int:
+    from .. import download
 
     pieces = download.plan(args.items, args.variant)
     if args.dry_run:

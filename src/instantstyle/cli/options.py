@@ -1,0 +1,163 @@
+"""Option groups several subcommands share: the model flags (and the one loader that reads them),
+the baselines' options, and help text taken from the request schema."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InstantStyleError
+
+DTYPES = ["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]  # models.device_and_dtype reads each
+
+
+def field_help(name: str, default: bool = False) -> str:
+    """The schema's description of a field, with its default when it has a simple one."""
+    from ..config import GenerateRequest
+
+    field = GenerateRequest.model_fields[name]
+    value = field.get_default(call_default_factory=True)
+    shown = "" if not default or value in (None, [], "") else f" (default: {value})"
+    return (field.description or "") + shown
+
+
+def add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -> None:
+    from .. import models
+
+    g = p.add_argument_group("models (local path, Hub 'owner/repo[/path]', or 'tiny')")
+    if not encoder_only:
+        _add_base_args(g, models)
+    g.add_argument("--image-encoder", default=None,
+                   help=f"CLIPVisionModelWithProjection directory (default: {models.DEFAULT_IMAGE_ENCODER})")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    g.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="default: fp16 on cuda/mps, fp32 on cpu")
+    if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
+        _add_speed_args(g)
+
+
+def _add_base_args(g, models) -> None:
+    g.add_argument("--base", default=models.DEFAULT_BASE,
+                   help="SDXL base model: a diffusers directory or Hub id, or one .safetensors checkpoint "
+                        "(an SDXL finetune from Civitai, local or 'owner/repo/file.safetensors') "
+                        "(default: %(default)s)")
+    g.add_argument("--base-config", default=None,
+                   help="diffusers configs for a single-file --base (Hub id or directory; configs only, a few KB; "
+                        "default: stabilityai/stable-diffusion-xl-base-1.0)")
+    g.add_argument("--vae", default=None,
+                   help="replace the base's VAE: a diffusers directory, Hub id ('owner/repo[/subfolder]') or one "
+                        ".safetensors file. With fp16 (the CUDA default) the stock SDXL VAE overflows and diffusers "
+                        "decodes in fp32 (slower, more memory); madebyollin/sdxl-vae-fp16-fix decodes in fp16 "
+                        "with nearly the same picture")
+    g.add_argument("--adapter", default=None,
+                   help=f"IP-Adapter .safetensors/.bin in the h94 layout (default: {models.DEFAULT_ADAPTER})")
+    g.add_argument("--variant", default=None, help="weights variant to fetch, e.g. fp16 (halves the download)")
+    g.add_argument("--content-text-encoder", default=None,
+                   help="CLIPTextModelWithProjection for content subtraction when the image encoder's space "
+                        "is not text_encoder_2's (e.g. ViT-H adapters)")
+
+
+def _add_speed_args(g) -> None:
+    g.add_argument("--speed", default="auto",
+                   choices=["auto", "plain", "exact", "graphs", "fast", "max", "max-tuned", "max-autotune", "fp8",
+                            "fp8-max", "cfg-trunc", "deepcache", "turbo"],
+                   help="fast path (see docs/performance.md): auto = graphs on CUDA for generate/stylize/"
+                        "compare, max for serve, exact on CPU; plain = stock diffusers; exact = image branch only "
+                        "in active blocks; graphs = exact + CUDA graphs, no compilation (0.69x stock diffusers' "
+                        "time on an H200); max = the whole UNet compiled + CUDA graphs (0.56x; ~90 s to compile "
+                        "on first use); fast = regional compile. Not yet measured on a GPU: max-tuned = max + "
+                        "K/V once per call, no work in inactive IP layers, bf16 compiled VAE decode, tuned "
+                        "Inductor (same picture); max-autotune = max-tuned with autotuned kernels, for serve "
+                        "(minutes to compile once; see --compile-cache). Approximations, opt-in (change the "
+                        "picture slightly): fp8 (Hopper/Ada), fp8-max (row-wise fp8 inside the compiled graph), "
+                        "cfg-trunc (last 40%% of the steps without CFG), deepcache (deep blocks every other "
+                        "step), turbo (fp8-max + deepcache) (default: auto)")
+    g.add_argument("--cfg-truncation", type=float, default=None, metavar="FRACTION",
+                   help="approximation: the last FRACTION of the steps without the unconditional half (e.g. 0.4; "
+                        "text-to-image only); adds to any --speed, 0 turns it off (default: the speed's, 0 "
+                        "except cfg-trunc's 0.4)")
+    g.add_argument("--deepcache", type=int, default=None, metavar="N", dest="deepcache_interval",
+                   help="approximation: the deep UNet blocks every N-th step only, the steps between reuse their "
+                        "features (DeepCache; 2 = every other step); 0 turns it off (default: the speed's)")
+    g.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="keep torch.compile's generated code and autotuning results in DIR, so a restart does not "
+                        "compile again (default: torch's, $TORCHINDUCTOR_CACHE_DIR or a temp folder)")
+    g.add_argument("--memory", default="auto", choices=["auto", "normal", "balanced", "low", "lowest"],
+                   help="GPU memory layout (peaks at 1024 px on SDXL): normal ~16-18 GiB; balanced = text/image "
+                        "encoders streamed from the CPU, ~13 GiB, same speed; low = model CPU offload + 512 px "
+                        "VAE tiles, ~7 GiB (Plus ~12); lowest = every model but the VAE streamed layer by layer, "
+                        "~1.6 GiB (Plus ~3.5), ~4x slower; auto picks by the card's size (default: auto)")
+
+
+def speed_args(args) -> dict:
+    """``--speed`` and its companion flags, as ``InstantStyle.from_pretrained`` takes them."""
+    return {"speed": args.speed, "cfg_truncation": args.cfg_truncation, "deepcache_interval": args.deepcache_interval,
+            "compile_cache": args.compile_cache}
+
+
+def load_model(args, *, device: str | None = None, cache_dir: bool = True, progress: bool | None = None,
+               **extra):
+    """The generation model from the model flags (``add_model_args``): the one loader of every
+    subcommand that generates (generate, stylize, compare, serve, eval, probe-blocks)."""
+    from ..pipeline import InstantStyle
+
+    return InstantStyle.from_pretrained(
+        args.base, args.adapter, args.image_encoder, device=device if device is not None else args.device,
+        dtype=args.dtype, variant=args.variant, content_text_encoder=args.content_text_encoder,
+        cache_dir=cache_dir, progress=not args.quiet if progress is None else progress,
+        memory=args.memory, **speed_args(args), vae=args.vae, base_config=args.base_config, **extra,
+    )
+
+
+def method_help() -> str:
+    from ..methods import METHODS
+
+    return "generation method: " + "; ".join(f"{m.name} = {m.summary} ({m.paper})" for m in METHODS.values()) + \
+        " (default: instantstyle)"
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """Options of the baselines (each is refused for a method that does not read it)."""
+    m = p.add_argument_group("baseline methods (--method style-aligned | visual-style-prompting | b-lora)")
+    m.add_argument("--reference-prompt", default=None, metavar="TEXT", help=field_help("reference_prompt"))
+    m.add_argument("--attention-layers", default=None, metavar="NAMES", help=field_help("attention_layers"))
+    m.add_argument("--share-group-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help=field_help("share_group_norm") + " (default: on)")
+    m.add_argument("--shared-score-shift", default=None, metavar="F", help=field_help("shared_score_shift"))
+    m.add_argument("--inversion-offset", default=None, metavar="N", help=field_help("inversion_offset"))
+    m.add_argument("--style-description", default=None, metavar="TEXT", help=field_help("style_description"))
+    m.add_argument("--swap-start", default=None, metavar="F", help=field_help("swap_start"))
+    m.add_argument("--swap-end", default=None, metavar="F", help=field_help("swap_end"))
+    m.add_argument("--no-color-calibration", dest="color_calibration", action="store_false", default=None,
+                   help="visual-style-prompting: skip the colour calibration of x0")
+    m.add_argument("--lora", default=None, metavar="DIR", help=field_help("lora"))
+    m.add_argument("--lora-scale", default=None, metavar="F", help=field_help("lora_scale"))
+
+
+METHOD_FIELDS = ("reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift",
+                 "inversion_offset", "style_description", "swap_start", "swap_end", "color_calibration", "lora",
+                 "lora_scale")
+
+
+def method_params(args) -> dict:
+    """The baseline options the user gave (unset ones keep the request's defaults)."""
+    return {f: getattr(args, f) for f in METHOD_FIELDS if getattr(args, f, None) is not None}
+
+
+def check_lora(base: str, req) -> None:
+    """A B-LoRA directory must exist and match the base's UNet architecture (read from its config)."""
+    from .. import models
+
+    if not req.lora:
+        return
+    from ..methods.b_lora import read_info
+
+    try:
+        if base == models.TINY:
+            from ..testing.tiny import tiny_unet_config
+
+            config = tiny_unet_config()
+        else:
+            config = models.load_unet_config(base)
+    except InstantStyleError:
+        config = None  # the full load reports the missing model
+    read_info(req.lora, config)
