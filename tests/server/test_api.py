@@ -32,7 +32,7 @@ def service(tiny_model):
 def client(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, ui=False), base_url="http://127.0.0.1") as c:
         yield c
@@ -275,7 +275,7 @@ def test_full_queue_answers_429_with_retry_after(client, service, red_png):
 def test_api_key(service, red_png):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, api_key="s3cret-key", ui=False), base_url="http://127.0.0.1") as c:
         for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
@@ -300,7 +300,7 @@ def test_api_key_also_guards_the_ui(service):
     pytest.importorskip("gradio", reason="needs the 'serve' extra (gradio)")
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, api_key="s3cret-key", ui=True), base_url="http://127.0.0.1") as c:
         assert c.get("/ui/config").status_code == 401

@@ -21,7 +21,7 @@ LIMITS = Limits(max_upload_bytes=64 * 1024, max_pixels=100 * 100, max_style_imag
 def client(tiny_model):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with GenerationService(tiny_model, queue_size=2, limits=LIMITS, cpu_threads=1) as svc, \
             TestClient(create_app(svc, ui=False), base_url="http://127.0.0.1") as c:

@@ -15,7 +15,8 @@ from PIL import Image
 
 from instantstyle.config import GenerateRequest
 from instantstyle.images import METADATA_KEY, image_hash
-from instantstyle.server.service import UPLOAD, GenerationService, Limits
+from instantstyle.server.service import GenerationService, Limits
+from instantstyle.server.uploads import UPLOAD
 
 STEPS = 2
 LIMITS = Limits(max_upload_bytes=64 * 1024, max_pixels=100 * 100, max_prompt_length=200, max_style_images=3,
@@ -57,7 +58,7 @@ def service(tiny_model, tiny_paths):
 def client(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, ui=False), base_url="http://127.0.0.1") as c:
         yield c

@@ -43,7 +43,7 @@ def browser():
 def test_ui_upload_prompt_generate_gallery_reuse(browser, tiny_model, style_images, tmp_path):
     import torch
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     service = GenerationService(tiny_model, queue_size=4, cpu_threads=1, limits=Limits(max_steps=50))
     with service, live_server(create_app(service, ui=True)) as url:

@@ -14,7 +14,8 @@ import uuid
 import pytest
 from server_helpers import live_server, png_bytes
 
-from instantstyle.server.service import CANCELLED, DONE, GenerationService, Limits
+from instantstyle.server.jobs import CANCELLED, DONE
+from instantstyle.server.service import GenerationService, Limits
 
 LIMITS = Limits(max_steps=400, max_size=128, max_cost=2.0, max_wait_s=60)
 
@@ -29,7 +30,7 @@ def service(tiny_model):
 def client(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, ui=False), base_url="http://127.0.0.1") as c:
         yield c
@@ -74,7 +75,7 @@ def test_delete_cancels_a_queued_and_a_running_job(client, service):
 
 def test_a_disconnected_synchronous_client_has_its_job_cancelled(service):
     """And the connection survives 4xx answers (keep-alive: the next request on it is answered)."""
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     gate = threading.Event()
     with live_server(create_app(service, ui=False)) as url:
@@ -163,7 +164,7 @@ def test_a_scheduler_whose_package_is_missing_is_refused_with_the_install_line(m
 
 
 def test_job_errors_keep_the_useful_line():
-    from instantstyle.server.service import first_line
+    from instantstyle.server.jobs import first_line
 
     assert first_line(ImportError("\nLMSDiscreteScheduler requires the scipy library\n")) == \
         "LMSDiscreteScheduler requires the scipy library"

@@ -32,7 +32,7 @@ def _percentile(values, q):
 def test_30_concurrent_requests_against_a_queue_of_8(tiny_model, red_png):
     import httpx
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     service = GenerationService(tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_wait_s=CLIENT_TIMEOUT_S),
                                 cpu_threads=1)
@@ -115,7 +115,7 @@ def test_a_cancelled_long_job_frees_the_worker_within_one_step(tiny_model, red_p
     job starts within about one step's time, not after the long job's remaining steps."""
     import httpx
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     service = GenerationService(tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_steps=500), cpu_threads=1)
     files = [("images", ("red.png", red_png, "image/png"))]

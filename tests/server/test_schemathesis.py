@@ -25,7 +25,7 @@ _started: list[float] = []
 
 @pytest.fixture(scope="module")
 def api_schema(tiny_model, tmp_path_factory):
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     # uploads: a real PNG the server accepts, or arbitrary bytes it must refuse cleanly
     schemathesis.openapi.format("binary", st.one_of(st.just(png_bytes()), st.binary(max_size=256)))

@@ -31,7 +31,7 @@ def service(tiny_model):
 def ui_client(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     app = create_app(service, ui=True)
     with TestClient(app, base_url=BASE) as c:
@@ -43,7 +43,7 @@ def ui_client(service):
 def keyed_client(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, api_key=KEY, ui=True), base_url=BASE) as c:
         yield c
@@ -154,7 +154,7 @@ def test_cross_origin_requests_change_nothing(ui_client, service, red_png):
 def test_configured_origin_gets_cors_and_others_do_not(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     app = create_app(service, ui=False, allowed_origins=["https://app.example.com"])
     with TestClient(app, base_url=BASE) as c:
@@ -174,7 +174,7 @@ def test_foreign_host_names_are_refused(ui_client, service):
     assert ui_client.get("/v1/health", headers={"Host": "localhost:7860"}).status_code == 200
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     proxied = create_app(service, ui=False, allowed_hosts=["studio.example.com"])
     with TestClient(proxied, base_url="https://studio.example.com") as c:
@@ -202,7 +202,7 @@ def test_with_a_key_gradio_routes_need_it_too(keyed_client):
 def test_failed_key_and_login_attempts_are_limited(service):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     with TestClient(create_app(service, api_key=KEY, ui=True), base_url=BASE) as c:
         statuses = [c.post("/ui/login", data={"username": "u", "password": f"guess{i}"}).status_code
@@ -218,7 +218,7 @@ def test_cancelling_in_the_ui_stops_the_job(service, red_png):
     import httpx
     from server_helpers import live_server
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     big = GenerationService(service.model, queue_size=2, cpu_threads=1, limits=Limits(max_steps=400))
     with big, live_server(create_app(big, ui=True)) as url, httpx.Client(base_url=f"{url}/ui", timeout=30) as c:

@@ -9,17 +9,11 @@ import pytest
 from server_helpers import png_bytes
 
 from instantstyle.errors import InstantStyleError
-from instantstyle.server.service import (
-    DONE,
-    FAILED,
-    GenerationService,
-    JobFailedError,
-    Limits,
-    QueueFullError,
-    UploadTooLargeError,
-    decode_upload,
-    parse_request,
-)
+from instantstyle.server.checks import parse_request
+from instantstyle.server.jobs import DONE, FAILED, JobFailedError, QueueFullError
+from instantstyle.server.limits import Limits
+from instantstyle.server.service import GenerationService
+from instantstyle.server.uploads import UploadTooLargeError, decode_upload
 
 
 class StubModel:

@@ -20,7 +20,7 @@ def service(tiny_model):
 def _client(service, **kw):
     from fastapi.testclient import TestClient
 
-    from instantstyle.server.http_api import create_app
+    from instantstyle.server import create_app
 
     return TestClient(create_app(service, ui=False, **kw), base_url="http://127.0.0.1")
 
@@ -64,7 +64,7 @@ def test_style_names_match_in_full_and_messages_name_no_server_path(service, tmp
 
 def test_listing_while_styles_are_deleted_leaves_them_out(service, tmp_path, monkeypatch):
     from instantstyle import embeddings
-    from instantstyle.server.http_api import _list_styles
+    from instantstyle.server.routes.styles import _list_styles
 
     directory = tmp_path / "listing"
     service.model.styles.styles_directory = str(directory)

@@ -19,6 +19,9 @@ One pure ASGI middleware, ``RequestPolicy``, runs before any route or framework 
    body must point inside Gradio's own upload folder (``check_upload_descriptor``), and Gradio's
    file routes serve nothing else. A hostile descriptor gets 400 and is never copied or read.
 
+``BodySizeLimit`` (inside it, in front of the ``/v1`` routes) refuses a body over the limit
+before anything parses it.
+
 Every refusal is the API's one error shape, ``{"error": {"status", "code", "message"}}``, and no
 message names a server path.
 """
@@ -29,15 +32,14 @@ import hmac
 import json
 import os
 import socket
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
+
+from .http_errors import error_response
+from .limits import FailedAuthLimiter
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -48,11 +50,6 @@ _UI_LOGIN_PAGES = ("", "/", "/login", "/login/", "/config", "/config/", "/theme.
                    "/manifest.json", "/robots.txt", "/gradio_api/theme.css")
 _UI_LOGIN_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
 _UI_FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/", "/gradio_api/proxy=", "/proxy=")
-
-
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status,
-                        headers=headers)
 
 
 def api_key_ok(headers, api_key: str) -> bool:
@@ -68,21 +65,6 @@ def presented_key(headers) -> str | None:
         scheme, _, token = (headers.get("authorization") or "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else None
     return given
-
-
-def scrub_paths(message: str) -> str:
-    """``message`` with this server's directories (saved styles, caches, working and home
-    directories, temp, the Python prefix) replaced by ``<server>``: HTTP clients never see them."""
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    roots = {os.getcwd(), str(Path.home()), tempfile.gettempdir(), sys.prefix,
-             os.environ.get("INSTANTSTYLE_STYLES") or "", os.environ.get("INSTANTSTYLE_CACHE") or "",
-             os.environ.get("HF_HOME") or ""}
-    for root in sorted((r for r in roots if len(r) > 1), key=len, reverse=True):
-        message = message.replace(os.path.realpath(root), "<server>").replace(root, "<server>")
-    return message
 
 
 def default_allowed_hosts(bind_host: str) -> list[str]:
@@ -108,35 +90,6 @@ def host_name(host_header: str) -> str:
     if host.count(":") == 1:
         host = host.partition(":")[0]
     return host.rstrip(".")
-
-
-@dataclass
-class FailedAuthLimiter:
-    """Failed key/login attempts per client address in a sliding window (thread-safe)."""
-
-    max_failures: int = 10
-    window_s: float = 60.0
-    _seen: dict[str, deque] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def blocked_for(self, client: str) -> int:
-        """Seconds this client must wait (0: not blocked)."""
-        now = time.monotonic()
-        with self._lock:
-            q = self._seen.get(client)
-            if not q:
-                return 0
-            while q and now - q[0] > self.window_s:
-                q.popleft()
-            if len(q) < self.max_failures:
-                return 0
-            return max(1, int(self.window_s - (now - q[0])) + 1)
-
-    def fail(self, client: str) -> None:
-        with self._lock:
-            if len(self._seen) > 10_000:  # bounded memory under a spray of addresses
-                self._seen.clear()
-            self._seen.setdefault(client, deque(maxlen=self.max_failures * 2)).append(time.monotonic())
 
 
 @dataclass
@@ -228,7 +181,7 @@ class RequestPolicy:
         async def refuse(status: int, code: str, message: str, extra: dict | None = None):
             if scope["type"] == "websocket":
                 return await send({"type": "websocket.close", "code": 1008})
-            return await error_response(status, code, message, extra)(scope, receive, send)
+            return await error_response(status, message, code=code, headers=extra)(scope, receive, send)
 
         # 1. Host: the name the client used must be this server's
         if not p.host_allowed(headers.get("host")):
@@ -329,6 +282,64 @@ class RequestPolicy:
         await response(scope, receive, send)
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Pure ASGI, in front of every ``/v1`` route: the body size, BEFORE any parsing (Host, Origin
+    and the key are checked further out, by ``RequestPolicy``).
+
+    Declared bodies over the limit are refused from ``Content-Length``; a streamed body is
+    counted as it arrives and cut off with 413 once over the limit.
+    """
+
+    def __init__(self, app, *, max_body_bytes: int, prefix: str = "/v1/"):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            return await self._too_large(scope, receive, send, int(length))
+
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def counted_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.max_body_bytes:
+                    state["over"] = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # whatever the app answers to a cut-off body, the client gets 413
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._too_large(scope, receive, send, state["seen"])
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _BodyTooLarge:
+            if not state["started"]:
+                await self._too_large(scope, receive, send, state["seen"])
+
+    async def _too_large(self, scope, receive, send, size: int):
+        response = error_response(413, f"request body is {size}+ bytes, over the limit of {self.max_body_bytes} "
+                                       "bytes; send fewer or smaller images (server flags --max-upload-bytes, "
+                                       "--max-style-images)")
+        await response(scope, receive, send)
+
+
 def _cookies(headers) -> dict[str, str]:
     from http.cookies import SimpleCookie
 
@@ -369,5 +380,5 @@ def _replay(body: bytes, receive):
     return replay
 
 
-__all__ = ["Policy", "RequestPolicy", "FailedAuthLimiter", "api_key_ok", "default_allowed_hosts",
+__all__ = ["Policy", "RequestPolicy", "BodySizeLimit", "api_key_ok", "default_allowed_hosts",
            "check_upload_descriptors", "inside"]
