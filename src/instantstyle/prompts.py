@@ -6,15 +6,22 @@ that will be cut gets a ``PromptTruncatedWarning`` naming its token count and th
 are dropped. We do not (yet) encode long prompts in 75-token chunks as A1111 does: that changes
 the picture of every long prompt and the text embedding that content subtraction uses, so it
 would be an opt-in mode of its own; until then, the warning says exactly what is lost.
+
+A server hands these messages to its clients: ``collected_warnings()`` gathers the ones raised
+in this thread (``warnings.catch_warnings`` is process-wide and cannot tell two workers apart).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
+from collections.abc import Iterator
 
 from .errors import InstantStyleWarning
 
 CLIP_TOKENS = 77  # including the start and end tokens
+_collecting = threading.local()  # .messages: the list this thread's warnings go to, or None
 
 
 class PromptTruncatedWarning(InstantStyleWarning):
@@ -47,4 +54,17 @@ def warn_if_truncated(tokenizer, prompts: dict[str, str | None]) -> list[str]:
                f"ignored: '{shown}' (shorten it, or move what matters to the front)")
         warnings.warn(msg, PromptTruncatedWarning, stacklevel=3)
         messages.append(msg)
+        if getattr(_collecting, "messages", None) is not None:
+            _collecting.messages.append(msg)
     return messages
+
+
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """The prompt warnings raised in this thread inside the block, in a list (they are still warned)."""
+    outer = getattr(_collecting, "messages", None)
+    _collecting.messages = messages = []
+    try:
+        yield messages
+    finally:
+        _collecting.messages = outer

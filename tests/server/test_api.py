@@ -307,3 +307,14 @@ def test_api_key_also_guards_the_ui(service):
         assert c.post("/ui/login", data={"username": "me", "password": "wrong"}).status_code >= 400
         assert c.post("/ui/login", data={"username": "me", "password": "s3cret-key"}).status_code == 200
         assert c.get("/ui/config").status_code == 200
+
+
+def test_a_prompt_over_77_tokens_comes_back_as_a_job_warning(client, service, red_png):
+    long = " ".join(["cat"] * 50)  # 199 characters (the test limit is 200), over 75 tokens on the tiny tokenizer
+    n = len(service.model.pipe.tokenizer(long, verbose=False).input_ids) - 2
+    assert n > 75
+    r = _post(client, {"prompt": long, "seed": 1, "steps": STEPS}, _upload(red_png))
+    assert r.status_code == 200, r.text
+    (warning,) = r.json()["warnings"]  # the library's own message, for this job only
+    assert warning.startswith(f"prompt has {n} tokens; the text encoders read the first 75")
+    assert _post(client, {"prompt": "a cat", "seed": 1, "steps": STEPS}, _upload(red_png)).json()["warnings"] == []

@@ -94,6 +94,7 @@ class Job:
     error: str | None = None
     # "bad_request" | "out_of_memory" | "internal" | and for cancelled jobs "cancelled" | "timeout" | "shutdown"
     error_type: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what the library warned about (e.g. a cut prompt)
     deadline: float | None = None  # time.monotonic() past which a running job stops (--job-timeout)
 
     def __post_init__(self) -> None:
@@ -162,6 +163,7 @@ class Job:
             "device": self.device,
             "error": None if self.error is None else {"type": self.error_type, "message": self.error},
             "cancel_requested": self.cancel_requested,
+            "warnings": list(self.warnings),
         }
 
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 
 from ..config import GenerateRequest
+from ..prompts import collected_warnings
 from .checks import check_controlnet_names, check_inputs, check_request, parse_request
 from .jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobQueue, Result
 from .limits import Limits
@@ -84,26 +85,18 @@ class GenerationService(JobQueue):
         With ``previews``, each denoising step leaves a cheap preview of the latents in ``job.preview``
         (InstantStyle text-to-image only: the same ``prepare`` + ``run`` as ``generate``, plus diffusers'
         ``callback_on_step_end`` reading the latents; other methods and modes report progress only).
+        What the library warns about while it runs (a prompt longer than the text encoders read)
+        lands in ``job.warnings``.
         """
         images = list(style_images)
         in_memory = (uploads or Uploads()).kwargs(req)
 
         def work(model, job: Job) -> list[Result]:
             from ..images import METADATA_KEY, png_bytes
-            from ..pipelines.stylize import needs_stylize
 
-            if previews and req.method == "instantstyle" and not needs_stylize(req):
-                def preview(_pipe, _i, _t, tensors):
-                    if tensors.get("latents") is not None:
-                        job.preview = latent_preview(tensors["latents"][0])
-                    return tensors
-
-                prep = model.prepare(req, images, composition_image=in_memory["composition_image"],
-                                     negative_style_image=in_memory["negative_style_image"])
-                out = model.run(model.pipe, prep, on_step=job.on_step, callback_on_step_end=preview,
-                                callback_on_step_end_tensor_inputs=["latents"])
-            else:
-                out = model.generate(req, style_images=images, on_step=job.on_step, **in_memory)
+            with collected_warnings() as notes:
+                job.warnings = notes  # filled while it runs, e.g. a prompt longer than the encoders read
+                out = _generate(model, job, req, images, in_memory, previews=previews)
             return [Result(i, png_bytes(im), json.loads(im.info[METADATA_KEY])) for i, im in enumerate(out)]
 
         return self.submit(work, kind="generate", request=req)
@@ -125,6 +118,24 @@ class GenerationService(JobQueue):
             "average_job_s": None if self._avg_s is None else round(self._avg_s, 3),
             "jobs": counts,
         }
+
+
+def _generate(model, job: Job, req: GenerateRequest, images: list, in_memory: dict, *, previews: bool) -> list:
+    """Run one generation on ``model`` with ``job``'s step callback (progress, cancel, timeout)."""
+    from ..pipelines.stylize import needs_stylize
+
+    if not (previews and req.method == "instantstyle" and not needs_stylize(req)):
+        return model.generate(req, style_images=images, on_step=job.on_step, **in_memory)
+
+    def preview(_pipe, _i, _t, tensors):
+        if tensors.get("latents") is not None:
+            job.preview = latent_preview(tensors["latents"][0])
+        return tensors
+
+    prep = model.prepare(req, images, composition_image=in_memory["composition_image"],
+                         negative_style_image=in_memory["negative_style_image"])
+    return model.run(model.pipe, prep, on_step=job.on_step, callback_on_step_end=preview,
+                     callback_on_step_end_tensor_inputs=["latents"])
 
 
 def latent_preview(latents):
