@@ -6,6 +6,8 @@ diffusers and no web framework, and probes no device.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -23,7 +25,35 @@ _EXPORTS = {
     "PRESETS": ("blocks", "PRESETS"),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # the names of _EXPORTS (tests/unit/test_public_api.py keeps them equal)
+    "__version__",
+    "InstantStyle",
+    "GenerateRequest",
+    "InstantStyleError",
+    "ModelNotFoundError",
+    "Style",
+    "save_style",
+    "load_style",
+    "combine_styles",
+    "subtract_content",
+    "save_png",
+    "read_metadata",
+    "PRESETS",
+]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
+    from .blocks import PRESETS as PRESETS
+    from .config import GenerateRequest as GenerateRequest
+    from .embeddings import Style as Style
+    from .embeddings import combine_styles as combine_styles
+    from .embeddings import load_style as load_style
+    from .embeddings import save_style as save_style
+    from .embeddings import subtract_content as subtract_content
+    from .errors import InstantStyleError as InstantStyleError
+    from .errors import ModelNotFoundError as ModelNotFoundError
+    from .images import read_metadata as read_metadata
+    from .images import save_png as save_png
+    from .pipeline import InstantStyle as InstantStyle
 
 
 def __getattr__(name: str):
