@@ -95,7 +95,7 @@ test: lint
 	OMP_NUM_THREADS=1 python -m pytest -q -n 2
 
 lint: setup-test
-	ruff format --check .
+	ruff format --check --output-format concise .
 	ruff check .
 	lint-imports --no-cache
 	basedpyright
