@@ -34,7 +34,7 @@ def test_ci_runs_make_test_which_runs_the_readme_test_command():
     assert TEST_COMMAND in _recipe("test")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert "make test" in ci and ci[-1] == "make test"
-    for check in ("ruff format --check .", "ruff check .", "lint-imports", "basedpyright"):
+    for check in ("ruff format --check", "ruff check .", "lint-imports", "basedpyright"):
         assert check in _recipe("lint")
 
 
