@@ -42,7 +42,7 @@ def test_ip_adapter_method_is_the_full_preset(tiny_model, style_images):
 
 def _patched_layers_during(tiny_model, style_images, **params):
     """Names of the attn1 layers that ran a patch processor during one generation (forward pre-hooks)."""
-    from instantstyle.methods.processors import SelfAttentionPatch
+    from instantstyle.processors.self_attention import SelfAttentionPatch
 
     unet, seen = tiny_model.pipe.unet, set()
     attn1 = {n: m for n, m in unet.named_modules() if n.endswith(".attn1")}
@@ -87,13 +87,13 @@ def _unet_inputs(model, latents):
 
 
 def _patch(model, method, layers, group):
-    from instantstyle.methods import _common
-    from instantstyle.methods.attention import shared_attention, swapped_attention
-    from instantstyle.methods.processors import PatchState, SelfAttentionPatch
+    from instantstyle.processors.maths import shared_attention, swapped_attention
+    from instantstyle.processors.scoped import scoped_processors
+    from instantstyle.processors.self_attention import PatchState, SelfAttentionPatch
 
     fn = swapped_attention if method == "vsp" else shared_attention
     state = PatchState(group)
-    return _common.scoped_processors(model.pipe.unet, {n: SelfAttentionPatch(fn, state) for n in layers})
+    return scoped_processors(model.pipe.unet, {n: SelfAttentionPatch(fn, state) for n in layers})
 
 
 def test_swapping_changes_only_the_configured_layers(tiny_model):

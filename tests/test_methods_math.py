@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instantstyle.methods.attention import (
+from instantstyle.processors.maths import (
     adain,
     adain_channels,
     reference_rows,

@@ -65,9 +65,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
-from . import attention_frame, graphs
+from . import graphs
 from .errors import InstantStyleError
 from .fast import cfg as fast_cfg
 from .fast import compiling
@@ -75,6 +74,8 @@ from .fast import context as fast_context
 from .fast import deepcache as fast_deepcache
 from .fast import fp8 as fast_fp8
 from .fast import vae as fast_vae
+from .processors.fast import FastAttention
+from .processors.scoped import scoped_forward, scoped_processors
 
 _log = logging.getLogger(__name__)
 
@@ -231,79 +232,6 @@ def auto_memory(device: torch.device | str) -> str:
     if total >= 10:
         return "low"
     return "lowest"
-
-
-# ---------------------------------------------------------------------- attention maths
-
-
-def _attention(attn, hidden_states: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:
-    """SDPA over heads: q [B, N, C], k/v [B, M, C] -> [B, N, C] (as diffusers' AttnProcessor2_0)."""
-    batch = q.shape[0]
-    head_dim = k.shape[-1] // attn.heads
-    q = q.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, N, d]
-    k = k.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, M, d]
-    v = v.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)  # [B, N, C]
-
-
-class FastAttention:
-    """Attention processor for one ``Attention`` module during a fast call.
-
-    Mirrors diffusers 0.42 ``AttnProcessor2_0`` / ``IPAdapterAttnProcessor2_0`` (no masks) step by
-    step. ``ip`` holds ``(adapter index, to_k_ip, to_v_ip, scale tensor)`` for the adapters that
-    are active on this layer; empty means plain text cross-attention (the image tokens are not
-    touched). ``qkv``/``kv`` are optional fused weights. ``ctx`` (a ``fast.context.ContextSlot``)
-    holds this layer's text and image-token keys/values, computed once per call outside the graph.
-    """
-
-    def __init__(self, ip: tuple = (), qkv: torch.Tensor | None = None, kv: torch.Tensor | None = None,
-                 ctx: fast_context.ContextSlot | None = None):
-        self.ip = ip
-        self.qkv = qkv
-        self.kv = kv
-        self.ctx = ctx
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        ip_tokens = None
-        if isinstance(encoder_hidden_states, tuple):
-            encoder_hidden_states, ip_tokens = encoder_hidden_states
-        hidden_states, residual, shape = attention_frame.enter(attn, hidden_states, temb)
-        batch, seq = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape[:2]
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-
-        if self.qkv is not None and encoder_hidden_states is None:  # fused self-attention
-            q, k, v = F.linear(hidden_states, self.qkv).chunk(3, dim=-1)
-        elif self.ctx is not None and encoder_hidden_states is not None:  # step-invariant K/V, made once
-            q = attn.to_q(hidden_states)
-            k, v = self.ctx.text_kv(encoder_hidden_states)
-        else:
-            q = attn.to_q(hidden_states)
-            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-            if encoder_hidden_states is not None and attn.norm_cross:
-                context = attn.norm_encoder_hidden_states(context)
-            if self.kv is not None:
-                k, v = F.linear(context, self.kv).chunk(2, dim=-1)
-            else:
-                k, v = attn.to_k(context), attn.to_v(context)
-        out = _attention(attn, hidden_states, q, k, v, attention_mask)  # [B, N, C]
-
-        for index, to_k_ip, to_v_ip, scale in self.ip:  # active adapters only
-            tokens = ip_tokens[index]  # [B, n_img, T, D]
-            if self.ctx is not None:
-                k_ip, v_ip = self.ctx.ip_kv(index, tokens)
-            else:
-                k_ip, v_ip = to_k_ip(tokens), to_v_ip(tokens)
-            out = out + scale * _attention(attn, hidden_states, q, k_ip, v_ip, None)
-        return attention_frame.leave(attn, out, residual, shape)
 
 
 # ---------------------------------------------------------------------- projection once
@@ -508,22 +436,6 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
 
 
 @contextlib.contextmanager
-def _swap_processors(unet, plan: Mapping[str, object]):
-    if not plan:
-        yield
-        return
-    modules = {f"{name}.processor": m for name, m in unet.named_modules() if hasattr(m, "set_processor")}
-    saved = {name: modules[name].processor for name in plan}
-    try:
-        for name, proc in plan.items():
-            modules[name].set_processor(proc)
-        yield
-    finally:
-        for name, proc in saved.items():
-            modules[name].set_processor(proc)
-
-
-@contextlib.contextmanager
 def _project_once(unet):
     inner = getattr(unet, "encoder_hid_proj", None)
     if inner is None or getattr(unet.config, "encoder_hid_dim_type", None) != "ip_image_proj":
@@ -623,19 +535,9 @@ def _sdpa_backend(name: str):
     return sdpa_kernel([backend])
 
 
-@contextlib.contextmanager
 def _wrapped_forward(module, wrap):
-    """``module.forward = wrap(current forward)`` for the block; the previous state afterwards."""
-    had_own = "forward" in module.__dict__
-    inner = module.forward
-    module.forward = wrap(inner)
-    try:
-        yield
-    finally:
-        if had_own:
-            module.forward = inner
-        else:
-            del module.forward
+    """``module.forward = wrap(current forward)`` for the block (``processors.scoped.scoped_forward``)."""
+    return scoped_forward({"module": module}, lambda _m, inner: wrap(inner))
 
 
 def _unet_sdpa_backend(unet, name: str):
@@ -837,7 +739,7 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
         if options.fp8:
             stack.enter_context(_fp8_linears(unet, options.fp8_scaling))
         plan = plan_processors(unet, options, masks)
-        stack.enter_context(_swap_processors(unet, plan))
+        stack.enter_context(scoped_processors(unet, plan))
         deep = None
         if options.deepcache_interval > 1:
             deep = stack.enter_context(fast_deepcache.wrapped_blocks(fast_deepcache.DeepCache.for_unet(

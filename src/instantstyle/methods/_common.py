@@ -1,5 +1,6 @@
 """Plumbing shared by the baselines: sizes and seeds, neutral IP-Adapter inputs, batched prompts,
-scoped patches of attention processors / modules, step callbacks and output metadata."""
+step callbacks, output metadata, and the reference-batch sampling call (its processors are
+installed by ``processors.scoped``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from .. import adapter as adapter_mod
 from ..errors import InstantStyleError
 from ..images import attach_metadata, image_hash, load_image
+from ..processors.scoped import scoped_processors
 
 
 @dataclass
@@ -85,37 +87,6 @@ def encode_batch(pipe, prompts: list[str], negative: str | None, do_cfg: bool):
         negative_prompt=None if negative is None else [negative] * len(prompts),
     )
     return pe, npe, pooled, npooled
-
-
-@contextlib.contextmanager
-def scoped_processors(unet, processors: dict[str, object]) -> Iterator[None]:
-    """Install ``{attention module path: processor}`` for the block; restore the originals in ``finally``."""
-    modules = {name: unet.get_submodule(name) for name in processors}
-    saved = {name: module.processor for name, module in modules.items()}
-    try:
-        for name, module in modules.items():
-            module.processor = processors[name]
-        yield
-    finally:
-        for name, module in modules.items():
-            module.processor = saved[name]
-
-
-@contextlib.contextmanager
-def scoped_forward(modules: dict[str, torch.nn.Module], make: Callable) -> Iterator[None]:
-    """Wrap ``module.forward`` of each module with ``make(module, original_forward)``; restore after."""
-    had = {name: "forward" in vars(m) for name, m in modules.items()}
-    saved = {name: m.forward for name, m in modules.items()}
-    try:
-        for name, m in modules.items():
-            m.forward = make(m, saved[name])
-        yield
-    finally:
-        for name, m in modules.items():
-            if had[name]:
-                m.forward = saved[name]
-            else:
-                vars(m).pop("forward", None)
 
 
 def step_callback(steps: int, on_step: Callable[[int, int], None] | None,

@@ -7,7 +7,7 @@ whose settings are our defaults:
 - Sec. 3, "Shared attention layers" (Eq. 3-4): in the configured self-attention layers (default:
   all of them, the handler's ``only_self_level=0``), every target's queries and keys are
   AdaIN-normalised to the reference's per-channel statistics over tokens, and the reference's keys
-  and values are appended to each target's own (``attention.shared_attention``).
+  and values are appended to each target's own (``processors.maths.shared_attention``).
   ``shared_score_shift`` adds a constant to the reference tokens' logits: default log 2 (the
   notebook's ``shared_score_shift = np.log(2)``; ``shared_score_scale`` stays 1, not offered).
 - Shared normalisation (the notebook's ``share_group_norm=True, share_layer_norm=True``): every
@@ -40,9 +40,10 @@ import torch
 
 from .. import blocks
 from ..inversion import ddim_invert, ddim_scheduler
+from ..processors.maths import reference_rows, shared_attention
+from ..processors.scoped import scoped_forward
+from ..processors.self_attention import PatchState, SelfAttentionPatch
 from . import _common
-from .attention import reference_rows, shared_attention
-from .processors import PatchState, SelfAttentionPatch
 
 INVERSION_GUIDANCE = 2.0  # official style_aligned_transfer_sdxl.ipynb / inversion.py
 
@@ -67,7 +68,7 @@ def shared_group_norm(unet, state: PatchState):
 
         return forward
 
-    with _common.scoped_forward(norms, make):
+    with scoped_forward(norms, make):
         yield
 
 

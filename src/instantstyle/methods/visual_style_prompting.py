@@ -41,9 +41,10 @@ import torch
 
 from .. import blocks
 from ..inversion import ddim_scheduler, encode_latents
+from ..processors.maths import adain_channels, swapped_attention
+from ..processors.scoped import scoped_forward
+from ..processors.self_attention import PatchState, SelfAttentionPatch
 from . import _common
-from .attention import adain_channels, swapped_attention
-from .processors import PatchState, SelfAttentionPatch
 
 CALIBRATION_WINDOW = (100, 150)  # timesteps (of 1000) where x0 is calibrated, exclusive
 
@@ -122,7 +123,7 @@ def conditional_reference_prediction(unet, group: int, do_cfg: bool):
 
         return forward
 
-    with _common.scoped_forward({"unet": unet}, make):
+    with scoped_forward({"unet": unet}, make):
         yield lambda: seen[0]
 
 

@@ -26,26 +26,10 @@ from .. import adapter as adapter_mod
 from .. import blocks
 from ..errors import InstantStyleError
 from ..files import user_mode
+from ..processors.text_only import TextOnlyProcessor
 
 H94_PROJ = {"proj.weight": "image_embeds.weight", "proj.bias": "image_embeds.bias",
             "norm.weight": "norm.weight", "norm.bias": "norm.bias"}
-
-
-class TextOnlyProcessor:
-    """Cross-attention of a block with no IP-Adapter weights: drops the image tokens, runs the block's own processor.
-
-    A UNet with an image projection hands every attn2 a ``(text, image tokens)`` tuple; a plain
-    processor cannot read it. This one has no parameters and adds nothing: the block computes
-    exactly its text-only attention.
-    """
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
-        if isinstance(encoder_hidden_states, tuple):
-            encoder_hidden_states = encoder_hidden_states[0]
-        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 def chosen_processors(unet, spec: str) -> list[str]:

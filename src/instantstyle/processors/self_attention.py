@@ -2,7 +2,8 @@
 
 It follows diffusers 0.42's ``AttnProcessor2_0`` step for step for a self-attention (``attn1``)
 layer of SDXL, and replaces only the ``scaled_dot_product_attention`` call by ``fn(q, k, v, group)``
-while ``state.active``; inactive, it is ``AttnProcessor2_0`` exactly.
+(``maths.shared_attention``, ``maths.swapped_attention``) while ``state.active``; inactive, it is
+``AttnProcessor2_0`` exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import attention_frame
+from . import frame
 
 
 @dataclass
@@ -34,17 +35,10 @@ class SelfAttentionPatch:
                  *args, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None:
             raise RuntimeError("SelfAttentionPatch is for self-attention layers (attn1) without masks")
-        hidden_states, residual, shape = attention_frame.enter(attn, hidden_states, temb)
+        hidden_states, residual, shape = frame.enter(attn, hidden_states, temb)
         batch = hidden_states.shape[0]
-
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)  # [N, L, C]
-        head_dim = k.shape[-1] // attn.heads
-        q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (q, k, v))  # [N, H, L, Dh]
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-
+        q, k, v = frame.split_heads(attn, q, k, v)  # [N, H, L, Dh]
         if batch % self.state.group:
             raise RuntimeError(f"batch of {batch} rows is not a multiple of the group size {self.state.group}")
         if self.state.active:
@@ -52,6 +46,4 @@ class SelfAttentionPatch:
             out = self.fn(q, k, v, self.state.group)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)  # [N, L, C]
-
-        return attention_frame.leave(attn, out, residual, shape)
+        return frame.leave(attn, frame.merge_heads(out, q.dtype), residual, shape)  # merged: [N, L, C]
