@@ -56,7 +56,7 @@ def _sync(device) -> None:
 
 
 def run(model, *, steps: int, size: int, train_steps: int, train_size: int, methods=METHODS, log=print) -> dict:
-    from instantstyle.methods import b_lora
+    from instantstyle.training import b_lora
 
     device = model.device
     style = Image.new("RGB", (size, size), (200, 60, 40))

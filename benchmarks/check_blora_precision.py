@@ -20,7 +20,9 @@ from PIL import Image
 
 
 def main(argv=None) -> int:
-    from instantstyle.methods import b_lora
+    from instantstyle import blocks
+    from instantstyle.methods.b_lora import lora_targets, scoped_lora
+    from instantstyle.training import b_lora
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU")
@@ -45,9 +47,9 @@ def main(argv=None) -> int:
     parts.update(image_encoder=None, feature_extractor=None)
     fp16 = StableDiffusionXLPipeline(**parts)
     unet = fp32.unet
-    targets = b_lora._targets(unet, [b_lora.blocks.BLORA_CONTENT_BLOCK, b_lora.blocks.BLORA_STYLE_BLOCK])
+    targets = lora_targets(unet, [blocks.BLORA_CONTENT_BLOCK, blocks.BLORA_STYLE_BLOCK])
     gen = torch.Generator().manual_seed(0)
-    with b_lora.scoped_lora(unet, targets, args.rank, args.rank) as params, torch.no_grad():
+    with scoped_lora(unet, targets, args.rank, args.rank) as params, torch.no_grad():
         for p in params:
             p.copy_(torch.randn(p.shape, generator=gen).to(p) * 0.02)
         state = b_lora._peft_state(unet, "blora")

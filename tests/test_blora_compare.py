@@ -15,6 +15,7 @@ from instantstyle import blocks
 from instantstyle.errors import InstantStyleError
 from instantstyle.methods import b_lora
 from instantstyle.testing.state import assert_same, snapshot
+from instantstyle.training import b_lora as blora_training
 
 TRAIN = dict(rank=4, lr=1e-3, resolution=8, progress=False)
 
@@ -24,7 +25,7 @@ def blora_dir(tiny_model, style_images, tmp_path_factory):
     """A B-LoRA trained on the shared tiny model's own pipe (which must come back unchanged)."""
     out = tmp_path_factory.mktemp("blora") / "red"
     before = snapshot(tiny_model)
-    result = b_lora.train(tiny_model.pipe, style_images["red"], out, steps=24, checkpoint_every=12, base_id="tiny", **TRAIN)
+    result = blora_training.train(tiny_model.pipe, style_images["red"], out, steps=24, checkpoint_every=12, base_id="tiny", **TRAIN)
     assert_same(before, snapshot(tiny_model))
     return out, result
 
@@ -43,7 +44,7 @@ def test_training_lowers_the_loss_and_writes_weights_for_the_two_blocks_only(blo
     assert all(w.shape[0] == 4 for k, w in weights.items() if "lora_A" in k)  # rank
     info = json.loads((out / b_lora.INFO_FILE).read_text())
     assert info["steps"] == 24 and info["base"] == "tiny" and info["architecture"] and info["weights"]
-    assert (out / b_lora.CHECKPOINT_FILE).is_file()
+    assert (out / blora_training.CHECKPOINT_FILE).is_file()
 
 
 @pytest.fixture
@@ -60,16 +61,16 @@ def one_thread():
 
 
 def test_resuming_from_a_checkpoint_continues_exactly(style_images, tiny_model, tmp_path, one_thread):
-    b_lora.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=2, checkpoint_every=2, **TRAIN)
-    b_lora.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=4, checkpoint_every=2, resume=True,
+    blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=2, checkpoint_every=2, **TRAIN)
+    blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=4, checkpoint_every=2, resume=True,
                  **TRAIN)
-    b_lora.train(tiny_model.pipe, style_images["red"], tmp_path / "b", steps=4, checkpoint_every=2, **TRAIN)
+    blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "b", steps=4, checkpoint_every=2, **TRAIN)
     wa, wb = (load_file(str(tmp_path / d / b_lora.WEIGHTS_FILE)) for d in ("a", "b"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # bit for bit
     with pytest.raises(InstantStyleError, match="not empty; pass --resume"):
-        b_lora.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=4, **TRAIN)
+        blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=4, **TRAIN)
     with pytest.raises(InstantStyleError, match="different rank"):
-        b_lora.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=6, resume=True,
+        blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=6, resume=True,
                      **{**TRAIN, "rank": 8})
 
 
@@ -81,7 +82,7 @@ def test_style_only_application_loads_only_the_style_block(blora_dir, tiny_model
     info, style = b_lora.load_style(out, unet)
     assert style and all(k.startswith(blocks.BLORA_STYLE_BLOCK + ".") for k in style)
     before = snapshot(tiny_model)
-    with b_lora.scoped_lora(unet, b_lora._targets(unet, [info["style_block"]]), info["rank"], info["lora_alpha"],
+    with b_lora.scoped_lora(unet, b_lora.lora_targets(unet, [info["style_block"]]), info["rank"], info["lora_alpha"],
                             style):
         lora_modules = [n for n, m in unet.named_modules() if isinstance(m, LoraLayer)]
         loaded = {n: m.lora_B["blora"].weight.detach().clone() for n, m in unet.named_modules()
@@ -122,7 +123,7 @@ def test_style_lora_changes_the_unet_output_and_scale_zero_is_the_base(blora_dir
     call = dict(encoder_hidden_states=pe, added_cond_kwargs=added)
     with torch.no_grad():
         base = unet(x, 500, **call).sample
-        with b_lora.scoped_lora(unet, b_lora._targets(unet, [info["style_block"]]), info["rank"],
+        with b_lora.scoped_lora(unet, b_lora.lora_targets(unet, [info["style_block"]]), info["rank"],
                                 info["lora_alpha"], style):
             styled = unet(x, 500, **call).sample
             zero = unet(x, 500, **call, cross_attention_kwargs={"scale": 0.0}).sample

@@ -17,7 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from instantstyle import blocks
 from instantstyle.methods import b_lora
+from instantstyle.training import b_lora as blora_training
 
 RESOLUTION, RANK = 192, 4
 
@@ -39,13 +41,13 @@ def pipes(tiny_model):
 def _lora_state(pipe, seed=0):
     """Random LoRA weights (A and B non-zero, so every factor gets a gradient), PEFT keys."""
     unet = pipe.unet
-    targets = b_lora._targets(unet, [b_lora.blocks.BLORA_CONTENT_BLOCK, b_lora.blocks.BLORA_STYLE_BLOCK])
+    targets = b_lora.lora_targets(unet, [blocks.BLORA_CONTENT_BLOCK, blocks.BLORA_STYLE_BLOCK])
     gen = torch.Generator().manual_seed(seed)
     with b_lora.scoped_lora(unet, targets, RANK, RANK) as params:
         with torch.no_grad():
             for p in params:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        return b_lora._peft_state(unet, "blora")
+        return blora_training._peft_state(unet, "blora")
 
 
 def _relative_l2(a: dict, b: dict) -> float:
@@ -55,11 +57,11 @@ def _relative_l2(a: dict, b: dict) -> float:
 
 def test_fp16_lora_gradients_match_fp32_and_none_is_all_zero(pipes):
     fp32, fp16 = pipes
-    assert b_lora.precision(fp16.unet) == "fp16" and b_lora.precision(fp32.unet) == "no"
+    assert blora_training.precision(fp16.unet) == "fp16" and blora_training.precision(fp32.unet) == "no"
     image = Image.new("RGB", (240, 192), (200, 60, 40))  # 5:4, kept: trained at 240x192
     state = _lora_state(fp32)
-    ref = b_lora.lora_gradients(fp32, image, resolution=RESOLUTION, rank=RANK, lora_state=state)
-    got = b_lora.lora_gradients(fp16, image, resolution=RESOLUTION, rank=RANK, lora_state=state)
+    ref = blora_training.lora_gradients(fp32, image, resolution=RESOLUTION, rank=RANK, lora_state=state)
+    got = blora_training.lora_gradients(fp16, image, resolution=RESOLUTION, rank=RANK, lora_state=state)
     assert got.keys() == ref.keys() and len(ref) == 2 * 2 * 4 * 2 * 2  # 2 modules x 2 layers x attn x proj x A/B
     err = _relative_l2(got, ref)
     zero = [k for k, g in got.items() if not g.abs().sum() > 0]
@@ -69,6 +71,6 @@ def test_fp16_lora_gradients_match_fp32_and_none_is_all_zero(pipes):
 
 
 def test_training_size_keeps_the_aspect_ratio():
-    assert b_lora.training_size(1600, 900, 1024, 32) == (1824, 1024)
-    assert b_lora.training_size(768, 1024, 1024, 32) == (1024, 1376)
-    assert b_lora.training_size(500, 500, 1024, 32) == (1024, 1024)
+    assert blora_training.training_size(1600, 900, 1024, 32) == (1824, 1024)
+    assert blora_training.training_size(768, 1024, 1024, 32) == (1024, 1376)
+    assert blora_training.training_size(500, 500, 1024, 32) == (1024, 1024)

@@ -51,7 +51,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from .. import models, preflight
     from ..images import load_image
-    from ..methods import b_lora
+    from ..training import b_lora
 
     # 1. Check the image, the base model and the output directory before loading the base model.
     base = args.base or models.DEFAULT_BASE
