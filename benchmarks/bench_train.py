@@ -59,7 +59,7 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
     from accelerate import Accelerator
 
     from instantstyle.training import layers
-    from instantstyle.training.adapter_trainer import apply_dropout, dropout_masks
+    from instantstyle.training.dropout import apply_dropout, dropout_masks
 
     reset_adapter(unet)
     gc.collect()

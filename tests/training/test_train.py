@@ -178,7 +178,7 @@ def test_export_layout_and_zero_blocks(trained):
 
 
 def test_dropout_masks_exact():
-    from instantstyle.training.adapter_trainer import apply_dropout, dropout_masks
+    from instantstyle.training.dropout import apply_dropout, dropout_masks
 
     u = torch.tensor([0.0, 0.049, 0.05, 0.099, 0.10, 0.149, 0.15, 0.9])
     t, i = dropout_masks(u, 0.05, 0.05, 0.05)

@@ -1,4 +1,5 @@
-"""Training IP-Adapters on chosen UNet blocks (issue 7). Imports nothing heavy until used."""
+"""Training on accelerate: IP-Adapters on chosen UNet blocks (``adapter_trainer``) and B-LoRA on
+one image (``b_lora``). Imports nothing heavy until used."""
 
 from __future__ import annotations
 

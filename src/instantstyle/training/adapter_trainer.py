@@ -19,6 +19,10 @@ Layout of ``OUT``::
     data_report.json         samples used / skipped, with examples
     checkpoints/checkpoint-0000500/   accelerate state + trained tensors + data positions
     validation/step-0000500.png       grid: rows = (reference, prompt), columns = seeds
+
+Beside this module: ``checkpoints.py`` (that layout, resuming rules), ``cache.py`` (the
+per-sample embedding cache), ``validation.py`` (the grids), ``layers.py`` (the trained layers
+and the h94 export), ``data.py`` (datasets), ``config.py`` (``TrainConfig``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import copy
 import gc
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,51 +42,13 @@ import torch.nn.functional as F
 
 from .. import models
 from ..errors import InstantStyleError
-from ..files import user_mode
+from ..files import atomic_write_text
+from . import checkpoints, layers, validation
 from . import data as data_mod
-from . import layers
+from .cache import TrainCache
+from .checkpoints import ADAPTER_NAME, CHECKPOINTS, DONE_MARKER, latest_checkpoint
 from .config import TrainConfig, make_config
-
-CHECKPOINTS = "checkpoints"
-# What a run leaves before its first complete checkpoint: starting it again loses nothing.
-_RESTARTABLE = {"train_config.json", "train_log.jsonl", CHECKPOINTS}
-DONE_MARKER = "trainer_state.json"
-ADAPTER_NAME = "adapter.safetensors"
-
-
-# ---------------------------------------------------------------------- pure maths
-
-
-def dropout_masks(u: torch.Tensor, p_text: float, p_image: float, p_both: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conditioning dropout from uniform draws ``u [B]`` in [0, 1).
-
-    ``[0, p_text)`` drops the caption only, the next ``p_image`` the image only, the next ``p_both``
-    both. Returns boolean ``(drop_text [B], drop_image [B])``.
-    """
-    text_only = u < p_text
-    image_only = (u >= p_text) & (u < p_text + p_image)
-    both = (u >= p_text + p_image) & (u < p_text + p_image + p_both)
-    return text_only | both, image_only | both
-
-
-def apply_dropout(
-    prompt_embeds: torch.Tensor,  # [B, L, C]
-    pooled: torch.Tensor,  # [B, P]
-    image_embeds: torch.Tensor,  # [B, D]
-    empty_prompt: torch.Tensor,  # [L, C]  embeddings of the empty caption ""
-    empty_pooled: torch.Tensor,  # [P]
-    drop_text: torch.Tensor,  # [B] bool
-    drop_image: torch.Tensor,  # [B] bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dropped captions become the empty caption's embeddings; dropped images become zeros
-    (what diffusers feeds the unconditional branch of a global-embedding adapter)."""
-    t = drop_text.to(prompt_embeds.device)
-    i = drop_image.to(image_embeds.device)
-    prompt_embeds = torch.where(t[:, None, None], empty_prompt.to(prompt_embeds)[None], prompt_embeds)
-    pooled = torch.where(t[:, None], empty_pooled.to(pooled)[None], pooled)
-    image_embeds = torch.where(i[:, None], torch.zeros_like(image_embeds), image_embeds)
-    return prompt_embeds, pooled, image_embeds
-
+from .dropout import apply_dropout, dropout_masks
 
 # ---------------------------------------------------------------------- results
 
@@ -95,61 +60,6 @@ class TrainResult:
     steps: int  # optimizer steps done in total (including resumed ones)
     losses: list[float] = field(default_factory=list)  # per optimizer step of this invocation
     data: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------- embedding cache
-
-
-class TrainCache:
-    """Per-sample latents, text and image embeddings on disk, keyed by image bytes, caption,
-    resolution and model ids: the frozen encoders then run once per sample, not once per epoch."""
-
-    KEYS = ("latents", "prompt_embeds", "pooled", "image_embeds", "time_ids")
-
-    def __init__(self, directory: str | Path, model_key: str):
-        self.directory = Path(directory)
-        self.model_key = model_key
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, digest: str, caption: str, resolution: int) -> str:
-        return hashlib.sha256(f"{self.model_key}\0{digest}\0{caption}\0{resolution}".encode()).hexdigest()[:40]
-
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.safetensors"
-
-    def get(self, key: str) -> dict | None:
-        from safetensors.torch import load_file
-
-        p = self.path(key)
-        if not p.is_file():
-            self.misses += 1
-            return None
-        try:
-            value = load_file(str(p))
-        except Exception:  # a damaged entry is recomputed
-            self.misses += 1
-            return None
-        self.hits += 1
-        return value
-
-    def put(self, key: str, value: dict) -> None:
-        import os
-        import tempfile
-
-        from safetensors.torch import save_file
-
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in value.items()}, tmp)
-            user_mode(tmp)  # mkstemp made it 0600
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -170,33 +80,6 @@ class AdapterTrainer:
         if self.accelerator.is_main_process or msg.startswith("skipped"):
             (self._log or (lambda m: print(f"instantstyle: {m}", flush=True)))(msg)
 
-    def _check_out(self) -> None:
-        """Never lose work: a finished or started run in ``out`` is continued or refused, not overwritten."""
-        ck = self.out / CHECKPOINTS
-        existing = sorted(ck.glob("checkpoint-*")) if ck.is_dir() else []
-        adapter = self.out / ADAPTER_NAME
-        if self.config.resume is None and (existing or adapter.exists()):
-            raise InstantStyleError(
-                f"out '{self.out}' already holds a training run; resume it (resume='latest') or choose another out"
-            )
-        if self.config.resume != "latest":
-            return
-        latest = latest_checkpoint(self.out)
-        if latest is None:
-            leftovers = sorted(p.name for p in self.out.iterdir() if p.name not in _RESTARTABLE) \
-                if self.out.is_dir() else []
-            if adapter.exists() or leftovers:
-                raise InstantStyleError(
-                    f"resume='latest': out '{self.out}' holds no complete checkpoint to resume from but "
-                    f"{'a finished adapter' if adapter.exists() else ', '.join(leftovers[:3])}; nothing was "
-                    "changed: choose another out to train again")
-            return
-        step = int(json.loads((latest / DONE_MARKER).read_text())["global_step"])
-        if step >= self.config.max_steps and adapter.exists():
-            raise InstantStyleError(
-                f"resume='latest': the run in '{self.out}' is finished (step {step} of max_steps "
-                f"{self.config.max_steps}); nothing was changed: raise max_steps to train further")
-
     def setup(self) -> None:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
@@ -209,7 +92,7 @@ class AdapterTrainer:
         )
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         if acc.is_main_process:
-            self._check_out()
+            checkpoints.check_out(self.out, cfg.resume, cfg.max_steps)
         acc.wait_for_everyone()
 
         # 1. Data first: an empty or missing dataset stops before any model loads.
@@ -331,22 +214,15 @@ class AdapterTrainer:
         acc = self.accelerator
         directory = self.out / CHECKPOINTS / f"checkpoint-{self.global_step:07d}"
         acc.save_state(str(directory))
-        (directory / f"data_state_{acc.process_index}.json").write_text(
-            json.dumps({**self.stream.state_dict(), "stats": self.stream.stats.as_dict()}))
+        atomic_write_text(directory / f"data_state_{acc.process_index}.json",
+                          json.dumps({**self.stream.state_dict(), "stats": self.stream.stats.as_dict()}))
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"global_step": self.global_step, "num_processes": acc.num_processes}
-            (directory / DONE_MARKER).write_text(json.dumps(state, indent=2))  # written last: complete
-            self._prune_checkpoints()
+            atomic_write_text(directory / DONE_MARKER, json.dumps(state, indent=2))  # written last: complete
+            checkpoints.prune(self.out, self.config.keep_checkpoints)
         acc.wait_for_everyone()
         return directory
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.keep_checkpoints
-        done = complete_checkpoints(self.out)
-        if keep is not None and len(done) > keep:
-            for old in done[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
 
     def resume(self) -> None:
         acc, spec = self.accelerator, self.config.resume
@@ -383,7 +259,7 @@ class AdapterTrainer:
         return prompt_embeds, pooled
 
     @torch.no_grad()
-    def _encode_samples(self, samples: list[data_mod.Sample]) -> dict[str, torch.Tensor]:
+    def encode_samples(self, samples: list[data_mod.Sample]) -> dict[str, torch.Tensor]:
         dev, vae = self.accelerator.device, self.pipe.vae
         pixels = torch.stack([s.pixels for s in samples]).to(dev, vae.dtype)
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # [B, 4, R/8, R/8]
@@ -416,7 +292,7 @@ class AdapterTrainer:
         items = [self.stream.next_usable(self._decode_or_cached) for _ in range(self.config.batch_size)]
         todo = [i for i, it in enumerate(items) if isinstance(it, data_mod.Sample)]
         if todo:
-            enc = self._encode_samples([items[i] for i in todo])
+            enc = self.encode_samples([items[i] for i in todo])
             for j, i in enumerate(todo):
                 entry = {k: enc[k][j] for k in TrainCache.KEYS}
                 if self.cache is not None:
@@ -463,7 +339,7 @@ class AdapterTrainer:
             cfg.model_copy(update={"resume": None}).save(self.out)
         if cfg.resume:
             self.resume()
-        self.val_refs = self._validation_refs() if (cfg.validate_every or cfg.validation_prompts) else None
+        self.val_refs = validation.references(self) if (cfg.validate_every or cfg.validation_prompts) else None
         world_batch = cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes
         bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train-adapter", unit="step",
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
@@ -504,17 +380,17 @@ class AdapterTrainer:
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if cfg.validate_every and self.global_step % cfg.validate_every == 0:
-                    self.validate()
+                    validation.validate(self)
             if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every and self.global_step > start:
                 self.save_checkpoint()  # the final step too, so a later --resume continues from it
         finally:
             bar.close()
         if cfg.validation_prompts and not (cfg.validate_every and self.global_step % cfg.validate_every == 0):
-            self.validate()
+            validation.validate(self)
         adapter_path = self.save_adapter()
         stats = self._all_process_stats()
         if acc.is_main_process:
-            (self.out / "data_report.json").write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
+            atomic_write_text(self.out / "data_report.json", json.dumps(stats.as_dict(), indent=2) + "\n")
             self.log(f"data: {stats.summary()}")
             if adapter_path:
                 self.log(f"adapter written to {adapter_path}")
@@ -540,7 +416,7 @@ class AdapterTrainer:
         return stats
 
     @contextlib.contextmanager
-    def _ema_weights(self):
+    def ema_weights(self):
         if self.ema is None:
             yield
             return
@@ -563,102 +439,11 @@ class AdapterTrainer:
                 "untrained_layers": "zeros (no image branch)"}
         if self.ema is not None:
             layers.save_h94(layers.export_h94(unet, self.chosen, dtype), self.out / "adapter_noema.safetensors", meta)
-        with self._ema_weights():
+        with self.ema_weights():
             return layers.save_h94(layers.export_h94(unet, self.chosen, dtype), self.out / ADAPTER_NAME, meta)
 
-    # ------------------------------------------------------------------ validation
 
-    def _validation_refs(self) -> list[tuple[torch.Tensor, str]]:
-        """Fixed (image embedding [D], prompt) rows for validation grids."""
-        cfg = self.config
-        if cfg.validation_images:
-            from ..embeddings import encode_images
-            from ..images import load_image
-
-            ims = [data_mod.center_crop(load_image(p, what="validation image"), cfg.resolution)[0]
-                   for p in cfg.validation_images]
-            embeds = encode_images(self.image_encoder, self.feature_extractor, ims, "train-validation")
-            prompts = cfg.validation_prompts or ["a picture"]
-            return [(e, p) for e in embeds for p in prompts]
-        # default: the first two usable samples of the data (a separate reader: the training stream is untouched)
-        source = copy.copy(self.source)
-        source.stats = data_mod.DataStats()
-        stream = data_mod.SampleStream(source, cfg.resolution, cfg.seed, 0, 1)
-        samples = [stream.next_usable(lambda r: data_mod.decode(r, cfg.resolution)) for _ in range(2)]
-        embeds = self._encode_samples(samples)["image_embeds"].float().cpu()
-        prompts = cfg.validation_prompts or [s.caption for s in samples]
-        if cfg.validation_prompts:
-            return [(e, p) for e in embeds for p in prompts]
-        return list(zip(embeds, prompts, strict=True))
-
-    @torch.no_grad()
-    def validate(self) -> Path | None:
-        acc, cfg = self.accelerator, self.config
-        acc.wait_for_everyone()
-        if not acc.is_main_process or not self.val_refs:
-            acc.wait_for_everyone()
-            return None
-        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-        unet = acc.unwrap_model(self.unet)
-        pipe = StableDiffusionXLPipeline(
-            vae=self.pipe.vae, text_encoder=self.pipe.text_encoder, text_encoder_2=self.pipe.text_encoder_2,
-            tokenizer=self.pipe.tokenizer, tokenizer_2=self.pipe.tokenizer_2, unet=unet,
-            scheduler=EulerDiscreteScheduler.from_config(self.pipe.scheduler.config),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        rows = []
-        devices = [acc.device] if acc.device.type == "cuda" else []
-        was_training = unet.training
-        unet.eval()
-        with torch.random.fork_rng(devices=devices), self._ema_weights(), acc.autocast():
-            for embed, prompt in self.val_refs:
-                cond = embed.to(acc.device, unet.dtype)[None, None]  # [1, 1, D]
-                ip = torch.cat([torch.zeros_like(cond), cond]) if cfg.validation_guidance > 1 else cond
-                row = []
-                for seed in cfg.validation_seeds:
-                    row.append(pipe(prompt=prompt, ip_adapter_image_embeds=[ip], num_inference_steps=cfg.validation_steps,
-                                    guidance_scale=cfg.validation_guidance, width=cfg.resolution, height=cfg.resolution,
-                                    generator=torch.Generator("cpu").manual_seed(seed)).images[0])
-                rows.append(row)
-        unet.train(was_training)
-        path = self.out / "validation" / f"step-{self.global_step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid(rows).save(path)
-        for r, row in enumerate(rows):
-            for c, im in enumerate(row):
-                im.save(path.parent / f"step-{self.global_step:07d}-r{r}-s{cfg.validation_seeds[c]}.png")
-        self.log(f"validation grid written to {path}")
-        acc.wait_for_everyone()
-        return path
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def grid(rows: list[list]):
-    """Paste a rectangular list of equally sized PIL images into one image."""
-    from PIL import Image
-
-    w, h = rows[0][0].size
-    out = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
-    for r, row in enumerate(rows):
-        for c, im in enumerate(row):
-            out.paste(im, (c * w, r * h))
-    return out
-
-
-def complete_checkpoints(out: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    ck = Path(out) / CHECKPOINTS
-    if not ck.is_dir():
-        return []
-    return sorted((d for d in ck.glob("checkpoint-*") if (d / DONE_MARKER).is_file()), key=lambda d: d.name)
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    done = complete_checkpoints(out)
-    return done[-1] if done else None
+# ---------------------------------------------------------------------- the Python API
 
 
 def train_adapter(config: TrainConfig | None = None, *, progress: bool = True, **params) -> TrainResult:

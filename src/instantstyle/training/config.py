@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InstantStyleError
+from ..files import atomic_write_text
 
 CONFIG_NAME = "train_config.json"
 
@@ -105,10 +106,7 @@ class TrainConfig(BaseModel):
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
 
 
 def format_error(exc: ValidationError) -> str:

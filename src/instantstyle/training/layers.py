@@ -25,7 +25,7 @@ import torch
 from .. import adapter as adapter_mod
 from .. import blocks
 from ..errors import InstantStyleError
-from ..files import user_mode
+from ..files import atomic_write
 from ..processors.text_only import TextOnlyProcessor
 
 H94_PROJ = {"proj.weight": "image_embeds.weight", "proj.bias": "image_embeds.bias",
@@ -172,21 +172,12 @@ def export_h94(unet, chosen: list[str], dtype: torch.dtype = torch.float16) -> d
 
 def save_h94(flat: Mapping[str, torch.Tensor], path, metadata: Mapping[str, str] | None = None):
     """Write a flat h94 state dict as safetensors, atomically."""
-    import os
-    import tempfile
     from pathlib import Path
 
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(dict(flat), tmp, metadata=dict(metadata or {}))
-        user_mode(tmp)  # mkstemp made it 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp:
+        save_file(dict(flat), str(tmp), metadata=dict(metadata or {}))
     return path
