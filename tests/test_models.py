@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from instantstyle import models
+from instantstyle.download import fetch_command
 from instantstyle.errors import InstantStyleError, ModelNotFoundError
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -35,8 +36,8 @@ def test_parse_source():
     assert models.parse_source("tiny").is_tiny
     s = models.parse_source("h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors")
     assert (s.repo_id, s.subpath) == ("h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.safetensors")
-    assert s.fetch_command() == "instantstyle download adapter"  # a default model: its download feature
-    assert models.parse_source("me/x/a.safetensors").fetch_command() == "instantstyle download me/x/a.safetensors"
+    assert fetch_command(s) == "instantstyle download adapter"  # a default model: its download feature
+    assert fetch_command(models.parse_source("me/x/a.safetensors")) == "instantstyle download me/x/a.safetensors"
     assert models.parse_source("./models/sdxl").local == Path("models/sdxl")
     with pytest.raises(InstantStyleError, match="neither an existing path nor a Hub id"):
         models.parse_source("sdxl")

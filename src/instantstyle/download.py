@@ -25,11 +25,12 @@ import fnmatch
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from . import models
-from .errors import InstantStyleError
+from . import sources
+from .errors import InstantStyleError, ModelNotFoundError
 
-SDXL_BASE_REPO = models.DEFAULT_BASE
+SDXL_BASE_REPO = sources.DEFAULT_BASE
 IP_ADAPTER_REPO = "h94/IP-Adapter"
 DEPTH_CONTROLNET = "diffusers/controlnet-depth-sdxl-1.0"
 
@@ -134,9 +135,9 @@ def _default_features() -> None:
     register_feature(Feature("adapter", "the IP-Adapter and its image encoder: generate, stylize, compare, "
                                         "style save, serve", (IP_ADAPTER_SDXL,)))
     register_feature(Feature("canny", "Canny ControlNet: --control canny",
-                             (_controlnet("Canny ControlNet", models.DEFAULT_CONTROLNET_CANNY, 5.0),)))
+                             (_controlnet("Canny ControlNet", sources.DEFAULT_CONTROLNET_CANNY, 5.0),)))
     register_feature(Feature("tile", "tile ControlNet: --control tile and stylize (InstantStyle-Plus)",
-                             (_controlnet("tile ControlNet", models.DEFAULT_CONTROLNET_TILE, 5.0),)))
+                             (_controlnet("tile ControlNet", sources.DEFAULT_CONTROLNET_TILE, 5.0),)))
     register_feature(Feature("depth", "depth ControlNet: --control diffusers/controlnet-depth-sdxl-1.0 "
                                       "--control-image DEPTH.png",
                              (_controlnet("depth ControlNet", DEPTH_CONTROLNET, 5.0),)))
@@ -157,7 +158,7 @@ _default_features()
 
 def piece_for_reference(ref: str, variant: str | None = None) -> Piece:
     """A Hub reference outside the table: a file, a folder, or a whole diffusers repository."""
-    src = models.parse_source(ref)
+    src = sources.parse_source(ref)
     if src.repo_id is None:
         raise InstantStyleError(f"'{ref}' is a local path; only Hub references ('owner/repo[/path]') are downloaded")
     known = feature_piece_with_file(src.repo_id, src.subpath)
@@ -192,7 +193,7 @@ def feature_piece_with_file(repo_id: str, subpath: str | None) -> Piece | None:
 def feature_for_reference(ref: str) -> str | None:
     """The feature name whose row holds ``ref`` (so messages can say ``instantstyle download NAME``)."""
     try:
-        src = models.parse_source(ref)
+        src = sources.parse_source(ref)
     except InstantStyleError:
         return None
     if src.repo_id is None:
@@ -289,7 +290,7 @@ def fetch(pieces: list[Piece], *, progress: bool = True, log: Callable[[str], No
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars
 
-    if models.offline():
+    if sources.offline():
         raise InstantStyleError("HF_HUB_OFFLINE=1 is set, so nothing can be downloaded; unset it "
                                 "(or see the plan with --dry-run)")
     if not progress:
@@ -304,3 +305,38 @@ def fetch(pieces: list[Piece], *, progress: bool = True, log: Callable[[str], No
             raise InstantStyleError(f"could not fetch {piece.repo_id} ({type(exc).__name__}: {first}); "
                                     "run the same command again to resume") from None
     return paths
+
+
+# ---------------------------------------------------------------------- what is missing, and how to fetch it
+
+
+def fetch_command(src: sources.Source) -> str:
+    """``instantstyle download NAME`` for a model of the download table, else ``... REF``."""
+    if src.repo_id is None:
+        return ""
+    return command_for([feature_for_reference(src.spec) or src.spec])
+
+
+def missing(what: str, src: sources.Source, detail: str = "") -> ModelNotFoundError:
+    if src.local is not None:
+        return ModelNotFoundError(f"{what} '{src.spec}' does not exist{detail}; check the path")
+    how = "is not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set" if sources.offline() else "could not be fetched"
+    return ModelNotFoundError(f"{what} '{src.spec}' {how}{detail}; fetch it with: {fetch_command(src)}")
+
+
+def resolve_file(spec: str, what: str) -> Path:
+    """A local path to a single file (downloaded into the Hub cache if needed)."""
+    src = sources.parse_source(spec)
+    if src.local is not None:
+        if not src.local.is_file():
+            raise missing(what, src)
+        return src.local
+    if not src.subpath:
+        raise InstantStyleError(f"{what} '{spec}' names a repository, not a file; use 'owner/repo/path/to/file'")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(src.repo_id, src.subpath))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise missing(what, src, f" ({type(exc).__name__})") from None

@@ -21,6 +21,7 @@ import torch
 
 from .errors import InstantStyleError
 from .files import atomic_write
+from .files import cache_dir  # noqa: F401  (re-exported: where the style cache lives)
 
 COMBINE_MODES = ("mean", "concat")
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -87,13 +88,6 @@ def negative_embedding(embeds: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- encoding with a cache
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("INSTANTSTYLE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "instantstyle"
-    )
-    return Path(root) / "embeddings"
 
 
 class EmbeddingCache:

@@ -94,3 +94,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, exclusive: bool 
 def atomic_write_text(path: str | os.PathLike, text: str, *, exclusive: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)
+
+
+def cache_dir() -> Path:
+    """Where image embeddings (and model hashes) are cached: ``$INSTANTSTYLE_CACHE`` or the XDG cache."""
+    root = os.environ.get("INSTANTSTYLE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "instantstyle"
+    )
+    return Path(root) / "embeddings"

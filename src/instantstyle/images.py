@@ -136,3 +136,16 @@ def save_png(image: Image.Image, path: str | os.PathLike, *, overwrite: bool = F
     except FileExistsError:
         raise InstantStyleError(f"output '{path}' already exists; pass overwrite=True") from None
     return path
+
+
+def image_processor(size: int):
+    """CLIP preprocessing (resize, centre crop, normalise) at ``size``, as diffusers' default.
+
+    The PIL implementation is used everywhere, so embeddings do not depend on whether
+    torchvision happens to be installed.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:  # transformers < 5
+        from transformers import CLIPImageProcessor as Processor
+    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})

@@ -1,7 +1,9 @@
 """Where models come from: local paths, Hub ids (through huggingface_hub's cache), or ``tiny``.
 
-A model reference is one string:
-- ``tiny``: the built-in random-weight test model (``instantstyle.testing.tiny``);
+A model reference is one string, and every loader here takes every kind:
+- ``tiny``: the built-in random-weight test model (``instantstyle.testing.tiny``), a source like
+  any other: ``--base tiny`` implies the tiny adapter, image encoder and ControlNets
+  (``default_adapter``, ``default_image_encoder``, ``default_controlnet``);
 - a local file or directory (anything that exists on disk, or starts with ``/``, ``./``, ``~``);
 - ``owner/repo``: a whole Hub repository (diffusers layout for a base model);
 - ``owner/repo/sub/path``: a file or folder inside a Hub repository, e.g.
@@ -14,98 +16,61 @@ is missing and the command that fetches it.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import torch
 
-from .errors import InstantStyleError, ModelNotFoundError
+from . import single_file
+from .download import cached_file, missing, resolve_file
+from .errors import InstantStyleError
+from .images import image_processor
+from .sources import (
+    DEFAULT_ADAPTER,
+    DEFAULT_BASE,
+    DEFAULT_CONTROLNET_CANNY,
+    DEFAULT_CONTROLNET_TILE,
+    DEFAULT_IMAGE_ENCODER,
+    TINY,
+    Source,
+    canonical_id,
+    default_adapter,
+    default_controlnet,
+    default_image_encoder,
+    offline,
+    parse_source,
+)
 
-DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
-DEFAULT_IMAGE_ENCODER = "h94/IP-Adapter/sdxl_models/image_encoder"
-DEFAULT_CONTROLNET_CANNY = "diffusers/controlnet-canny-sdxl-1.0"
-DEFAULT_CONTROLNET_TILE = "xinsir/controlnet-tile-sdxl-1.0"
-TINY = "tiny"
+__all__ = [  # re-exported so ``models`` is the one place front ends and tasks take models from
+    "DEFAULT_ADAPTER", "DEFAULT_BASE", "DEFAULT_CONTROLNET_CANNY", "DEFAULT_CONTROLNET_TILE", "DEFAULT_IMAGE_ENCODER",
+    "TINY", "Source", "cached_file", "canonical_id", "default_adapter", "default_controlnet", "default_image_encoder",
+    "image_processor", "missing", "offline", "parse_source", "resolve_file",
+]
 
+def tiny_part(name: str):
+    """A fresh copy of one part of the built-in tiny model (``testing.tiny.TinyModels``: ``pipe``,
+    ``image_encoder``, ``feature_extractor``, ``adapter_state_dict``; ``controlnet``).
 
-@dataclass(frozen=True)
-class Source:
-    """A parsed model reference."""
+    The tiny model is built once per process and copied, so each load owns its modules, and all
+    parts come from the same build as ``build_tiny()`` (same seeds, same weights).
+    """
+    import copy
 
-    spec: str
-    local: Path | None = None
-    repo_id: str | None = None
-    subpath: str | None = None  # path inside the Hub repository
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.spec == TINY
-
-    def fetch_command(self) -> str:
-        """``instantstyle download NAME`` for a model of the download table, else ``... REF``."""
-        if self.repo_id is None:
-            return ""
-        from .download import command_for, feature_for_reference
-
-        return command_for([feature_for_reference(self.spec) or self.spec])
-
-
-def parse_source(spec: str | os.PathLike) -> Source:
-    text = str(spec)
-    if text == TINY:
-        return Source(text)
-    path = Path(text).expanduser()
-    if path.exists() or text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text):
-        return Source(text, local=path)
-    parts = text.strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise InstantStyleError(
-            f"model reference {text!r} is neither an existing path nor a Hub id like 'owner/repo' "
-            "or 'owner/repo/path/in/repo'"
-        )
-    return Source(text, repo_id="/".join(parts[:2]), subpath="/".join(parts[2:]) or None)
+    return copy.deepcopy(_tiny_controlnet() if name == "controlnet" else getattr(_tiny_models(), name))
 
 
-def canonical_id(spec: str) -> str:
-    """A stable identifier for a model reference (absolute path for local ones)."""
-    src = parse_source(spec)
-    return str(src.local.resolve()) if src.local is not None else src.spec
+@functools.lru_cache(maxsize=1)
+def _tiny_models():
+    from .testing.tiny import build_tiny
+
+    return build_tiny()
 
 
-def offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it (also when switched on by ``preflight.go_offline``)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    from huggingface_hub import constants
+@functools.lru_cache(maxsize=1)
+def _tiny_controlnet():
+    from .testing.tiny import tiny_controlnet
 
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def missing(what: str, src: Source, detail: str = "") -> ModelNotFoundError:
-    if src.local is not None:
-        return ModelNotFoundError(f"{what} '{src.spec}' does not exist{detail}; check the path")
-    how = "is not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set" if offline() else "could not be fetched"
-    return ModelNotFoundError(f"{what} '{src.spec}' {how}{detail}; fetch it with: {src.fetch_command()}")
-
-
-def resolve_file(spec: str, what: str) -> Path:
-    """A local path to a single file (downloaded into the Hub cache if needed)."""
-    src = parse_source(spec)
-    if src.local is not None:
-        if not src.local.is_file():
-            raise missing(what, src)
-        return src.local
-    if not src.subpath:
-        raise InstantStyleError(f"{what} '{spec}' names a repository, not a file; use 'owner/repo/path/to/file'")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(src.repo_id, src.subpath))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise missing(what, src, f" ({type(exc).__name__})") from None
+    return tiny_controlnet()
 
 
 def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
@@ -134,21 +99,20 @@ def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tup
     return dev, names[dtype]
 
 
-def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None, pipeline_class=None,
-                       base_config: str | None = None):
-    """A ``StableDiffusionXLPipeline`` (or ``pipeline_class``) from a local dir, Hub id or single file.
+def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None, base_config: str | None = None):
+    """A ``StableDiffusionXLPipeline`` from a local dir, Hub id, single file or ``tiny`` (float32 for tiny).
 
     A single ``.safetensors`` checkpoint (local, or Hub ``owner/repo/file.safetensors``) goes through
     ``from_single_file`` with its family's reference configs; ``base_config`` overrides those.
     """
+    if spec == TINY:
+        return tiny_part("pipe")
     from diffusers import StableDiffusionXLPipeline
 
-    from . import single_file
 
-    cls = pipeline_class or StableDiffusionXLPipeline
     src = parse_source(spec)
     if single_file.is_single_file(spec):
-        return single_file.load_pipeline(resolve_file(spec, "base model"), spec, dtype, base_config, cls)
+        return single_file.load_pipeline(resolve_file(spec, "base model"), spec, dtype, base_config)
     if src.local is not None:
         if not (src.local / "model_index.json").is_file():
             raise missing("base model", src, " as a diffusers directory (no model_index.json)")
@@ -160,7 +124,7 @@ def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None
         kwargs = {"dtype": dtype}
         if variant:
             kwargs["variant"] = variant
-        return cls.from_pretrained(target, **kwargs)
+        return StableDiffusionXLPipeline.from_pretrained(target, **kwargs)
     except (OSError, ValueError) as exc:
         if src.local is None and ("offline" in str(exc).lower() or "cache" in str(exc).lower()
                                   or "connect" in str(exc).lower() or isinstance(exc, OSError)):
@@ -177,7 +141,6 @@ def load_vae(spec: str, dtype: torch.dtype, unet, base_vae=None):
     """
     from diffusers import AutoencoderKL
 
-    from . import single_file
 
     src = parse_source(spec)
     try:
@@ -234,8 +197,6 @@ def only_variant(src: Source) -> str | None:
     def present(rel: str) -> bool:
         if src.local is not None:
             return (src.local / rel).is_file()
-        from .download import cached_file
-
         prefix = f"{src.subpath.rstrip('/')}/" if src.subpath else ""
         return cached_file(src.repo_id, prefix + rel) is not None
 
@@ -244,21 +205,20 @@ def only_variant(src: Source) -> str | None:
     return "fp16" if fp16 and not plain else None
 
 
-def image_processor(size: int):
-    """CLIP preprocessing (resize, centre crop, normalise) at ``size``, as diffusers' default.
+def load_adapter_state_dict(spec: str) -> dict:
+    """An IP-Adapter's state dict (h94 layout) from a file, a Hub path or ``tiny``."""
+    if spec == TINY:
+        return tiny_part("adapter_state_dict")
+    from .adapter import load_state_dict
 
-    The PIL implementation is used everywhere, so embeddings do not depend on whether
-    torchvision happens to be installed.
-    """
-    try:
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # transformers < 5
-        from transformers import CLIPImageProcessor as Processor
-    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return load_state_dict(resolve_file(spec, "IP-Adapter"))
 
 
 def load_image_encoder(spec: str, dtype: torch.dtype):
-    """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` from a dir or Hub path."""
+    """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` from a dir, Hub path or ``tiny``
+    (the tiny one in float32: the caller moves it with the pipeline)."""
+    if spec == TINY:
+        return tiny_part("image_encoder"), tiny_part("feature_extractor")
     from transformers import CLIPVisionModelWithProjection
 
     src = parse_source(spec)
@@ -300,7 +260,6 @@ def load_unet_config(spec: str) -> dict:
         from .testing.tiny import tiny_unet_config
 
         return tiny_unet_config()
-    from . import single_file
 
     if single_file.is_single_file(spec):  # the family's reference configs describe its UNet
         family = single_file.check_base_family(resolve_file(spec, "base model"), spec)
@@ -327,10 +286,5 @@ def meta_unet(config: dict):
 def load_style_encoder(spec: str, device: str | None = None, dtype: str | torch.dtype | None = None):
     """(encoder, feature extractor, canonical id) for the image encoder alone."""
     dev, dt = device_and_dtype(device, dtype)
-    if spec == TINY:
-        from .testing.tiny import build_tiny
-
-        tiny = build_tiny()
-        return tiny.image_encoder.to(dev, dt), tiny.feature_extractor, TINY
     encoder, extractor = load_image_encoder(spec, dt)
-    return encoder.to(dev), extractor, canonical_id(spec)
+    return encoder.to(dev, dt), extractor, canonical_id(spec)

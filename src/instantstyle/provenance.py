@@ -1,5 +1,9 @@
-"""What an output says about how it was made: the A1111 ``parameters`` text (the JSON chunk is
-``images.attach_metadata``'s, with every parameter).
+"""What an output says about how it was made: its full parameters (``output_params``, the JSON
+chunk ``images.attach_metadata`` writes) and the A1111 ``parameters`` text made from them.
+
+Every generator (the InstantStyle tasks and each baseline method) records the same core: the
+request, the seed and size actually used, the models, device, dtype, speed, memory mode and the
+library versions; each adds what only it knows (active blocks, image hashes, ControlNets).
 
 The ``parameters`` text follows the layout that AUTOMATIC1111's web UI writes and that its
 "PNG Info" tab, Civitai, sd-parsers and ComfyUI readers parse: the prompt, an optional
@@ -29,7 +33,27 @@ import json
 import os
 from pathlib import Path
 
-from .files import atomic_write_text
+from .files import atomic_write_text, cache_dir
+
+
+def versions() -> dict[str, str]:
+    """The versions that decide the pixels: this toolkit, diffusers and torch."""
+    import diffusers
+    import torch
+
+    from . import __version__
+
+    return {"instantstyle": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
+
+
+def output_params(request: dict, *, seed: int, width: int, height: int, model: dict, **extra) -> dict:
+    """The parameters every output carries: the request (``model_dump()``), what was used, ``extra``.
+
+    ``model`` is the loaded model's side (``InstantStyle.provenance()``: model ids, device, dtype,
+    speed, memory); ``extra`` holds what the generator alone knows, recorded before the model's.
+    """
+    return {**request, "seed": seed, "width": width, "height": height, **extra, **model, "versions": versions()}
+
 
 # our sampler name -> (A1111 sampler, A1111 schedule type or None)
 A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
@@ -65,7 +89,6 @@ def model_name(spec: str | None) -> str | None:
 
 def short_hash(path: str | os.PathLike) -> str:
     """A1111's ``Model hash``: the first 10 hex digits of the file's SHA-256 (cached by size and mtime)."""
-    from .embeddings import cache_dir
 
     path = Path(path).resolve()
     stat = path.stat()

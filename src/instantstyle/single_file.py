@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import sources
+from .download import command_for, missing
 from .errors import InstantStyleError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -82,26 +84,21 @@ def check_base_family(path: str | Path, spec: str) -> str:
     return family
 
 
-def load_pipeline(path: str | Path, spec: str, dtype, config: str | None, pipeline_class=None):
+def load_pipeline(path: str | Path, spec: str, dtype, config: str | None):
     """``from_single_file`` with the family's reference configs (``config`` overrides them)."""
     from diffusers import StableDiffusionXLPipeline
 
-    from . import models
-
     family = check_base_family(path, spec)
     config = config or REFERENCE_CONFIG[family]
-    src = models.parse_source(config)
+    src = sources.parse_source(config)
     if src.local is not None and not (src.local / "model_index.json").is_file():
-        raise models.missing("base config", src, " as a diffusers directory (no model_index.json)")
-    cls = pipeline_class or StableDiffusionXLPipeline
+        raise missing("base config", src, " as a diffusers directory (no model_index.json)")
     try:
-        return cls.from_single_file(str(path), config=str(src.local or src.spec), dtype=dtype,
-                                    local_files_only=models.offline() or src.local is not None)
+        return StableDiffusionXLPipeline.from_single_file(str(path), config=str(src.local or src.spec), dtype=dtype,
+                                    local_files_only=sources.offline() or src.local is not None)
     except (OSError, ValueError) as exc:
         if src.local is None:
-            from .download import command_for
-
-            fetch = command_for(["base-config"]) if src.spec == models.DEFAULT_BASE else \
+            fetch = command_for(["base-config"]) if src.spec == sources.DEFAULT_BASE else \
                 f"hf download {src.spec} --include '*.json' --include '*.txt'"
             raise InstantStyleError(f"the configs for single-file base '{spec}' ({config}) are not available "
                                     f"({str(exc).splitlines()[0][:120]}); fetch them with: {fetch}") from None

@@ -68,7 +68,7 @@ def build_full_sdxl(device: torch.device | str, dtype: torch.dtype = torch.float
         CLIPVisionModelWithProjection,
     )
 
-    from ..models import image_processor
+    from ..images import image_processor
     from .tiny import _tokenizer
 
     device = torch.device(device)
@@ -133,7 +133,7 @@ def full_instantstyle(device: torch.device | str = "cuda", dtype: torch.dtype = 
     """``(InstantStyle, controlnet or None)`` on full-size random SDXL, everything on ``device``."""
     from .. import adapter as adapter_mod
     from ..embeddings import EmbeddingCache
-    from ..pipeline import InstantStyle
+    from ..model import InstantStyle
 
     full = build_full_sdxl(device, dtype, controlnet=controlnet)
     info = adapter_mod.inspect(full.adapter_state_dict)

@@ -162,7 +162,7 @@ def build_tiny(seed: int = TINY_SEED, text_widths: tuple[int, int] = (32, 32)) -
         CLIPVisionModelWithProjection,
     )
 
-    from ..models import image_processor
+    from ..images import image_processor
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp))
