@@ -44,7 +44,7 @@ def build_random_sdxl(device: str, dtype: torch.dtype):
 
 
 def load_tiny():
-    from instantstyle.pipeline import InstantStyle
+    from instantstyle.model import InstantStyle
 
     return InstantStyle.from_pretrained("tiny", device="cpu", dtype="fp32", cache_dir=None, progress=False,
                                         speed="plain")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "InstantStyle": ("pipeline", "InstantStyle"),
+    "InstantStyle": ("model", "InstantStyle"),
     "GenerateRequest": ("config", "GenerateRequest"),
     "InstantStyleError": ("errors", "InstantStyleError"),
     "ModelNotFoundError": ("errors", "ModelNotFoundError"),

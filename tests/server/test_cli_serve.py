@@ -23,7 +23,7 @@ from instantstyle.cli import main
     (["--allowed-origin", "evil.example"], "--allowed-origin 'evil.example': give scheme://host"),
 ])
 def test_bad_serve_flags_exit_2_in_one_line(flags, words, capsys, monkeypatch):
-    import instantstyle.pipeline as pipeline
+    import instantstyle.model as pipeline
 
     def no_loading(*a, **k):
         raise AssertionError("models must not load before the flags are checked")
@@ -115,7 +115,7 @@ def test_serve_passes_speed_and_memory_and_is_long_lived(monkeypatch):
     is resolved for a long-lived process (max on CUDA: compiling pays off over many requests)."""
     import uvicorn
 
-    from instantstyle import pipeline
+    from instantstyle import model as pipeline
 
     seen = {}
 
@@ -137,7 +137,7 @@ def test_serve_passes_speed_and_memory_and_is_long_lived(monkeypatch):
 def test_serve_warms_up_when_the_speed_compiles(speed, extra, warmed, monkeypatch):
     import uvicorn
 
-    from instantstyle import pipeline
+    from instantstyle import model as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline.InstantStyle, "warmup", lambda self: calls.append(self.speed) or 0.0)

@@ -16,7 +16,7 @@ def state(unet):
 
 def test_shared_second_adapter_costs_no_weights_and_is_scoped(tiny_model):
     from instantstyle.adapter import ip_processors
-    from instantstyle.pipelines.stylize import shared_second_adapter
+    from instantstyle.pipelines.t6_plus import shared_second_adapter
 
     unet = tiny_model.pipe.unet
     before, n_params = state(unet), sum(p.numel() for p in unet.parameters())
@@ -43,7 +43,7 @@ def test_plus_style_and_content_adapter_matter(tiny_model, tiny_paths, style_ima
 
 
 def test_plus_sizes_as_the_authors_resize_img():
-    from instantstyle.pipelines.stylize import plus_size
+    from instantstyle.sizes import plus_size
 
     assert plus_size(1920, 1080) == (1280, 704)  # 16:9
     assert plus_size(1600, 1200) == (1280, 960)  # 4:3

@@ -94,7 +94,7 @@ def test_generate_mode_plus_is_the_same_as_stylize(run, style_images, content_im
 
 
 def test_fit_size_keeps_aspect():
-    from instantstyle.pipelines.stylize import fit_size
+    from instantstyle.sizes import fit_size
 
     assert fit_size(1000, 1500, 1024, 32) == (1024, 1536, (1024, 1536))
     assert fit_size(1333, 1000, 1024, 32) == (1376, 1024, (1365, 1024))

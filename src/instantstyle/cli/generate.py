@@ -271,7 +271,7 @@ def check_inputs(args, req) -> list[Path]:
     from .. import preflight
     from ..embeddings import load_style
     from ..images import load_image
-    from ..pipelines.stylize import precheck
+    from ..pipelines.inputs import precheck
 
     max_pixels = args.max_pixels or 40_000_000
     paths: list[Path] = []

@@ -98,7 +98,7 @@ def load_model(args, *, device: str | None = None, cache_dir: bool = True, progr
                **extra):
     """The generation model from the model flags (``add_model_args``): the one loader of every
     subcommand that generates (generate, stylize, compare, serve, eval, probe-blocks)."""
-    from ..pipeline import InstantStyle
+    from ..model import InstantStyle
 
     return InstantStyle.from_pretrained(
         args.base, args.adapter, args.image_encoder, device=device if device is not None else args.device,

@@ -1,9 +1,11 @@
-"""The methods InstantStyle is compared with, behind one contract, registered by name.
+"""InstantStyle and the methods it is compared with, behind one contract, registered by name.
 
 Every method is a module with ``run(model, req, *, style_images=None, on_step=None) -> list[Image]``:
 it takes the loaded ``InstantStyle`` model (base SDXL + IP-Adapter, shared and left exactly as
 found), a ``GenerateRequest`` (prompt, seed, sampling settings and the method's own options),
 the style references, and returns PIL images carrying their parameters (``images.attach_metadata``).
+``InstantStyle.generate`` routes every request here; InstantStyle's own method routes it on to
+its task (``instantstyle.pipelines``).
 
 This module imports no torch: the request schema consults it to validate ``method`` and the
 method-specific options before any model loads.

@@ -16,6 +16,7 @@ from .. import adapter as adapter_mod
 from ..errors import InstantStyleError
 from ..images import attach_metadata, image_hash, load_image
 from ..processors.scoped import scoped_processors
+from ..schedulers import swap_scheduler
 
 
 @dataclass
@@ -106,21 +107,7 @@ def step_callback(steps: int, on_step: Callable[[int, int], None] | None,
 def finish(model, req, images: list[Image.Image], st: Setup, *, reference: Image.Image | None = None,
            extra: dict | None = None) -> list[Image.Image]:
     """Attach the full parameters to each output image."""
-    from ..pipeline import _versions
-
-    params = {
-        **req.model_dump(),
-        "seed": st.seed,
-        "width": st.width,
-        "height": st.height,
-        **model.ids,
-        "device": str(model.device),
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "speed": model.speed.as_dict(),
-        "memory": model.memory,
-        "versions": _versions(),
-        **(extra or {}),
-    }
+    params = {**model.output_params(req, seed=st.seed, width=st.width, height=st.height), **(extra or {})}
     if reference is not None:
         params["style_image_sha256"] = [image_hash(reference)]
     for i, image in enumerate(images):
@@ -136,8 +123,6 @@ def sample_reference_batch(model, req, st, *, scheduler, processors, embeds, lat
     processors (and ``extra_patches``, context managers) in place for the call only; ``update(i,
     latents)`` rewrites the reference row after each step. Returns every image, reference first.
     """
-    from ..pipeline import swap_scheduler
-
     pipe = model.pipe
     pe, npe, pooled, npooled = embeds
     with contextlib.ExitStack() as stack:

@@ -159,7 +159,7 @@ def load_style(lora_dir: str | Path, unet) -> tuple[dict, dict[str, torch.Tensor
 
 
 def run(model, req, *, style_images=None, on_step=None):
-    from ..pipeline import scoped_scheduler
+    from ..schedulers import scoped_scheduler
 
     pipe, unet = model.pipe, model.pipe.unet
     # 1. Inputs: the style comes from the LoRA, not from an image.

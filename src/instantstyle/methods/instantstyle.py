@@ -8,13 +8,20 @@ behaviour only; no licence): ``target_blocks=["up_blocks.0.attentions.1"]`` (``-
 embedding of ``content_prompt`` at ``neg_content_scale`` 0.5 (the examples' value) before the
 projection. Differences: the sampler is the base's (SDXL: Euler), as the script's pipeline.
 
-The core lives in ``instantstyle.pipeline`` (and ``pipelines.stylize`` for content images); this
-module registers it under the common contract.
+The method runs the request's task (``instantstyle.pipelines.TASKS``: text-to-image, ControlNet,
+img2img, inpainting, InstantStyle-Plus, each with regional styles).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def run(model, req, *, style_images=None, on_step=None):
-    # ``generate`` handles method "instantstyle" itself (text-to-image and every stylize task).
-    return model.generate(req, style_images=style_images, on_step=on_step)
+from .. import pipelines
+
+if TYPE_CHECKING:
+    from ..config import GenerateRequest
+    from ..model import InstantStyle
+
+
+def run(model: InstantStyle, req: GenerateRequest, *, style_images=None, on_step=None, **images) -> list:
+    return pipelines.run_task(model, req, style_images=style_images, on_step=on_step, **images)

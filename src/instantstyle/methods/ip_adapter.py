@@ -9,8 +9,15 @@ the ViT-bigG encoder, scale 1.0 in every cross-attention layer, the request's sa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def run(model, req, *, style_images=None, on_step=None, negative_style_image=None):
+if TYPE_CHECKING:
+    from ..config import GenerateRequest
+    from ..model import InstantStyle
+
+
+def run(model: InstantStyle, req: GenerateRequest, *, style_images=None, on_step=None,
+        negative_style_image=None) -> list:
     # The request validator refuses --blocks / --content-prompt / other modes for this method.
     prep = model.prepare(req.model_copy(update={"mode": "full"}), style_images,
                          negative_style_image=negative_style_image)

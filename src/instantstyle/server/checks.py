@@ -178,11 +178,12 @@ def _check_no_paths(req: GenerateRequest, controlnets: Sequence[str]) -> None:
 def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) -> None:
     """The uploaded content/mask/control images against the request (sizes, channels, counts).
 
-    Runs the library's own reading of the inputs (``stylize.load_inputs``: image processing only,
+    Runs the library's own reading of the inputs (``pipelines.inputs.load_inputs``: image processing only,
     no model) so a mask of the wrong size or an RGB mask is refused before the job is queued, and
     the generation size derived from the content image is held to the size range.
     """
-    from ..pipelines.stylize import load_inputs, needs_stylize
+    from ..pipelines import needs_stylize
+    from ..pipelines.inputs import load_inputs
 
     if req.method != "instantstyle" or not needs_stylize(req):
         return

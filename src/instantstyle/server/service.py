@@ -122,7 +122,7 @@ class GenerationService(JobQueue):
 
 def _generate(model, job: Job, req: GenerateRequest, images: list, in_memory: dict, *, previews: bool) -> list:
     """Run one generation on ``model`` with ``job``'s step callback (progress, cancel, timeout)."""
-    from ..pipelines.stylize import needs_stylize
+    from ..pipelines import needs_stylize
 
     if not (previews and req.method == "instantstyle" and not needs_stylize(req)):
         return model.generate(req, style_images=images, on_step=job.on_step, **in_memory)

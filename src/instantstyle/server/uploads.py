@@ -43,7 +43,7 @@ def decode_upload(data: bytes, name: str, limits: Limits, *, what: str = "style 
 
     from PIL import Image
 
-    from ..pipelines.stylize import load_mask
+    from ..pipelines.inputs import load_mask
 
     raw = Image.open(io.BytesIO(data))
     raw.load()
