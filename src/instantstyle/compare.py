@@ -14,7 +14,6 @@ are left out with a one-line warning and a note in the report, and the rest stil
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
 from .files import atomic_write_text
 from .images import check_output_path, image_hash, load_image, save_png
+from .seeds import pick_seed
 
 DEFAULT_METHODS = ("instantstyle", "ip-adapter", "style-aligned", "visual-style-prompting")
 # Settings every method reads; anything else goes only to the methods that list it as an option.
@@ -191,8 +191,7 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
     settings = dict(settings or {})
     # 1. Check everything before any model runs: methods, requests, the style image, the outputs.
     wanted = parse_methods(methods, bool(settings.get("lora")))
-    if settings.get("seed") is None:
-        settings["seed"] = secrets.randbelow(2**31)
+    settings["seed"] = pick_seed(settings.get("seed"))  # one seed for every method
     style_path = str(style) if not isinstance(style, Image.Image) else None
     reference = load_image(style, what="style image", max_pixels=model.styles.max_pixels)
     chosen = plan(wanted, settings)

@@ -50,8 +50,8 @@ class ControlSpec:
         return DEFAULT_SCALES[self.kind]
 
 
-def parse_control(entry: str, *, tiny: bool = False) -> ControlSpec:
-    """``canny`` | ``tile`` | ``KIND=MODEL`` | ``MODEL`` -> ``ControlSpec``."""
+def parse_control(entry: str, *, base: str | None = None) -> ControlSpec:
+    """``canny`` | ``tile`` | ``KIND=MODEL`` | ``MODEL`` -> ``ControlSpec`` (a built-in kind's model for ``base``)."""
     entry = entry.strip()
     kind, sep, ref = entry.partition("=")
     if sep:
@@ -64,8 +64,7 @@ def parse_control(entry: str, *, tiny: bool = False) -> ControlSpec:
             raise InstantStyleError(f"--control {entry!r}: missing the model after '='")
         return ControlSpec(kind, ref)
     if entry in KINDS:
-        default = {"canny": models.DEFAULT_CONTROLNET_CANNY, "tile": models.DEFAULT_CONTROLNET_TILE}[entry]
-        return ControlSpec(entry, models.TINY if tiny else default)
+        return ControlSpec(entry, models.default_controlnet(entry, base or models.DEFAULT_BASE))
     if not entry:
         raise InstantStyleError("--control '': give canny, tile, KIND=MODEL or a ControlNet path / Hub id")
     return ControlSpec("custom", entry)
@@ -141,22 +140,10 @@ def load_controlnet(model, ref: str):
     cache = _LOADED.setdefault(model, {})
     if ref in cache:
         return cache[ref]
-    if ref == models.TINY:
-        from .testing.tiny import tiny_controlnet
-
-        controlnet = tiny_controlnet()
-        check_compatible(dict(controlnet.config), model.pipe.unet.config, ref)
-    else:
-        check_compatible(read_config(ref), model.pipe.unet.config, ref)  # before the weights load
-        from diffusers import ControlNetModel
-
-        src = models.parse_source(ref)
-        where = str(src.local) if src.local is not None else src.repo_id
-        kwargs = {"subfolder": src.subpath} if src.local is None and src.subpath else {}
-        try:
-            controlnet = ControlNetModel.from_pretrained(where, torch_dtype=model.dtype, **kwargs)
-        except OSError:
-            raise models.missing("ControlNet", src) from None
+    if ref != models.TINY:  # the config before the weights load (the tiny one is built in memory)
+        check_compatible(read_config(ref), model.pipe.unet.config, ref)
+    controlnet = models.load_controlnet(ref, model.dtype)
+    check_compatible(dict(controlnet.config), model.pipe.unet.config, ref)
     controlnet = controlnet.to(model.device, model.dtype).eval()
     cache[ref] = controlnet
     return controlnet

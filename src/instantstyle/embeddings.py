@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from .errors import InstantStyleError
-from .files import atomic_write
-from .files import cache_dir  # noqa: F401  (re-exported: where the style cache lives)
+from .files import (
+    atomic_write,
+    cache_dir,  # noqa: F401  (re-exported: where the style cache lives)
+)
 
 COMBINE_MODES = ("mean", "concat")
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

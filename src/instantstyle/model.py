@@ -76,19 +76,17 @@ class InstantStyle:
     ) -> InstantStyle:
         """Load base model, image encoder and IP-Adapter; check they fit together; attach.
 
-        ``base``/``adapter``/``image_encoder`` take a local path, a Hub reference or ``tiny``
-        (see ``instantstyle.models``; ``base="tiny"`` implies the tiny adapter and encoder);
-        ``base`` may be a single ``.safetensors`` checkpoint (an SDXL finetune), read with
-        ``from_single_file`` and the configs of ``base_config`` (default: the family's reference
-        repository). ``vae`` replaces the base's VAE (a diffusers directory, Hub id or single file).
-        ``cache_dir=True`` caches image embeddings on disk in the default place, a path puts them
-        there, ``False``/``None`` keeps them in memory only. ``speed`` picks the fast path
-        (``instantstyle.fastpath.options_for``: auto, plain, exact, graphs, fast, max, fp8;
-        ``long_lived=True`` makes ``auto`` pick ``max`` on CUDA, for servers); ``memory`` = auto |
-        normal | balanced | low | lowest (``fastpath.apply_memory_mode``; ``auto`` picks by the
-        card's size, ``fastpath.auto_memory``). ``cfg_truncation`` and ``deepcache_interval`` add
-        those approximations to any speed (``fastpath.options_for``); ``compile_cache`` keeps
-        torch.compile's artefacts in that folder across restarts.
+        ``base``/``adapter``/``image_encoder``: a local path, a Hub reference or ``tiny``
+        (``instantstyle.models``; ``base="tiny"`` implies the tiny adapter and encoder); ``base``
+        may be one ``.safetensors`` checkpoint (an SDXL finetune), read with ``from_single_file``
+        and the configs of ``base_config`` (default: the family's reference repository). ``vae``
+        replaces the base's VAE (diffusers directory, Hub id or single file). ``cache_dir=True``
+        caches image embeddings on disk in the default place, a path puts them there,
+        ``False``/``None`` keeps them in memory. ``speed``: the fast path (``fastpath.options_for``:
+        auto, plain, exact, graphs, fast, max, fp8; ``long_lived=True`` makes ``auto`` pick ``max``
+        on CUDA, for servers), plus the ``cfg_truncation``/``deepcache_interval`` approximations;
+        ``memory`` = auto | normal | balanced | low | lowest (``fastpath.apply_memory_mode``;
+        ``auto`` picks by the card's size); ``compile_cache`` keeps torch.compile's artefacts there.
         """
         # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32; the fast path's options.
         dev, dt = models.device_and_dtype(device, dtype)
@@ -128,13 +126,9 @@ class InstantStyle:
         pipe.set_progress_bar_config(disable=not progress)
 
         # 5. The style cache and the ids every output records.
-        if cache_dir is True:
-            cache_dir = files.cache_dir()
-        cache = embeddings.EmbeddingCache(cache_dir or None)
-        ids = {"base": models.canonical_id(base), "adapter": models.canonical_id(adapter),
-               "image_encoder": models.canonical_id(image_encoder)}
-        if vae:
-            ids["vae"] = models.canonical_id(vae)
+        cache = embeddings.EmbeddingCache((files.cache_dir() if cache_dir is True else cache_dir) or None)
+        ids = {"base": base, "adapter": adapter, "image_encoder": image_encoder, **({"vae": vae} if vae else {})}
+        ids = {key: models.canonical_id(spec) for key, spec in ids.items()}
         model = cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=speed)
         model.memory, model._memory_device = memory, dev
         return model

@@ -288,3 +288,18 @@ def load_style_encoder(spec: str, device: str | None = None, dtype: str | torch.
     dev, dt = device_and_dtype(device, dtype)
     encoder, extractor = load_image_encoder(spec, dt)
     return encoder.to(dev, dt), extractor, canonical_id(spec)
+
+
+def load_controlnet(spec: str, dtype: torch.dtype):
+    """A ``ControlNetModel`` from a diffusers dir, Hub path or ``tiny`` (float32 for tiny)."""
+    if spec == TINY:
+        return tiny_part("controlnet")
+    from diffusers import ControlNetModel
+
+    src = parse_source(spec)
+    where = str(src.local) if src.local is not None else src.repo_id
+    kwargs = {"subfolder": src.subpath} if src.local is None and src.subpath else {}
+    try:
+        return ControlNetModel.from_pretrained(where, torch_dtype=dtype, **kwargs)
+    except OSError:
+        raise missing("ControlNet", src) from None

@@ -157,7 +157,7 @@ def needs_for_model(base: str, adapter: str | None, image_encoder: str | None, *
         from . import control as control_mod
 
         for entry in controls:
-            spec = control_mod.parse_control(entry, tiny=tiny)
+            spec = control_mod.parse_control(entry, base=base)
             needs.append(Need("ControlNet", spec.model, "controlnet"))
     return needs
 

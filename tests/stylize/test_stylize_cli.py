@@ -114,7 +114,7 @@ def test_canny_and_control_parsing():
     edges = np.asarray(canny(Image.fromarray(a), 50, 200))
     assert edges.shape == (32, 32, 3) and edges[16, 6:10, 0].max() == 255 and edges[16, 16, 0] == 0
     assert parse_control("canny") == ControlSpec("canny", models.DEFAULT_CONTROLNET_CANNY)
-    assert parse_control("tile", tiny=True) == ControlSpec("tile", "tiny")
+    assert parse_control("tile", base="tiny") == ControlSpec("tile", "tiny")
     assert parse_control("canny=./cn") == ControlSpec("canny", "./cn")
     assert parse_control("org/depth-sdxl").kind == "custom"
 

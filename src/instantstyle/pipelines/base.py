@@ -65,7 +65,7 @@ def stylize(model: InstantStyle, req: GenerateRequest, denoise: Callable[[Job], 
     if t5_regional.is_masked(req, inputs):
         run_kwargs["scale_maps"], run_kwargs["cross_attention_kwargs"] = t5_regional.masked_scales(req, prep, inputs)
     # 3. ControlNets, and the parameters of the stylize request.
-    specs = [control_mod.parse_control(c, tiny=model.ids["base"] == "tiny") for c in req.control]
+    specs = [control_mod.parse_control(c, base=model.ids["base"]) for c in req.control]
     controlnets = [control_mod.load_controlnet(model, s.model) for s in specs]
     scales = list(req.control_scale) or [s.default_scale for s in specs]
     scales = scales * len(specs) if len(scales) == 1 else scales

@@ -90,8 +90,8 @@ def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXE
     if controlnets and req.control:
         unet_config = models.load_unet_config(base)
         for entry in req.control:
-            spec = control_mod.parse_control(entry, tiny=base == models.TINY)
-            if spec.model != models.TINY:
+            spec = control_mod.parse_control(entry, base=base)
+            if spec.model != models.TINY:  # the tiny ControlNet is built in memory
                 control_mod.check_compatible(control_mod.read_config(spec.model), unet_config, spec.model)
 
 
@@ -152,7 +152,7 @@ def load_inputs(model: InstantStyle, req: GenerateRequest, *, content_image=None
         mask = mask.resize((width, height), Image.NEAREST) if mask.size != (width, height) else mask
     if regional:
         hashes["style_mask_sha256"] = [image_hash(m) for m in regional]
-    specs = [control_mod.parse_control(c, tiny=model.ids["base"] == "tiny") for c in req.control]
+    specs = [control_mod.parse_control(c, base=model.ids["base"]) for c in req.control]
     controls = control_mod.control_images(specs, content, given, req.canny_low, req.canny_high)
     if given:
         hashes["control_image_sha256"] = [image_hash(g) if g is not None else None for g in given]

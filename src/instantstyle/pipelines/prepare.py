@@ -33,7 +33,6 @@ class Prepared:
     height: int
     ip_embeds: list[torch.Tensor]  # one per slot, [2 or 1, M, D]
     scales: list[dict[str, float]]  # one per slot: attn2 processor -> scale
-    style_hashes: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)  # recorded in every output
     # What each ip_embeds/scales entry is (injection.SLOT_KINDS); entries past the loaded adapters
     # run as slots sharing its weights (injection.shared_slots).
@@ -91,7 +90,7 @@ def prepare(model: InstantStyle, req: GenerateRequest, style_images: Sequence[St
     in_memory = {"style": len(style_images or []), "composition": composition_image is not None,
                  "negative_style": negative_style_image is not None}
     params = _params(model, req, seed, width, height, slots, style, extra_hashes, in_memory)
-    return Prepared(req, seed, width, height, ip_embeds, [s for _, _, s in slots], style.image_hashes, params,
+    return Prepared(req, seed, width, height, ip_embeds, [s for _, _, s in slots], params,
                     slots=[k for k, _, _ in slots])
 
 

@@ -156,18 +156,9 @@ class AdapterTrainer:
 
     def _load_models(self) -> None:
         cfg, acc = self.config, self.accelerator
-        tiny = None
-        if models.TINY in (cfg.base, cfg.image_encoder or cfg.base):
-            from ..testing.tiny import build_tiny
-
-            tiny = build_tiny()
-        self.pipe = tiny.pipe if cfg.base == models.TINY else models.load_base_pipeline(cfg.base, self.weight_dtype)
-        self.encoder_spec = encoder_spec = cfg.image_encoder or (
-            models.TINY if cfg.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
-        if encoder_spec == models.TINY:
-            self.image_encoder, self.feature_extractor = tiny.image_encoder, tiny.feature_extractor
-        else:
-            self.image_encoder, self.feature_extractor = models.load_image_encoder(encoder_spec, self.weight_dtype)
+        self.pipe = models.load_base_pipeline(cfg.base, self.weight_dtype)  # any source, 'tiny' included
+        self.encoder_spec = encoder_spec = cfg.image_encoder or models.default_image_encoder(cfg.base)
+        self.image_encoder, self.feature_extractor = models.load_image_encoder(encoder_spec, self.weight_dtype)
         self.unet = self.pipe.unet
         vae_dtype = torch.float32 if (self.weight_dtype == torch.float16 and self.pipe.vae.config.force_upcast) \
             else self.weight_dtype
