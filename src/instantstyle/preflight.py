@@ -146,9 +146,8 @@ def go_offline() -> None:
 def needs_for_model(base: str, adapter: str | None, image_encoder: str | None, *,
                     content_text_encoder: str | None = None, controls: Iterable[str] = ()) -> list[Need]:
     """What ``InstantStyle.from_pretrained`` (and the ControlNets of a request) will load."""
-    tiny = base == models.TINY
-    adapter = adapter or (models.TINY if tiny else models.DEFAULT_ADAPTER)
-    image_encoder = image_encoder or (models.TINY if tiny else models.DEFAULT_IMAGE_ENCODER)
+    adapter = adapter or models.default_adapter(base)
+    image_encoder = image_encoder or models.default_image_encoder(base)
     needs = [*needs_for_base(base), Need("IP-Adapter", adapter, "file"),
              Need("image encoder", image_encoder, "encoder")]
     if content_text_encoder:

@@ -152,12 +152,7 @@ def check_lora(base: str, req) -> None:
     from ..methods.b_lora import read_info
 
     try:
-        if base == models.TINY:
-            from ..testing.tiny import tiny_unet_config
-
-            config = tiny_unet_config()
-        else:
-            config = models.load_unet_config(base)
+        config = models.load_unet_config(base)  # any source, 'tiny' included
     except InstantStyleError:
         config = None  # the full load reports the missing model
     read_info(req.lora, config)

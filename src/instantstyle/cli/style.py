@@ -67,7 +67,7 @@ def _save(args, directory) -> int:
             weights = [float(w) for w in args.weights]
         except ValueError:
             raise InstantStyleError(f"--weights {args.weights}: weights must be numbers") from None
-    spec = args.image_encoder or (models.TINY if args.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
+    spec = args.image_encoder or models.default_image_encoder(args.base)
     from .. import preflight
 
     common.preflight(args, [lambda: [load_image(p, what="style image") for p in args.images]],

@@ -40,7 +40,7 @@ def run(args) -> int:
     from ..training.config import config_from_args
 
     config = config_from_args(args)
-    encoder = config.image_encoder or (models.TINY if config.base == models.TINY else models.DEFAULT_IMAGE_ENCODER)
+    encoder = config.image_encoder or models.default_image_encoder(config.base)
     from ..training.data import open_source
 
     common.preflight(args, [lambda: open_source(config.data)],  # the data first: an empty folder needs no models

@@ -63,12 +63,7 @@ def run(args) -> int:
         raise InstantStyleError(f"--out '{out}' is not empty; pass --resume to continue its training or choose a new directory")
     # 2. Load the base (no IP-Adapter needed), 3. train, 4. report.
     dev, dt = models.device_and_dtype(args.device, args.dtype)
-    if base == models.TINY:
-        from ..testing.tiny import build_tiny
-
-        pipe = build_tiny().pipe
-    else:
-        pipe = models.load_base_pipeline(base, dt, args.variant)
+    pipe = models.load_base_pipeline(base, dt, args.variant)  # any source, 'tiny' included
     pipe.to(dev)
     result = b_lora.train(pipe, image, out, steps=args.steps, rank=args.rank, lr=args.lr,
                           weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, resolution=args.resolution,
