@@ -47,6 +47,7 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
     "image_processor", "missing", "offline", "parse_source", "resolve_file",
 ]
 
+
 def tiny_part(name: str):
     """A fresh copy of one part of the built-in tiny model (``testing.tiny.TinyModels``: ``pipe``,
     ``image_encoder``, ``feature_extractor``, ``adapter_state_dict``; ``controlnet``).
