@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import adapter as adapter_mod
-from . import blocks, embeddings, fastpath, files, methods, models, provenance, sizes
+from . import blocks, embeddings, fastpath, files, methods, models, pipelines, provenance, sizes
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
 from .images import DEFAULT_MAX_PIXELS
@@ -326,6 +326,11 @@ class InstantStyle:
                   "negative_style_image": negative_style_image}
         return methods.run_method(self, req, style_images=style_images, on_step=on_step,
                                   **{k: v for k, v in images.items() if v is not None})
+
+    def run_task(self, req: GenerateRequest, *, style_images: Sequence[StyleRef] | None = None,
+                 on_step: Callable[[int, int], None] | None = None, **images) -> list[Image.Image]:
+        """InstantStyle's own method: ``req`` through its task's module (``pipelines.TASKS``)."""
+        return pipelines.run_task(self, req, style_images=style_images, on_step=on_step, **images)
 
     def warmup(self, width: int | None = None, height: int | None = None) -> float:
         """One 2-step generation at the native size (guidance on, batch 1: the usual request), so

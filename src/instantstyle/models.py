@@ -1,7 +1,7 @@
 """Where models come from: local paths, Hub ids (through huggingface_hub's cache), or ``tiny``.
 
 A model reference is one string, and every loader here takes every kind:
-- ``tiny``: the built-in random-weight test model (``instantstyle.testing.tiny``), a source like
+- ``tiny``: the built-in random-weight test model (``instantstyle.sources.tiny``), a source like
   any other: ``--base tiny`` implies the tiny adapter, image encoder and ControlNets
   (``default_adapter``, ``default_image_encoder``, ``default_controlnet``);
 - a local file or directory (anything that exists on disk, or starts with ``/``, ``./``, ``~``);
@@ -49,7 +49,7 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
 
 
 def tiny_part(name: str):
-    """A fresh copy of one part of the built-in tiny model (``testing.tiny.TinyModels``: ``pipe``,
+    """A fresh copy of one part of the built-in tiny model (``sources.tiny.TinyModels``: ``pipe``,
     ``image_encoder``, ``feature_extractor``, ``adapter_state_dict``; ``controlnet``).
 
     The tiny model is built once per process and copied, so each load owns its modules, and all
@@ -62,14 +62,14 @@ def tiny_part(name: str):
 
 @functools.lru_cache(maxsize=1)
 def _tiny_models():
-    from .testing.tiny import build_tiny
+    from .sources.tiny import build_tiny
 
     return build_tiny()
 
 
 @functools.lru_cache(maxsize=1)
 def _tiny_controlnet():
-    from .testing.tiny import tiny_controlnet
+    from .sources.tiny import tiny_controlnet
 
     return tiny_controlnet()
 
@@ -258,7 +258,7 @@ def load_unet_config(spec: str) -> dict:
     import json
 
     if spec == TINY:
-        from .testing.tiny import tiny_unet_config
+        from .sources.tiny import tiny_unet_config
 
         return tiny_unet_config()
 

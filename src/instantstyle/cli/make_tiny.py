@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..testing.tiny import make_tiny
+    from ..sources.tiny import make_tiny
 
     paths = make_tiny(args.dir)
     for key, value in paths.items():

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import pipelines
-
 if TYPE_CHECKING:
     from ..config import GenerateRequest
     from ..model import InstantStyle
 
 
 def run(model: InstantStyle, req: GenerateRequest, *, style_images=None, on_step=None, **images) -> list:
-    return pipelines.run_task(model, req, style_images=style_images, on_step=on_step, **images)
+    return model.run_task(req, style_images=style_images, on_step=on_step, **images)

@@ -24,7 +24,7 @@ def load(spec: str = DEFAULT_CLIP, device: torch.device | str = "cpu", dtype: to
     from transformers import CLIPModel, CLIPTokenizer
 
     if spec == models.TINY:
-        from ..testing.tiny_metrics import tiny_metric_paths
+        from ..sources.tiny_metrics import tiny_metric_paths
 
         spec = str(tiny_metric_paths()["clip"])
     model = from_pretrained_strict(CLIPModel, spec, "CLIP model", dtype=dtype).to(device)

@@ -184,7 +184,7 @@ def build(state: dict[str, torch.Tensor], where: str = "CSD") -> CSD:
 def load(spec: str = DEFAULT_CSD, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """``(CSD model, image processor)`` from a local file or ``owner/repo/path/to/pytorch_model.bin``."""
     if spec == models.TINY:
-        from ..testing.tiny_metrics import tiny_metric_paths
+        from ..sources.tiny_metrics import tiny_metric_paths
 
         spec = str(tiny_metric_paths()["csd"])
     path = models.resolve_file(spec, "CSD checkpoint")

@@ -37,7 +37,7 @@ def load(spec: str = DEFAULT_DINO, device: torch.device | str = "cpu", dtype: to
     from transformers import Dinov2Model
 
     if spec == models.TINY:
-        from ..testing.tiny_metrics import tiny_metric_paths
+        from ..sources.tiny_metrics import tiny_metric_paths
 
         spec = str(tiny_metric_paths()["dino"])
     model = from_pretrained_strict(Dinov2Model, spec, "DINOv2 model", dtype=dtype).to(device)

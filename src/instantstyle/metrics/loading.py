@@ -2,7 +2,7 @@
 
 A metric model is a local path, a Hub reference (``owner/repo`` or ``owner/repo/path/in/repo``,
 through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` and ``HF_HOME`` work) or ``tiny`` (the
-random-weight test models of ``instantstyle.testing.tiny_metrics``). Anything missing is one line
+random-weight test models of ``instantstyle.sources.tiny_metrics``). Anything missing is one line
 naming the ``instantstyle download`` command. Every checkpoint loads with strict key matching: a missing,
 renamed or extra key is a one-line error, never a silently random-initialised layer (which is
 what transformers' ``from_pretrained`` does with a warning).

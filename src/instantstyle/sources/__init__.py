@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InstantStyleError
+from ..errors import InstantStyleError
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"

@@ -1,0 +1,300 @@
+"""A tiny, deterministic, random-weight SDXL with the real block topology.
+
+Its images are noise: it exists so that every code path (loaders, block resolution, IP-Adapter
+injection, content subtraction, ControlNet, training) runs on a CPU in seconds, offline.
+
+Topology kept from SDXL (see ../shared/research/diffusers_ipadapter.md, "A tiny config that keeps
+SDXL block naming"):
+- UNet: 3 levels, attention in down_blocks 1-2 and up_blocks 0-1, a cross-attention mid block,
+  ``layers_per_block=2``, so ``down_blocks.2.attentions.1`` and ``up_blocks.0.attentions.1`` exist
+  and the deepest level has 2 transformer layers per attention module (SDXL has 10);
+- two CLIP text encoders whose hidden sizes add up to the UNet's cross-attention width, the second
+  with a projection whose width equals the image encoder's projection (as bigG text/vision do);
+- a CLIP vision encoder with projection, a ``CLIPImageProcessor``;
+- an IP-Adapter state dict in the public h94 key layout (``image_proj.*``, ``ip_adapter.N.to_k_ip``);
+- an offline character-level CLIP tokenizer (no Hub access).
+
+``make_tiny(dir)`` writes everything in the standard on-disk layouts so the real loaders are
+exercised: ``DIR/sdxl`` (diffusers), ``DIR/IP-Adapter/sdxl_models/{ip-adapter_sdxl.safetensors,
+ip-adapter_sdxl.bin, image_encoder/}`` (the h94 repository layout), ``DIR/controlnet-canny`` and
+``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout), and
+``DIR/sdxl-single-file`` (one original-layout checkpoint plus its configs; ``write_single_file``).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TINY_SEED = 0
+CROSS_DIM = 64  # = text_encoder hidden (32) + text_encoder_2 hidden (32), as 768 + 1280 = 2048 in SDXL
+CLIP_DIM = 32  # image/text projection width (1280 for bigG)
+IP_TOKENS = 4  # tokens per image of the basic ImageProjection adapter (as ip-adapter_sdxl)
+# Std of the random to_k_ip/to_v_ip weights: large enough that injecting a different style image
+# changes the tiny model's output far more than the 2/255 tolerance of the equivalence tests.
+IP_WEIGHT_STD = 1.0
+
+
+@dataclass
+class TinyModels:
+    pipe: object  # diffusers.StableDiffusionXLPipeline
+    image_encoder: object  # transformers.CLIPVisionModelWithProjection
+    feature_extractor: object  # transformers.CLIPImageProcessor
+    adapter_state_dict: dict  # {"image_proj": {...}, "ip_adapter": {...}} (h94 layout)
+
+
+def _tokenizer(directory: Path):
+    from transformers import CLIPTokenizer
+
+    chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77
+    )
+
+
+def _text_config(vocab_size: int, hidden: int = 32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        hidden_act="gelu",
+        projection_dim=CLIP_DIM,
+    )
+
+
+def tiny_unet_config(cross_dim: int = CROSS_DIM) -> dict:
+    """UNet2DConditionModel kwargs: SDXL's topology at toy width."""
+    return dict(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        attention_head_dim=(2, 4, 4),
+        transformer_layers_per_block=(1, 1, 2),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + CLIP_DIM,
+        cross_attention_dim=cross_dim,
+        norm_num_groups=32,
+    )
+
+
+def tiny_vision_config():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        num_channels=3,
+        image_size=224,
+        patch_size=14,
+        projection_dim=CLIP_DIM,
+    )
+
+
+def random_adapter_state_dict(unet, clip_dim: int = CLIP_DIM, tokens: int = IP_TOKENS, seed: int = 1) -> dict:
+    """A random IP-Adapter in the h94 layout for ``unet``.
+
+    ``ip_adapter`` keys are numbered by each processor's index in ``unet.attn_processors`` (the
+    original ``ModuleList(unet.attn_processors.values())`` save format), so cross-attention
+    processors take the odd ids.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    image_proj = {
+        "proj.weight": torch.randn(tokens * cross, clip_dim, generator=gen) / clip_dim**0.5,
+        "proj.bias": torch.randn(tokens * cross, generator=gen) * 0.1,
+        "norm.weight": 1.0 + 0.1 * torch.randn(cross, generator=gen),
+        "norm.bias": 0.1 * torch.randn(cross, generator=gen),
+    }
+    ip_adapter = {}
+    for idx, name in enumerate(unet.attn_processors):
+        if not name.endswith("attn2.processor"):
+            continue
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden = attn.to_k.out_features
+        for key in ("to_k_ip", "to_v_ip"):
+            ip_adapter[f"{idx}.{key}.weight"] = torch.randn(hidden, cross, generator=gen) * IP_WEIGHT_STD
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def build_tiny(seed: int = TINY_SEED, text_widths: tuple[int, int] = (32, 32)) -> TinyModels:
+    """Build the tiny SDXL, image encoder and IP-Adapter in memory (CPU, float32, seconds).
+
+    ``text_widths`` are the hidden sizes of the two text towers (their sum is the UNet's
+    cross-attention width). The single-file variant uses two different widths, as SDXL's 768 and
+    1280: diffusers' single-file loader tells CLIP-L from bigG by that width.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionModelWithProjection,
+    )
+
+    from ..images import image_processor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _tokenizer(Path(tmp))
+    tokenizer_2 = tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config(sum(text_widths)))
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=64,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer), text_widths[0]))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer), text_widths[1]))
+    torch.manual_seed(seed + 4)
+    image_encoder = CLIPVisionModelWithProjection(tiny_vision_config())
+    feature_extractor = image_processor(224)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    for model in (unet, vae, text_encoder, text_encoder_2, image_encoder):
+        model.eval()
+    adapter = random_adapter_state_dict(unet, seed=seed + 5)
+    return TinyModels(pipe, image_encoder, feature_extractor, adapter)
+
+
+def tiny_controlnet(seed: int = TINY_SEED + 6):
+    """A tiny random ControlNet for the tiny UNet (same down blocks and naming, as an SDXL ControlNet).
+
+    Built with ``ControlNetModel.from_unet`` (config only, random weights) on a fresh tiny UNet (never one with an IP-Adapter
+    attached, whose config would carry ``encoder_hid_dim_type``). Its zero convolutions are
+    re-initialised at random, so unlike a freshly initialised ControlNet it visibly changes the
+    output (a real one is trained; zeros would make every ControlNet test vacuous).
+    """
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config())
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32),
+                                           load_weights_from_unet=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]
+        for conv in zero_convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+    return controlnet.eval()
+
+
+def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
+    """Write the tiny model to ``directory`` in the standard layouts; return the paths to use.
+
+    Returns ``{"base": DIR/sdxl, "adapter": .../ip-adapter_sdxl.safetensors,
+    "adapter_bin": .../ip-adapter_sdxl.bin, "image_encoder": .../image_encoder,
+    "controlnet_canny": DIR/controlnet-canny, "controlnet_tile": DIR/controlnet-tile}``.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    models = build_tiny(seed)
+    base = directory / "sdxl"
+    models.pipe.save_pretrained(base, safe_serialization=True)
+    sdxl_models = directory / "IP-Adapter" / "sdxl_models"
+    sdxl_models.mkdir(parents=True, exist_ok=True)
+    encoder_dir = sdxl_models / "image_encoder"
+    models.image_encoder.save_pretrained(encoder_dir, safe_serialization=True)
+    flat = {f"image_proj.{k}": v for k, v in models.adapter_state_dict["image_proj"].items()}
+    flat.update({f"ip_adapter.{k}": v for k, v in models.adapter_state_dict["ip_adapter"].items()})
+    save_file({k: v.contiguous() for k, v in flat.items()}, sdxl_models / "ip-adapter_sdxl.safetensors")
+    torch.save(models.adapter_state_dict, sdxl_models / "ip-adapter_sdxl.bin")
+    single = write_single_file(directory / "sdxl-single-file", seed)
+    tiny_controlnet(seed + 6).save_pretrained(directory / "controlnet-canny", safe_serialization=True)
+    tiny_controlnet(seed + 7).save_pretrained(directory / "controlnet-tile", safe_serialization=True)
+    (directory / "README.txt").write_text(
+        "Tiny random-weight SDXL written by `instantstyle make-tiny`. Its images are noise;\n"
+        "it exists for tests and smoke runs. Real use needs the SDXL and IP-Adapter weights.\n"
+    )
+    return {
+        "base": base,
+        "adapter": sdxl_models / "ip-adapter_sdxl.safetensors",
+        "adapter_bin": sdxl_models / "ip-adapter_sdxl.bin",
+        "image_encoder": encoder_dir,
+        "controlnet_canny": directory / "controlnet-canny",
+        "controlnet_tile": directory / "controlnet-tile",
+        **single,
+    }
+
+
+def write_single_file(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
+    """A tiny SDXL as one checkpoint in the original (LDM/A1111) key layout, as Civitai finetunes ship.
+
+    ``DIR/tiny-sdxl.safetensors`` holds UNet, VAE and both text towers (``ldm_layout``); ``DIR/config``
+    holds only the diffusers configs and tokenizers (no weights), as ``instantstyle download base-config``
+    leaves them, for ``from_single_file(config=...)``. Its text towers have
+    different widths (16 and 48), as SDXL's, so diffusers tells them apart. Also ``DIR/vae-16ch``:
+    a VAE of another family (16 latent channels, as SD3/FLUX), for the bad-input tests.
+    """
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from .ldm_layout import pipeline_to_ldm
+
+    directory = Path(directory)
+    pipe = build_tiny(seed, text_widths=(16, 48)).pipe
+    config = directory / "config"
+    pipe.save_pretrained(config, safe_serialization=True)
+    for weights in config.glob("*/*.safetensors"):
+        weights.unlink()
+    save_file(pipeline_to_ldm(pipe), directory / "tiny-sdxl.safetensors")
+    torch.manual_seed(seed + 9)
+    other = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=16,
+                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    other.save_pretrained(directory / "vae-16ch", safe_serialization=True)
+    return {"single_file": directory / "tiny-sdxl.safetensors", "single_file_config": config,
+            "vae_other_family": directory / "vae-16ch"}
