@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .errors import ModelNotFoundError as ModelNotFoundError
     from .images import read_metadata as read_metadata
     from .images import save_png as save_png
-    from .pipeline import InstantStyle as InstantStyle
+    from .model import InstantStyle as InstantStyle
 
 
 def __getattr__(name: str):
