@@ -250,7 +250,7 @@ def cached_matching(repo_id: str, patterns: list[str]) -> list[str]:
 
     try:
         info = scan_cache_dir()
-    except Exception:  # noqa: BLE001 - no cache yet, or an unreadable one: nothing is cached
+    except Exception:  # no cache yet, or an unreadable one: nothing is cached
         return []
     names: set[str] = set()
     for repo in info.repos:
@@ -300,7 +300,7 @@ def fetch(pieces: list[Piece], *, progress: bool = True, log: Callable[[str], No
         log(f"fetching {piece.what} from {piece.repo_id}")
         try:
             paths.append(snapshot_download(piece.repo_id, allow_patterns=piece.allow_patterns))
-        except Exception as exc:  # noqa: BLE001 - the Hub's errors are many; each becomes one line
+        except Exception as exc:  # the Hub's errors are many; each becomes one line
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise InstantStyleError(f"could not fetch {piece.repo_id} ({type(exc).__name__}: {first}); "
                                     "run the same command again to resume") from None

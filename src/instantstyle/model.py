@@ -92,8 +92,8 @@ class InstantStyle:
         dev, dt = models.device_and_dtype(device, dtype)
         if memory == "auto":
             memory = fastpath.auto_memory(dev)
-        speed = fastpath.options_for(speed, dev, long_lived=long_lived, cfg_truncation=cfg_truncation,
-                                     deepcache_interval=deepcache_interval)
+        fast = fastpath.options_for(speed, dev, long_lived=long_lived, cfg_truncation=cfg_truncation,
+                                    deepcache_interval=deepcache_interval)
         if compile_cache:
             from .fast.compiling import set_cache_dir
 
@@ -129,7 +129,7 @@ class InstantStyle:
         cache = embeddings.EmbeddingCache((files.cache_dir() if cache_dir is True else cache_dir) or None)
         ids = {"base": base, "adapter": adapter, "image_encoder": image_encoder, **({"vae": vae} if vae else {})}
         ids = {key: models.canonical_id(spec) for key, spec in ids.items()}
-        model = cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=speed)
+        model = cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=fast)
         model.memory, model._memory_device = memory, dev
         return model
 
@@ -171,13 +171,14 @@ class InstantStyle:
         import warnings
 
         import diffusers
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
         key = (cls_name, tuple(id(c) for c in controlnets))
         if key not in self._derived:
             kwargs = {}
             if controlnets:
                 kwargs["controlnet"] = (controlnets[0] if len(controlnets) == 1
-                                        else diffusers.MultiControlNetModel(list(controlnets)))
+                                        else MultiControlNetModel(list(controlnets)))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # dtype is not optional: diffusers 0.42's from_pipe casts the new pipeline -- whose

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
 ]
 
 
-def tiny_part(name: str):
+def tiny_part(name: str) -> Any:
     """A fresh copy of one part of the built-in tiny model (``sources.tiny.TinyModels``: ``pipe``,
     ``image_encoder``, ``feature_extractor``, ``adapter_state_dict``; ``controlnet``).
 
@@ -215,7 +216,7 @@ def load_adapter_state_dict(spec: str) -> dict:
     return load_state_dict(resolve_file(spec, "IP-Adapter"))
 
 
-def load_image_encoder(spec: str, dtype: torch.dtype):
+def load_image_encoder(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` from a dir, Hub path or ``tiny``
     (the tiny one in float32: the caller moves it with the pipeline)."""
     if spec == TINY:
@@ -238,7 +239,7 @@ def load_image_encoder(spec: str, dtype: torch.dtype):
     return encoder.eval(), image_processor(size)
 
 
-def load_text_encoder_with_projection(spec: str, dtype: torch.dtype):
+def load_text_encoder_with_projection(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """A ``CLIPTextModelWithProjection`` + tokenizer (for content subtraction in another space)."""
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
