@@ -8,7 +8,6 @@ names the field, the value and the rule (``format_validation_error``).
 from __future__ import annotations
 
 import importlib.util
-import math
 import typing
 from typing import Literal
 
@@ -22,15 +21,15 @@ from pydantic import (
     model_validator,
 )
 
+from . import request_rules
 from .errors import InstantStyleError
+from .request_rules import DEFAULT_STRENGTH, LAYOUT_MODES  # noqa: F401 - part of the schema's names
+from .schema_flags import frontend
 
 SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", "heun", "lms")
 # Samplers whose diffusers class needs a package of its own: scheduler -> (module, pip package).
 SCHEDULER_NEEDS = {"lms": ("scipy", "scipy")}
 MODES = ("style", "layout", "style+layout", "full", "strong", "composition", "precise")
-# Modes whose style reaches the layout block's conditional branch: a --composition image, which
-# takes that block, cannot be combined with them.
-LAYOUT_MODES = ("layout", "style+layout", "full", "composition")
 MAX_SEED = 2**63 - 1
 TASKS = ("txt2img", "controlnet", "img2img", "inpaint", "plus")
 # InstantStyle-Plus defaults (its reference pipeline, infer_style.py): style-only adapter at 1.2,
@@ -45,8 +44,15 @@ DEFAULT_RENOISE_STEPS = 1  # InstantStyle-Plus's RunConfig(num_renoise_steps=1)
 # Guidance of the baselines when the request gives none: StyleAligned's real-image notebook (10),
 # Visual Style Prompting's scripts (7). Everything else: the field's default.
 METHOD_DEFAULTS = {"style-aligned": {"guidance": 10.0}, "visual-style-prompting": {"guidance": 7.0}}
+DEFAULT_GUIDANCE = 5.0
 INPAINT_STYLE_REGIONS = ("everywhere", "mask")
-DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 0.99}
+# Front ends group the fields by these keys (``frontend(group=...)``): argument groups, accordions.
+GROUPS = {"style": "style", "leakage": "leakage controls (see docs/leakage.md)",
+          "method": "baseline methods (--method style-aligned | visual-style-prompting | b-lora)",
+          "content": "content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
+          "sampling": "prompt and sampling"}
+NOT_SERVED = ("b-lora reads a LoRA directory on the server, and a served request never names a server file "
+              "(the HTTP API refuses method b-lora); CLI and Python only")
 
 
 class GenerateRequest(BaseModel):
@@ -55,146 +61,177 @@ class GenerateRequest(BaseModel):
     # allow_inf_nan=False: Infinity/NaN are refused in every float field (and list of floats), present or future.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    prompt: str = Field(..., min_length=1, max_length=2000, description="What to draw.")
+    prompt: str = Field(..., min_length=1, max_length=2000, description="What to draw.", json_schema_extra=frontend(group="sampling", metavar="TEXT", label="Prompt", placeholder="a cat, masterpiece", lines=2))
     negative_prompt: str | None = Field(
-        None, max_length=2000, description="What to avoid. None behaves as diffusers' negative_prompt=None."
+        None, max_length=2000, description="What to avoid. None behaves as diffusers' negative_prompt=None.",
+        json_schema_extra=frontend(group="sampling", metavar="TEXT"),
     )
     style: list[str] = Field(
         default_factory=list,
         max_length=16,
         description="Style references: image paths or @name of a saved style (the Python API also takes PIL images).",
+        json_schema_extra=frontend(group="style", repeat=True, metavar="IMG|@NAME", widget="style", cli_help="Repeat for several."),
     )
     style_weights: list[float] | None = Field(
-        None, description="One weight per style reference (>= 0); references are averaged in CLIP space."
+        None, description="One weight per style reference (>= 0); references are averaged in CLIP space.",
+        json_schema_extra=frontend(group="style", metavar="W", label="Style weights (optional)"),
     )
     style_combine: Literal["mean", "concat"] = Field(
-        "mean", description="mean: weighted mean of the image embeddings; concat: one token set per image."
+        "mean", description="mean: weighted mean of the image embeddings; concat: one token set per image.",
+        json_schema_extra=frontend(group="style"),
     )
-    method: str = Field("instantstyle", description="Generation method (see `instantstyle generate --help`).")
+    method: str = Field("instantstyle", description="Generation method (see `instantstyle generate --help`).", json_schema_extra=frontend(group="style", widget="method"))
     mode: Literal[MODES] = Field(  # type: ignore[valid-type]
         "style",
         description="Blocks that get the style: style = up_blocks.0.attentions.1, layout = down_blocks.2.attentions.1, "
         "style+layout = both, full = every block (plain IP-Adapter), strong = every block but the layout one, "
         "composition = the layout block only (= layout), precise = style + the layout block in the unconditional "
         "branch only (guidance then pushes away from the reference's layout; see --layout-boost).",
+        json_schema_extra=frontend(group="style", widget="radio", label="Mode (blocks that get the style)"),
     )
-    scale: float = Field(1.0, ge=0.0, le=10.0, description="IP-Adapter strength, multiplies every block scale.")
+    scale: float = Field(1.0, ge=0.0, le=10.0, description="IP-Adapter strength, multiplies every block scale.", json_schema_extra=frontend(group="style", label="Style strength"))
     blocks: str | None = Field(
         None,
         max_length=4000,
         description="Custom per-block scales, replacing --mode: 'up_blocks.0.attentions.1=1.0,down_blocks.2.attentions.1=0.5'; "
         "layers too: 'up_blocks.0.attentions.1.transformer_blocks.3=0'.",
+        json_schema_extra=frontend(group="style", metavar="SPEC", widget="blocks", cli_help="See `instantstyle blocks`."),
     )
     content_prompt: str | None = Field(
-        None, max_length=2000, description="Names the reference's content (e.g. 'a dog') to subtract it from the style."
+        None, max_length=2000, description="Names the reference's content (e.g. 'a dog') to subtract it from the style.",
+        json_schema_extra=frontend(group="style", metavar="TEXT", label="Content of the reference to remove (e.g. 'a dog')"),
     )
     content_scale: float | None = Field(
-        None, ge=0.0, le=10.0, description="How much of the content prompt to subtract (default 0.5 with a content prompt)."
+        None, ge=0.0, le=10.0, description="How much of the content prompt to subtract (default 0.5 with a content prompt).",
+        json_schema_extra=frontend(group="style"),
     )
     layout_boost: float | None = Field(
         None, ge=0.0, le=10.0,
         description="precise: scale of the layout block's unconditional-branch reference, times --scale (default 1).",
+        json_schema_extra=frontend(group="leakage"),
     )
     composition: str | None = Field(
         None, max_length=4096,
         description="A second reference whose layout goes into the layout block (down_blocks.2.attentions.1) while "
         "--style goes into the style blocks (same weights, one image encoder).",
+        json_schema_extra=frontend(group="leakage", metavar="IMAGE", widget="image", elem_id="composition-image", label="Composition image (its layout, into the layout block)"),
     )
     composition_scale: float | None = Field(
         None, ge=0.0, le=10.0, description="Layout-block scale of the --composition image (default 1.0; not times --scale).",
+        json_schema_extra=frontend(group="leakage"),
     )
     negative_style: str | None = Field(
         None, max_length=4096,
         description="An image whose embedding replaces the zeros of the unconditional branch (e.g. the content "
         "photo): guidance steers away from what it shows.",
+        json_schema_extra=frontend(group="leakage", metavar="IMAGE", widget="image", elem_id="negative-style-image", label="Negative style image (steer away from it)"),
     )
     negative_style_scale: float | None = Field(
         None, ge=0.0, le=10.0,
         description="Multiplies the --negative-style embedding in CLIP space (default 1.0; 0 = zeros, no effect).",
+        json_schema_extra=frontend(group="leakage"),
     )
     style_window: tuple[float, float] = Field(
         (0.0, 1.0),
         description="START:END fractions of the denoising steps that get the style; step i of N gets it when "
         "START <= i/N < END (e.g. 0:0.8 lets the prompt finish the details).",
+        json_schema_extra=frontend(group="leakage", metavar="START:END"),
     )
-    steps: int = Field(30, ge=1, le=500, description="Denoising steps.")
-    guidance: float = Field(5.0, ge=0.0, le=50.0, description="Classifier-free guidance scale (<= 1 disables CFG).")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (torch.Generator('cpu')); None picks one.")
-    width: int | None = Field(None, ge=64, le=4096, description="Width in pixels (multiple of 8); default: the model's.")
-    height: int | None = Field(None, ge=64, le=4096, description="Height in pixels (multiple of 8); default: the model's.")
-    num_images: int = Field(1, ge=1, le=16, description="Images per call (one seed, one batch, as diffusers).")
-    scheduler: Literal[SCHEDULERS] = Field("euler", description="Sampler.")  # type: ignore[valid-type]
+    steps: int = Field(30, ge=1, le=500, description="Denoising steps.", json_schema_extra=frontend(group="sampling"))
+    guidance: float | None = Field(
+        None, ge=0.0, le=50.0,
+        description="Classifier-free guidance scale (<= 1 disables CFG); None: the method's default (its authors').", json_schema_extra=frontend(group="sampling"))
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (torch.Generator('cpu')); None picks one.", json_schema_extra=frontend(group="sampling", label="Seed (empty: random)", placeholder="random"))
+    width: int | None = Field(None, ge=64, le=4096, description="Width in pixels (multiple of 8); default: the model's.", json_schema_extra=frontend(group="sampling", metavar="W", step=8))
+    height: int | None = Field(None, ge=64, le=4096, description="Height in pixels (multiple of 8); default: the model's.", json_schema_extra=frontend(group="sampling", metavar="H", step=8))
+    num_images: int = Field(1, ge=1, le=16, description="Images per call (one seed, one batch, as diffusers).", json_schema_extra=frontend(group="sampling", label="Images"))
+    scheduler: Literal[SCHEDULERS] = Field("euler", description="Sampler.", json_schema_extra=frontend(group="sampling", label="Sampler"))  # type: ignore[valid-type]
 
     # ---- stylizing a content image (ControlNet, img2img, inpainting, regional styles, Plus)
     task: Literal[TASKS] | None = Field(  # type: ignore[valid-type]
         None,
         description="txt2img, controlnet, img2img, inpaint or plus (InstantStyle-Plus); default: inferred "
         "(--mask -> inpaint, --strength -> img2img, --control -> controlnet, else txt2img).",
+        json_schema_extra=frontend(group="content", widget="radio"),
     )
     content: str | None = Field(
         None, max_length=4096,
         description="Content image to stylize (its structure is kept); the output takes its aspect ratio, "
         "short side at the model's native size.",
+        json_schema_extra=frontend(group="content", metavar="IMAGE", widget="image", elem_id="content-image", label="Content image (used by every task but txt2img)"),
     )
     control: list[str] = Field(
         default_factory=list, max_length=4,
         description="ControlNet(s): canny (edges of --content), tile (--content itself), KIND=MODEL to use another "
         "ControlNet for that kind, or any SDXL ControlNet path / Hub id fed its --control-image.",
+        json_schema_extra=frontend(group="content", repeat=True, metavar="KIND|KIND=MODEL|MODEL", widget="control", label="ControlNets", cli_help="Repeat for several ControlNets."),
     )
     control_image: list[str | None] = Field(
         default_factory=list, max_length=4,
         description="Control image per --control (None: derived from --content for canny/tile).",
+        json_schema_extra=frontend(group="content", repeat=True, flag="--control-image", metavar="IMAGE", widget="images", elem_id="control-files", label="Control images (one per ControlNet; none: canny/tile derive theirs from the content image)", cli_help="Give it right after the --control it belongs to (e.g. a depth map); canny/tile derive theirs from --content."),
     )
     control_scale: list[float] = Field(
         default_factory=list, max_length=4,
         description="ControlNet conditioning scale: one for all or one per --control, each in [0, 2] "
         "(default: canny 0.6, tile 0.4, other 0.6).",
+        json_schema_extra=frontend(group="content"),
     )
-    canny_low: int = Field(50, ge=0, le=1000, description="Canny lower hysteresis threshold.")
-    canny_high: int = Field(200, ge=1, le=1000, description="Canny upper hysteresis threshold.")
+    canny_low: int = Field(50, ge=0, le=1000, description="Canny lower hysteresis threshold.", json_schema_extra=frontend(group="content"))
+    canny_high: int = Field(200, ge=1, le=1000, description="Canny upper hysteresis threshold.", json_schema_extra=frontend(group="content"))
     strength: float | None = Field(
         None, gt=0.0, le=1.0,
         description="img2img / inpainting: how much of the content is repainted, 0 < F <= 1 "
         "(default: 0.8 img2img, 0.99 inpainting).",
+        json_schema_extra=frontend(group="content"),
     )
     mask: str | None = Field(
         None, max_length=4096,
         description="Inpainting mask: single-channel image the size of --content; white = repaint (and style), "
         "black = keep.",
+        json_schema_extra=frontend(group="content", metavar="MASK", widget="mask", elem_id="mask-image", label="Inpainting mask (white = repaint)"),
     )
     style_masks: list[str] = Field(
         default_factory=list, max_length=16,
         description="Regional styles: one single-channel mask per --style (white = that style's region), "
         "the size of --content (any size without --content).",
+        json_schema_extra=frontend(group="style", repeat=True, flag="--style-mask", metavar="MASK", widget="masks", elem_id="style-mask-files", label="Style masks: one per style image, same order (white = that style's region)", cli_help="Repeat once per --style, in the same order."),
     )
     content_ip_scale: float | None = Field(
         None, ge=0.0, le=10.0,
         description="plus: global IP-Adapter scale of the content image, every block (default 0.2).",
+        json_schema_extra=frontend(group="content"),
     )
     inversion_steps: int | None = Field(
         None, ge=1, le=1000,
         description="plus: inversion steps; must equal --steps (the generation retraces the inversion's timesteps), "
         "so it is only a check.",
+        json_schema_extra=frontend(group="content"),
     )
     inversion: Literal[INVERSIONS] | None = Field(  # type: ignore[valid-type]
         None, description="plus: how the content image is inverted: renoise (the authors', ReNoise) or ddim (plain "
         "DDIM inversion); default renoise.",
+        json_schema_extra=frontend(group="content"),
     )
     renoise_steps: int | None = Field(
         None, ge=0, le=20, description="plus with --inversion renoise: renoise iterations per inversion step "
         "(default 1, the authors'; 0 = plain DDIM steps).",
+        json_schema_extra=frontend(group="content"),
     )
     noise_regularization: bool | None = Field(
         None, description="plus with --inversion renoise: the KL and auto-correlation noise regularisation in the "
         "last steps (t < 250), as the authors (default on).",
+        json_schema_extra=frontend(group="content"),
     )
     inpaint_style: Literal[INPAINT_STYLE_REGIONS] = Field(  # type: ignore[valid-type]
         "everywhere", description="inpaint: where the style is injected: everywhere (the InstantStyle inpainting "
         "script) or mask (only where the image is repainted).",
+        json_schema_extra=frontend(group="content"),
     )
     inversion_prompt: str | None = Field(
         None, max_length=2000,
         description="plus: prompt describing the content image, conditions the inversion (default: --prompt).",
+        json_schema_extra=frontend(group="content", metavar="TEXT"),
     )
 
     # ---- baselines (instantstyle.methods). Each field is read by the methods listed in
@@ -203,46 +240,58 @@ class GenerateRequest(BaseModel):
         None, max_length=2000,
         description="style-aligned, visual-style-prompting: a description of the style image "
         "(e.g. 'a watercolour painting of a harbour'); StyleAligned inverts the image with it.",
+        json_schema_extra=frontend(group="method", metavar="TEXT"),
     )
     attention_layers: str | None = Field(
         None, max_length=4000,
         description="style-aligned, visual-style-prompting: self-attention layers to patch, comma-separated "
         "blocks/modules/layers or '*' (default: '*' for style-aligned, up_blocks.1 for visual-style-prompting).",
+        json_schema_extra=frontend(group="method", metavar="NAMES"),
     )
     share_group_norm: bool = Field(
         True, description="style-aligned: GroupNorm statistics over [own | reference] features (the authors' "
         "real-image setting; off = their generated-reference demo).",
+        json_schema_extra=frontend(group="method"),
     )
     shared_score_shift: float = Field(
         0.6931471805599453, ge=-10.0, le=10.0,
         description="style-aligned: added to the attention logits of the reference's tokens (default log 2, the "
         "authors' real-image setting; 0 = their demo; > 0 strengthens the style).",
+        json_schema_extra=frontend(group="method"),
     )
     inversion_offset: int | None = Field(
         None, ge=0, le=500,
         description="style-aligned: the reference row starts this many steps ahead on its inverted trajectory "
         "(default: 5 per 50 steps, the authors'; 0 = none).",
+        json_schema_extra=frontend(group="method"),
     )
     style_description: str | None = Field(
         None, max_length=2000,
         description="style-aligned: style words appended to the prompt (', WORDS.'), as the authors' notebook "
         "(default: the --reference-prompt's text after its last comma, if any; '' = append nothing).",
+        json_schema_extra=frontend(group="method", metavar="TEXT"),
     )
     swap_start: float = Field(
-        0.0, ge=0.0, le=1.0, description="visual-style-prompting: first fraction of the steps that swaps (0 = from the start)."
+        0.0, ge=0.0, le=1.0, description="visual-style-prompting: first fraction of the steps that swaps (0 = from the start).",
+        json_schema_extra=frontend(group="method"),
     )
     swap_end: float = Field(
-        1.0, ge=0.0, le=1.0, description="visual-style-prompting: fraction of the steps after which swapping stops (1 = to the end)."
+        1.0, ge=0.0, le=1.0, description="visual-style-prompting: fraction of the steps after which swapping stops (1 = to the end).",
+        json_schema_extra=frontend(group="method"),
     )
     color_calibration: bool = Field(
-        True, description="visual-style-prompting: AdaIN the predicted x0 toward the reference latent for 100 < t < 150."
+        True, description="visual-style-prompting: AdaIN the predicted x0 toward the reference latent for 100 < t < 150.",
+        json_schema_extra=frontend(group="method", flag="--no-color-calibration",
+                                  cli_help="--no-color-calibration skips it."),
     )
     lora: str | None = Field(
-        None, max_length=4000, description="b-lora: directory written by `instantstyle train-blora`."
+        None, max_length=4000, description="b-lora: directory written by `instantstyle train-blora`.",
+        json_schema_extra=frontend(group="method", metavar="DIR", not_in_ui=NOT_SERVED),
     )
     lora_scale: float = Field(
         1.0, ge=0.0, le=4.0,
         description="b-lora: strength of the style LoRA (multiplies its update; the B-LoRA repo's alpha 1.1 = 1.21).",
+        json_schema_extra=frontend(group="method", not_in_ui=NOT_SERVED),
     )
 
     @field_validator("*", mode="before")
@@ -345,9 +394,10 @@ class GenerateRequest(BaseModel):
             else:
                 task = "txt2img"
             data["task"] = task
+        if data.get("mode") is not None and data.get("blocks") is not None:
+            raise ValueError("give --mode or --blocks, not both (--blocks replaces the preset)")
         if data.get("guidance") is None:
-            data.pop("guidance", None)
-            data.update(METHOD_DEFAULTS.get(data.get("method") or "instantstyle", {}))
+            data["guidance"] = default_for("guidance", method=data.get("method"))
         if task == "plus":
             for key, value in PLUS_DEFAULTS.items():
                 if data.get(key) in (None, []):
@@ -368,94 +418,14 @@ class GenerateRequest(BaseModel):
             )
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
-        self._check_stylize(n_refs)
-        self._check_controls()
+        request_rules.check_stylize(self, n_refs)
+        request_rules.check_controls(self)
         if self.swap_start >= self.swap_end:
             raise ValueError(f"swap_start ({self.swap_start}) must be below swap_end ({self.swap_end})")
         from .methods import check_options
 
         check_options(self)
         return self
-
-    def _check_stylize(self, n_refs: int) -> None:
-        task = self.task
-        if task in ("img2img", "inpaint", "plus") and not self.content:
-            raise ValueError(f"task {task} needs a content image (--content IMAGE)")
-        if task == "inpaint" and not self.mask:
-            raise ValueError("task inpaint needs --mask MASK (white = repaint)")
-        if self.mask and task != "inpaint":
-            raise ValueError(f"--mask is for inpainting, not task {task}")
-        if self.strength is not None and task not in ("img2img", "inpaint"):
-            raise ValueError(f"--strength is for img2img and inpainting, not task {task}")
-        if task in DEFAULT_STRENGTH and int(self.steps * self.effective_strength) < 1:
-            # diffusers runs int(steps * strength) of the steps; with none it fails deep inside the pipeline
-            strength = self.effective_strength
-            raise ValueError(f"--strength {strength:g} x --steps {self.steps} leaves no denoising step "
-                             f"(diffusers runs int(steps x strength) = 0); use --steps "
-                             f"{math.ceil(1 / strength - 1e-9)} or more, or a larger --strength")
-        if task == "txt2img" and self.content:
-            raise ValueError("task txt2img does not use --content")
-        if self.control and task == "txt2img":
-            raise ValueError("--control needs task controlnet, img2img, inpaint or plus")
-        if task == "controlnet" and not self.control:
-            raise ValueError("task controlnet needs --control")
-        if self.control_image and len(self.control_image) != len(self.control):
-            raise ValueError(f"{len(self.control_image)} control images for {len(self.control)} --control entries")
-        if len(self.control_scale) not in (0, 1, len(self.control)):
-            raise ValueError(f"{len(self.control_scale)} control scales for {len(self.control)} --control entries; "
-                             "give one for all or one each")
-        if self.canny_low >= self.canny_high:
-            raise ValueError(f"canny_low {self.canny_low} must be below canny_high {self.canny_high}")
-        if self.style_masks and n_refs and len(self.style_masks) != n_refs:
-            raise ValueError(f"{len(self.style_masks)} style masks for {n_refs} style references; "
-                             "give one --style-mask per --style")
-        plus_only = {"content_ip_scale": self.content_ip_scale, "inversion_steps": self.inversion_steps,
-                     "inversion_prompt": self.inversion_prompt, "inversion": self.inversion,
-                     "renoise_steps": self.renoise_steps, "noise_regularization": self.noise_regularization}
-        for name, value in plus_only.items():
-            if value is not None and task != "plus":
-                raise ValueError(f"{name} is for task plus (InstantStyle-Plus), not task {task}")
-        if self.inpaint_style != "everywhere" and task != "inpaint":
-            raise ValueError(f"inpaint_style is for task inpaint, not task {task}")
-        if task == "plus" and self.inversion_steps is not None and self.inversion_steps != self.steps:
-            raise ValueError(f"inversion_steps {self.inversion_steps} differs from steps {self.steps}: the generation "
-                             "must retrace the inversion's timesteps; drop inversion_steps (it follows steps)")
-        if self.inversion == "ddim" and (self.renoise_steps is not None or self.noise_regularization is not None):
-            raise ValueError("renoise_steps / noise_regularization are for inversion renoise, not ddim")
-        if task == "plus" and self.scheduler != "ddim":
-            raise ValueError(f"task plus samples with DDIM (it undoes the DDIM inversion); drop --scheduler "
-                             f"{self.scheduler}")
-
-    def _check_controls(self) -> None:
-        """Precise mode, composition and negative images, the step window: combinations that mean something."""
-        from . import blocks
-
-        spec_names = [n.partition("=")[0].strip() for n in (self.blocks or "").split(",")] if self.blocks else [self.mode]
-        spec = [(n, 1.0) for n in spec_names if n]
-        if self.layout_boost is not None and not blocks.has_boost(spec):
-            where = f"--blocks {self.blocks}" if self.blocks else f"--mode {self.mode}"
-            raise ValueError(f"--layout-boost is for presets with a negative-branch layout block (--mode precise); "
-                             f"{where} has none")
-        cfg = self.guidance > 1.0
-        if self.task == "plus" and blocks.branches_of(spec) != {"cond"}:
-            raise ValueError("--mode precise is not for task plus (its second adapter carries the content image); "
-                             "use --mode style")
-        if not cfg and "uncond" in blocks.branches_of(spec):
-            raise ValueError(f"--mode precise works through the unconditional branch of classifier-free guidance; "
-                             f"--guidance {self.guidance:g} turns it off: use --guidance > 1")
-        if self.composition_scale is not None and not self.composition:
-            raise ValueError("composition_scale needs a composition image (--composition IMAGE)")
-        if self.negative_style_scale is not None and not self.negative_style:
-            raise ValueError("negative_style_scale needs a negative style image (--negative-style IMAGE)")
-        if self.negative_style and not cfg:
-            raise ValueError(f"--negative-style replaces the unconditional branch of classifier-free guidance; "
-                             f"--guidance {self.guidance:g} turns it off: use --guidance > 1")
-        if self.composition:
-            if self.task == "plus":
-                raise ValueError("--composition is not for task plus: there the content image gives the composition")
-            if not self.blocks and self.mode in LAYOUT_MODES:
-                raise ValueError(f"--composition puts its image into the layout block, and --mode {self.mode} puts "
-                                 "the style there too; use --mode style, strong or precise")
 
     @property
     def effective_composition_scale(self) -> float:
@@ -484,6 +454,27 @@ class GenerateRequest(BaseModel):
         if not self.content_prompt:
             return 0.0
         return 0.5 if self.content_scale is None else self.content_scale
+
+
+def method_defaults(method: str | None) -> dict:
+    """Defaults a method brings when the request leaves the field out (its authors' settings)."""
+    return METHOD_DEFAULTS.get(method or "instantstyle", {})
+
+
+def default_for(name: str, *, task: str | None = None, method: str | None = None):
+    """The value field ``name`` takes when a request for ``task`` / ``method`` leaves it out."""
+    field = GenerateRequest.model_fields[name]
+    value = task_defaults(task).get(name, method_defaults(method).get(name))
+    if value is None and not field.is_required():
+        value = field.get_default(call_default_factory=True)
+    return DEFAULT_GUIDANCE if name == "guidance" and value is None else value
+
+
+def task_defaults(task: str | None) -> dict:
+    """Defaults a task brings when the request leaves the field out (front ends show them)."""
+    if task == "plus":
+        return dict(PLUS_DEFAULTS)
+    return {"control": ["canny"]} if task == "controlnet" else {}
 
 
 def _takes_bool(annotation) -> bool:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from . import common, metric_options, options
 
-SHARED = (("--negative-prompt", "negative_prompt"), ("--steps", "steps"), ("--guidance", "guidance"),
-          ("--seed", "seed"), ("--width", "width"), ("--height", "height"))
+SHARED = ["negative_prompt", "steps", "guidance", "seed", "width", "height"]
+INSTANTSTYLE = ["scale", "content_prompt", "content_scale"]
 
 
 def register(sub) -> None:
@@ -31,13 +31,8 @@ def register(sub) -> None:
     c.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
-    cs = c.add_argument_group("settings shared by every method")
-    for flag, field in SHARED:
-        cs.add_argument(flag, default=None, help=options.field_help(field))
-    ci = c.add_argument_group("instantstyle / ip-adapter options")
-    ci.add_argument("--scale", default=None, help=options.field_help("scale"))
-    ci.add_argument("--content-prompt", default=None, metavar="TEXT", help=options.field_help("content_prompt"))
-    ci.add_argument("--content-scale", default=None, metavar="F", help=options.field_help("content_scale"))
+    options.add_request_args(c.add_argument_group("settings shared by every method"), SHARED)
+    options.add_request_args(c.add_argument_group("instantstyle / ip-adapter options"), INSTANTSTYLE)
     options.add_method_args(c)
     options.add_model_args(c)
     metric_options.add_metric_args(c, with_metrics_flag=True)  # compare --metrics
@@ -47,9 +42,7 @@ def run(args) -> int:
     from ..compare import build_requests, compare, parse_methods, plan
 
     # 1. Validate methods, settings and every request before loading anything.
-    settings = {k: getattr(args, k) for k in ("negative_prompt", "steps", "guidance", "seed", "width", "height",
-                                              "scale", "content_prompt", "content_scale")
-                if getattr(args, k) is not None}
+    settings = {k: getattr(args, k) for k in SHARED + INSTANTSTYLE if getattr(args, k) is not None}
     settings.update(options.method_params(args))
     settings.setdefault("seed", str(secrets.randbelow(2**31)))
     methods = parse_methods(args.methods, bool(settings.get("lora")))

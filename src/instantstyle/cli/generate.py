@@ -77,100 +77,55 @@ class _ControlImage(argparse.Action):
         setattr(namespace, self.dest, images)
 
 
+# Fields stylize (InstantStyle-Plus, task fixed) has no flag for: the task and its siblings' inputs.
+NOT_FOR_STYLIZE = ("task", "strength", "mask", "inpaint_style")
+
+
 def add_generate_args(g: argparse.ArgumentParser, *, stylize: bool = False) -> None:
-    """Every flag of ``generate`` (``stylize=False``) or ``stylize``, group by group."""
-    style = _add_style_args(g, stylize)
-    _add_leakage_args(g)
-    style.add_argument("--method", default="instantstyle", help=options.method_help())
-    options.add_method_args(g)
-    _add_content_args(g, stylize)
-    _add_sampling_args(g, stylize)
+    """Every flag of ``generate`` (``stylize=False``) or ``stylize``: one per ``GenerateRequest``
+    field (names, help, choices, ranges and defaults from the schema), then output and models."""
+    from ..config import GROUPS, MODES, GenerateRequest
+    from ..schema_flags import add_flags, meta
+
+    groups = {key: g.add_argument_group(title) for key, title in GROUPS.items()}
+    fields = GenerateRequest.model_fields
+    names = [n for n in fields if not (stylize and n in NOT_FOR_STYLIZE)]
+    overrides = {
+        "prompt": {"required": True},
+        "content": {"required": stylize},
+        "control_image": {"action": _ControlImage},
+        "method": {"help": options.method_help()},
+    }
+    if not stylize:  # --mode plus is --task plus
+        overrides["mode"] = {"choices": (*MODES, "plus"),
+                             "help": fields["mode"].description + " plus = --task plus. (default: style)"}
+    add_flags(g, GenerateRequest, names, unset=None, group=lambda n: groups[meta(fields[n])["group"]],
+              note=lambda n: default_note(n, stylize), overrides=overrides)
     _add_output_args(g)
     options.add_model_args(g)
     g.set_defaults(stylize=stylize)
 
 
-def _add_style_args(g, stylize: bool):
-    from ..config import MODES
+def default_note(name: str, stylize: bool) -> str:
+    """The default a flag shows: the field's, then the task's (plus) and the methods' where they differ."""
+    from ..config import METHOD_DEFAULTS, default_for
 
-    fh = options.field_help
-    s = g.add_argument_group("style")
-    s.add_argument("--style", action="append", default=[], metavar="IMG|@NAME",
-                   help="style reference image, or @name of a saved style; repeat for several")
-    s.add_argument("--style-weights", nargs="+", default=None, metavar="W", help=fh("style_weights"))
-    s.add_argument("--style-combine", default="mean", choices=["mean", "concat"], help=fh("style_combine", default=True))
-    s.add_argument("--style-mask", dest="style_masks", action="append", default=[], metavar="MASK",
-                   help=fh("style_masks") + " Repeat once per --style, in the same order.")
-    mode_choices = MODES if stylize else (*MODES, "plus")
-    s.add_argument("--mode", default=None, choices=mode_choices,
-                   help=fh("mode") + (" plus = --task plus." if not stylize else "") + " (default: style)")
-    s.add_argument("--scale", default=None, help=fh("scale") + (" (default: 1.2)" if stylize else
-                                                                 " (default: 1.0; plus: 1.2)"))
-    s.add_argument("--blocks", default=None, metavar="SPEC", help=fh("blocks") + " See `instantstyle blocks`.")
-    s.add_argument("--content-prompt", default=None, metavar="TEXT", help=fh("content_prompt"))
-    s.add_argument("--content-scale", default=None, metavar="F", help=fh("content_scale"))
-    return s
+    def shown(value) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, list | tuple):
+            return (":" if isinstance(value, tuple) else ", ").join(shown(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
 
-
-def _add_leakage_args(g) -> None:
-    fh = options.field_help
-    lk = g.add_argument_group("leakage controls (see docs/leakage.md)")
-    lk.add_argument("--layout-boost", default=None, metavar="F", help=fh("layout_boost"))
-    lk.add_argument("--composition", default=None, metavar="IMAGE", help=fh("composition"))
-    lk.add_argument("--composition-scale", default=None, metavar="F", help=fh("composition_scale"))
-    lk.add_argument("--negative-style", default=None, metavar="IMAGE", help=fh("negative_style"))
-    lk.add_argument("--negative-style-scale", default=None, metavar="F", help=fh("negative_style_scale"))
-    lk.add_argument("--style-window", default=None, metavar="START:END", help=fh("style_window") + " (default: 0:1)")
-
-
-def _add_content_args(g, stylize: bool) -> None:
-    from ..config import TASKS
-
-    fh = options.field_help
-    c = g.add_argument_group("content image (ControlNet, img2img, inpainting, InstantStyle-Plus)")
-    c.add_argument("--content", default=None, required=stylize, metavar="IMAGE", help=fh("content"))
+    base = default_for(name, task="plus" if stylize else None)
+    parts = [shown(base)] if base not in (None, [], "") else []
     if not stylize:
-        c.add_argument("--task", default=None, choices=TASKS, help=fh("task"))
-    c.add_argument("--control", action="append", default=[], metavar="KIND|KIND=MODEL|MODEL",
-                   help=fh("control") + " Repeat for several ControlNets" + (" (default: tile)." if stylize else "."))
-    c.add_argument("--control-image", dest="control_image", action=_ControlImage, default=[], metavar="IMAGE",
-                   help="control image for the --control just before it (e.g. a depth map); canny/tile derive "
-                        "theirs from --content")
-    c.add_argument("--control-scale", nargs="+", default=[], metavar="F", help=fh("control_scale"))
-    c.add_argument("--canny-low", default=None, metavar="N", help=fh("canny_low") + " (default: 50)")
-    c.add_argument("--canny-high", default=None, metavar="N", help=fh("canny_high") + " (default: 200)")
-    if not stylize:
-        c.add_argument("--strength", default=None, metavar="F", help=fh("strength"))
-        c.add_argument("--mask", default=None, metavar="MASK", help=fh("mask"))
-    c.add_argument("--content-ip-scale", default=None, metavar="F", help=fh("content_ip_scale"))
-    c.add_argument("--inversion-steps", default=None, metavar="N", help=fh("inversion_steps"))
-    c.add_argument("--inversion-prompt", default=None, metavar="TEXT", help=fh("inversion_prompt"))
-    c.add_argument("--inversion", default=None, choices=["renoise", "ddim"], help=fh("inversion"))
-    c.add_argument("--renoise-steps", default=None, metavar="N", help=fh("renoise_steps"))
-    c.add_argument("--noise-regularization", action=argparse.BooleanOptionalAction, default=None,
-                   help=fh("noise_regularization"))
-    if not stylize:
-        c.add_argument("--inpaint-style", default=None, choices=["everywhere", "mask"],
-                       help=fh("inpaint_style") + " (default: everywhere)")
-
-
-def _add_sampling_args(g, stylize: bool) -> None:
-    from ..config import SCHEDULERS
-
-    fh = options.field_help
-    p = g.add_argument_group("prompt and sampling")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help=fh("prompt"))
-    p.add_argument("--negative-prompt", default=None, metavar="TEXT", help=fh("negative_prompt"))
-    p.add_argument("--steps", default=None, metavar="N",
-                   help=fh("steps") + (" (default: 50)" if stylize else " (default: 30; plus: 50)"))
-    p.add_argument("--guidance", default=None, metavar="F",
-                   help=fh("guidance") + " (default: 5.0; style-aligned 10, visual-style-prompting 7, their authors')")
-    p.add_argument("--seed", default=None, metavar="N", help=fh("seed"))
-    p.add_argument("--width", default=None, metavar="W", help=fh("width"))
-    p.add_argument("--height", default=None, metavar="H", help=fh("height"))
-    p.add_argument("--num-images", default="1", metavar="N", help=fh("num_images") + " (default: 1)")
-    p.add_argument("--scheduler", default=None, choices=SCHEDULERS,
-                   help="sampler (default: euler, SDXL's own; plus: ddim, required)")
+        plus = default_for(name, task="plus")
+        parts += [f"plus: {shown(plus)}"] if plus != base and name != "negative_prompt" else []
+        parts += [", ".join(f"{m} {shown(default_for(name, method=m))}" for m in METHOD_DEFAULTS
+                            if default_for(name, method=m) != base)] if name != "negative_prompt" else []
+    parts = [p for p in parts if p]
+    return f" (default: {'; '.join(parts)})" if parts else ""
 
 
 def _add_output_args(g) -> None:
@@ -230,36 +185,22 @@ def _check_blocks(base: str, req) -> None:
 
 
 def request_from_args(args):
-    """The flags given, as a validated ``GenerateRequest`` (unset flags take the schema's defaults)."""
-    from ..config import make_request
+    """The flags given, as a validated ``GenerateRequest`` (unset flags take the schema's defaults,
+    and its rules, e.g. --mode with --blocks, refuse what does not go together)."""
+    from ..config import GenerateRequest, make_request
+    from ..schema_flags import given
 
-    if args.mode is not None and args.blocks is not None:
-        raise InstantStyleError("give --mode or --blocks, not both (--blocks replaces the preset)")
-    seed = args.seed if args.seed is not None else str(secrets.randbelow(2**31))
-    task = "plus" if args.stylize or args.mode == "plus" else getattr(args, "task", None)
-    if args.mode == "plus" and getattr(args, "task", None) not in (None, "plus"):
-        raise InstantStyleError(f"--mode plus means --task plus, not --task {args.task}")
-    params = dict(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, style=args.style,
-        style_weights=args.style_weights, style_combine=args.style_combine, method=args.method,
-        mode=args.mode if args.mode not in (None, "plus") else "style", scale=args.scale, blocks=args.blocks,
-        content_prompt=args.content_prompt, content_scale=args.content_scale, layout_boost=args.layout_boost,
-        composition=args.composition, composition_scale=args.composition_scale,
-        negative_style=args.negative_style, negative_style_scale=args.negative_style_scale,
-        style_window=args.style_window, steps=args.steps,
-        guidance=args.guidance, seed=seed, width=args.width, height=args.height, num_images=args.num_images,
-        scheduler=args.scheduler, task=task, content=args.content, control=args.control,
-        control_image=(args.control_image + [None] * (len(args.control) - len(args.control_image))
-                       if args.control_image else []),
-        control_scale=args.control_scale, canny_low=args.canny_low, canny_high=args.canny_high,
-        strength=getattr(args, "strength", None), mask=getattr(args, "mask", None), style_masks=args.style_masks,
-        content_ip_scale=args.content_ip_scale, inversion_steps=args.inversion_steps,
-        inversion_prompt=args.inversion_prompt, inversion=args.inversion, renoise_steps=args.renoise_steps,
-        noise_regularization=args.noise_regularization, inpaint_style=getattr(args, "inpaint_style", None),
-        **options.method_params(args),
-    )
-    # Unset options take the schema's defaults (which depend on the task, e.g. Plus's scale 1.2).
-    req = make_request(**{k: v for k, v in params.items() if v is not None and v != []})
+    params = given(args, GenerateRequest)
+    if args.stylize or args.mode == "plus":
+        if args.mode == "plus" and params.get("task") not in (None, "plus"):
+            raise InstantStyleError(f"--mode plus means --task plus, not --task {args.task}")
+        params["task"] = "plus"
+        if args.mode == "plus":
+            params["mode"] = "style"  # --mode plus is a task; given with --blocks, the schema refuses the pair
+    params.setdefault("seed", str(secrets.randbelow(2**31)))
+    if params.get("control_image"):  # --control-image follows its --control; the others derive theirs
+        params["control_image"] += [None] * (len(args.control) - len(params["control_image"]))
+    req = make_request(**params)
     if not req.style and req.method != "b-lora":
         raise InstantStyleError("no style image given; pass --style IMAGE (or --style @NAME of a saved style)")
     return req

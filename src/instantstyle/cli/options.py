@@ -10,16 +10,6 @@ from ..errors import InstantStyleError
 DTYPES = ["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]  # models.device_and_dtype reads each
 
 
-def field_help(name: str, default: bool = False) -> str:
-    """The schema's description of a field, with its default when it has a simple one."""
-    from ..config import GenerateRequest
-
-    field = GenerateRequest.model_fields[name]
-    value = field.get_default(call_default_factory=True)
-    shown = "" if not default or value in (None, [], "") else f" (default: {value})"
-    return (field.description or "") + shown
-
-
 def add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -> None:
     from .. import models
 
@@ -115,32 +105,37 @@ def method_help() -> str:
         " (default: instantstyle)"
 
 
+def method_fields() -> list[str]:
+    """The baselines' options: the request fields in the schema's "method" group."""
+    from ..config import GenerateRequest
+    from ..schema_flags import meta
+
+    return [n for n, f in GenerateRequest.model_fields.items() if meta(f).get("group") == "method"]
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """Options of the baselines (each is refused for a method that does not read it)."""
-    m = p.add_argument_group("baseline methods (--method style-aligned | visual-style-prompting | b-lora)")
-    m.add_argument("--reference-prompt", default=None, metavar="TEXT", help=field_help("reference_prompt"))
-    m.add_argument("--attention-layers", default=None, metavar="NAMES", help=field_help("attention_layers"))
-    m.add_argument("--share-group-norm", action=argparse.BooleanOptionalAction, default=None,
-                   help=field_help("share_group_norm") + " (default: on)")
-    m.add_argument("--shared-score-shift", default=None, metavar="F", help=field_help("shared_score_shift"))
-    m.add_argument("--inversion-offset", default=None, metavar="N", help=field_help("inversion_offset"))
-    m.add_argument("--style-description", default=None, metavar="TEXT", help=field_help("style_description"))
-    m.add_argument("--swap-start", default=None, metavar="F", help=field_help("swap_start"))
-    m.add_argument("--swap-end", default=None, metavar="F", help=field_help("swap_end"))
-    m.add_argument("--no-color-calibration", dest="color_calibration", action="store_false", default=None,
-                   help="visual-style-prompting: skip the colour calibration of x0")
-    m.add_argument("--lora", default=None, metavar="DIR", help=field_help("lora"))
-    m.add_argument("--lora-scale", default=None, metavar="F", help=field_help("lora_scale"))
+    from ..config import GROUPS, GenerateRequest
+    from ..schema_flags import add_flags
+
+    m = p.add_argument_group(GROUPS["method"])
+    add_flags(m, GenerateRequest, method_fields(), unset=None)
 
 
-METHOD_FIELDS = ("reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift",
-                 "inversion_offset", "style_description", "swap_start", "swap_end", "color_calibration", "lora",
-                 "lora_scale")
+def add_request_args(p, names: list[str]) -> None:
+    """Flags for some request fields, generated from the schema (unset: the request's defaults)."""
+    from ..config import GenerateRequest
+    from ..schema_flags import add_flags
+
+    add_flags(p, GenerateRequest, names, unset=None)
 
 
 def method_params(args) -> dict:
     """The baseline options the user gave (unset ones keep the request's defaults)."""
-    return {f: getattr(args, f) for f in METHOD_FIELDS if getattr(args, f, None) is not None}
+    from ..config import GenerateRequest
+    from ..schema_flags import given
+
+    return given(args, GenerateRequest, method_fields())
 
 
 def check_lora(base: str, req) -> None:

@@ -9,6 +9,8 @@ import sys
 from ..errors import InstantStyleError
 from . import common, metric_options, options
 
+SETTINGS = ["steps", "guidance", "width", "height"]  # request fields every probed generation shares
+
 PROBE_EXAMPLES = """\
 examples:
   # which attention module of this base carries style, and which layout?
@@ -32,10 +34,7 @@ def register(sub) -> None:
     p.add_argument("--seed", action="append", type=int, default=None, metavar="N", help="repeat (default: 0)")
     p.add_argument("--layers", action="store_true", help="probe every transformer layer instead of every module")
     p.add_argument("--scale", type=float, default=1.0, help="adapter scale in the probed unit (default: %(default)s)")
-    p.add_argument("--steps", default=None, metavar="N", help="denoising steps (default: 30)")
-    p.add_argument("--guidance", default=None, metavar="F", help="guidance scale (default: 5.0)")
-    p.add_argument("--width", default=None, metavar="W")
-    p.add_argument("--height", default=None, metavar="H")
+    options.add_request_args(p, SETTINGS)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -49,7 +48,7 @@ def run(args) -> int:
     scorer = metric_options.make_scorer(args)
     if "csd_style" not in scorer.metrics:
         raise InstantStyleError("probe-blocks needs csd_style in --metrics")
-    settings = {k: getattr(args, k) for k in ("steps", "guidance", "width", "height") if getattr(args, k) is not None}
+    settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
     scorer.load()  # a missing metric model fails before the base model loads
     model = options.load_model(args)
     result = probe_blocks(model, args.style, args.prompt, scorer, args.out, seeds=args.seed or [0], layers=args.layers,

@@ -156,13 +156,13 @@ REQUIRED = ("base", "data", "out")  # required unless --config gives them
 
 
 def add_arguments(parser) -> None:
-    """One flag per ``TrainConfig`` field (``--max-steps``...), help and choices from the schema.
+    """One flag per ``TrainConfig`` field (``--max-steps``...), made by the shared schema builder
+    (``schema_flags.add_flags``: help, ranges, choices and defaults from the schema).
 
     Defaults are left to the schema (flags not given are absent), so ``--config FILE`` values are
     overridden only by the flags actually given.
     """
-    import argparse
-    import typing
+    from ..schema_flags import add_flags
 
     groups = {
         "models and data": ("base", "image_encoder", "data", "out", "blocks", "init", "tokens", "resolution", "cache_dir"),
@@ -171,25 +171,12 @@ def add_arguments(parser) -> None:
                          "ema", "ema_decay", "text_dropout", "image_dropout", "both_dropout", "seed"),
     }
     made = {title: parser.add_argument_group(title) for title in (*groups, "checkpoints, validation, output")}
-    for name, f in TrainConfig.model_fields.items():
-        title = next((t for t, names in groups.items() if name in names), "checkpoints, validation, output")
-        flag = "--" + name.replace("_", "-")
-        default = f.get_default(call_default_factory=True)
-        shown = "" if f.is_required() or default in (None, [], "") else f" (default: {default})"
-        kwargs: dict = {"dest": name, "default": argparse.SUPPRESS, "help": (f.description or "") + shown}
-        ann = f.annotation
-        origin = typing.get_origin(ann)
-        if ann is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin is list:
-            kwargs.update(nargs="+", metavar="V")
-        elif origin is typing.Literal:
-            kwargs["choices"] = typing.get_args(ann)
-        else:
-            kwargs["metavar"] = name.split("_")[-1].upper()
-        if name in REQUIRED:
-            kwargs["help"] += " [required unless in --config]"
-        made[title].add_argument(flag, **kwargs)
+
+    def group(name: str):
+        return made[next((t for t, names in groups.items() if name in names), "checkpoints, validation, output")]
+
+    add_flags(parser, TrainConfig, group=group,
+              note=lambda name: " [required unless in --config]" if name in REQUIRED else None)
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="re-run a resolved config (OUT/train_config.json, or YAML); flags given here override it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
