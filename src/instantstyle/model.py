@@ -252,7 +252,7 @@ class InstantStyle:
         if request is None:
             return make_request(flag_style=False, **params)
         if params:
-            return make_request(flag_style=False, **{**request.model_dump(), **params})
+            return make_request(flag_style=False, **{**request.model_dump(exclude_unset=True), **params})
         return request
 
     def resolve_scales(self, req: GenerateRequest) -> dict[str, float]:

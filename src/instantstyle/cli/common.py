@@ -140,7 +140,7 @@ def run_reporting_errors(args) -> int:
     except KeyboardInterrupt:
         print("instantstyle: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into one line
+    except Exception as exc:  # the one place that turns crashes into one line
         if args.debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""

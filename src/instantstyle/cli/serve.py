@@ -50,7 +50,7 @@ def _add_network_args(sv) -> None:
 
 
 def _add_limit_args(sv) -> None:
-    from ..server.service import Limits
+    from ..server.limits import Limits
 
     lim = Limits()
     q = sv.add_argument_group("queue and limits (per request)")
@@ -89,7 +89,7 @@ def _add_limit_args(sv) -> None:
 
 def _limits(args):
     """``Limits`` from the flags, with the server's own numbers checked."""
-    from ..server.service import Limits
+    from ..server.limits import Limits
 
     limits = Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                     max_prompt_length=args.max_prompt_length, max_style_images=args.max_style_images,
@@ -107,7 +107,7 @@ def _limits(args):
 
 
 def _controlnets(args) -> dict[str, str]:
-    from ..server.service import check_controlnet_names
+    from ..server.checks import check_controlnet_names
 
     controlnets = {}
     for entry in args.controlnet:
@@ -172,7 +172,7 @@ def run(args) -> int:
     models = _load_models(args, limits)
 
     # 3. Serve until interrupted.
-    from ..server.http_api import create_app
+    from ..server.app import create_app
     from ..server.service import GenerationService
 
     service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads,

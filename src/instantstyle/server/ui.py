@@ -26,16 +26,9 @@ import time
 from pathlib import Path
 
 from ..errors import InstantStyleError
-from .service import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    GenerationService,
-    Uploads,
-    decode_upload,
-    fill_image_fields,
-    parse_request,
-)
+from .checks import parse_request
+from .jobs import CANCELLED, FAILED, QUEUED
+from .service import GenerationService
 from .ui_form import (
     IMAGE_FIELDS,
     TASK_FIELDS,
@@ -46,6 +39,7 @@ from .ui_form import (
     request_params,
     task_changed,
 )
+from .uploads import Uploads, decode_upload, fill_image_fields
 
 MAX_HISTORY = 48
 RESULT_TTL_S = 3600  # result PNGs the UI wrote are removed after an hour (and all of them at exit)

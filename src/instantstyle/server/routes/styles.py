@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -10,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ...errors import InstantStyleError
+from ...schema_flags import parse_numbers
 from ..http_errors import error_docs, error_response
 from ..service import GenerationService
 from .common import ServiceDep, read_uploads
@@ -37,7 +37,7 @@ async def post_style(
     path = style_path(name, directory)  # checks the name: no request leaves the styles directory
     if path.exists() and not overwrite:  # checked again, atomically, when it is written
         return error_response(409, f"style '{name}' already exists; send overwrite=true to replace it")
-    w = _parse_weights(weights)
+    w = parse_numbers(weights)
     pil = await read_uploads(images, service)
     if not pil:
         raise InstantStyleError("no image uploaded; send one or more files in 'images'")
@@ -60,16 +60,6 @@ async def delete_style_route(service: ServiceDep, name: str):
     except FileNotFoundError:
         return error_response(404, f"style '{name}' not found")
     return Response(status_code=204)
-
-
-def _parse_weights(text: str | None) -> list[float] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        values = json.loads(text) if text.strip().startswith("[") else [float(x) for x in text.split(",")]
-        return [float(v) for v in values]
-    except (ValueError, TypeError):
-        raise InstantStyleError(f"weights {text!r}: give numbers, e.g. [0.7, 0.3] or 0.7,0.3") from None
 
 
 def _style_entry(style) -> dict:
