@@ -1,6 +1,8 @@
 """The one request schema shared by the CLI, the Python API, the web UI and the HTTP API.
 
-Ranges, defaults and help text are declared once here; front ends only parse and present.
+Ranges, defaults and help text are declared once here; the CLI flags and the web-UI widgets are
+generated from the fields (``schema_flags``; front-end hints ride on each field as ``frontend(...)``),
+and every cross-field rule runs in the validators (``request_rules``), so all front ends agree.
 Unknown keys are rejected (``extra="forbid"``), and a validation error becomes one line that
 names the field, the value and the rule (``format_validation_error``).
 """
@@ -23,7 +25,16 @@ from pydantic import (
 
 from . import request_rules
 from .errors import InstantStyleError
-from .request_rules import DEFAULT_STRENGTH, LAYOUT_MODES  # noqa: F401 - part of the schema's names
+from .request_rules import (  # noqa: F401 - the schema's names
+    DEFAULT_GUIDANCE,
+    DEFAULT_STRENGTH,
+    LAYOUT_MODES,
+    METHOD_DEFAULTS,
+    PLUS_DEFAULTS,
+    PLUS_NEGATIVE_PROMPT,
+    method_defaults,
+    task_defaults,
+)
 from .schema_flags import frontend
 
 SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", "heun", "lms")
@@ -32,19 +43,9 @@ SCHEDULER_NEEDS = {"lms": ("scipy", "scipy")}
 MODES = ("style", "layout", "style+layout", "full", "strong", "composition", "precise")
 MAX_SEED = 2**63 - 1
 TASKS = ("txt2img", "controlnet", "img2img", "inpaint", "plus")
-# InstantStyle-Plus defaults (its reference pipeline, infer_style.py): style-only adapter at 1.2,
-# 50 DDIM steps, tile ControlNet at 0.4 on the content image, content adapter at 0.2 everywhere,
-# guidance 5, the authors' negative prompt, ReNoise inversion with one renoise step.
-PLUS_NEGATIVE_PROMPT = "lowres, low quality, worst quality, deformed, noisy, blurry"
-PLUS_DEFAULTS = {"scale": 1.2, "steps": 50, "scheduler": "ddim", "control": ["tile"],
-                 "negative_prompt": PLUS_NEGATIVE_PROMPT}
 DEFAULT_CONTENT_IP_SCALE = 0.2
 INVERSIONS = ("renoise", "ddim")
 DEFAULT_RENOISE_STEPS = 1  # InstantStyle-Plus's RunConfig(num_renoise_steps=1)
-# Guidance of the baselines when the request gives none: StyleAligned's real-image notebook (10),
-# Visual Style Prompting's scripts (7). Everything else: the field's default.
-METHOD_DEFAULTS = {"style-aligned": {"guidance": 10.0}, "visual-style-prompting": {"guidance": 7.0}}
-DEFAULT_GUIDANCE = 5.0
 INPAINT_STYLE_REGIONS = ("everywhere", "mask")
 # Front ends group the fields by these keys (``frontend(group=...)``): argument groups, accordions.
 GROUPS = {"style": "style", "leakage": "leakage controls (see docs/leakage.md)",
@@ -456,11 +457,6 @@ class GenerateRequest(BaseModel):
         return 0.5 if self.content_scale is None else self.content_scale
 
 
-def method_defaults(method: str | None) -> dict:
-    """Defaults a method brings when the request leaves the field out (its authors' settings)."""
-    return METHOD_DEFAULTS.get(method or "instantstyle", {})
-
-
 def default_for(name: str, *, task: str | None = None, method: str | None = None):
     """The value field ``name`` takes when a request for ``task`` / ``method`` leaves it out."""
     field = GenerateRequest.model_fields[name]
@@ -468,13 +464,6 @@ def default_for(name: str, *, task: str | None = None, method: str | None = None
     if value is None and not field.is_required():
         value = field.get_default(call_default_factory=True)
     return DEFAULT_GUIDANCE if name == "guidance" and value is None else value
-
-
-def task_defaults(task: str | None) -> dict:
-    """Defaults a task brings when the request leaves the field out (front ends show them)."""
-    if task == "plus":
-        return dict(PLUS_DEFAULTS)
-    return {"control": ["canny"]} if task == "controlnet" else {}
 
 
 def _takes_bool(annotation) -> bool:

@@ -1,5 +1,5 @@
-"""The cross-field rules of ``GenerateRequest`` (its model validator calls them): which inputs go
-together, which task or preset reads which field. Each raises ``ValueError`` naming the flags;
+"""The cross-field rules of ``GenerateRequest`` (its validators call them): the defaults a task or
+a method brings, which inputs go together, which task or preset reads which field. Each raises ``ValueError`` naming the flags;
 pydantic turns it into one line for every front end (CLI, Python, UI, HTTP).
 """
 
@@ -13,6 +13,28 @@ from . import blocks
 # takes that block, cannot be combined with them.
 LAYOUT_MODES = ("layout", "style+layout", "full", "composition")
 DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 0.99}
+# InstantStyle-Plus defaults (its reference pipeline, infer_style.py): style-only adapter at 1.2,
+# 50 DDIM steps, tile ControlNet at 0.4 on the content image, content adapter at 0.2 everywhere,
+# guidance 5, the authors' negative prompt, ReNoise inversion with one renoise step.
+PLUS_NEGATIVE_PROMPT = "lowres, low quality, worst quality, deformed, noisy, blurry"
+PLUS_DEFAULTS = {"scale": 1.2, "steps": 50, "scheduler": "ddim", "control": ["tile"],
+                 "negative_prompt": PLUS_NEGATIVE_PROMPT}
+# Guidance of the baselines when the request gives none: StyleAligned's real-image notebook (10),
+# Visual Style Prompting's scripts (7). Everything else: the field's default.
+METHOD_DEFAULTS = {"style-aligned": {"guidance": 10.0}, "visual-style-prompting": {"guidance": 7.0}}
+DEFAULT_GUIDANCE = 5.0
+
+
+def method_defaults(method: str | None) -> dict:
+    """Defaults a method brings when the request leaves the field out (its authors' settings)."""
+    return METHOD_DEFAULTS.get(method or "instantstyle", {})
+
+
+def task_defaults(task: str | None) -> dict:
+    """Defaults a task brings when the request leaves the field out (front ends show them)."""
+    if task == "plus":
+        return dict(PLUS_DEFAULTS)
+    return {"control": ["canny"]} if task == "controlnet" else {}
 
 
 def check_stylize(req, n_refs: int) -> None:
