@@ -5,7 +5,8 @@ mode preset or per-block scales, content subtraction, seed, steps, guidance and 
 generate. A progress bar follows the job (queue position, then denoising steps); the gallery
 keeps this session's results, shows each image's parameters and can re-use them.
 
-The UI builds the same ``GenerateRequest`` and goes through the same checks
+The form is made from the request schema (``ui_form``: one widget per field, the schema's ranges,
+defaults and choices). The UI builds the same ``GenerateRequest`` and goes through the same checks
 (``service.check``/``decode_upload``) as the HTTP API, so its limits are the server's limits.
 
 No client names a server file here either: image inputs take uploads only, Gradio's file
