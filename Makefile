@@ -19,7 +19,7 @@ PORT ?= 7860
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_EXTRAS := serve,control
-DEV_EXTRAS := dev,control,train,serve,eval
+DEV_EXTRAS := dev,control,train,serve,eval,batch
 
 BIN := $(abspath $(VENV))/bin
 PY := $(BIN)/python
