@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from . import (
+    batch,
     blocks,
     common,
     compare,
@@ -38,6 +39,7 @@ SUBCOMMANDS = (
     style,
     serve,
     compare,
+    batch,
     train_blora,
     make_tiny,
     train_adapter,
