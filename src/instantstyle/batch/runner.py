@@ -179,6 +179,7 @@ class Worker:
             "output": outputs[0] if outputs else None,
             "outputs": outputs,
             "images": len(outputs),
+            "planned": row.num_images,  # for the progress bar (a failed row still ends its images)
             "seconds": round(seconds, 4),
             "device": self.device,
             "worker": self.worker,

@@ -94,7 +94,7 @@ class Progress:
 
     def __call__(self, record: dict) -> None:
         self.failed += record["status"] != "ok"
-        self.bar.update(max(record.get("images") or 0, 1 if record["status"] != "ok" else 0))
+        self.bar.update(record.get("images") or record.get("planned") or 1)
         if self.failed:
             self.bar.set_postfix(failed=self.failed, refresh=False)
 
