@@ -108,6 +108,58 @@ def test_max_one_compiled_unet_one_graph_for_every_preset(tiny_model, style_imag
         assert np.abs(out[mode] - refs[mode]).max() <= TOL, mode
 
 
+def test_a_changed_projection_is_captured_anew(tiny_model, style_images):
+    """A graph's key names the image projection's modules and its weights' versions: a projection
+    swapped in without new weights (same addresses, so the weights alone cannot tell) or rewritten
+    in place is captured again, never replayed stale."""
+    class Negated(torch.nn.Module):  # a different projection over the same weights
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return -self.inner(x)
+
+    layers = tiny_model.pipe.unet.encoder_hid_proj.image_projection_layers
+    first = layers[0]
+    norm = first.norm.weight  # the projection's last LayerNorm: its gain scales the tokens
+    saved = norm.detach().clone()
+    red = style_images["red"]
+    STRONG = dict(steps=1, mode="full", scale=8.0)  # one step in which the projection's tokens move the picture
+
+    def flip():
+        with torch.no_grad():
+            norm.neg_()
+
+    try:
+        ref = plain(tiny_model, red, **STRONG)
+        layers[0] = Negated(first)
+        negated_ref = plain(tiny_model, red, **STRONG)
+        layers[0] = first
+        flip()
+        flipped_ref = plain(tiny_model, red, **STRONG)
+        with torch.no_grad():
+            norm.copy_(saved)
+        assert np.abs(negated_ref - ref).max() > 5 * TOL and np.abs(flipped_ref - ref).max() > 5 * TOL
+        with graphed(tiny_model, GRAPHED) as cache:
+            out = generate(tiny_model, red, **STRONG)
+            layers[0] = Negated(first)
+            negated = generate(tiny_model, red, **STRONG)
+            assert cache.captures == 2  # another module over the same weights: a new graph
+            layers[0] = first
+            again = generate(tiny_model, red, **STRONG)
+            assert cache.captures == 2  # the first graph again (kept)
+            flip()
+            flipped = generate(tiny_model, red, **STRONG)
+            assert cache.captures == 3  # weights written in place: a new graph
+    finally:
+        layers[0] = first
+        with torch.no_grad():
+            norm.copy_(saved)
+    for got, want in ((out, ref), (negated, negated_ref), (again, ref), (flipped, flipped_ref)):
+        assert np.abs(got - want).max() <= TOL
+
+
 def test_scope_restores_forward_and_processors(tiny_model, style_images):
     unet = tiny_model.pipe.unet
     before = {k: id(v) for k, v in unet.attn_processors.items()}

@@ -641,7 +641,12 @@ def _graphed_unet(unet, options: FastOptions, device: torch.device, phase=None):
     cache = graph_cache(unet)
     procs = tuple(unet.attn_processors.values())
     weights = tuple(t.data_ptr() for t in itertools.chain(unet.parameters(), unet.buffers()))
-    context = (options, tuple(id(p) for p in procs), hash(weights), len(weights))
+    # The image projection's modules (slot wrappers included: their Python runs at capture only)
+    # and the versions of their weights: a swapped or rewritten projection captures anew.
+    projection = getattr(unet, "encoder_hid_proj", None)
+    projection_modules = tuple(projection.modules()) if projection is not None else ()
+    context = (options, tuple(id(p) for p in procs), hash(weights), len(weights),
+               graphs.modules_key(projection_modules))
 
     def wrap(inner):
         def forward(*args, **kwargs):
@@ -650,7 +655,7 @@ def _graphed_unet(unet, options: FastOptions, device: torch.device, phase=None):
             args, kwargs = graphs.timestep_as_tensor(args, kwargs, device)
             try:
                 key = context if phase is None else (context, phase())
-                out = cache.call(inner, args, kwargs, key, keep=procs)
+                out = cache.call(inner, args, kwargs, key, keep=(procs, projection_modules))
             except Exception as exc:  # a capture the kernels or driver refuse: eager from now on, said once
                 cache.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 cache.clear()

@@ -8,11 +8,13 @@ overwrite each other's outputs (seen on an H200); here the whole UNet call is on
 ``GraphCache`` (one per UNet, kept across calls) maps a *signature* to a captured graph with
 static input buffers. The signature is the call's argument tree with every tensor reduced to
 (shape, dtype, device), plus a *context* from the fast-path scope that names everything the
-graph baked in: the attention processor objects, the weights' addresses, the options. A call
+graph baked in: the attention processor objects, the weights' addresses, the options, and the
+image projection's modules and weight versions (``modules_key``). A call
 copies its tensors into the buffers, replays, and returns clones of the outputs (the next replay
-overwrites the graph's own). New style image, prompt, seed or scale: same signature, no capture
-(scales are tensors updated in place). New size, batch or preset: a new capture (milliseconds
-plus two warm-up runs), kept for later.
+overwrites the graph's own). New style image, prompt, seed, scale or preset: same signature, no
+capture (scales are tensors updated in place; the slots have one fixed structure,
+``injection.fixed_slots``). New size or batch: a new capture (milliseconds plus two warm-up
+runs), kept for later.
 
 Conditions the caller (``fastpath.scope``) guarantees: inference only (no autograd), weights that
 do not move (no offloading), and stateless attention processors (their Python code runs once,
@@ -21,6 +23,7 @@ at capture).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -148,6 +151,20 @@ class GraphCache:
         replay, output = self.capture(lambda: fn(*args, **kwargs), device)
         self.captures += 1
         return _Graph(replay, inputs, output, keep)
+
+
+def modules_key(modules) -> tuple:
+    """What a graph bakes in of ``modules`` beyond their weights' addresses: each module's identity
+    and class, and each weight's identity, address and version counter (bumped by any in-place
+    write). Part of a graph's context, so a module swapped in or weights rewritten since the
+    capture make a new graph instead of replaying a stale one. The caller keeps the modules alive
+    while the graph exists (``keep``), so their ids are not reused."""
+    key = []
+    for module in modules:
+        key.append((id(module), type(module)))
+        for t in itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False)):
+            key.append((id(t), t.data_ptr(), None if t.is_inference() else t._version))
+    return tuple(key)
 
 
 def timestep_as_tensor(args: tuple, kwargs: dict, device: torch.device) -> tuple[tuple, dict]:
