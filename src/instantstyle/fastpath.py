@@ -405,12 +405,19 @@ def _fast_processor(attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.
     return proc
 
 
+def uniform_ip(options: FastOptions) -> bool:
+    """Whether every IP layer keeps an image branch for every adapter slot (a 0-d scale tensor, 0
+    where inactive): the paths whose one compiled UNet or CUDA graph serves every preset. The
+    pipeline then pads a call's slots to one fixed structure (``injection.fixed_slots``)."""
+    return ((options.compile and options.compile_scope == "unet") or options.cuda_graphs) and not options.prune_ip
+
+
 def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str, object]:
     """The processors a fast call installs: ``{name: processor}`` for those it replaces."""
     from .adapter import ip_processors
 
     ips = ip_processors(unet)
-    uniform = ((options.compile and options.compile_scope == "unet") or options.cuda_graphs) and not options.prune_ip
+    uniform = uniform_ip(options)
     attn_modules = {f"{name}.processor": module for name, module in unet.named_modules()
                     if hasattr(module, "set_processor") and hasattr(module, "to_q")}
     plan: dict[str, object] = {}

@@ -10,7 +10,14 @@ from those projects; no code taken):
   slots share *all* its weights (``shared_slots``: the same projection and ``to_k_ip``/``to_v_ip``
   modules, nothing copied or loaded again, the image encoder runs once per image):
   ``"composition"`` (a second image, the layout block), ``"uncond"`` (the reference in the
-  unconditional half only: precise mode), ``"both"`` (the reference in both halves).
+  unconditional half only: precise mode), ``"both"`` (the reference in both halves), ``"unused"``
+  (scale 0 everywhere: ``fixed_slots``).
+- **One structure on the uniform fast path.** Where every IP layer keeps an image branch for
+  every slot (``--speed graphs``/``max``: one CUDA graph, one compiled UNet), a call with fewer
+  than ``FIXED_SLOTS`` token sets is padded with ``"unused"`` slots (the first slot's embedding, the
+  shared weights, scale 0: the branch adds exactly 0). So style, style+layout, strong, precise,
+  composition, a composition image, a negative image and any window all replay one graph. Cost:
+  one more 4-token image branch per IP layer on that path; none elsewhere (a 0 scale skips it).
 - **Branch "uncond".** Its projection (``SlotProjection`` at gain 0) returns zero tokens for the
   conditional half of the CFG batch; its embeddings put the reference in the unconditional half.
   So at that block the conditional branch sees zero image tokens (``to_k_ip``/``to_v_ip`` have no
@@ -34,7 +41,8 @@ import torch
 
 from .errors import InstantStyleError
 
-SLOT_KINDS = ("style", "composition", "uncond", "both")
+SLOT_KINDS = ("style", "composition", "uncond", "both", "unused")
+FIXED_SLOTS = 2  # token sets of every single-adapter call on the uniform fast path (style + one)
 
 
 class SlotProjection(torch.nn.Module):
@@ -118,6 +126,23 @@ def shared_slots(unet, kinds: Sequence[str]):
             del proc.to_v_ip[n:]
             proc.num_tokens = proc.num_tokens[:n]
             proc.scale = proc.scale[:n]
+
+
+def fixed_slots(kinds: Sequence[str], embeds: Sequence[torch.Tensor], scales: Sequence,
+                n_loaded: int) -> tuple[list[str], list[torch.Tensor], list]:
+    """``kinds``/``embeds``/``scales`` padded to ``FIXED_SLOTS`` with ``"unused"`` slots.
+
+    For the paths that keep every slot's image branch in every IP layer (``fastpath.uniform_ip``):
+    the structure a CUDA graph or compiled UNet bakes in is then the same for every request with
+    at most ``FIXED_SLOTS`` token sets. An unused slot carries the first slot's embedding (same
+    shape, finite) at scale 0 in every processor, so its branch adds exactly 0. Only for a single
+    loaded adapter (a second loaded one, Plus's content adapter, fixes its own structure).
+    """
+    kinds, embeds, scales = list(kinds), list(embeds), list(scales)
+    if n_loaded != 1 or not kinds or len(kinds) >= FIXED_SLOTS:
+        return kinds, embeds, scales
+    pad = FIXED_SLOTS - len(kinds)
+    return kinds + ["unused"] * pad, embeds + [embeds[0]] * pad, scales + [{} for _ in range(pad)]
 
 
 # ---------------------------------------------------------------------- the step window

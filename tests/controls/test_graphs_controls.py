@@ -1,9 +1,9 @@
 """The controls on the fast path: ``--speed graphs`` replayed by the CPU stand-in (TracedCapture).
 
 Scales are tensors there, so the window (scales switched off mid-call) replays the graph it
-captured, and a request structure (the number of token sets, "slots") is captured once: repeating
-it with another window, style image or boost replays; every single-slot preset shares the style
-preset's graph, and precise and a composition image (two slots) share one.
+captured, and every call carries one fixed slot structure (``injection.fixed_slots``: the style
+and one more token set, unused at scale 0), so every preset, a composition image and a negative
+image replay the style preset's graph.
 """
 
 from __future__ import annotations
@@ -37,25 +37,37 @@ def generate(model, style, **params):
 
 
 def test_window_and_presets_replay_their_graph(tiny_model, style_images):
-    red, blue = style_images["red"], style_images["blue"]
+    red, blue, green = style_images["red"], style_images["blue"], style_images["green"]
     cases = [dict(), dict(style_window="0.5:1"), dict(mode="strong", style_window="0:0.5"),
              dict(mode="precise"), dict(mode="precise", layout_boost=3.0, style_window="0:0.5"),
-             dict(composition=str(blue), style_window="0.5:1")]
+             dict(composition=str(blue), style_window="0.5:1"),
+             dict(mode="style+layout", negative_style=str(green)), dict(mode="composition")]
     with speed(tiny_model, fastpath.PLAIN):
         refs = [generate(tiny_model, red, **c) for c in cases]
     assert np.abs(refs[1] - refs[0]).max() > 10 * TOL  # the window is visible
     assert np.abs(refs[4] - refs[3]).max() > 10 * TOL  # and so are boost + window
     with speed(tiny_model, GRAPHED, traced=True) as cache:
-        out = [generate(tiny_model, red, **c) for c in cases[:3]]
-        assert cache.captures == 1  # single-slot presets under windows: the style preset's graph
-        out.append(generate(tiny_model, red, **cases[3]))  # precise: a second token set (slot), captured once
-        assert cache.captures == 2
-        out += [generate(tiny_model, red, **c) for c in cases[4:]]
-        generate(tiny_model, blue, mode="precise", style_window="0.5:1")
-        assert cache.captures == 2  # new window, boost, image, and a composition image: replayed
+        out = [generate(tiny_model, red, **c) for c in cases]
+        generate(tiny_model, blue, mode="precise", style_window="0.5:1", negative_style=str(green))
+        # One graph: single-slot presets, precise (a second token set), a composition image, a
+        # negative image, windows and boosts are all data on the one fixed slot structure.
+        assert cache.captures == 1
         assert cache.replays == 2 * (len(cases) + 1)  # every step replayed, none run eagerly
     for case, ref, got in zip(cases, refs, out, strict=True):
         assert np.abs(got - ref).max() <= TOL, case
+
+
+def test_fixed_slots_pad_only_short_single_adapter_calls():
+    import torch
+
+    from instantstyle import injection
+
+    e = torch.randn(2, 1, 8)
+    kinds, embeds, scales = injection.fixed_slots(["style"], [e], [{"a": 1.0}], n_loaded=1)
+    assert kinds == ["style", "unused"] and embeds[1] is e and scales == [{"a": 1.0}, {}]  # {}: 0 everywhere
+    two = (["style", "uncond"], [e, e], [{"a": 1.0}, {"b": 2.0}])
+    assert injection.fixed_slots(*two, n_loaded=1) == tuple(map(list, two))
+    assert injection.fixed_slots(["style"], [e], [{}], n_loaded=2)[0] == ["style"]  # Plus: two adapters loaded
 
 
 def test_window_and_precise_on_the_pruned_graph_path(tiny_model, style_images):

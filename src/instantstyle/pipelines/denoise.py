@@ -49,8 +49,14 @@ def run(model: InstantStyle, pipe, prep: Prepared, *, on_step=None, scale_maps: 
         kwargs["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys(["latents", *tensor_inputs]))
     output_type = kwargs.get("output_type", "pil")
     n_loaded = len(next(iter(adapter_mod.ip_processors(pipe.unet).values())).scale)
-    with injection.shared_slots(pipe.unet, prep.slots[n_loaded:]), \
-            adapter_mod.scoped_scales(pipe.unet, scale_maps or prep.scales), \
+    slots, scales = prep.slots, scale_maps or prep.scales
+    masked = (kwargs.get("cross_attention_kwargs") or {}).get("ip_adapter_masks") is not None
+    if fastpath.uniform_ip(fastpath.options_for(model.speed, model.device)) and not masked:
+        # One slot structure for every preset and extra image: one CUDA graph / compiled UNet.
+        slots, kwargs["ip_adapter_image_embeds"], scales = injection.fixed_slots(
+            slots, prep.ip_embeds, scales, n_loaded)
+    with injection.shared_slots(pipe.unet, slots[n_loaded:]), \
+            adapter_mod.scoped_scales(pipe.unet, scales), \
             scoped_scheduler(pipe, req.scheduler):
         with torch.inference_mode(), fastpath.scope(pipe, model.speed, kwargs.get("cross_attention_kwargs")) as used, \
                 window.active_in(pipe.unet):
