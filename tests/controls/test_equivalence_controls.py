@@ -83,3 +83,26 @@ def test_window_from_zero_equals_ip_adapter_scale_cutoff_callback(stock, tiny_mo
     assert np.abs(full - ref).max() > 5 * TOL  # the cut is visible
     off = ours(tiny_model, style=[str(style_images["red"])], scale=0.0)
     assert np.abs(off - ref).max() > 10 * TOL  # and so is what the window kept
+
+
+@pytest.mark.parametrize(("steps", "kept", "scale", "visible"), [
+    (4, 2, 6.0, 5 * TOL),  # 0:1/2: the cut moves the picture by 16/255
+    (8, 6, 10.0, 1.5 * TOL),  # 0:3/4: 4.5/255; the tiny model's last quarter moves little at any scale
+])
+def test_later_window_ends_equal_the_cutoff_callback(stock, tiny_model, style_images, steps, kept, scale, visible):
+    """``0:K/N`` for later ends, with the reference in every block (``--mode full``, stock's
+    uniform scale) so that the steps after the cut still move the picture beyond the tolerance."""
+    from diffusers.callbacks import IPAdapterScaleCutoffCallback
+
+    red = Image.open(style_images["red"])
+    kw = dict(prompt="a cat", num_inference_steps=steps, guidance_scale=5.0, output_type="np")
+    stock.set_ip_adapter_scale(scale)
+    full = stock(generator=torch.Generator("cpu").manual_seed(0), ip_adapter_image=red, **kw).images
+    ref = stock(generator=torch.Generator("cpu").manual_seed(0), ip_adapter_image=red, **kw,
+                callback_on_step_end=IPAdapterScaleCutoffCallback(cutoff_step_ratio=None,
+                                                                  cutoff_step_index=kept - 1)).images
+    stock.set_ip_adapter_scale(scale)  # the callback leaves the pipeline at scale 0
+    mine = ours(tiny_model, style=[str(style_images["red"])], mode="full", scale=scale, steps=steps,
+                style_window=(0.0, kept / steps))
+    assert np.abs(mine - ref).max() <= TOL
+    assert np.abs(full - ref).max() > visible  # the cut is visible: a window that ignored it would fail
