@@ -56,7 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from instantstyle import fastpath  # noqa: E402
+from instantstyle import fast as fast_path  # noqa: E402
+from instantstyle import memory as memory_modes  # noqa: E402
+from instantstyle.fast import compiling  # noqa: E402
 
 # diffusers' own InstantStyle recipe (docs "Style and layout control"), the stock baseline.
 STOCK_SCALES = {
@@ -74,7 +76,7 @@ class Row:
     preset: str
     batch: int
     what: str
-    options: fastpath.FastOptions | None = None
+    options: fast_path.FastOptions | None = None
     memory: str = "normal"
     repeats: int = 3
     warmup: int = 1
@@ -91,15 +93,15 @@ class Row:
 
 def plan(headline_repeats: int = 10, repeats: int = 3, b4_repeats: int = 3) -> list[Row]:
     """Every row, most important first (``--budget-s`` drops rows from the end)."""
-    o = fastpath.FastOptions
+    o = fast_path.FastOptions
     light = o(light_inactive=True, project_once=False)
     project = o(light_inactive=False, project_once=True)
-    exact = fastpath.EXACT
+    exact = fast_path.EXACT
     fuse = replace(exact, fuse_qkv=True)
     cl = replace(fuse, channels_last=True)
-    fast = fastpath.FAST
-    mx = fastpath.MAX
-    tuned = fastpath.MAX_TUNED
+    fast = fast_path.FAST
+    mx = fast_path.MAX
+    tuned = fast_path.MAX_TUNED
     h = dict(repeats=headline_repeats, group="headline")
     rows = [
         # Headline, interleaved: stock eager, stock's documented compile recipe, max, max-tuned.
@@ -111,13 +113,13 @@ def plan(headline_repeats: int = 10, repeats: int = 3, b4_repeats: int = 3) -> l
             "bf16 compiled VAE + tuned Inductor (exact)", tuned, **h),
         # Approximations (opt-in): rel. L2 vs stock and vs max-tuned.
         Row("ours-fp8-max-style-b1", "ours", "style", 1, "approx: fp8-max (row-wise fp8 inside the compiled graph)",
-            fastpath.FP8_MAX, repeats=repeats, group="approx"),
+            fast_path.FP8_MAX, repeats=repeats, group="approx"),
         Row("ours-cfg-trunc-style-b1", "ours", "style", 1, "approx: cfg-trunc (last 40 % of steps without CFG)",
-            fastpath.options_for("cfg-trunc"), repeats=repeats, group="approx"),
+            fast_path.options_for("cfg-trunc"), repeats=repeats, group="approx"),
         Row("ours-deepcache-style-b1", "ours", "style", 1, "approx: deepcache (deep blocks every other step)",
-            fastpath.options_for("deepcache"), repeats=repeats, group="approx"),
+            fast_path.options_for("deepcache"), repeats=repeats, group="approx"),
         Row("ours-turbo-style-b1", "ours", "style", 1, "approx: turbo (fp8-max + deepcache)",
-            fastpath.options_for("turbo"), repeats=repeats, group="approx"),
+            fast_path.options_for("turbo"), repeats=repeats, group="approx"),
         # Exact pieces of max-tuned, each on its own over max.
         Row("ours-max+ctx-style-b1", "ours", "style", 1, "piece: max + cross-attention K/V once per call",
             replace(mx, context_kv=True), repeats=repeats, group="pieces"),
@@ -129,7 +131,7 @@ def plan(headline_repeats: int = 10, repeats: int = 3, b4_repeats: int = 3) -> l
             replace(mx, inductor_tuning=True), repeats=repeats, group="pieces"),
         Row("ours-max-tuned-style-b4", "ours", "style", 4, "ours, max-tuned", tuned, repeats=b4_repeats),
         Row("ours-max-autotune-style-b1", "ours", "style", 1, "ours, max-autotune (serve: autotuned kernels)",
-            fastpath.MAX_AUTOTUNE, repeats=repeats),
+            fast_path.MAX_AUTOTUNE, repeats=repeats),
         Row("ours-max-tuned-style+layout-b1", "ours", "style+layout", 1, "ours, max-tuned (a second preset: one "
             "capture and compile, then none)", tuned, repeats=repeats),
         Row("stock-style+layout-b1", "diffusers", "style+layout", 1, "stock diffusers, eager", repeats=repeats),
@@ -158,14 +160,14 @@ def plan(headline_repeats: int = 10, repeats: int = 3, b4_repeats: int = 3) -> l
         Row("ours-lowest-style-b1", "ours", "style", 1, "--memory lowest (group offload, leaf level, streams)", exact,
             memory="lowest", repeats=1, warmup=1, cuda_only=True),
         # Pieces measured on 2026-11-26 (docs/performance.md); kept for reruns.
-        Row("ours-plain-style-b1", "ours", "style", 1, "ours, plain (stock processors)", fastpath.PLAIN, repeats=repeats),
+        Row("ours-plain-style-b1", "ours", "style", 1, "ours, plain (stock processors)", fast_path.PLAIN, repeats=repeats),
         Row("ours-light-style-b1", "ours", "style", 1, "piece: light inactive blocks only", light, repeats=repeats),
         Row("ours-project-style-b1", "ours", "style", 1, "piece: image projection once only", project, repeats=repeats),
         Row("ours-exact-style-b1", "ours", "style", 1, "light + projection once (CPU default)", exact, repeats=repeats),
         Row("ours-fuse-style-b1", "ours", "style", 1, "... + fused QKV", fuse, repeats=repeats),
         Row("ours-cl-style-b1", "ours", "style", 1, "... + channels-last", cl, repeats=repeats),
         Row("ours-fp8-style-b1", "ours", "style", 1, "fast + fp8 linears (approximation)",
-            fastpath.options_for("fp8"), repeats=repeats),
+            fast_path.options_for("fp8"), repeats=repeats),
         Row("ours-fast-style+layout-b1", "ours", "style+layout", 1, "ours, fast", fast, repeats=repeats),
         Row("ours-fast-style-b4", "ours", "style", 4, "ours, fast", fast, repeats=b4_repeats),
         Row("stock-style+layout-b4", "diffusers", "style+layout", 4, "stock diffusers, eager", repeats=b4_repeats),
@@ -286,7 +288,7 @@ class Runner:
         channels-last UNet and VAE, ``torch.compile(unet, mode="max-autotune", fullgraph=True)``
         and the same for ``vae.decode``."""
         if kind not in self.stock_compiled:
-            fastpath.configure_dynamo()
+            compiling.configure_dynamo()
             pipe = self.model.pipe
             if kind == "default":
                 self.stock_compiled[kind] = (torch.compile(pipe.unet), None)
@@ -379,10 +381,10 @@ class Runner:
                                "balanced, lowest")
         if self.memory == "low":  # back to everything on the GPU
             pipe.remove_all_hooks()
-            fastpath.vae_tiles(pipe.vae, small=False)
+            memory_modes.vae_tiles(pipe.vae, small=False)
             pipe.to(self.device)
         if mode != "normal":
-            fastpath.apply_memory_mode(pipe, mode, self.device)
+            memory_modes.apply_memory_mode(pipe, mode, self.device)
         self.memory = mode
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from instantstyle import fastpath, graphs
+from instantstyle import fast as fast_path
 from instantstyle.errors import InstantStyleError
-from instantstyle.fast import cfg, compiling, deepcache
+from instantstyle.fast import cfg, compiling, deepcache, graphs, unet_graphs
 from instantstyle.fast import fp8 as fast_fp8
+from instantstyle.fast import plan as fast_plan
 from instantstyle.fast import vae as fast_vae
 
 TOL = 2  # 2/255 on uint8 images
@@ -73,9 +74,9 @@ def cross_attention(model):
 
 
 def test_context_kv_once_per_call_is_exact(tiny_model, style_images):
-    ref = latents(tiny_model, fastpath.EXACT, style_images["red"])
+    ref = latents(tiny_model, fast_path.EXACT, style_images["red"])
     attn = cross_attention(tiny_model)
-    options = replace(fastpath.EXACT, context_kv=True, fuse_qkv=True)
+    options = replace(fast_path.EXACT, context_kv=True, fuse_qkv=True)
     with counting(attn.to_q, []) as q_calls:
         once = latents(tiny_model, options, style_images["red"])
     cache = tiny_model.pipe.unet.__dict__["_instantstyle_context"]
@@ -83,20 +84,20 @@ def test_context_kv_once_per_call_is_exact(tiny_model, style_images):
     assert rel_l2(once, ref) < 1e-6  # the same projections, computed once
     blue = latents(tiny_model, options, style_images["blue"], prompt="a dog")
     assert rel_l2(blue, once) > 1e-2  # new prompt and style: new keys/values, not stale ones
-    assert rel_l2(blue, latents(tiny_model, fastpath.EXACT, style_images["blue"], prompt="a dog")) < 1e-6
+    assert rel_l2(blue, latents(tiny_model, fast_path.EXACT, style_images["blue"], prompt="a dog")) < 1e-6
 
 
 def test_prune_ip_one_graph_per_preset_no_recapture_on_data(tiny_model, style_images):
     """Graph path (CUDA-graph semantics on the CPU): inactive IP layers lose their branch, a preset
     is captured once, a new style image, prompt or scale replays the same graph."""
-    tuned = replace(fastpath.MAX_TUNED, compile=False, compile_vae=False, vae_decode="stock")
+    tuned = replace(fast_path.MAX_TUNED, compile=False, compile_vae=False, vae_decode="stock")
     unet = tiny_model.pipe.unet
     one = dict(steps=2)
-    refs = {k: image(tiny_model, fastpath.PLAIN, style_images[s], mode=m, scale=sc, prompt=p, **one)[1]
+    refs = {k: image(tiny_model, fast_path.PLAIN, style_images[s], mode=m, scale=sc, prompt=p, **one)[1]
             for k, (s, m, sc, p) in {"a": ("red", "style", 1.0, "a cat"), "b": ("blue", "style", 0.5, "a dog"),
                                      "c": ("red", "style+layout", 1.0, "a cat")}.items()}
     assert np.abs(refs["c"] - refs["a"]).max() > 20 * TOL and np.abs(refs["b"] - refs["a"]).max() > 20 * TOL
-    cache = fastpath.graph_cache(unet, graphs.TracedCapture())
+    cache = unet_graphs.graph_cache(unet, graphs.TracedCapture())
     try:
         a = image(tiny_model, tuned, style_images["red"], **one)[1]
         assert cache.captures == 1
@@ -106,39 +107,39 @@ def test_prune_ip_one_graph_per_preset_no_recapture_on_data(tiny_model, style_im
         image(tiny_model, tuned, style_images["blue"], **one)
         assert cache.captures == 2  # one graph per preset, kept
     finally:
-        fastpath.release_graphs(unet)
+        unet_graphs.release_graphs(unet)
     for key, out in {"a": a, "b": b, "c": c}.items():
         assert np.abs(out - refs[key]).max() <= TOL, key
     # The visible effect: under pruning inactive layers carry no image branch; uniform ones all do.
     from instantstyle.adapter import scoped_scales
 
     with scoped_scales(unet, [tiny_model.resolve_scales(tiny_model.request(prompt="x", mode="style"))]):
-        pruned = fastpath.plan_processors(unet, tuned)
-        uniform = fastpath.plan_processors(unet, replace(tuned, prune_ip=False))
+        pruned = fast_plan.plan_processors(unet, tuned)
+        uniform = fast_plan.plan_processors(unet, replace(tuned, prune_ip=False))
     assert sum(1 for p in pruned.values() if p.ip) < sum(1 for p in uniform.values() if p.ip)
 
 
 def test_prune_ip_compiled_does_not_recompile_on_data(tiny_model, style_images):
     from torch._dynamo.utils import counters
 
-    compiled = replace(fastpath.MAX_TUNED, compile_backend="eager", cuda_graphs=False, compile_vae=False,
+    compiled = replace(fast_path.MAX_TUNED, compile_backend="eager", cuda_graphs=False, compile_vae=False,
                        vae_decode="stock")
     first = latents(tiny_model, compiled, style_images["red"], steps=1)
     graphs_before = counters["stats"]["unique_graphs"]
     second = latents(tiny_model, compiled, style_images["blue"], steps=1, prompt="a dog", scale=0.4)
     assert counters["stats"]["unique_graphs"] == graphs_before
-    assert rel_l2(first, latents(tiny_model, fastpath.PLAIN, style_images["red"], steps=1)) < 1e-5
-    assert rel_l2(second, latents(tiny_model, fastpath.PLAIN, style_images["blue"], steps=1, prompt="a dog",
+    assert rel_l2(first, latents(tiny_model, fast_path.PLAIN, style_images["red"], steps=1)) < 1e-5
+    assert rel_l2(second, latents(tiny_model, fast_path.PLAIN, style_images["blue"], steps=1, prompt="a dog",
                                   scale=0.4)) < 1e-5
 
 
 def test_vae_twin_decodes_in_bf16_within_40_db(tiny_model, style_images):
     vae = tiny_model.pipe.vae
-    _, ref = image(tiny_model, fastpath.EXACT, style_images["red"])
+    _, ref = image(tiny_model, fast_path.EXACT, style_images["red"])
     dtype_before = vae.dtype
     fast_vae.twin(vae, torch.bfloat16)  # made before the hook below (a copy would carry it)
     with counting(vae.decoder, []) as stock_calls:
-        out, fast = image(tiny_model, replace(fastpath.EXACT, vae_decode="bf16"), style_images["red"])
+        out, fast = image(tiny_model, replace(fast_path.EXACT, vae_decode="bf16"), style_images["red"])
     twin = fast_vae.twin(vae, torch.bfloat16)
     assert twin.calls >= 1 and not stock_calls  # the twin decoded, the stock decoder did not run
     assert vae.dtype == dtype_before and twin.decoder.conv_in.weight.dtype == torch.bfloat16
@@ -155,7 +156,7 @@ def test_compile_settings_are_keyed_and_cached_on_disk(tmp_path, monkeypatch):
     assert kwargs["options"]["coordinate_descent_tuning"] and kwargs["options"]["max_autotune"]
     assert "mode" not in kwargs  # torch.compile takes a mode or options, not both
     assert compiling.compile_kwargs("eager", None, tuning=True) == {"backend": "eager", "mode": None}
-    base = fastpath.MAX
+    base = fast_path.MAX
     keys = {compiling.compile_key("unet", o) for o in (base, replace(base, attention="flash"),
                                                        replace(base, inductor_tuning=True),
                                                        replace(base, compile_mode="max-autotune-no-cudagraphs"),
@@ -185,14 +186,14 @@ def test_rowwise_fp8_maths_and_outlier_rows():
     assert y.shape == ref.shape and y.dtype == ref.dtype
     err_rows = ((y - ref).norm(dim=-1) / ref.norm(dim=-1)).flatten()
     assert 0 < err_rows.max() < 5e-2  # every row close, none exact
-    per_tensor = fastpath.Float8Linear(lin)(x)
+    per_tensor = fast_fp8.Float8Linear(lin)(x)
     other = ((per_tensor - ref).norm(dim=-1) / ref.norm(dim=-1)).flatten()[1:]
     assert err_rows[1:].max() < other.max()  # the outlier spoils only its own row under row-wise scales
 
 
 def test_fp8_rowwise_is_opt_in_and_within_its_bound(tiny_model, style_images):
-    assert all(not o.fp8 for o in map(fastpath.options_for, ("exact", "max", "max-tuned", "max-autotune")))
-    ref = latents(tiny_model, fastpath.EXACT, style_images["red"])
+    assert all(not o.fp8 for o in map(fast_path.options_for, ("exact", "max", "max-tuned", "max-autotune")))
+    ref = latents(tiny_model, fast_path.EXACT, style_images["red"])
     swapped = []
     originals = [m for m in tiny_model.pipe.unet.modules() if isinstance(m, fast_fp8.RowwiseFloat8Linear)]
     hooks = []
@@ -204,7 +205,7 @@ def test_fp8_rowwise_is_opt_in_and_within_its_bound(tiny_model, style_images):
 
     fast_fp8.RowwiseFloat8Linear.forward = counted
     try:
-        out = latents(tiny_model, replace(fastpath.EXACT, fp8=True, fp8_scaling="row"), style_images["red"])
+        out = latents(tiny_model, replace(fast_path.EXACT, fp8=True, fp8_scaling="row"), style_images["red"])
     finally:
         fast_fp8.RowwiseFloat8Linear.forward = original_forward
         for h in hooks:
@@ -216,9 +217,9 @@ def test_fp8_rowwise_is_opt_in_and_within_its_bound(tiny_model, style_images):
 
 def test_cfg_truncation_drops_the_unconditional_half_late(tiny_model, style_images):
     assert cfg.first_truncated_step(30, 0.4) == 18 and cfg.first_truncated_step(4, 0.0) == 4
-    assert all(o.cfg_truncation == 0 for o in map(fastpath.options_for, ("exact", "max-tuned", "deepcache")))
-    ref = latents(tiny_model, fastpath.EXACT, style_images["red"])
-    options = replace(fastpath.EXACT, cfg_truncation=0.5, context_kv=True)
+    assert all(o.cfg_truncation == 0 for o in map(fast_path.options_for, ("exact", "max-tuned", "deepcache")))
+    ref = latents(tiny_model, fast_path.EXACT, style_images["red"])
+    options = replace(fast_path.EXACT, cfg_truncation=0.5, context_kv=True)
     with counting(tiny_model.pipe.unet, [], pre=True) as batches:
         out = latents(tiny_model, options, style_images["red"])
     assert batches == [2, 2, 1, 1]  # the last half of the 4 steps without the unconditional batch
@@ -229,10 +230,10 @@ def test_cfg_truncation_drops_the_unconditional_half_late(tiny_model, style_imag
 
 
 def test_deepcache_reuses_deep_features_between_full_steps(tiny_model, style_images):
-    assert all(o.deepcache_interval == 0 for o in map(fastpath.options_for, ("exact", "max-tuned", "cfg-trunc")))
+    assert all(o.deepcache_interval == 0 for o in map(fast_path.options_for, ("exact", "max-tuned", "cfg-trunc")))
     unet = tiny_model.pipe.unet
-    ref = latents(tiny_model, fastpath.EXACT, style_images["red"])
-    options = replace(fastpath.EXACT, deepcache_interval=2)
+    ref = latents(tiny_model, fast_path.EXACT, style_images["red"])
+    options = replace(fast_path.EXACT, deepcache_interval=2)
     with counting(unet.mid_block.resnets[0], []) as mid, counting(unet.up_blocks[-1], []) as last:
         out = latents(tiny_model, options, style_images["red"])
     assert (len(mid), len(last)) == (2, 4)  # deep blocks on steps 0 and 2; the shallow branch every step
@@ -241,29 +242,29 @@ def test_deepcache_reuses_deep_features_between_full_steps(tiny_model, style_ima
     assert 0 < rel_l2(out, ref) < DEEPCACHE_BOUND
     # Graph path: one graph per phase (full, cached), no recapture for a new prompt.
     graphed = replace(options, cuda_graphs=True, fuse_qkv=True, light_inactive=True)
-    cache = fastpath.graph_cache(unet, graphs.TracedCapture())
+    cache = unet_graphs.graph_cache(unet, graphs.TracedCapture())
     try:
         g1 = latents(tiny_model, graphed, style_images["red"])
         assert cache.captures == 2
         g2 = latents(tiny_model, graphed, style_images["blue"], prompt="a dog")
         assert cache.captures == 2
     finally:
-        fastpath.release_graphs(unet)
+        unet_graphs.release_graphs(unet)
     assert rel_l2(g1, latents(tiny_model, replace(options, cuda_graphs=False, fuse_qkv=True), style_images["red"])) < 1e-5
     assert rel_l2(g2, latents(tiny_model, options, style_images["blue"], prompt="a dog")) < 1e-5
     assert [name for name, _ in deepcache.deep_blocks(unet)][0] == "down_blocks.1"
 
 
 def test_named_speeds_and_companion_flags():
-    for name in fastpath.SPEEDS[1:]:
-        assert fastpath.options_for(name).exact == (name not in fastpath.APPROXIMATE_SPEEDS), name
-    turbo = fastpath.options_for("turbo")
+    for name in fast_path.SPEEDS[1:]:
+        assert fast_path.options_for(name).exact == (name not in fast_path.APPROXIMATE_SPEEDS), name
+    turbo = fast_path.options_for("turbo")
     assert turbo.fp8 and turbo.fp8_scaling == "row" and turbo.deepcache_interval == 2
-    assert fastpath.options_for("max", cfg_truncation=0.3).cfg_truncation == 0.3
-    assert fastpath.options_for("deepcache", deepcache_interval=0).exact
+    assert fast_path.options_for("max", cfg_truncation=0.3).cfg_truncation == 0.3
+    assert fast_path.options_for("deepcache", deepcache_interval=0).exact
     for bad in (dict(cfg_truncation=1.0), dict(cfg_truncation=-0.1), dict(deepcache_interval=-1)):
         with pytest.raises(InstantStyleError, match="--cfg-truncation|--deepcache"):
-            fastpath.options_for("max", **bad)
+            fast_path.options_for("max", **bad)
     from instantstyle.cli import build_parser
 
     args = build_parser().parse_args(["generate", "--prompt", "x", "--style", "a.png", "--speed", "max-tuned",

@@ -1,4 +1,4 @@
-"""The fast path (instantstyle.fastpath): exact vs the plain path, only the intended layers
+"""The fast path (instantstyle.fast, instantstyle.memory): exact vs the plain path, only the intended layers
 change, everything restored, no recompiles, fp8 maths, bad inputs, the benchmark's tiny mode."""
 
 from __future__ import annotations
@@ -14,21 +14,27 @@ import numpy as np
 import pytest
 import torch
 
-from instantstyle import fastpath
+from instantstyle import fast as fast_path
+from instantstyle import memory as memory_modes
 from instantstyle.adapter import ip_processors
 from instantstyle.blocks import PRESETS
 from instantstyle.errors import InstantStyleError
+from instantstyle.fast import call as fast_call
+from instantstyle.fast import compiling
+from instantstyle.fast import fp8 as fast_fp8
+from instantstyle.fast import plan as fast_plan
+from instantstyle.processors import fast as fast_processors
 
 TOL = 2  # 2/255 on uint8 images
 BASE = dict(prompt="a cat", seed=3, steps=2, width=64, height=64)
 # The eager backend traces with dynamo (guards, graphs, recompiles) without C++ code generation.
-FAST_EAGER = fastpath.FastOptions(compile=True, compile_backend="eager", fuse_qkv=True, channels_last=True)
+FAST_EAGER = fast_path.FastOptions(compile=True, compile_backend="eager", fuse_qkv=True, channels_last=True)
 
 
 @contextlib.contextmanager
 def speed(model, options):
     saved = model.speed
-    model.speed = fastpath.options_for(options)
+    model.speed = fast_path.options_for(options)
     try:
         yield
     finally:
@@ -43,7 +49,7 @@ def generate(model, options, style, **params):
 
 def state(unet):
     """Everything the scope may touch, by identity."""
-    blocks = fastpath.transformer_blocks(unet)
+    blocks = compiling.transformer_blocks(unet)
     conv = next(m for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
     return {
         "processors": {k: id(v) for k, v in unet.attn_processors.items()},
@@ -78,13 +84,13 @@ def test_style_layout_preset_matches_plain(tiny_model, style_images):
 def test_light_processors_only_on_inactive_blocks(tiny_model):
     unet = tiny_model.pipe.unet
     active = active_processors(tiny_model)
-    with tiny_model_scales(tiny_model, "style"), fastpath.scope(tiny_model.pipe, "exact"):
+    with tiny_model_scales(tiny_model, "style"), fast_path.scope(tiny_model.pipe, "exact"):
         procs = unet.attn_processors
         for name in ip_processors_names(tiny_model):
             proc = procs[name]
-            assert isinstance(proc, fastpath.FastAttention)
+            assert isinstance(proc, fast_processors.FastAttention)
             assert bool(proc.ip) == (name in active), name
-        assert any(isinstance(p, fastpath.FastAttention) and p.ip for p in procs.values())
+        assert any(isinstance(p, fast_processors.FastAttention) and p.ip for p in procs.values())
 
 
 def test_image_weights_run_only_on_active_blocks(tiny_model, style_images):
@@ -123,7 +129,7 @@ def test_every_patch_is_restored(tiny_model, style_images):
     before = state(unet)
     generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)
     assert state(unet) == before
-    with pytest.raises(RuntimeError, match="boom"), fastpath.scope(tiny_model.pipe, FAST_EAGER):
+    with pytest.raises(RuntimeError, match="boom"), fast_path.scope(tiny_model.pipe, FAST_EAGER):
         assert state(unet) != before
         raise RuntimeError("boom")
     assert state(unet) == before
@@ -146,9 +152,9 @@ def test_no_recompiles_when_style_prompt_scale_or_preset_change(tiny_model, styl
 
 def test_masks_keep_diffusers_processors(tiny_model):
     with tiny_model_scales(tiny_model, "style"):
-        plan = fastpath.plan_processors(tiny_model.pipe.unet, fastpath.EXACT, masks=True)
+        plan = fast_plan.plan_processors(tiny_model.pipe.unet, fast_path.EXACT, masks=True)
         assert not set(plan) & set(ip_processors_names(tiny_model))
-        plan = fastpath.plan_processors(tiny_model.pipe.unet, fastpath.EXACT, masks=False)
+        plan = fast_plan.plan_processors(tiny_model.pipe.unet, fast_path.EXACT, masks=False)
         assert set(plan) == set(ip_processors_names(tiny_model))
 
 
@@ -158,7 +164,7 @@ def test_float8_linear_is_close_but_not_exact():
     x = torch.randn(5, 7, 64)
     with torch.no_grad():
         ref = linear(x)
-        out = fastpath.Float8Linear(linear)(x)
+        out = fast_fp8.Float8Linear(linear)(x)
     rel = float((out - ref).norm() / ref.norm().detach())
     assert out.shape == ref.shape
     assert 0 < rel < 0.1
@@ -167,8 +173,8 @@ def test_float8_linear_is_close_but_not_exact():
 def test_fp8_scope_swaps_only_transformer_linears_and_restores(tiny_model):
     unet = tiny_model.pipe.unet
     before = state(unet)
-    with tiny_model_scales(tiny_model, "style"), fastpath.scope(tiny_model.pipe, fastpath.FastOptions(fp8=True)):
-        swapped = [m for m in unet.modules() if isinstance(m, fastpath.Float8Linear)]
+    with tiny_model_scales(tiny_model, "style"), fast_path.scope(tiny_model.pipe, fast_path.FastOptions(fp8=True)):
+        swapped = [m for m in unet.modules() if isinstance(m, fast_fp8.Float8Linear)]
         assert swapped
         for proc in ip_processors(unet).values():  # the IP weights (4 tokens) stay as they are
             assert isinstance(proc.to_k_ip[0], torch.nn.Linear)
@@ -178,16 +184,16 @@ def test_fp8_scope_swaps_only_transformer_linears_and_restores(tiny_model):
 
 def test_bad_speed_and_memory_are_one_line_errors(tiny_model):
     with pytest.raises(InstantStyleError, match="--speed 'warp'"):
-        fastpath.options_for("warp")
+        fast_path.options_for("warp")
     with pytest.raises(InstantStyleError, match="--memory 'tiny'"):
-        fastpath.apply_memory_mode(tiny_model.pipe, "tiny", "cpu")
+        memory_modes.apply_memory_mode(tiny_model.pipe, "tiny", "cpu")
     with pytest.raises(InstantStyleError, match="needs --device cuda"):
-        fastpath.apply_memory_mode(tiny_model.pipe, "low", "cpu")
-    assert fastpath.options_for("auto", "cpu") == fastpath.EXACT
-    assert fastpath.options_for("auto", "cuda") == fastpath.GRAPHS  # a CLI run: nothing to compile
-    assert fastpath.options_for("auto", "cuda", long_lived=True) == fastpath.MAX  # a server
-    assert fastpath.auto_memory("cpu") == "normal"
-    assert not fastpath.options_for("fp8").exact
+        memory_modes.apply_memory_mode(tiny_model.pipe, "low", "cpu")
+    assert fast_path.options_for("auto", "cpu") == fast_path.EXACT
+    assert fast_path.options_for("auto", "cuda") == fast_path.GRAPHS  # a CLI run: nothing to compile
+    assert fast_path.options_for("auto", "cuda", long_lived=True) == fast_path.MAX  # a server
+    assert memory_modes.auto_memory("cpu") == "normal"
+    assert not fast_path.options_for("fp8").exact
 
 
 def test_benchmark_tiny_mode_runs(tmp_path):
@@ -226,14 +232,14 @@ def tiny_model_scales(model, mode):
         yield
 
 
-def test_cli_choices_match_fastpath():
+def test_cli_choices_match_the_speed_and_memory_names():
     from instantstyle.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "generate" in a.choices)
     gen = sub.choices["generate"]
     choices = {a.dest: tuple(a.choices) for a in gen._actions if a.dest in ("speed", "memory")}
-    assert choices == {"speed": fastpath.SPEEDS, "memory": fastpath.MEMORY_CHOICES}
+    assert choices == {"speed": fast_path.SPEEDS, "memory": memory_modes.MEMORY_CHOICES}
 
 
 def test_offloaded_unet_keeps_only_module_level_pieces(tiny_model):
@@ -241,11 +247,11 @@ def test_offloaded_unet_keeps_only_module_level_pieces(tiny_model):
     from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
 
     unet = tiny_model.pipe.unet
-    with fastpath.scope(tiny_model.pipe, FAST_EAGER) as used:
+    with fast_path.scope(tiny_model.pipe, FAST_EAGER) as used:
         assert used.light_inactive and used.fuse_qkv and used.compile  # not offloaded: everything
     add_hook_to_module(unet, ModelHook())  # what accelerate's offloading leaves on the module
     try:
-        with fastpath.scope(tiny_model.pipe, replace(FAST_EAGER, attention="math")) as used:
+        with fast_path.scope(tiny_model.pipe, replace(FAST_EAGER, attention="math")) as used:
             assert not (used.light_inactive or used.fuse_qkv or used.compile or used.channels_last or used.fp8)
             assert used.project_once and used.attention == "auto"
     finally:
@@ -257,15 +263,15 @@ def test_sdpa_pin_covers_the_unet_only(tiny_model, style_images, monkeypatch):
     """A pinned SDPA kernel applies inside the UNet's forward, not to the VAE (no flash kernel for
     its single 512-wide head on a GPU), and the UNet's forward is restored afterwards."""
     entered = []
-    real = fastpath._sdpa_backend
-    monkeypatch.setattr(fastpath, "_sdpa_backend", lambda name: entered.append(name) or real(name))
+    real = fast_call._sdpa_backend
+    monkeypatch.setattr(fast_call, "_sdpa_backend", lambda name: entered.append(name) or real(name))
     unet = tiny_model.pipe.unet
     assert "forward" not in unet.__dict__
-    tiny_model.speed = fastpath.FastOptions(attention="math")
+    tiny_model.speed = fast_path.FastOptions(attention="math")
     try:
         tiny_model.generate(prompt="a cat", style=[str(style_images["red"])], steps=2, seed=0)
     finally:
-        tiny_model.speed = fastpath.options_for("auto", tiny_model.device)
+        tiny_model.speed = fast_path.options_for("auto", tiny_model.device)
     assert entered == ["math"] * 2  # one UNet call per step (CFG is one batched call), nothing else
     assert "forward" not in unet.__dict__
 
@@ -290,9 +296,9 @@ def test_low_memory_modes_decode_in_small_tiles():
             self.use_slicing = False
 
     vae = Vae()
-    fastpath.vae_tiles(vae, small=True)
+    memory_modes.vae_tiles(vae, small=True)
     assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (512, 64, True, True)
-    fastpath.vae_tiles(vae, small=False)
+    memory_modes.vae_tiles(vae, small=False)
     assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (1024, 128, False, False)
 
 
@@ -300,9 +306,9 @@ def test_release_caches_drops_fused_weights_and_processors(tiny_model, style_ima
     unet = tiny_model.pipe.unet
     generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)
     attns = [m for m in unet.modules() if hasattr(m, "to_q")]
-    assert any(m in fastpath._FUSED for m in attns) and any(m in fastpath._PROCESSORS for m in attns)
-    fastpath.release_caches(unet)
-    assert not any(m in fastpath._FUSED or m in fastpath._PROCESSORS for m in attns)
+    assert any(m in fast_plan._FUSED for m in attns) and any(m in fast_plan._PROCESSORS for m in attns)
+    fast_path.release_caches(unet)
+    assert not any(m in fast_plan._FUSED or m in fast_plan._PROCESSORS for m in attns)
     plain = generate(tiny_model, "plain", style_images["red"], steps=1)
     again = generate(tiny_model, FAST_EAGER, style_images["red"], steps=1)  # rebuilt on demand
     assert np.abs(again - plain).max() <= TOL
@@ -315,17 +321,17 @@ def test_auto_memory_follows_the_card_size(gib, mode, monkeypatch):
         total_memory = int(gib * 2**30)
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
-    assert fastpath.auto_memory("cuda") == mode
+    assert memory_modes.auto_memory("cuda") == mode
 
 
 def test_fused_weights_stay_trainable(tiny_model, style_images):
     """Calls run in inference mode; the fused QKV weights the layers then view must not be inference
     tensors, or training on the same model later fails (seen: B-LoRA after a fused call)."""
     unet = tiny_model.pipe.unet
-    generate(tiny_model, fastpath.FastOptions(fuse_qkv=True), style_images["red"], steps=1)
-    assert any(m in fastpath._FUSED for m in unet.modules())
+    generate(tiny_model, fast_path.FastOptions(fuse_qkv=True), style_images["red"], steps=1)
+    assert any(m in fast_plan._FUSED for m in unet.modules())
     assert not any(p.is_inference() for p in unet.parameters())
-    attn = next(m for m in unet.modules() if m in fastpath._FUSED)
+    attn = next(m for m in unet.modules() if m in fast_plan._FUSED)
     x = torch.randn(1, 3, attn.to_q.in_features, requires_grad=True)
     attn.to_q(x).sum().backward()  # autograd through a fused view works
     assert x.grad is not None

@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the UNet (instantstyle.graphs, fastpath's ``cuda_graphs``), on the CPU.
+"""CUDA-graph replay of the UNet (instantstyle.graphs, the fast path's ``cuda_graphs``), on the CPU.
 
 ``TracedCapture`` gives CUDA-graph semantics without a GPU: Python decisions are frozen at
 capture and tensors are re-read at every replay. So these tests fail if anything a call changes
@@ -14,27 +14,28 @@ import numpy as np
 import pytest
 import torch
 
-from instantstyle import fastpath, graphs
+from instantstyle import fast as fast_path
+from instantstyle.fast import graphs, unet_graphs
 
 TOL = 2  # 2/255 on uint8 images
 BASE = dict(prompt="a cat", seed=3, steps=2, width=64, height=64)
-GRAPHED = fastpath.FastOptions(cuda_graphs=True, fuse_qkv=True)
+GRAPHED = fast_path.FastOptions(cuda_graphs=True, fuse_qkv=True)
 # What ``--speed max`` is on a GPU, with dynamo tracing but no code generation.
-MAX_EAGER = replace(fastpath.MAX, compile_backend="eager")
+MAX_EAGER = replace(fast_path.MAX, compile_backend="eager")
 
 
 @contextlib.contextmanager
 def graphed(model, options):
     """Graphs on the CPU: a traced capturer on the UNet, the given speed; both undone after."""
     unet = model.pipe.unet
-    cache = fastpath.graph_cache(unet, graphs.TracedCapture())
+    cache = unet_graphs.graph_cache(unet, graphs.TracedCapture())
     saved = model.speed
     model.speed = options
     try:
         yield cache
     finally:
         model.speed = saved
-        fastpath.release_graphs(unet)
+        unet_graphs.release_graphs(unet)
 
 
 def generate(model, style, **params):
@@ -44,7 +45,7 @@ def generate(model, style, **params):
 
 def plain(model, style, **params):
     saved = model.speed
-    model.speed = fastpath.PLAIN
+    model.speed = fast_path.PLAIN
     try:
         return generate(model, style, **params)
     finally:
@@ -166,7 +167,7 @@ def test_scope_restores_forward_and_processors(tiny_model, style_images):
     with graphed(tiny_model, replace(MAX_EAGER, compile=False)):  # make_fx cannot trace dynamo's code
         generate(tiny_model, style_images["red"], steps=1)
         assert "forward" not in unet.__dict__
-        with pytest.raises(RuntimeError, match="boom"), fastpath.scope(tiny_model.pipe, MAX_EAGER):
+        with pytest.raises(RuntimeError, match="boom"), fast_path.scope(tiny_model.pipe, MAX_EAGER):
             assert "forward" in unet.__dict__
             raise RuntimeError("boom")
     assert "forward" not in unet.__dict__
@@ -175,24 +176,24 @@ def test_scope_restores_forward_and_processors(tiny_model, style_images):
 
 def test_no_graphs_without_a_gpu_or_with_stateful_processors(tiny_model):
     unet = tiny_model.pipe.unet
-    with fastpath.scope(tiny_model.pipe, GRAPHED) as used:  # CPU, no test capturer: plain eager
+    with fast_path.scope(tiny_model.pipe, GRAPHED) as used:  # CPU, no test capturer: plain eager
         assert not used.cuda_graphs
 
     class Stateful:  # e.g. a method that counts steps in Python
         def __call__(self, attn, hidden_states, *args, **kwargs):
             raise AssertionError("not called")
 
-    fastpath.graph_cache(unet, graphs.TracedCapture())
+    unet_graphs.graph_cache(unet, graphs.TracedCapture())
     name = next(iter(unet.attn_processors))
     saved = unet.attn_processors[name]
     module = dict(unet.named_modules())[name.removesuffix(".processor")]
     try:
-        assert fastpath.graphs_usable(unet, torch.device("cpu"))
+        assert unet_graphs.graphs_usable(unet, torch.device("cpu"))
         module.set_processor(Stateful())
-        assert not fastpath.graphs_usable(unet, torch.device("cpu"))
+        assert not unet_graphs.graphs_usable(unet, torch.device("cpu"))
     finally:
         module.set_processor(saved)
-        fastpath.release_graphs(unet)
+        unet_graphs.release_graphs(unet)
 
 
 # ---------------------------------------------------------------------- the cache itself
@@ -250,15 +251,15 @@ def test_a_refused_capture_falls_back_to_eager_once(tiny_model, style_images, ca
     ref = plain(tiny_model, style_images["red"])
     unet = tiny_model.pipe.unet
     saved = tiny_model.speed
-    fastpath.graph_cache(unet, refuse)
+    unet_graphs.graph_cache(unet, refuse)
     tiny_model.speed = GRAPHED
     try:
-        with caplog.at_level("WARNING", logger="instantstyle.fastpath"):
+        with caplog.at_level("WARNING", logger="instantstyle.fast.unet_graphs"):
             out = generate(tiny_model, style_images["red"])
             again = generate(tiny_model, style_images["red"])
     finally:
         tiny_model.speed = saved
-        fastpath.release_graphs(unet)
+        unet_graphs.release_graphs(unet)
     assert len(calls) == 1  # tried once, then not again
     assert "CUDA graphs disabled" in caplog.text and "not permitted" in caplog.text
     assert np.abs(out - ref).max() <= TOL and np.abs(again - ref).max() <= TOL

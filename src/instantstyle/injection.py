@@ -26,7 +26,7 @@ from those projects; no code taken):
   replaces the zeros of the unconditional half (``embeddings.with_unconditional``).
 - **Step window** (``StepWindow``): the IP scales are set to 0 outside ``START <= i/N < END``
   from the pipeline's ``callback_on_step_end``, in place: the stock processors' ``scale`` lists and
-  the fast path's 0-d scale tensors (``fastpath.FastAttention``), so compiled code and captured
+  the fast path's 0-d scale tensors (``processors.fast.FastAttention``), so compiled code and captured
   CUDA graphs see new data, never new structure.
 """
 
@@ -132,7 +132,7 @@ def fixed_slots(kinds: Sequence[str], embeds: Sequence[torch.Tensor], scales: Se
                 n_loaded: int) -> tuple[list[str], list[torch.Tensor], list]:
     """``kinds``/``embeds``/``scales`` padded to ``FIXED_SLOTS`` with ``"unused"`` slots.
 
-    For the paths that keep every slot's image branch in every IP layer (``fastpath.uniform_ip``):
+    For the paths that keep every slot's image branch in every IP layer (``fast.uniform_ip``):
     the structure a CUDA graph or compiled UNet bakes in is then the same for every request with
     at most ``FIXED_SLOTS`` token sets. An unused slot carries the first slot's embedding (same
     shape, finite) at scale 0 in every processor, so its branch adds exactly 0. Only for a single
@@ -167,7 +167,7 @@ class StepWindow:
 
     def __init__(self, window: tuple[float, float], inner=None):
         self.window = (float(window[0]), float(window[1]))
-        self.inner = inner  # the callback it wraps (progress, previews, style guidance)
+        self.inner = inner  # the callback it wraps (progress, previews)
         self.unet = None
         self.saved: dict[int, tuple[object, list]] = {}  # id(processor) -> (processor, saved scales)
         self.on = True
@@ -196,7 +196,7 @@ class StepWindow:
             return
         for proc in self.unet.attn_processors.values():
             stock = isinstance(getattr(proc, "scale", None), list) and hasattr(proc, "to_k_ip")
-            tensors = [entry[3] for entry in getattr(proc, "ip", ())]  # fastpath.FastAttention
+            tensors = [entry[3] for entry in getattr(proc, "ip", ())]  # processors.fast.FastAttention
             if not (stock or tensors):
                 continue
             if not on:

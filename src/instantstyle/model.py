@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 
 from . import adapter as adapter_mod
-from . import blocks, embeddings, fastpath, files, methods, models, pipelines, provenance, sizes
+from . import blocks, embeddings, files, methods, models, pipelines, provenance, sizes
+from . import fast as fast_path
+from . import memory as memory_modes
 from .config import GenerateRequest, make_request
 from .errors import InstantStyleError
 from .images import DEFAULT_MAX_PIXELS
@@ -35,7 +37,7 @@ class InstantStyle:
 
     def __init__(self, pipe, image_encoder, feature_extractor, adapter_info: adapter_mod.AdapterInfo, *,
                  ids: dict[str, str], content_text=None, cache: embeddings.EmbeddingCache | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, speed: str | fastpath.FastOptions | None = "auto"):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, speed: str | fast_path.FastOptions | None = "auto"):
         self.pipe = pipe
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
@@ -44,8 +46,8 @@ class InstantStyle:
         self.content_text = content_text  # optional (CLIPTextModelWithProjection, tokenizer)
         self.styles = embeddings.StyleEncoder(image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels)
         self.modules = blocks.discover(pipe.unet)
-        self.speed = fastpath.options_for(speed, self.device)  # fast-path pieces used by run()
-        self.memory = "normal"  # load-time memory layout (fastpath.MEMORY_MODES); see set_memory
+        self.speed = fast_path.options_for(speed, self.device)  # fast-path pieces used by run()
+        self.memory = "normal"  # load-time memory layout (memory.MEMORY_MODES); see set_memory
         self._memory_device = self.device
         self._laid_out = pipe  # the pipeline whose offload hooks are current
         self._derived: dict[tuple, object] = {}  # (class name, ControlNet ids) -> pipeline from from_pipe
@@ -82,17 +84,17 @@ class InstantStyle:
         and the configs of ``base_config`` (default: the family's reference repository). ``vae``
         replaces the base's VAE (diffusers directory, Hub id or single file). ``cache_dir=True``
         caches image embeddings on disk in the default place, a path puts them there,
-        ``False``/``None`` keeps them in memory. ``speed``: the fast path (``fastpath.options_for``:
+        ``False``/``None`` keeps them in memory. ``speed``: the fast path (``fast.options_for``:
         auto, plain, exact, graphs, fast, max, fp8; ``long_lived=True`` makes ``auto`` pick ``max``
         on CUDA, for servers), plus the ``cfg_truncation``/``deepcache_interval`` approximations;
-        ``memory`` = auto | normal | balanced | low | lowest (``fastpath.apply_memory_mode``;
+        ``memory`` = auto | normal | balanced | low | lowest (``memory.apply_memory_mode``;
         ``auto`` picks by the card's size); ``compile_cache`` keeps torch.compile's artefacts there.
         """
         # 1. Device and dtype: CUDA fp16, MPS fp16, else CPU fp32; the fast path's options.
         dev, dt = models.device_and_dtype(device, dtype)
         if memory == "auto":
-            memory = fastpath.auto_memory(dev)
-        fast = fastpath.options_for(speed, dev, long_lived=long_lived, cfg_truncation=cfg_truncation,
+            memory = memory_modes.auto_memory(dev)
+        fast = fast_path.options_for(speed, dev, long_lived=long_lived, cfg_truncation=cfg_truncation,
                                     deepcache_interval=deepcache_interval)
         if compile_cache:
             from .fast.compiling import set_cache_dir
@@ -118,7 +120,7 @@ class InstantStyle:
         # 4. Attach the adapter (scales rest at 0; each call sets its own inside a scope), lay out memory.
         adapter_mod.attach(pipe, [state_dict], encoder, extractor)
         _to(pipe, dev if memory == "normal" else torch.device("cpu"), dt)
-        fastpath.apply_memory_mode(pipe, memory, dev)  # fails early (one line) for offload without CUDA
+        memory_modes.apply_memory_mode(pipe, memory, dev)  # fails early (one line) for offload without CUDA
         content_text = None
         if content_text_encoder:
             text_model, tok = models.load_text_encoder_with_projection(content_text_encoder, dt)
@@ -148,10 +150,10 @@ class InstantStyle:
         if self.memory == "low":
             for pipe in self.pipelines():
                 pipe.remove_all_hooks()
-            fastpath.vae_tiles(self.pipe.vae, small=False)
+            memory_modes.vae_tiles(self.pipe.vae, small=False)
             for pipe in self.pipelines():
                 pipe.to(self._memory_device)
-        fastpath.apply_memory_mode(self.pipe, mode, self._memory_device)
+        memory_modes.apply_memory_mode(self.pipe, mode, self._memory_device)
         self.memory, self._laid_out = mode, self.pipe
 
     def lay_out(self, pipe) -> None:
@@ -161,7 +163,7 @@ class InstantStyle:
         so the one about to run is laid out (its own order includes e.g. its ControlNet).
         """
         if self.memory != "normal" and pipe is not self._laid_out:
-            fastpath.apply_memory_mode(pipe, self.memory, self._memory_device)
+            memory_modes.apply_memory_mode(pipe, self.memory, self._memory_device)
             self._laid_out = pipe
 
     # ------------------------------------------------------------------ derived pipelines

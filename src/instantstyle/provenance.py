@@ -166,7 +166,7 @@ def a1111_parameters(params: dict) -> str:
         fields["B-LoRA scale"] = params.get("lora_scale")
     if method in ("style-aligned", "visual-style-prompting"):
         fields["Reference prompt"] = params.get("reference_prompt")
-    approx = dict(params.get("approximations") or {})  # fastpath.FastOptions.approximations()
+    approx = dict(params.get("approximations") or {})  # fast.FastOptions.approximations()
     if (params.get("speed") or {}).get("fp8"):
         approx.setdefault("fp8", True)
     if approx:

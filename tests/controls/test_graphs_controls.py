@@ -12,24 +12,25 @@ import contextlib
 
 import numpy as np
 
-from instantstyle import fastpath, graphs
+from instantstyle import fast as fast_path
+from instantstyle.fast import graphs, unet_graphs
 
 TOL = 2
 BASE = dict(prompt="a cat", seed=3, steps=2, width=64, height=64)
-GRAPHED = fastpath.FastOptions(cuda_graphs=True, fuse_qkv=True)
+GRAPHED = fast_path.FastOptions(cuda_graphs=True, fuse_qkv=True)
 
 
 @contextlib.contextmanager
 def speed(model, options, traced=False):
     saved = model.speed
     model.speed = options
-    cache = fastpath.graph_cache(model.pipe.unet, graphs.TracedCapture()) if traced else None
+    cache = unet_graphs.graph_cache(model.pipe.unet, graphs.TracedCapture()) if traced else None
     try:
         yield cache
     finally:
         model.speed = saved
         if traced:
-            fastpath.release_graphs(model.pipe.unet)
+            unet_graphs.release_graphs(model.pipe.unet)
 
 
 def generate(model, style, **params):
@@ -42,7 +43,7 @@ def test_window_and_presets_replay_their_graph(tiny_model, style_images):
              dict(mode="precise"), dict(mode="precise", layout_boost=3.0, style_window="0:0.5"),
              dict(composition=str(blue), style_window="0.5:1"),
              dict(mode="style+layout", negative_style=str(green)), dict(mode="composition")]
-    with speed(tiny_model, fastpath.PLAIN):
+    with speed(tiny_model, fast_path.PLAIN):
         refs = [generate(tiny_model, red, **c) for c in cases]
     assert np.abs(refs[1] - refs[0]).max() > 10 * TOL  # the window is visible
     assert np.abs(refs[4] - refs[3]).max() > 10 * TOL  # and so are boost + window
@@ -78,7 +79,7 @@ def test_window_and_precise_on_the_pruned_graph_path(tiny_model, style_images):
     red, blue = style_images["red"], style_images["blue"]
     tuned = replace(GRAPHED, context_kv=True, prune_ip=True)
     case = dict(mode="precise", composition=str(blue), style_window="0.5:1")
-    with speed(tiny_model, fastpath.PLAIN):
+    with speed(tiny_model, fast_path.PLAIN):
         ref = generate(tiny_model, red, **case)
         full = generate(tiny_model, red, **{**case, "style_window": "0:1"})
     assert np.abs(full - ref).max() > 10 * TOL

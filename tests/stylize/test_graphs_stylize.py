@@ -10,7 +10,8 @@ import contextlib
 
 import numpy as np
 
-from instantstyle import fastpath, graphs
+from instantstyle import fast as fast_path
+from instantstyle.fast import graphs, unet_graphs
 
 TOL = 2 / 255
 
@@ -23,12 +24,12 @@ def as_array(images) -> np.ndarray:
 def speed(model, options, capture=False):
     saved = model.speed
     model.speed = options
-    cache = fastpath.graph_cache(model.pipe.unet, graphs.TracedCapture()) if capture else None
+    cache = unet_graphs.graph_cache(model.pipe.unet, graphs.TracedCapture()) if capture else None
     try:
         yield cache
     finally:
         model.speed = saved
-        fastpath.release_graphs(model.pipe.unet)
+        unet_graphs.release_graphs(model.pipe.unet)
 
 
 def run(model, style, **kw):
@@ -46,10 +47,10 @@ def test_controlnet_img2img_and_plus_replay_as_graphs(tiny_model, tiny_paths, st
         "plus": dict(task="plus", content=content, control=[f"tile={tiny_paths['controlnet_canny']}"],
                      inversion="ddim"),  # graph replay is the subject; ReNoise doubles the UNet calls
     }
-    with speed(tiny_model, fastpath.PLAIN):
+    with speed(tiny_model, fast_path.PLAIN):
         refs = {name: run(tiny_model, style_images["red"], **kw) for name, kw in cases.items()}
     assert np.abs(refs["controlnet-weak"] - refs["controlnet"]).max() > 10 * TOL  # residuals matter
-    with speed(tiny_model, fastpath.GRAPHS, capture=True) as cache:
+    with speed(tiny_model, fast_path.GRAPHS, capture=True) as cache:
         for name, kw in cases.items():
             out = run(tiny_model, style_images["red"], **kw)
             assert np.abs(out - refs[name]).max() <= TOL, name

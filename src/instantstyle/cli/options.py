@@ -21,7 +21,7 @@ def add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) ->
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=DTYPES,
                    help="default: fp16 on cuda/mps, fp32 on cpu")
-    if not encoder_only:  # same names as instantstyle.fastpath.SPEEDS / MEMORY_MODES (checked by a test)
+    if not encoder_only:  # same names as instantstyle.fast.SPEEDS / memory.MEMORY_CHOICES (checked by a test)
         _add_speed_args(g)
 
 

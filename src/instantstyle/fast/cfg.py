@@ -38,20 +38,6 @@ def callback(steps: int, fraction: float):
     return on_step_end
 
 
-def chain(*callbacks):
-    """One ``callback_on_step_end`` running ``callbacks`` in order (None entries skipped)."""
-    callbacks = [c for c in callbacks if c is not None]
-    if len(callbacks) <= 1:
-        return callbacks[0] if callbacks else None
-
-    def on_step_end(pipe, i, t, kwargs):
-        for c in callbacks:
-            kwargs = c(pipe, i, t, kwargs)
-        return kwargs
-
-    return on_step_end
-
-
 class CondHalf:
     """UNet-call argument fix for truncated steps: image embeddings of the CFG batch ``[neg, pos]``
     become their ``pos`` half when the latents are half the batch. The views are cached per input,

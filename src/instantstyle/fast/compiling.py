@@ -18,8 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from ..processors.scoped import wrapped_forward
+
+if TYPE_CHECKING:
+    from .options import FastOptions
 
 
 def compile_kwargs(backend: str, mode: str | None, tuning: bool) -> dict:
@@ -67,3 +73,77 @@ def cudnn_benchmark(on: bool):
         yield
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+_COMPILED_ATTR = "_instantstyle_compiled"  # the block's compiled callables, kept for reuse
+
+
+def transformer_blocks(unet) -> list[torch.nn.Module]:
+    """The repeated ``BasicTransformerBlock`` modules (the regions we compile)."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+
+
+def configure_dynamo(limit: int = 64) -> None:
+    """Room for one graph per distinct block shape x processor kind x batch size."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, limit)
+    cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 4 * limit)
+
+
+@contextlib.contextmanager
+def compiled_blocks(unet, options: FastOptions):
+    """Attach each block's cached ``torch.compile`` wrapper for the call; detach afterwards."""
+    blocks = transformer_blocks(unet)
+    if options.compile_resnets:
+        from diffusers.models.resnet import ResnetBlock2D
+
+        blocks += [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    configure_dynamo()
+    key = compile_key("blocks", options)
+    kwargs = compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+    saved = [b._compiled_call_impl for b in blocks]
+    try:
+        for b in blocks:
+            cache = b.__dict__.setdefault(_COMPILED_ATTR, {})
+            if key not in cache:
+                cache[key] = torch.compile(b._call_impl, dynamic=False, **kwargs)
+            b._compiled_call_impl = cache[key]
+        yield
+    finally:
+        for b, fn in zip(blocks, saved, strict=True):
+            b._compiled_call_impl = fn
+
+
+def compiled_unet(unet, options: FastOptions):
+    """The whole UNet forward as one cached ``torch.compile`` graph (``compile_scope="unet"``)."""
+    configure_dynamo()
+    cache = unet.__dict__.setdefault(_COMPILED_ATTR, {})
+    key = compile_key("unet", options)  # everything baked in at trace time
+    if key not in cache:
+        kwargs = compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+        cache[key] = torch.compile(type(unet).forward.__get__(unet), dynamic=False, **kwargs)
+    return wrapped_forward(unet, lambda inner: cache[key])
+
+
+@contextlib.contextmanager
+def compiled_decoder(vae, options: FastOptions):
+    """The VAE decoder compiled (cached on the module, attached for the call only)."""
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None:
+        yield
+        return
+    cache = decoder.__dict__.setdefault(_COMPILED_ATTR, {})
+    key = compile_key("vae", options)
+    if key not in cache:
+        kwargs = compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+        cache[key] = torch.compile(decoder._call_impl, dynamic=False, **kwargs)
+    saved = decoder._compiled_call_impl
+    decoder._compiled_call_impl = cache[key]
+    try:
+        yield
+    finally:
+        decoder._compiled_call_impl = saved

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import copy
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 
-VAE_DECODES = ("stock", "auto", "bf16", "fp16", "fp32")
+from . import compiling
+
+if TYPE_CHECKING:
+    from .options import FastOptions
+
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # AutoencoderKL -> DecoderTwin
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -111,3 +116,24 @@ def decode(pipe, latents: torch.Tensor, model: DecoderTwin, forward=None, output
     if getattr(pipe, "watermark", None) is not None:
         image = pipe.watermark.apply_watermark(image)
     return pipe.image_processor.postprocess(image, output_type=output_type)
+
+
+def fast_decoder(pipe, options: FastOptions):
+    """The VAE decoder twin a call decodes with (``fast.vae``), or None for the stock decode."""
+    if options.vae_decode == "stock" or not usable(pipe):
+        return None
+    vae = pipe.vae
+    return twin(vae, decode_dtype(vae, options.vae_decode), channels_last=True)
+
+
+def decode_latents(pipe, latents: torch.Tensor, decoder, options: FastOptions, output_type: str = "pil"):
+    """Decode with the twin; compiled (cached per compile key) when ``compile_vae``."""
+    forward = None
+    if options.compile_vae:
+        compiling.configure_dynamo()
+        key = compiling.compile_key("vae-twin", options)
+        if key not in decoder.compiled:
+            kwargs = compiling.compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+            decoder.compiled[key] = torch.compile(decoder, dynamic=False, **kwargs)
+        forward = decoder.compiled[key]
+    return decode(pipe, latents, decoder, forward, output_type)

@@ -4,7 +4,7 @@
 (``InstantStyle.derived_pipeline``); the call runs with, all scoped to it and undone afterwards:
 the IP-Adapter's per-block scales (``adapter.scoped_scales``), the slots sharing its weights
 (``injection.shared_slots``), the request's sampler (``schedulers.scoped_scheduler``), the fast
-path (``fastpath.scope``) and the style's step window. Each PIL output gets its parameters.
+path (``fast.scope``) and the style's step window. Each PIL output gets its parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import adapter as adapter_mod
-from .. import fastpath, injection, steps
+from .. import fast as fast_path
+from .. import injection, steps
 from ..errors import InstantStyleError
 from ..fast import cfg as fast_cfg
 from ..images import attach_metadata
@@ -51,22 +52,22 @@ def run(model: InstantStyle, pipe, prep: Prepared, *, on_step=None, scale_maps: 
     n_loaded = len(next(iter(adapter_mod.ip_processors(pipe.unet).values())).scale)
     slots, scales = prep.slots, scale_maps or prep.scales
     masked = (kwargs.get("cross_attention_kwargs") or {}).get("ip_adapter_masks") is not None
-    if fastpath.uniform_ip(fastpath.options_for(model.speed, model.device)) and not masked:
+    if fast_path.uniform_ip(fast_path.options_for(model.speed, model.device)) and not masked:
         # One slot structure for every preset and extra image: one CUDA graph / compiled UNet.
         slots, kwargs["ip_adapter_image_embeds"], scales = injection.fixed_slots(
             slots, prep.ip_embeds, scales, n_loaded)
     with injection.shared_slots(pipe.unet, slots[n_loaded:]), \
             adapter_mod.scoped_scales(pipe.unet, scales), \
             scoped_scheduler(pipe, req.scheduler):
-        with torch.inference_mode(), fastpath.scope(pipe, model.speed, kwargs.get("cross_attention_kwargs")) as used, \
+        with torch.inference_mode(), fast_path.scope(pipe, model.speed, kwargs.get("cross_attention_kwargs")) as used, \
                 window.active_in(pipe.unet):
             # 5b. The VAE decode by the fast path (bf16 twin, channels-last, compiled) when it applies.
-            decoder = fastpath.fast_decoder(pipe, used) if output_type in ("pil", "np", "pt") else None
+            decoder = fast_path.fast_decoder(pipe, used) if output_type in ("pil", "np", "pt") else None
             if decoder is not None:
                 kwargs["output_type"] = "latent"
             images = pipe(**kwargs).images
             if decoder is not None:
-                images = fastpath.decode_latents(pipe, images, decoder, used, output_type)
+                images = fast_path.decode_latents(pipe, images, decoder, used, output_type)
     if output_type == "pil":
         approx = model.speed.approximations()
         for i, image in enumerate(images):

@@ -54,3 +54,8 @@ def scoped_forward(modules: Mapping[str, torch.nn.Module], make: Callable) -> It
                 m.forward = saved[name]
             else:
                 vars(m).pop("forward", None)
+
+
+def wrapped_forward(module: torch.nn.Module, wrap: Callable):
+    """``module.forward = wrap(current forward)`` for the block (one module, ``scoped_forward``)."""
+    return scoped_forward({"module": module}, lambda _m, inner: wrap(inner))

@@ -16,7 +16,7 @@ capture (scales are tensors updated in place; the slots have one fixed structure
 ``injection.fixed_slots``). New size or batch: a new capture (milliseconds plus two warm-up
 runs), kept for later.
 
-Conditions the caller (``fastpath.scope``) guarantees: inference only (no autograd), weights that
+Conditions the caller (``fast.scope``, through ``fast.unet_graphs``) guarantees: inference only (no autograd), weights that
 do not move (no offloading), and stateless attention processors (their Python code runs once,
 at capture).
 """
