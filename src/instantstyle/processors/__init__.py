@@ -8,7 +8,8 @@
 - ``self_attention``: ``SelfAttentionPatch``, a self-attention processor with pluggable maths
   (StyleAligned, Visual Style Prompting).
 - ``text_only``: ``TextOnlyProcessor``, cross-attention without an image branch (adapter training).
-- ``scoped``: ``scoped_processors`` (and ``scoped_forward``), patches restored in ``finally``.
+- ``scoped``: ``scoped_processors`` (and ``scoped_forward`` / ``wrapped_forward`` for module forwards),
+  patches restored in ``finally``.
 
 Imports nothing itself; import the submodule you need.
 """
