@@ -53,12 +53,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from instantstyle import fast as fast_path  # noqa: E402
-from instantstyle import memory as memory_modes  # noqa: E402
-from instantstyle.fast import compiling  # noqa: E402
+from instantstyle import fast as fast_path
+from instantstyle import memory as memory_modes
+from instantstyle.fast import compiling
 
 # diffusers' own InstantStyle recipe (docs "Style and layout control"), the stock baseline.
 STOCK_SCALES = {
@@ -106,85 +106,332 @@ def plan(headline_repeats: int = 10, repeats: int = 3, b4_repeats: int = 3) -> l
     rows = [
         # Headline, interleaved: stock eager, stock's documented compile recipe, max, max-tuned.
         Row("stock-style-b1", "diffusers", "style", 1, "stock diffusers, eager", **h),
-        Row("stock-recipe-style-b1", "diffusers", "style", 1, "stock diffusers, documented recipe: channels-last + "
-            "compile(max-autotune, fullgraph) of UNet and VAE decode", stock_compile="recipe", cuda_only=True, **h),
+        Row(
+            "stock-recipe-style-b1",
+            "diffusers",
+            "style",
+            1,
+            "stock diffusers, documented recipe: channels-last + "
+            "compile(max-autotune, fullgraph) of UNet and VAE decode",
+            stock_compile="recipe",
+            cuda_only=True,
+            **h,
+        ),
         Row("ours-max-style-b1", "ours", "style", 1, "ours, max: whole UNet compiled + CUDA graphs", mx, **h),
-        Row("ours-max-tuned-style-b1", "ours", "style", 1, "ours, max-tuned: max + K/V once + per-preset graphs + "
-            "bf16 compiled VAE + tuned Inductor (exact)", tuned, **h),
+        Row(
+            "ours-max-tuned-style-b1",
+            "ours",
+            "style",
+            1,
+            "ours, max-tuned: max + K/V once + per-preset graphs + "
+            "bf16 compiled VAE + tuned Inductor (exact)",
+            tuned,
+            **h,
+        ),
         # Approximations (opt-in): rel. L2 vs stock and vs max-tuned.
-        Row("ours-fp8-max-style-b1", "ours", "style", 1, "approx: fp8-max (row-wise fp8 inside the compiled graph)",
-            fast_path.FP8_MAX, repeats=repeats, group="approx"),
-        Row("ours-cfg-trunc-style-b1", "ours", "style", 1, "approx: cfg-trunc (last 40 % of steps without CFG)",
-            fast_path.options_for("cfg-trunc"), repeats=repeats, group="approx"),
-        Row("ours-deepcache-style-b1", "ours", "style", 1, "approx: deepcache (deep blocks every other step)",
-            fast_path.options_for("deepcache"), repeats=repeats, group="approx"),
-        Row("ours-turbo-style-b1", "ours", "style", 1, "approx: turbo (fp8-max + deepcache)",
-            fast_path.options_for("turbo"), repeats=repeats, group="approx"),
+        Row(
+            "ours-fp8-max-style-b1",
+            "ours",
+            "style",
+            1,
+            "approx: fp8-max (row-wise fp8 inside the compiled graph)",
+            fast_path.FP8_MAX,
+            repeats=repeats,
+            group="approx",
+        ),
+        Row(
+            "ours-cfg-trunc-style-b1",
+            "ours",
+            "style",
+            1,
+            "approx: cfg-trunc (last 40 % of steps without CFG)",
+            fast_path.options_for("cfg-trunc"),
+            repeats=repeats,
+            group="approx",
+        ),
+        Row(
+            "ours-deepcache-style-b1",
+            "ours",
+            "style",
+            1,
+            "approx: deepcache (deep blocks every other step)",
+            fast_path.options_for("deepcache"),
+            repeats=repeats,
+            group="approx",
+        ),
+        Row(
+            "ours-turbo-style-b1",
+            "ours",
+            "style",
+            1,
+            "approx: turbo (fp8-max + deepcache)",
+            fast_path.options_for("turbo"),
+            repeats=repeats,
+            group="approx",
+        ),
         # Exact pieces of max-tuned, each on its own over max.
-        Row("ours-max+ctx-style-b1", "ours", "style", 1, "piece: max + cross-attention K/V once per call",
-            replace(mx, context_kv=True), repeats=repeats, group="pieces"),
-        Row("ours-max+prune-style-b1", "ours", "style", 1, "piece: max + no work in inactive IP layers",
-            replace(mx, prune_ip=True), repeats=repeats, group="pieces"),
-        Row("ours-max+vae16-style-b1", "ours", "style", 1, "piece: max + VAE twin bf16, channels-last, compiled",
-            replace(mx, vae_decode="auto", compile_vae=True), repeats=repeats, group="pieces"),
-        Row("ours-max+tuning-style-b1", "ours", "style", 1, "piece: max + coordinate-descent tuning + cudnn.benchmark",
-            replace(mx, inductor_tuning=True), repeats=repeats, group="pieces"),
+        Row(
+            "ours-max+ctx-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: max + cross-attention K/V once per call",
+            replace(mx, context_kv=True),
+            repeats=repeats,
+            group="pieces",
+        ),
+        Row(
+            "ours-max+prune-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: max + no work in inactive IP layers",
+            replace(mx, prune_ip=True),
+            repeats=repeats,
+            group="pieces",
+        ),
+        Row(
+            "ours-max+vae16-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: max + VAE twin bf16, channels-last, compiled",
+            replace(mx, vae_decode="auto", compile_vae=True),
+            repeats=repeats,
+            group="pieces",
+        ),
+        Row(
+            "ours-max+tuning-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: max + coordinate-descent tuning + cudnn.benchmark",
+            replace(mx, inductor_tuning=True),
+            repeats=repeats,
+            group="pieces",
+        ),
         Row("ours-max-tuned-style-b4", "ours", "style", 4, "ours, max-tuned", tuned, repeats=b4_repeats),
-        Row("ours-max-autotune-style-b1", "ours", "style", 1, "ours, max-autotune (serve: autotuned kernels)",
-            fast_path.MAX_AUTOTUNE, repeats=repeats),
-        Row("ours-max-tuned-style+layout-b1", "ours", "style+layout", 1, "ours, max-tuned (a second preset: one "
-            "capture and compile, then none)", tuned, repeats=repeats),
-        Row("stock-style+layout-b1", "diffusers", "style+layout", 1, "stock diffusers, eager", repeats=repeats),
-        Row("ours-max-style+layout-b1", "ours", "style+layout", 1, "ours, max (same graph: no recompile, no capture)",
-            mx, repeats=repeats),
-        Row("ours-max-latent-style-b1", "ours", "style", 1, "phase: max without the VAE decode (latents out)", mx,
-            repeats=repeats, latent=True),
-        Row("ours-graphs-style-b1", "ours", "style", 1, "piece: CUDA graphs on the eager UNet (+ fused QKV)",
-            o(cuda_graphs=True, fuse_qkv=True), repeats=repeats, cuda_only=True),
-        Row("ours-unet-style-b1", "ours", "style", 1, "piece: whole UNet compiled, no CUDA graphs",
-            replace(mx, cuda_graphs=False), repeats=repeats),
-        Row("ours-fast-style-b1", "ours", "style", 1, "ours, fast (regional compile of the transformer blocks)", fast,
-            repeats=repeats),
-        Row("stock-compiled-style-b1", "diffusers", "style", 1, "stock diffusers, torch.compile(unet)",
-            repeats=repeats, stock_compile="default"),
-        Row("ours-max+vae-style-b1", "ours", "style", 1, "max + compiled VAE decoder",
-            replace(mx, compile_vae=True), repeats=repeats),
-        Row("ours-fast+graphs-style-b1", "ours", "style", 1, "regional compile (seconds, not minutes) + CUDA graphs",
-            replace(fast, cuda_graphs=True), repeats=repeats, cuda_only=True),
+        Row(
+            "ours-max-autotune-style-b1",
+            "ours",
+            "style",
+            1,
+            "ours, max-autotune (serve: autotuned kernels)",
+            fast_path.MAX_AUTOTUNE,
+            repeats=repeats,
+        ),
+        Row(
+            "ours-max-tuned-style+layout-b1",
+            "ours",
+            "style+layout",
+            1,
+            "ours, max-tuned (a second preset: one capture and compile, then none)",
+            tuned,
+            repeats=repeats,
+        ),
+        Row(
+            "stock-style+layout-b1", "diffusers", "style+layout", 1, "stock diffusers, eager", repeats=repeats
+        ),
+        Row(
+            "ours-max-style+layout-b1",
+            "ours",
+            "style+layout",
+            1,
+            "ours, max (same graph: no recompile, no capture)",
+            mx,
+            repeats=repeats,
+        ),
+        Row(
+            "ours-max-latent-style-b1",
+            "ours",
+            "style",
+            1,
+            "phase: max without the VAE decode (latents out)",
+            mx,
+            repeats=repeats,
+            latent=True,
+        ),
+        Row(
+            "ours-graphs-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: CUDA graphs on the eager UNet (+ fused QKV)",
+            o(cuda_graphs=True, fuse_qkv=True),
+            repeats=repeats,
+            cuda_only=True,
+        ),
+        Row(
+            "ours-unet-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: whole UNet compiled, no CUDA graphs",
+            replace(mx, cuda_graphs=False),
+            repeats=repeats,
+        ),
+        Row(
+            "ours-fast-style-b1",
+            "ours",
+            "style",
+            1,
+            "ours, fast (regional compile of the transformer blocks)",
+            fast,
+            repeats=repeats,
+        ),
+        Row(
+            "stock-compiled-style-b1",
+            "diffusers",
+            "style",
+            1,
+            "stock diffusers, torch.compile(unet)",
+            repeats=repeats,
+            stock_compile="default",
+        ),
+        Row(
+            "ours-max+vae-style-b1",
+            "ours",
+            "style",
+            1,
+            "max + compiled VAE decoder",
+            replace(mx, compile_vae=True),
+            repeats=repeats,
+        ),
+        Row(
+            "ours-fast+graphs-style-b1",
+            "ours",
+            "style",
+            1,
+            "regional compile (seconds, not minutes) + CUDA graphs",
+            replace(fast, cuda_graphs=True),
+            repeats=repeats,
+            cuda_only=True,
+        ),
         Row("stock-style-b4", "diffusers", "style", 4, "stock diffusers, eager", repeats=b4_repeats),
         Row("ours-max-style-b4", "ours", "style", 4, "ours, max", mx, repeats=b4_repeats),
-        Row("ours-low-style-b1", "ours", "style", 1, "--memory low (model offload + VAE tiling), exact", exact,
-            memory="low", repeats=2, cuda_only=True),
-        Row("ours-balanced-style-b1", "ours", "style", 1, "--memory balanced (encoders streamed), max", mx,
-            memory="balanced", repeats=2, cuda_only=True),
-        Row("ours-lowest-style-b1", "ours", "style", 1, "--memory lowest (group offload, leaf level, streams)", exact,
-            memory="lowest", repeats=1, warmup=1, cuda_only=True),
+        Row(
+            "ours-low-style-b1",
+            "ours",
+            "style",
+            1,
+            "--memory low (model offload + VAE tiling), exact",
+            exact,
+            memory="low",
+            repeats=2,
+            cuda_only=True,
+        ),
+        Row(
+            "ours-balanced-style-b1",
+            "ours",
+            "style",
+            1,
+            "--memory balanced (encoders streamed), max",
+            mx,
+            memory="balanced",
+            repeats=2,
+            cuda_only=True,
+        ),
+        Row(
+            "ours-lowest-style-b1",
+            "ours",
+            "style",
+            1,
+            "--memory lowest (group offload, leaf level, streams)",
+            exact,
+            memory="lowest",
+            repeats=1,
+            warmup=1,
+            cuda_only=True,
+        ),
         # Pieces measured on 2026-11-26 (docs/performance.md); kept for reruns.
-        Row("ours-plain-style-b1", "ours", "style", 1, "ours, plain (stock processors)", fast_path.PLAIN, repeats=repeats),
-        Row("ours-light-style-b1", "ours", "style", 1, "piece: light inactive blocks only", light, repeats=repeats),
-        Row("ours-project-style-b1", "ours", "style", 1, "piece: image projection once only", project, repeats=repeats),
-        Row("ours-exact-style-b1", "ours", "style", 1, "light + projection once (CPU default)", exact, repeats=repeats),
+        Row(
+            "ours-plain-style-b1",
+            "ours",
+            "style",
+            1,
+            "ours, plain (stock processors)",
+            fast_path.PLAIN,
+            repeats=repeats,
+        ),
+        Row(
+            "ours-light-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: light inactive blocks only",
+            light,
+            repeats=repeats,
+        ),
+        Row(
+            "ours-project-style-b1",
+            "ours",
+            "style",
+            1,
+            "piece: image projection once only",
+            project,
+            repeats=repeats,
+        ),
+        Row(
+            "ours-exact-style-b1",
+            "ours",
+            "style",
+            1,
+            "light + projection once (CPU default)",
+            exact,
+            repeats=repeats,
+        ),
         Row("ours-fuse-style-b1", "ours", "style", 1, "... + fused QKV", fuse, repeats=repeats),
         Row("ours-cl-style-b1", "ours", "style", 1, "... + channels-last", cl, repeats=repeats),
-        Row("ours-fp8-style-b1", "ours", "style", 1, "fast + fp8 linears (approximation)",
-            fast_path.options_for("fp8"), repeats=repeats),
+        Row(
+            "ours-fp8-style-b1",
+            "ours",
+            "style",
+            1,
+            "fast + fp8 linears (approximation)",
+            fast_path.options_for("fp8"),
+            repeats=repeats,
+        ),
         Row("ours-fast-style+layout-b1", "ours", "style+layout", 1, "ours, fast", fast, repeats=repeats),
         Row("ours-fast-style-b4", "ours", "style", 4, "ours, fast", fast, repeats=b4_repeats),
-        Row("stock-style+layout-b4", "diffusers", "style+layout", 4, "stock diffusers, eager", repeats=b4_repeats),
+        Row(
+            "stock-style+layout-b4",
+            "diffusers",
+            "style+layout",
+            4,
+            "stock diffusers, eager",
+            repeats=b4_repeats,
+        ),
         Row("ours-max-style+layout-b4", "ours", "style+layout", 4, "ours, max", mx, repeats=b4_repeats),
-        Row("ours-flash-style-b1", "ours", "style", 1, "exact + SDPA flash pinned", replace(cl, attention="flash"),
-            repeats=repeats, cuda_only=True),
-        Row("ours-fast+resnets-style-b1", "ours", "style", 1, "fast + compiled resnet blocks",
-            replace(fast, compile_resnets=True), repeats=repeats),
+        Row(
+            "ours-flash-style-b1",
+            "ours",
+            "style",
+            1,
+            "exact + SDPA flash pinned",
+            replace(cl, attention="flash"),
+            repeats=repeats,
+            cuda_only=True,
+        ),
+        Row(
+            "ours-fast+resnets-style-b1",
+            "ours",
+            "style",
+            1,
+            "fast + compiled resnet blocks",
+            replace(fast, compile_resnets=True),
+            repeats=repeats,
+        ),
     ]
     return rows
 
 
 def load_model(args):
     from instantstyle import InstantStyle
+
     if args.tiny:
-        return InstantStyle.from_pretrained("tiny", device=args.device or "cpu", dtype="fp32", cache_dir=None,
-                                            progress=False, speed="plain")
+        return InstantStyle.from_pretrained(
+            "tiny", device=args.device or "cpu", dtype="fp32", cache_dir=None, progress=False, speed="plain"
+        )
     from instantstyle.testing.fullsize import full_instantstyle
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -233,9 +480,15 @@ class Phases:
             return {}
         edges = [at["latents"], *steps]
         per_step = [b - a for a, b in zip(edges, edges[1:], strict=False)]
-        return {"text_s": at["text"], "pre_loop_s": at["latents"] - at["text"], "loop_s": steps[-1] - at["latents"],
-                "step_median_ms": 1e3 * statistics.median(per_step), "step_max_ms": 1e3 * max(per_step),
-                "decode_s": at["end"] - steps[-1], "total_s": at["end"]}
+        return {
+            "text_s": at["text"],
+            "pre_loop_s": at["latents"] - at["text"],
+            "loop_s": steps[-1] - at["latents"],
+            "step_median_ms": 1e3 * statistics.median(per_step),
+            "step_max_ms": 1e3 * max(per_step),
+            "decode_s": at["end"] - steps[-1],
+            "total_s": at["end"],
+        }
 
 
 @contextlib.contextmanager
@@ -277,8 +530,16 @@ class Runner:
         key = (preset, batch)
         if key not in self.preps:
             m = self.model
-            req = m.request(prompt=PROMPT, mode=preset, seed=SEED, steps=self.args.steps, guidance=5.0,
-                            width=self.size, height=self.size, num_images=batch)
+            req = m.request(
+                prompt=PROMPT,
+                mode=preset,
+                seed=SEED,
+                steps=self.args.steps,
+                guidance=5.0,
+                width=self.size,
+                height=self.size,
+                num_images=batch,
+            )
             self.preps[key] = m.prepare(req, style_images=[self.style])
         return self.preps[key]
 
@@ -293,8 +554,10 @@ class Runner:
             if kind == "default":
                 self.stock_compiled[kind] = (torch.compile(pipe.unet), None)
             else:
-                self.stock_compiled[kind] = (torch.compile(pipe.unet, mode="max-autotune", fullgraph=True),
-                                             torch.compile(pipe.vae.decode, mode="max-autotune", fullgraph=True))
+                self.stock_compiled[kind] = (
+                    torch.compile(pipe.unet, mode="max-autotune", fullgraph=True),
+                    torch.compile(pipe.vae.decode, mode="max-autotune", fullgraph=True),
+                )
         return self.stock_compiled[kind]
 
     @contextlib.contextmanager
@@ -344,10 +607,17 @@ class Runner:
         with marks:
             if row.impl == "diffusers":
                 with self._stock(row), torch.inference_mode():
-                    images = pipe(prompt=PROMPT, ip_adapter_image_embeds=prep.ip_embeds,
-                                  num_inference_steps=self.args.steps, guidance_scale=5.0, width=prep.width,
-                                  height=prep.height, num_images_per_prompt=row.batch, generator=prep.generator(),
-                                  **extra).images
+                    images = pipe(
+                        prompt=PROMPT,
+                        ip_adapter_image_embeds=prep.ip_embeds,
+                        num_inference_steps=self.args.steps,
+                        guidance_scale=5.0,
+                        width=prep.width,
+                        height=prep.height,
+                        num_images_per_prompt=row.batch,
+                        generator=prep.generator(),
+                        **extra,
+                    ).images
             else:
                 self.model.speed = row.options
                 images = self.model.run(pipe, prep, **extra)
@@ -377,8 +647,10 @@ class Runner:
             return
         pipe = self.model.pipe
         if self.memory in ("balanced", "lowest") and not (self.memory == "balanced" and mode == "lowest"):
-            raise RuntimeError(f"cannot leave --memory {self.memory} (group offloading); rows run normal, low, "
-                               "balanced, lowest")
+            raise RuntimeError(
+                f"cannot leave --memory {self.memory} (group offloading); rows run normal, low, "
+                "balanced, lowest"
+            )
         if self.memory == "low":  # back to everything on the GPU
             pipe.remove_all_hooks()
             memory_modes.vae_tiles(pipe.vae, small=False)
@@ -459,14 +731,25 @@ class Runner:
             times = st["times"]
             median = statistics.median(times)
             q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), median, max(times)]
-            out = {"s_per_call": median, "s_per_image": median / row.batch, "times": times,
-                   "min_s_per_image": min(times) / row.batch, "spread_s": max(times) - min(times),
-                   "iqr_s": q[2] - q[0], "n": len(times), "interleaved_with": [r.id for r in rows if r is not row],
-                   "peak_gib": st["peak"] if cuda else None, "peak_reserved_gib": st["reserved"] if cuda else None,
-                   "warmup_s": warm[row.id], "new_graphs_while_timed": st["graphs"],
-                   "captures_while_timed": st["captures"], "graphs_failed": self.graphs_failed(),
-                   "finite": bool(torch.isfinite(latents).all()), "phases": phases.get(row.id, {}),
-                   "gpu_clocks": gpu_clocks() if cuda else None}
+            out = {
+                "s_per_call": median,
+                "s_per_image": median / row.batch,
+                "times": times,
+                "min_s_per_image": min(times) / row.batch,
+                "spread_s": max(times) - min(times),
+                "iqr_s": q[2] - q[0],
+                "n": len(times),
+                "interleaved_with": [r.id for r in rows if r is not row],
+                "peak_gib": st["peak"] if cuda else None,
+                "peak_reserved_gib": st["reserved"] if cuda else None,
+                "warmup_s": warm[row.id],
+                "new_graphs_while_timed": st["graphs"],
+                "captures_while_timed": st["captures"],
+                "graphs_failed": self.graphs_failed(),
+                "finite": bool(torch.isfinite(latents).all()),
+                "phases": phases.get(row.id, {}),
+                "gpu_clocks": gpu_clocks() if cuda else None,
+            }
             stock = self.latents.get((row.preset, row.batch, f"stock-{row.preset}-b{row.batch}"))
             if stock is not None and (row.impl == "ours" or row.compiled_stock):
                 out["rel_l2_vs_stock"] = rel_l2(latents, stock)
@@ -489,8 +772,12 @@ def gpu_clocks() -> dict | None:
 
     fields = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
     try:
-        line = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+        line = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         return None
     return dict(zip(fields.split(","), (v.strip() for v in line.split(",")), strict=False))
@@ -504,9 +791,20 @@ def start_clock_log(path: str):
 
     if not shutil.which("nvidia-smi"):
         return None
-    proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,"
-                             "clocks_throttle_reasons.active", "--format=csv", "-l", "1", "-f", path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "nvidia-smi",
+            "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,"
+            "clocks_throttle_reasons.active",
+            "--format=csv",
+            "-l",
+            "1",
+            "-f",
+            path,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     atexit.register(proc.terminate)
     return proc
 
@@ -522,16 +820,20 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------- report
 
-HEADER = ("| row | what | preset | batch | s/image (median) | min / spread s, n | peak GiB (reserved) | ours/stock | "
-          "rel. L2 vs stock (vs exact) | PSNR dB vs stock | warm-up s | recompiles / captures while timed |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| row | what | preset | batch | s/image (median) | min / spread s, n | peak GiB (reserved) | ours/stock | "
+    "rel. L2 vs stock (vs exact) | PSNR dB vs stock | warm-up s | recompiles / captures while timed |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def table_line(row: Row, stock_s: dict) -> str:
     r = row.result
     if "skipped" in r or "error" in r:
-        return (f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r.get('skipped') or 'error: ' + r['error']} "
-                "| | | | | | | |")
+        return (
+            f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r.get('skipped') or 'error: ' + r['error']} "
+            "| | | | | | | |"
+        )
     ratio = ""
     base = stock_s.get((row.preset, row.batch))
     if base and (row.impl == "ours" or row.compiled_stock):
@@ -551,26 +853,40 @@ def table_line(row: Row, stock_s: dict) -> str:
         diff += f" (graphs failed: {r['graphs_failed'][:80]})"
     spread = f"{r['min_s_per_image']:.3f} / {r['spread_s']:.3f}, {r['n']}"
     db = f"{r['psnr_db_vs_stock']:.1f}" if r.get("psnr_db_vs_stock") is not None else ""
-    return (f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r['s_per_image']:.3f} | {spread} | {peak} | "
-            f"{ratio} | {diff} | {db} | {r['warmup_s']:.1f} | {r['new_graphs_while_timed']} / "
-            f"{r['captures_while_timed']} |")
+    return (
+        f"| {row.id} | {row.what} | {row.preset} | {row.batch} | {r['s_per_image']:.3f} | {spread} | {peak} | "
+        f"{ratio} | {diff} | {db} | {r['warmup_s']:.1f} | {r['new_graphs_while_timed']} / "
+        f"{r['captures_while_timed']} |"
+    )
 
 
 def phase_line(row: Row) -> str:
     """The phases of one call of the row, as a Markdown comment line under the table row."""
     p, c = row.result["phases"], row.result.get("gpu_clocks") or {}
-    clocks = f"; SM {c.get('clocks.sm')} MHz, mem {c.get('clocks.mem')} MHz, {c.get('power.draw')} W" if c else ""
-    return (f"<!-- {row.id}: text {p['text_s'] * 1e3:.0f} ms, pre-loop {p['pre_loop_s'] * 1e3:.0f} ms, loop "
-            f"{p['loop_s']:.3f} s (step median {p['step_median_ms']:.1f} ms, max {p['step_max_ms']:.1f}), decode+PIL "
-            f"{p['decode_s'] * 1e3:.0f} ms{clocks} -->")
+    clocks = (
+        f"; SM {c.get('clocks.sm')} MHz, mem {c.get('clocks.mem')} MHz, {c.get('power.draw')} W" if c else ""
+    )
+    return (
+        f"<!-- {row.id}: text {p['text_s'] * 1e3:.0f} ms, pre-loop {p['pre_loop_s'] * 1e3:.0f} ms, loop "
+        f"{p['loop_s']:.3f} s (step median {p['step_median_ms']:.1f} ms, max {p['step_max_ms']:.1f}), decode+PIL "
+        f"{p['decode_s'] * 1e3:.0f} ms{clocks} -->"
+    )
 
 
 def environment(model, args) -> dict:
     import diffusers
 
-    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(model.device),
-           "dtype": str(model.dtype), "size": None, "steps": args.steps, "guidance": 5.0, "tiny": args.tiny,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    env = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "size": None,
+        "steps": args.steps,
+        "guidance": 5.0,
+        "tiny": args.tiny,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
     if model.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(model.device)
         env["capability"] = list(torch.cuda.get_device_capability(model.device))
@@ -580,10 +896,23 @@ def environment(model, args) -> dict:
 def write_json(path, env, rows, elapsed):
     if not path:
         return
-    data = {"environment": env, "elapsed_s": elapsed,
-            "rows": [{"id": r.id, "impl": r.impl, "preset": r.preset, "batch": r.batch, "what": r.what,
-                      "memory": r.memory, "options": r.options.as_dict() if r.options else None, **r.result}
-                     for r in rows]}
+    data = {
+        "environment": env,
+        "elapsed_s": elapsed,
+        "rows": [
+            {
+                "id": r.id,
+                "impl": r.impl,
+                "preset": r.preset,
+                "batch": r.batch,
+                "what": r.what,
+                "memory": r.memory,
+                "options": r.options.as_dict() if r.options else None,
+                **r.result,
+            }
+            for r in rows
+        ],
+    }
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
@@ -602,8 +931,17 @@ def compile_key(row: Row):
     o = row.options
     from instantstyle.fast.compiling import compile_key as fast_key
 
-    return (fast_key(o.compile_scope, o), row.batch, o.fuse_qkv, o.compile_vae, o.vae_decode, o.prune_ip and row.preset,
-            o.context_kv, o.cfg_truncation > 0, o.deepcache_interval > 1)
+    return (
+        fast_key(o.compile_scope, o),
+        row.batch,
+        o.fuse_qkv,
+        o.compile_vae,
+        o.vae_decode,
+        o.prune_ip and row.preset,
+        o.context_kv,
+        o.cfg_truncation > 0,
+        o.deepcache_interval > 1,
+    )
 
 
 def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> float:
@@ -615,8 +953,9 @@ def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> floa
     est = (row.warmup + row.repeats) * per_call * factor
     key = compile_key(row)
     if key is not None and key not in compiled:
-        autotune = row.stock_compile == "recipe" or (row.options is not None and row.options.compile_mode
-                                                     and "autotune" in row.options.compile_mode)
+        autotune = row.stock_compile == "recipe" or (
+            row.options is not None and row.options.compile_mode and "autotune" in row.options.compile_mode
+        )
         whole = row.compiled_stock or row.options.compile_scope == "unet"
         est += 300.0 if autotune else 90.0 if whole else 40.0
         if row.options is not None and (row.options.cfg_truncation > 0 or row.options.deepcache_interval > 1):
@@ -626,18 +965,28 @@ def estimate(row: Row, stock_s: dict, compiled: set, steps_scale: float) -> floa
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="tiny random model on the CPU (seconds; for the test suite)")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny random model on the CPU (seconds; for the test suite)"
+    )
     p.add_argument("--json", metavar="PATH", help="write results here (rewritten after every row)")
-    p.add_argument("--only", metavar="IDS", help="comma-separated row ids or globs, e.g. 'stock-*,ours-fast-style-b1'")
+    p.add_argument(
+        "--only", metavar="IDS", help="comma-separated row ids or globs, e.g. 'stock-*,ours-fast-style-b1'"
+    )
     p.add_argument("--list", action="store_true", help="list the rows and exit")
-    p.add_argument("--repeats", type=int, help="timed calls per row (default: 10 headline rows, 3 others and batch 4)")
+    p.add_argument(
+        "--repeats", type=int, help="timed calls per row (default: 10 headline rows, 3 others and batch 4)"
+    )
     p.add_argument("--warmup", type=int, help="untimed calls before timing each row (default 1)")
     p.add_argument("--steps", type=int, help="denoising steps (default 30; 2 with --tiny)")
     p.add_argument("--size", type=int, help="image size in pixels (default 1024; 64 with --tiny)")
     p.add_argument("--device", help="default: cuda if available (cpu with --tiny)")
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="full-size model dtype")
-    p.add_argument("--budget-s", type=float, default=320.0,
-                   help="skip rows that would end after this many seconds from the start (default 320)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=320.0,
+        help="skip rows that would end after this many seconds from the start (default 320)",
+    )
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 2 if args.tiny else 30
@@ -682,8 +1031,11 @@ def main(argv=None) -> int:
     env = environment(model, args)
     env["size"] = runner.size
     env["build_s"] = time.perf_counter() - start
-    print(f"# bench_generate: {env.get('gpu', env['device'])}, {env['dtype']}, {runner.size}px, {args.steps} steps, "
-          f"guidance 5, torch {env['torch']}, diffusers {env['diffusers']}, {env['date']}", flush=True)
+    print(
+        f"# bench_generate: {env.get('gpu', env['device'])}, {env['dtype']}, {runner.size}px, {args.steps} steps, "
+        f"guidance 5, torch {env['torch']}, diffusers {env['diffusers']}, {env['date']}",
+        flush=True,
+    )
     print(f"# models built in {env['build_s']:.1f} s", flush=True)
     print(HEADER, flush=True)
     stock_s: dict = {}
@@ -696,16 +1048,22 @@ def main(argv=None) -> int:
         if row.id in done:
             continue
         # A group's rows (same memory mode, selected) are timed together, interleaved.
-        group = [r for r in rows if row.group and r.group == row.group and r.memory == row.memory
-                 and r.id not in done] or [row]
+        group = [
+            r
+            for r in rows
+            if row.group and r.group == row.group and r.memory == row.memory and r.id not in done
+        ] or [row]
         elapsed = time.perf_counter() - start
         runnable = []
         for r in group:
             done.add(r.id)
             if r.cuda_only and runner.device.type != "cuda":
                 r.result = {"skipped": "CUDA only"}
-            elif elapsed + sum(estimate(x, stock_s, compiled, steps_scale) for x in [*runnable, r]) > args.budget_s \
-                    and not args.tiny:
+            elif (
+                elapsed + sum(estimate(x, stock_s, compiled, steps_scale) for x in [*runnable, r])
+                > args.budget_s
+                and not args.tiny
+            ):
                 r.result = {"skipped": f"budget ({elapsed:.0f} s used of {args.budget_s:.0f})"}
             else:
                 runnable.append(r)
@@ -727,8 +1085,11 @@ def main(argv=None) -> int:
     total = time.perf_counter() - start
     failed = [r.id for r in rows if "error" in r.result]
     skipped = [r.id for r in rows if "skipped" in r.result]
-    print(f"# total {total:.1f} s; {len(rows) - len(failed) - len(skipped)} rows measured, "
-          f"skipped: {', '.join(skipped) or 'none'}; failed: {', '.join(failed) or 'none'}", flush=True)
+    print(
+        f"# total {total:.1f} s; {len(rows) - len(failed) - len(skipped)} rows measured, "
+        f"skipped: {', '.join(skipped) or 'none'}; failed: {', '.join(failed) or 'none'}",
+        flush=True,
+    )
     write_json(args.json, env, rows, total)
     return 1 if failed else 0
 

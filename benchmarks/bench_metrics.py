@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 ROWS = {"csd": ("csd_style", "csd_content"), "clip": ("clip_t",), "dino": ("dino_leakage",)}
 
@@ -34,19 +34,44 @@ def full_size(kind: str, device, dtype):
     from instantstyle.metrics import csd, dino
     from instantstyle.testing.tiny_metrics import tiny_clip
 
-    vit_l = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                 image_size=224, patch_size=14, hidden_act="quick_gelu")
+    vit_l = dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="quick_gelu",
+    )
     if kind == "csd":
         model = csd.CSD(CLIPVisionConfig(**vit_l), embed_dim=768).to(device, dtype).eval()
         return model, models.image_processor(224)
     if kind == "clip":
         _tiny, tokenizer = tiny_clip()  # an offline tokenizer; the text tower's size is CLIP-L's
-        text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                    vocab_size=49408, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vit_l, projection_dim=768)).to(device, dtype)
+        text = dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            vocab_size=49408,
+            hidden_act="quick_gelu",
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vit_l, projection_dim=768)).to(
+            device, dtype
+        )
         return model.eval(), tokenizer, models.image_processor(224)
-    model = Dinov2Model(Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=518,
-                                     patch_size=14)).to(device, dtype).eval()
+    model = (
+        Dinov2Model(
+            Dinov2Config(
+                hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=518, patch_size=14
+            )
+        )
+        .to(device, dtype)
+        .eval()
+    )
     return model, dino.image_processor()
 
 
@@ -67,7 +92,9 @@ def main(argv=None) -> int:
     reference = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
     rows = []
     for kind, metrics in ROWS.items():
-        scorer = Scorer(metrics, csd="tiny", clip="tiny", dino="tiny", device=device, dtype="fp16" if cuda else "fp32")
+        scorer = Scorer(
+            metrics, csd="tiny", clip="tiny", dino="tiny", device=device, dtype="fp16" if cuda else "fp32"
+        )
         if not args.tiny:
             scorer.set_model(kind, *full_size(kind, device, dtype))
         scorer.load()
@@ -83,16 +110,28 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        rows.append({"model": kind, "metrics": list(metrics), "params_m": round(params, 1), "images": n,
-                     "images_per_s": round(n / seconds, 2), "peak_gib": None if peak is None else round(peak, 2),
-                     "finite": all(np.isfinite(s[m]) for s in scores for m in metrics)})
+        rows.append(
+            {
+                "model": kind,
+                "metrics": list(metrics),
+                "params_m": round(params, 1),
+                "images": n,
+                "images_per_s": round(n / seconds, 2),
+                "peak_gib": None if peak is None else round(peak, 2),
+                "finite": all(np.isfinite(s[m]) for s in scores for m in metrics),
+            }
+        )
         del scorer
-    print(f"scoring cost ({'CUDA fp16, full-size random weights' if cuda else 'CPU fp32'}; {n} images of {size} px)\n")
+    print(
+        f"scoring cost ({'CUDA fp16, full-size random weights' if cuda else 'CPU fp32'}; {n} images of {size} px)\n"
+    )
     print("| model | metrics | params (M) | images/s | peak GiB |")
     print("|---|---|---|---|---|")
     for r in rows:
         peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"| {r['model']} | {', '.join(r['metrics'])} | {r['params_m']} | {r['images_per_s']} | {peak} |")
+        print(
+            f"| {r['model']} | {', '.join(r['metrics'])} | {r['params_m']} | {r['images_per_s']} | {peak} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=2))
     return 0 if all(r["finite"] for r in rows) else 1

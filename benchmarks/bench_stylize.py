@@ -39,10 +39,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout
 
-import torch  # noqa: E402
+import torch
 
-MODES = ("txt2img", "controlnet", "img2img", "inpaint", "plus", "plus-low", "plus-balanced", "controlnet-balanced",
-         "plus-lowest", "txt2img-low", "txt2img-balanced", "txt2img-lowest")
+MODES = (
+    "txt2img",
+    "controlnet",
+    "img2img",
+    "inpaint",
+    "plus",
+    "plus-low",
+    "plus-balanced",
+    "controlnet-balanced",
+    "plus-lowest",
+    "txt2img-low",
+    "txt2img-balanced",
+    "txt2img-lowest",
+)
 MEMORY_ORDER = ("normal", "low", "balanced", "lowest")
 
 
@@ -53,6 +65,8 @@ def memory_of(mode: str) -> str:
 
 def task_of(mode: str) -> str:
     return mode.removesuffix("-" + memory_of(mode)) if memory_of(mode) != "normal" else mode
+
+
 PROMPT = "a lighthouse on a cliff at dusk"
 
 
@@ -63,7 +77,9 @@ def load(args):
     if args.tiny:
         from instantstyle.testing.tiny import tiny_controlnet
 
-        model = InstantStyle.from_pretrained("tiny", device="cpu", dtype="fp32", cache_dir=None, progress=False)
+        model = InstantStyle.from_pretrained(
+            "tiny", device="cpu", dtype="fp32", cache_dir=None, progress=False
+        )
         controlnet = tiny_controlnet()
     else:
         from instantstyle.testing.fullsize import full_instantstyle
@@ -78,12 +94,12 @@ def inputs(size: int, tmp: Path) -> dict[str, str]:
     from PIL import Image
 
     a = np.zeros((size, size, 3), np.uint8)
-    a[size // 4: 3 * size // 4, size // 5: 4 * size // 5] = (230, 190, 40)
+    a[size // 4 : 3 * size // 4, size // 5 : 4 * size // 5] = (230, 190, 40)
     a[..., 2] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
     Image.fromarray(a).save(tmp / "content.png")
     Image.fromarray(np.roll(a, size // 3, axis=0)[..., ::-1].copy()).save(tmp / "style.png")
     m = np.zeros((size, size), np.uint8)
-    m[:, size // 2:] = 255
+    m[:, size // 2 :] = 255
     Image.fromarray(m).save(tmp / "mask.png")
     return {k: str(tmp / f"{k}.png") for k in ("content", "style", "mask")}
 
@@ -106,13 +122,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (smoke test, seconds)")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps per mode (default 30; tiny: 2)")
-    ap.add_argument("--plus-steps", type=int, default=None,
-                    help="Plus inversion = sampling steps (default 30, the paper's is 50; tiny: 2)")
+    ap.add_argument(
+        "--plus-steps",
+        type=int,
+        default=None,
+        help="Plus inversion = sampling steps (default 30, the paper's is 50; tiny: 2)",
+    )
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list from {', '.join(MODES)}")
-    ap.add_argument("--budget-s", type=float, default=140.0, help="skip the remaining modes past this many seconds")
-    ap.add_argument("--speed", default="exact",
-                    help="fast-path setting (default exact: no compilation, so each mode's single timed call "
-                         "is not dominated by compiling; memory is the model's own)")
+    ap.add_argument(
+        "--budget-s", type=float, default=140.0, help="skip the remaining modes past this many seconds"
+    )
+    ap.add_argument(
+        "--speed",
+        default="exact",
+        help="fast-path setting (default exact: no compilation, so each mode's single timed call "
+        "is not dominated by compiling; memory is the model's own)",
+    )
     ap.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
@@ -130,16 +155,27 @@ def main(argv=None) -> int:
     model = load(args)
     build_s = time.perf_counter() - t_start
     device = "cpu" if args.tiny else torch.cuda.get_device_name(0)
-    result = {"device": device, "dtype": str(model.dtype), "size": model.native_size, "steps": steps,
-              "plus_steps": plus_steps, "build_s": round(build_s, 1), "rows": []}
-    print(f"built in {build_s:.1f} s on {device}; {model.native_size} px, {steps} steps (plus: {plus_steps} + "
-          f"{plus_steps} inversion)\n")
+    result = {
+        "device": device,
+        "dtype": str(model.dtype),
+        "size": model.native_size,
+        "steps": steps,
+        "plus_steps": plus_steps,
+        "build_s": round(build_s, 1),
+        "rows": [],
+    }
+    print(
+        f"built in {build_s:.1f} s on {device}; {model.native_size} px, {steps} steps (plus: {plus_steps} + "
+        f"{plus_steps} inversion)\n"
+    )
     print("| mode | peak GiB | s/image | note |\n|---|---|---|---|", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         files = inputs(model.native_size, Path(tmp))
         if cuda:
-            model.generate(prompt=PROMPT, style=[files["style"]], steps=2, seed=0)  # warm-up (kernels, allocator)
+            model.generate(
+                prompt=PROMPT, style=[files["style"]], steps=2, seed=0
+            )  # warm-up (kernels, allocator)
         for mode in modes:
             if time.perf_counter() - t_start > args.budget_s:
                 row = {"mode": mode, "skipped": f"over the {args.budget_s:.0f} s budget"}
@@ -166,15 +202,22 @@ def main(argv=None) -> int:
                     torch.cuda.synchronize()
                 row["s_per_image"] = round(time.perf_counter() - t0, 2)
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
-                row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None
+                row["peak_reserved_gib"] = (
+                    round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None
+                )
                 row["size"] = list(image.size)
-                note = f"{image.width}x{image.height}" + (f", reserved {row['peak_reserved_gib']} GiB" if cuda else "")
-            except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' numbers
+                note = f"{image.width}x{image.height}" + (
+                    f", reserved {row['peak_reserved_gib']} GiB" if cuda else ""
+                )
+            except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 note = "ERROR " + row["error"]
                 traceback.print_exc()
             result["rows"].append(row)
-            print(f"| {mode} | {row.get('peak_gib') or '-'} | {row.get('s_per_image', '-')} | {note} |", flush=True)
+            print(
+                f"| {mode} | {row.get('peak_gib') or '-'} | {row.get('s_per_image', '-')} | {note} |",
+                flush=True,
+            )
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2))
     result["total_s"] = round(time.perf_counter() - t_start, 1)

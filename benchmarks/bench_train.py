@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
+import torch
 
 SDXL_CLIP_DIM = 1280  # ViT-bigG projection (h94 sdxl_models/image_encoder)
 SDXL_POOLED = 1280  # text_encoder_2 projection
@@ -86,8 +86,11 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
     text = torch.randn(b, 77, unet.config.cross_attention_dim, device=device, generator=gen)
     pooled = torch.randn(b, pooled_dim, device=device, generator=gen)
     image = torch.randn(b, clip_dim, device=device, generator=gen)
-    time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * b,
-                            device=device, dtype=torch.float32)
+    time_ids = torch.tensor(
+        [[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * b,
+        device=device,
+        dtype=torch.float32,
+    )
     empty_text, empty_pooled = torch.zeros_like(text[0]), torch.zeros_like(pooled[0])
 
     def step():
@@ -97,9 +100,16 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
         dt, di = dropout_masks(torch.rand(b), 0.05, 0.05, 0.05)
         te, po, ie = apply_dropout(text, pooled, image, empty_text, empty_pooled, dt, di)
-        pred = model(noisy.to(wd), t, encoder_hidden_states=te.to(wd),
-                     added_cond_kwargs={"text_embeds": po.to(wd), "time_ids": time_ids.to(wd),
-                                        "image_embeds": [ie[:, None, :]]}).sample
+        pred = model(
+            noisy.to(wd),
+            t,
+            encoder_hidden_states=te.to(wd),
+            added_cond_kwargs={
+                "text_embeds": po.to(wd),
+                "time_ids": time_ids.to(wd),
+                "image_embeds": [ie[:, None, :]],
+            },
+        ).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         acc.backward(loss)
         opt.step()
@@ -117,8 +127,12 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
     if cuda:
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
-    opt_bytes = sum(v.numel() * v.element_size() for s in opt.state_dict()["state"].values()
-                    for v in s.values() if torch.is_tensor(v))
+    opt_bytes = sum(
+        v.numel() * v.element_size()
+        for s in opt.state_dict()["state"].values()
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
     result = {
         "blocks": blocks,
         "trained_layers": len(chosen),
@@ -128,7 +142,7 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
         "images_per_s": b * args.steps / elapsed,
         "peak_memory_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
     }
-    model = opt = None  # noqa: F841 - drop the references before the next mode
+    model = opt = None
     acc.free_memory()
     unet.disable_gradient_checkpointing()
     return result
@@ -136,7 +150,9 @@ def run_mode(unet, blocks: str, args, clip_dim: int, pooled_dim: int, device, mi
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="tiny random UNet on CPU (seconds); for tests and smoke runs")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny random UNet on CPU (seconds); for tests and smoke runs"
+    )
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; tiny: 32)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default 4; tiny: 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; tiny: 1)")
@@ -160,17 +176,25 @@ def main(argv=None) -> int:
     results = [run_mode(unet, m, args, clip_dim, pooled_dim, device, mixed) for m in args.modes]
 
     name = "tiny (CPU)" if tiny else torch.cuda.get_device_name(device)
-    print(f"\n### IP-Adapter training step: {name}, {args.resolution} px, batch {args.batch}, "
-          f"{'fp32' if tiny else 'bf16 autocast'}, gradient checkpointing, AdamW, {args.steps} timed steps\n")
-    print("| --blocks | trained attn2 layers | trainable params (M) | AdamW state (GiB) | step (s) | images/s | peak memory (GiB) |")
+    print(
+        f"\n### IP-Adapter training step: {name}, {args.resolution} px, batch {args.batch}, "
+        f"{'fp32' if tiny else 'bf16 autocast'}, gradient checkpointing, AdamW, {args.steps} timed steps\n"
+    )
+    print(
+        "| --blocks | trained attn2 layers | trainable params (M) | AdamW state (GiB) | step (s) | images/s | peak memory (GiB) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         mem = "n/a" if r["peak_memory_GiB"] is None else f"{r['peak_memory_GiB']:.2f}"
-        print(f"| {r['blocks']} | {r['trained_layers']} | {r['trainable_params_M']:.1f} | {r['optimizer_state_GiB']:.3f} "
-              f"| {r['step_s']:.3f} | {r['images_per_s']:.2f} | {mem} |")
+        print(
+            f"| {r['blocks']} | {r['trained_layers']} | {r['trainable_params_M']:.1f} | {r['optimizer_state_GiB']:.3f} "
+            f"| {r['step_s']:.3f} | {r['images_per_s']:.2f} | {mem} |"
+        )
     if len(results) >= 2:
         a, b = results[0], results[-1]
-        line = f"\n{a['blocks']} vs {b['blocks']}: {a['images_per_s'] / b['images_per_s']:.2f}x the throughput"
+        line = (
+            f"\n{a['blocks']} vs {b['blocks']}: {a['images_per_s'] / b['images_per_s']:.2f}x the throughput"
+        )
         if a["peak_memory_GiB"] is not None:
             line += f", {b['peak_memory_GiB'] - a['peak_memory_GiB']:.2f} GiB less peak memory"
         line += f", {b['optimizer_state_GiB'] - a['optimizer_state_GiB']:.3f} GiB less optimizer state"
@@ -178,10 +202,19 @@ def main(argv=None) -> int:
     if args.json:
         import diffusers
 
-        payload = {"device": name, "resolution": args.resolution, "batch": args.batch, "steps": args.steps,
-                   "warmup": args.warmup, "dtype": "fp32" if tiny else "bf16", "gradient_checkpointing": True,
-                   "build_s": build_s, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                   "results": results}
+        payload = {
+            "device": name,
+            "resolution": args.resolution,
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "dtype": "fp32" if tiny else "bf16",
+            "gradient_checkpointing": True,
+            "build_s": build_s,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "results": results,
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

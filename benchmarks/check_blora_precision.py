@@ -64,11 +64,16 @@ def main(argv=None) -> int:
     finally:
         b_lora.Backprop.gradients = scaled
     total = sum(g.numel() for g in ref.values())
-    print(f"| fp16 gradients vs fp32, {res} px, rank {args.rank} | rel. L2 | zero elements | all-zero tensors |")
+    print(
+        f"| fp16 gradients vs fp32, {res} px, rank {args.rank} | rel. L2 | zero elements | all-zero tensors |"
+    )
     print("|---|---|---|---|")
     for label, got in rows:
-        err = float((sum(((got[k] - ref[k]) ** 2).sum() for k in ref) / sum((g ** 2).sum() for g in ref.values()))
-                    .sqrt())
+        err = float(
+            (
+                sum(((got[k] - ref[k]) ** 2).sum() for k in ref) / sum((g**2).sum() for g in ref.values())
+            ).sqrt()
+        )
         zeros = sum(int((g == 0).sum()) for g in got.values())
         dead = sum(1 for g in got.values() if not g.abs().sum() > 0)
         print(f"| {label} | {err:.4f} | {zeros / total:.1%} | {dead} of {len(got)} |")

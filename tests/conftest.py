@@ -33,8 +33,13 @@ def tiny_model(tiny_paths):
     from instantstyle import InstantStyle
 
     return InstantStyle.from_pretrained(
-        str(tiny_paths["base"]), str(tiny_paths["adapter"]), str(tiny_paths["image_encoder"]),
-        device="cpu", dtype="fp32", cache_dir=None, progress=False,
+        str(tiny_paths["base"]),
+        str(tiny_paths["adapter"]),
+        str(tiny_paths["image_encoder"]),
+        device="cpu",
+        dtype="fp32",
+        cache_dir=None,
+        progress=False,
     )
 
 

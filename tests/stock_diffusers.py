@@ -10,8 +10,10 @@ def load_stock_sdxl(tiny_paths, feature_extractor):
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_paths["base"]))
     pipe.load_ip_adapter(
-        str(tiny_paths["adapter"].parent.parent), subfolder="sdxl_models",
-        weight_name="ip-adapter_sdxl.safetensors", image_encoder_folder="image_encoder",
+        str(tiny_paths["adapter"].parent.parent),
+        subfolder="sdxl_models",
+        weight_name="ip-adapter_sdxl.safetensors",
+        image_encoder_folder="image_encoder",
     )
     pipe.feature_extractor = feature_extractor
     pipe.set_progress_bar_config(disable=True)

@@ -12,8 +12,12 @@ def test_bench_methods_tiny(tmp_path, capsys, monkeypatch, tiny_model):
     spec = importlib.util.spec_from_file_location("bench_methods", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    monkeypatch.setattr(bench, "load_tiny", lambda: tiny_model)  # the session's tiny model: same code path, no rebuild
-    assert bench.main(["--tiny", "--steps", "1", "--train-steps", "2", "--json", str(tmp_path / "c.json")]) == 0
+    monkeypatch.setattr(
+        bench, "load_tiny", lambda: tiny_model
+    )  # the session's tiny model: same code path, no rebuild
+    assert (
+        bench.main(["--tiny", "--steps", "1", "--train-steps", "2", "--json", str(tmp_path / "c.json")]) == 0
+    )
     report = json.loads((tmp_path / "c.json").read_text())
     rows = {r["method"]: r for r in report["methods"]}
     assert list(rows) == list(bench.METHODS)

@@ -25,14 +25,19 @@ def blora_dir(tiny_model, style_images, tmp_path_factory):
     """A B-LoRA trained on the shared tiny model's own pipe (which must come back unchanged)."""
     out = tmp_path_factory.mktemp("blora") / "red"
     before = snapshot(tiny_model)
-    result = blora_training.train(tiny_model.pipe, style_images["red"], out, steps=24, checkpoint_every=12, base_id="tiny", **TRAIN)
+    result = blora_training.train(
+        tiny_model.pipe, style_images["red"], out, steps=24, checkpoint_every=12, base_id="tiny", **TRAIN
+    )
     assert_same(before, snapshot(tiny_model))
     return out, result
 
 
 def test_training_lowers_the_loss_and_writes_weights_for_the_two_blocks_only(blora_dir, tiny_model):
     out, result = blora_dir
-    assert result.eval_loss_after < result.eval_loss_before - 5e-4, (result.eval_loss_before, result.eval_loss_after)
+    assert result.eval_loss_after < result.eval_loss_before - 5e-4, (
+        result.eval_loss_before,
+        result.eval_loss_after,
+    )
     weights = load_file(str(out / b_lora.WEIGHTS_FILE))
     modules = {m.name: m for m in tiny_model.modules}
     owners = {k.split(".transformer_blocks.")[0].removeprefix("unet.") for k in weights}
@@ -40,7 +45,8 @@ def test_training_lowers_the_loss_and_writes_weights_for_the_two_blocks_only(blo
     layers = modules[blocks.BLORA_CONTENT_BLOCK].layers + modules[blocks.BLORA_STYLE_BLOCK].layers
     assert len(weights) == layers * 2 * 4 * 2  # layers x (attn1, attn2) x (q, k, v, out) x (A, B)
     assert {k.split(".attn")[1].split(".lora")[0] for k in weights} == {
-        f"{a}.{p}" for a in ("1", "2") for p in b_lora.PROJECTIONS}
+        f"{a}.{p}" for a in ("1", "2") for p in b_lora.PROJECTIONS
+    }
     assert all(w.shape[0] == 4 for k, w in weights.items() if "lora_A" in k)  # rank
     info = json.loads((out / b_lora.INFO_FILE).read_text())
     assert info["steps"] == 24 and info["base"] == "tiny" and info["architecture"] and info["weights"]
@@ -61,17 +67,29 @@ def one_thread():
 
 
 def test_resuming_from_a_checkpoint_continues_exactly(style_images, tiny_model, tmp_path, one_thread):
-    blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=2, checkpoint_every=2, **TRAIN)
-    blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=4, checkpoint_every=2, resume=True,
-                 **TRAIN)
-    blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "b", steps=4, checkpoint_every=2, **TRAIN)
+    blora_training.train(
+        tiny_model.pipe, style_images["red"], tmp_path / "a", steps=2, checkpoint_every=2, **TRAIN
+    )
+    blora_training.train(
+        tiny_model.pipe,
+        style_images["red"],
+        tmp_path / "a",
+        steps=4,
+        checkpoint_every=2,
+        resume=True,
+        **TRAIN,
+    )
+    blora_training.train(
+        tiny_model.pipe, style_images["red"], tmp_path / "b", steps=4, checkpoint_every=2, **TRAIN
+    )
     wa, wb = (load_file(str(tmp_path / d / b_lora.WEIGHTS_FILE)) for d in ("a", "b"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # bit for bit
     with pytest.raises(InstantStyleError, match="not empty; pass --resume"):
         blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=4, **TRAIN)
     with pytest.raises(InstantStyleError, match="different rank"):
-        blora_training.train(tiny_model.pipe, style_images["red"], tmp_path / "a", steps=6, resume=True,
-                     **{**TRAIN, "rank": 8})
+        blora_training.train(
+            tiny_model.pipe, style_images["red"], tmp_path / "a", steps=6, resume=True, **{**TRAIN, "rank": 8}
+        )
 
 
 def test_style_only_application_loads_only_the_style_block(blora_dir, tiny_model):
@@ -82,11 +100,15 @@ def test_style_only_application_loads_only_the_style_block(blora_dir, tiny_model
     info, style = b_lora.load_style(out, unet)
     assert style and all(k.startswith(blocks.BLORA_STYLE_BLOCK + ".") for k in style)
     before = snapshot(tiny_model)
-    with b_lora.scoped_lora(unet, b_lora.lora_targets(unet, [info["style_block"]]), info["rank"], info["lora_alpha"],
-                            style):
+    with b_lora.scoped_lora(
+        unet, b_lora.lora_targets(unet, [info["style_block"]]), info["rank"], info["lora_alpha"], style
+    ):
         lora_modules = [n for n, m in unet.named_modules() if isinstance(m, LoraLayer)]
-        loaded = {n: m.lora_B["blora"].weight.detach().clone() for n, m in unet.named_modules()
-                  if isinstance(m, LoraLayer)}
+        loaded = {
+            n: m.lora_B["blora"].weight.detach().clone()
+            for n, m in unet.named_modules()
+            if isinstance(m, LoraLayer)
+        }
     assert lora_modules and all(n.startswith(blocks.BLORA_STYLE_BLOCK + ".") for n in lora_modules)
     assert len(lora_modules) == len(style) // 2
     assert all(torch.equal(loaded[n], style[f"{n}.lora_B.weight"]) for n in loaded)  # the trained weights
@@ -100,9 +122,13 @@ def test_b_lora_generation_applies_the_style_and_restores_the_model(blora_dir, t
     out = tmp_path / "strong"
     shutil.copytree(blora_dir[0], out)
     weights = load_file(str(out / b_lora.WEIGHTS_FILE))
-    save_file({k: v * 200 if "lora_B" in k else v for k, v in weights.items()}, str(out / b_lora.WEIGHTS_FILE))
+    save_file(
+        {k: v * 200 if "lora_B" in k else v for k, v in weights.items()}, str(out / b_lora.WEIGHTS_FILE)
+    )
     before = snapshot(tiny_model)
-    fast = dict(prompt="a cat", method="b-lora", lora=str(out), steps=1, width=64, height=64, seed=3, guidance=3.0)
+    fast = dict(
+        prompt="a cat", method="b-lora", lora=str(out), steps=1, width=64, height=64, seed=3, guidance=3.0
+    )
     on = tiny_model.generate(**fast, lora_scale=1.0)[0]
     off = tiny_model.generate(**fast, lora_scale=0.0)[0]
     assert_same(before, snapshot(tiny_model))
@@ -123,8 +149,9 @@ def test_style_lora_changes_the_unet_output_and_scale_zero_is_the_base(blora_dir
     call = dict(encoder_hidden_states=pe, added_cond_kwargs=added)
     with torch.no_grad():
         base = unet(x, 500, **call).sample
-        with b_lora.scoped_lora(unet, b_lora.lora_targets(unet, [info["style_block"]]), info["rank"],
-                                info["lora_alpha"], style):
+        with b_lora.scoped_lora(
+            unet, b_lora.lora_targets(unet, [info["style_block"]]), info["rank"], info["lora_alpha"], style
+        ):
             styled = unet(x, 500, **call).sample
             zero = unet(x, 500, **call, cross_attention_kwargs={"scale": 0.0}).sample
         after = unet(x, 500, **call).sample
@@ -144,8 +171,21 @@ def test_a_lora_trained_on_another_base_is_refused(blora_dir, tiny_model, tmp_pa
         (other / b_lora.INFO_FILE).write_text(json.dumps(info))
         with pytest.raises(InstantStyleError, match="trained on another base model"):
             tiny_model.generate(prompt="a", method="b-lora", lora=str(other), steps=1, width=64, height=64)
-    rc = main(["generate", "--base", "tiny", "--prompt", "a", "--method", "b-lora", "--lora",
-               str(tmp_path / "architecture"), "--out", str(tmp_path / "x.png")])
+    rc = main(
+        [
+            "generate",
+            "--base",
+            "tiny",
+            "--prompt",
+            "a",
+            "--method",
+            "b-lora",
+            "--lora",
+            str(tmp_path / "architecture"),
+            "--out",
+            str(tmp_path / "x.png"),
+        ]
+    )
     assert rc == 2 and "trained on another base model" in capsys.readouterr().err  # before loading models
     with pytest.raises(InstantStyleError, match="not a B-LoRA directory"):
         tiny_model.generate(prompt="a", method="b-lora", lora=str(tmp_path), steps=1)
@@ -153,16 +193,36 @@ def test_a_lora_trained_on_another_base_is_refused(blora_dir, tiny_model, tmp_pa
 
 def test_b_lora_refuses_a_style_image(blora_dir, tiny_model, style_images):
     with pytest.raises(InstantStyleError, match="takes its style from --lora"):
-        tiny_model.generate(prompt="a", method="b-lora", lora=str(blora_dir[0]), style=[str(style_images["red"])])
+        tiny_model.generate(
+            prompt="a", method="b-lora", lora=str(blora_dir[0]), style=[str(style_images["red"])]
+        )
 
 
 def test_cli_train_blora_on_tiny(style_images, tmp_path, capsys):
     from instantstyle.cli import main
 
-    rc = main(["train-blora", "--base", "tiny", "--image", str(style_images["red"]), "--out", str(tmp_path / "b"),
-               "--steps", "2", "--rank", "2", "--resolution", "8", "--quiet"])
+    rc = main(
+        [
+            "train-blora",
+            "--base",
+            "tiny",
+            "--image",
+            str(style_images["red"]),
+            "--out",
+            str(tmp_path / "b"),
+            "--steps",
+            "2",
+            "--rank",
+            "2",
+            "--resolution",
+            "8",
+            "--quiet",
+        ]
+    )
     assert rc == 0 and (tmp_path / "b" / b_lora.WEIGHTS_FILE).is_file()
-    rc = main(["train-blora", "--base", "tiny", "--image", str(style_images["red"]), "--out", str(tmp_path / "b")])
+    rc = main(
+        ["train-blora", "--base", "tiny", "--image", str(style_images["red"]), "--out", str(tmp_path / "b")]
+    )
     assert rc == 2 and "not empty" in capsys.readouterr().err
 
 
@@ -175,10 +235,24 @@ def test_compare_writes_a_labelled_grid_singles_and_reports(tiny_model, style_im
 
     methods = ["instantstyle", "visual-style-prompting", "b-lora"]
     prompts = ["a cat", "a house by the sea"]
-    settings = dict(steps=1, width=64, height=64, seed=5, guidance=3.0, reference_prompt="a red square",
-                    lora=str(blora_dir[0]))
-    result = compare(tiny_model, style_images["red"], prompts, tmp_path / "cmp", methods=methods,
-                     settings=settings, log=lambda _m: None)
+    settings = dict(
+        steps=1,
+        width=64,
+        height=64,
+        seed=5,
+        guidance=3.0,
+        reference_prompt="a red square",
+        lora=str(blora_dir[0]),
+    )
+    result = compare(
+        tiny_model,
+        style_images["red"],
+        prompts,
+        tmp_path / "cmp",
+        methods=methods,
+        settings=settings,
+        log=lambda _m: None,
+    )
     out = tmp_path / "cmp"
     report = json.loads((out / "report.json").read_text())
     assert [r["method"] for r in report["methods"]] == methods
@@ -203,8 +277,17 @@ def test_compare_writes_a_labelled_grid_singles_and_reports(tiny_model, style_im
 def test_compare_cli_checks_methods_before_loading(style_images, tmp_path, capsys):
     from instantstyle.cli import main
 
-    common = ["compare", "--base", str(tmp_path / "missing"), "--style", str(style_images["red"]), "--prompt", "a",
-              "--out", str(tmp_path / "o")]
+    common = [
+        "compare",
+        "--base",
+        str(tmp_path / "missing"),
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main([*common, "--methods", "instantstyle,bogus"]) == 2
     assert "valid methods" in capsys.readouterr().err
     assert main([*common, "--methods", "b-lora"]) == 2
@@ -218,8 +301,22 @@ def test_compare_without_a_reference_prompt_runs_the_rest_and_says_why(style_ima
     from instantstyle.cli import main
 
     out = tmp_path / "cmp"
-    rc = main(["compare", "--style", str(style_images["red"]), "--prompt", "a lighthouse", "--base", "tiny",
-               "--steps", "2", "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "compare",
+            "--style",
+            str(style_images["red"]),
+            "--prompt",
+            "a lighthouse",
+            "--base",
+            "tiny",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
@@ -236,10 +333,16 @@ def test_compare_without_a_reference_prompt_runs_the_rest_and_says_why(style_ima
 def test_compare_derives_the_reference_prompt_from_the_content_prompt():
     from instantstyle.compare import build_requests, plan
 
-    chosen = plan(["instantstyle", "style-aligned", "visual-style-prompting"], {"content_prompt": "a harbour"})
-    assert chosen.methods == ["instantstyle", "style-aligned", "visual-style-prompting"] and not chosen.skipped
+    chosen = plan(
+        ["instantstyle", "style-aligned", "visual-style-prompting"], {"content_prompt": "a harbour"}
+    )
+    assert (
+        chosen.methods == ["instantstyle", "style-aligned", "visual-style-prompting"] and not chosen.skipped
+    )
     assert "reference prompt taken from --content-prompt 'a harbour'" in chosen.notes[0]
-    reqs = build_requests(chosen.methods, ["a cat"], "ref.png", {"content_prompt": "a harbour"}, chosen.overrides)
+    reqs = build_requests(
+        chosen.methods, ["a cat"], "ref.png", {"content_prompt": "a harbour"}, chosen.overrides
+    )
     assert reqs["style-aligned"][0].reference_prompt == "a harbour"
     assert reqs["instantstyle"][0].content_prompt == "a harbour"
     given = plan(["style-aligned"], {"reference_prompt": "a red square", "content_prompt": "x"})

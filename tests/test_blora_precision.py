@@ -62,7 +62,9 @@ def test_fp16_lora_gradients_match_fp32_and_none_is_all_zero(pipes):
     state = _lora_state(fp32)
     ref = blora_training.lora_gradients(fp32, image, resolution=RESOLUTION, rank=RANK, lora_state=state)
     got = blora_training.lora_gradients(fp16, image, resolution=RESOLUTION, rank=RANK, lora_state=state)
-    assert got.keys() == ref.keys() and len(ref) == 2 * 2 * 4 * 2 * 2  # 2 modules x 2 layers x attn x proj x A/B
+    assert (
+        got.keys() == ref.keys() and len(ref) == 2 * 2 * 4 * 2 * 2
+    )  # 2 modules x 2 layers x attn x proj x A/B
     err = _relative_l2(got, ref)
     zero = [k for k, g in got.items() if not g.abs().sum() > 0]
     assert not zero, zero[:3]

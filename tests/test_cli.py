@@ -17,9 +17,15 @@ def run(tiny_paths, capsys):
     def _run(*args, models=True):
         argv = list(args)
         if models and argv[0] == "generate":
-            defaults = {"--base": str(tiny_paths["base"]), "--adapter": str(tiny_paths["adapter"]),
-                        "--image-encoder": str(tiny_paths["image_encoder"]), "--device": "cpu"}
-            argv += [x for flag, value in defaults.items() if flag not in argv for x in (flag, value)] + ["--quiet"]
+            defaults = {
+                "--base": str(tiny_paths["base"]),
+                "--adapter": str(tiny_paths["adapter"]),
+                "--image-encoder": str(tiny_paths["image_encoder"]),
+                "--device": "cpu",
+            }
+            argv += [x for flag, value in defaults.items() if flag not in argv for x in (flag, value)] + [
+                "--quiet"
+            ]
         code = main(argv)
         out, err = capsys.readouterr()
         return code, out, err
@@ -29,8 +35,21 @@ def run(tiny_paths, capsys):
 
 def test_generate_writes_png_with_parameters(run, tmp_path, style_images, tiny_model):
     out = tmp_path / "cat.png"
-    code, stdout, err = run("generate", "--style", str(style_images["red"]), "--prompt", "a cat", "--steps", "3",
-                            "--seed", "5", "--content-prompt", "a red square", "--out", str(out))
+    code, stdout, err = run(
+        "generate",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--content-prompt",
+        "a red square",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert stdout.strip() == str(out)
     with Image.open(out) as im:
@@ -41,16 +60,30 @@ def test_generate_writes_png_with_parameters(run, tmp_path, style_images, tiny_m
     assert meta["mode"] == "style" and meta["active_blocks"] == ["up_blocks.0.attentions.1"]
     assert params.startswith("a cat\n") and "Seed: 5" in params and "Steps: 3" in params
     # The Python API with the same request gives the same pixels.
-    api = tiny_model.generate(prompt="a cat", style=[str(style_images["red"])], steps=3, seed=5,
-                              content_prompt="a red square")[0]
+    api = tiny_model.generate(
+        prompt="a cat", style=[str(style_images["red"])], steps=3, seed=5, content_prompt="a red square"
+    )[0]
     assert np.array_equal(np.asarray(api), pixels)
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_several_images_and_no_overwrite(run, tmp_path, style_images):
     out = tmp_path / "x.png"
-    args = ("generate", "--style", str(style_images["red"]), "--prompt", "a cat", "--steps", "2", "--seed", "1",
-            "--num-images", "2", "--out", str(out))
+    args = (
+        "generate",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--num-images",
+        "2",
+        "--out",
+        str(out),
+    )
     assert run(*args)[0] == 0
     a, b = tmp_path / "x-0.png", tmp_path / "x-1.png"
     assert a.is_file() and b.is_file()
@@ -61,15 +94,35 @@ def test_several_images_and_no_overwrite(run, tmp_path, style_images):
 
 
 def test_directory_output(run, tmp_path, style_images):
-    code, stdout, _ = run("generate", "--style", str(style_images["red"]), "--prompt", "a cat", "--steps", "2",
-                          "--seed", "9", "--out", str(tmp_path) + "/")
+    code, stdout, _ = run(
+        "generate",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        str(tmp_path) + "/",
+    )
     assert code == 0 and (tmp_path / "instantstyle-9-0.png").is_file()
 
 
 def test_saved_style_round_trip_through_the_cli(run, tmp_path, style_images, tiny_paths):
     enc = ["--image-encoder", str(tiny_paths["image_encoder"]), "--device", "cpu"]
-    code, _, err = run("style", "save", "warm", str(style_images["red"]), str(style_images["blue"]),
-                       "--weights", "0.7", "0.3", *enc)
+    code, _, err = run(
+        "style",
+        "save",
+        "warm",
+        str(style_images["red"]),
+        str(style_images["blue"]),
+        "--weights",
+        "0.7",
+        "0.3",
+        *enc,
+    )
     assert code == 0, err
     assert run("style", "list")[1].split() == ["warm"]
     shown = json.loads(run("style", "show", "warm")[1])
@@ -77,8 +130,22 @@ def test_saved_style_round_trip_through_the_cli(run, tmp_path, style_images, tin
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     common = ("--prompt", "a cat", "--steps", "2", "--seed", "4")
     assert run("generate", "--style", "@warm", *common, "--out", str(a))[0] == 0
-    assert run("generate", "--style", str(style_images["red"]), "--style", str(style_images["blue"]),
-               "--style-weights", "0.7", "0.3", *common, "--out", str(b))[0] == 0
+    assert (
+        run(
+            "generate",
+            "--style",
+            str(style_images["red"]),
+            "--style",
+            str(style_images["blue"]),
+            "--style-weights",
+            "0.7",
+            "0.3",
+            *common,
+            "--out",
+            str(b),
+        )[0]
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert run("style", "rm", "warm")[0] == 0 and run("style", "list")[1] == ""
 
@@ -88,7 +155,10 @@ def test_blocks_table(run):
     assert code == 0
     line = next(x for x in out.splitlines() if x.startswith("up_blocks.0.attentions.1 "))
     assert line.split()[-1] == "style"
-    assert next(x for x in out.splitlines() if x.startswith("down_blocks.2.attentions.1 ")).split()[-1] == "layout"
+    assert (
+        next(x for x in out.splitlines() if x.startswith("down_blocks.2.attentions.1 ")).split()[-1]
+        == "layout"
+    )
 
 
 def test_make_tiny_writes_loadable_layouts(run, tmp_path):
@@ -202,16 +272,54 @@ def test_content_prompt_in_another_space_is_refused(tmp_path, style_images, caps
     tiny.pipe.save_pretrained(tmp_path / "sdxl")
     out = tmp_path / "o.png"
     capsys.readouterr()
-    code = main(["generate", "--base", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "a16.safetensors"),
-                 "--image-encoder", str(tmp_path / "enc16"), "--style", str(style_images["red"]), "--prompt", "a cat",
-                 "--content-prompt", "a dog", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu"])
+    code = main(
+        [
+            "generate",
+            "--base",
+            str(tmp_path / "sdxl"),
+            "--adapter",
+            str(tmp_path / "a16.safetensors"),
+            "--image-encoder",
+            str(tmp_path / "enc16"),
+            "--style",
+            str(style_images["red"]),
+            "--prompt",
+            "a cat",
+            "--content-prompt",
+            "a dog",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "not in the same CLIP space" in err and "--content-text-encoder" in err
     assert err.count("\n") == 1 and not out.exists()
     # Without a content prompt the same models work.
-    common = ["generate", "--base", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "a16.safetensors"),
-              "--image-encoder", str(tmp_path / "enc16"), "--style", str(style_images["red"]), "--prompt", "a cat",
-              "--steps", "2", "--seed", "0", "--quiet", "--device", "cpu"]
+    common = [
+        "generate",
+        "--base",
+        str(tmp_path / "sdxl"),
+        "--adapter",
+        str(tmp_path / "a16.safetensors"),
+        "--image-encoder",
+        str(tmp_path / "enc16"),
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--seed",
+        "0",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert main([*common, "--out", str(out)]) == 0
     # With a text encoder in the image encoder's 16-d space, subtraction works and changes the picture.
     from transformers import CLIPTextModelWithProjection
@@ -222,16 +330,44 @@ def test_content_prompt_in_another_space_is_refused(tmp_path, style_images, caps
     CLIPTextModelWithProjection(text_cfg).save_pretrained(tmp_path / "text16")
     tiny.pipe.tokenizer_2.save_pretrained(tmp_path / "text16")
     sub = tmp_path / "sub.png"
-    assert main([*common, "--content-prompt", "a dog", "--content-scale", "2", "--content-text-encoder",
-                 str(tmp_path / "text16"), "--out", str(sub)]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--content-prompt",
+                "a dog",
+                "--content-scale",
+                "2",
+                "--content-text-encoder",
+                str(tmp_path / "text16"),
+                "--out",
+                str(sub),
+            ]
+        )
+        == 0
+    )
     diff = np.abs(np.asarray(Image.open(sub), dtype=float) - np.asarray(Image.open(out), dtype=float)).max()
     assert diff > 20
 
 
 def test_debug_shows_the_traceback(run, tmp_path, style_images):
     with pytest.raises(Exception, match="unknown block"):
-        main(["generate", "--debug", "--base", "tiny", "--style", str(style_images["red"]), "--prompt", "x",
-              "--blocks", "nope", "--out", str(tmp_path / "o.png")])
+        main(
+            [
+                "generate",
+                "--debug",
+                "--base",
+                "tiny",
+                "--style",
+                str(style_images["red"]),
+                "--prompt",
+                "x",
+                "--blocks",
+                "nope",
+                "--out",
+                str(tmp_path / "o.png"),
+            ]
+        )
 
 
 def test_help_teaches(capsys):
@@ -239,5 +375,11 @@ def test_help_teaches(capsys):
         main(["generate", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("--content-prompt", "--blocks", "examples:", "up_blocks.0.attentions.1", "--style-weights"):
+    for needle in (
+        "--content-prompt",
+        "--blocks",
+        "examples:",
+        "up_blocks.0.attentions.1",
+        "--style-weights",
+    ):
         assert needle in text

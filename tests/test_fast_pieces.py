@@ -47,8 +47,13 @@ def latents(model, options, style, **params):
 
     with speed(model, options):
         prep = model.prepare(model.request(**{**BASE, **params}), style_images=[str(style)])
-        model.run(model.pipe, prep, callback_on_step_end=grab, callback_on_step_end_tensor_inputs=["latents"],
-                  output_type="latent")
+        model.run(
+            model.pipe,
+            prep,
+            callback_on_step_end=grab,
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="latent",
+        )
     return grabbed["z"].float().clone()
 
 
@@ -60,9 +65,13 @@ def image(model, options, style, **params):
 
 @contextlib.contextmanager
 def counting(module, calls: list, pre: bool = False):
-    handle = (module.register_forward_pre_hook(lambda m, a, kw: calls.append(a[0].shape[0] if a else 0),
-                                               with_kwargs=True) if pre else
-              module.register_forward_hook(lambda *a: calls.append(1)))
+    handle = (
+        module.register_forward_pre_hook(
+            lambda m, a, kw: calls.append(a[0].shape[0] if a else 0), with_kwargs=True
+        )
+        if pre
+        else module.register_forward_hook(lambda *a: calls.append(1))
+    )
     try:
         yield calls
     finally:
@@ -93,9 +102,14 @@ def test_prune_ip_one_graph_per_preset_no_recapture_on_data(tiny_model, style_im
     tuned = replace(fast_path.MAX_TUNED, compile=False, compile_vae=False, vae_decode="stock")
     unet = tiny_model.pipe.unet
     one = dict(steps=2)
-    refs = {k: image(tiny_model, fast_path.PLAIN, style_images[s], mode=m, scale=sc, prompt=p, **one)[1]
-            for k, (s, m, sc, p) in {"a": ("red", "style", 1.0, "a cat"), "b": ("blue", "style", 0.5, "a dog"),
-                                     "c": ("red", "style+layout", 1.0, "a cat")}.items()}
+    refs = {
+        k: image(tiny_model, fast_path.PLAIN, style_images[s], mode=m, scale=sc, prompt=p, **one)[1]
+        for k, (s, m, sc, p) in {
+            "a": ("red", "style", 1.0, "a cat"),
+            "b": ("blue", "style", 0.5, "a dog"),
+            "c": ("red", "style+layout", 1.0, "a cat"),
+        }.items()
+    }
     assert np.abs(refs["c"] - refs["a"]).max() > 20 * TOL and np.abs(refs["b"] - refs["a"]).max() > 20 * TOL
     cache = unet_graphs.graph_cache(unet, graphs.TracedCapture())
     try:
@@ -122,15 +136,21 @@ def test_prune_ip_one_graph_per_preset_no_recapture_on_data(tiny_model, style_im
 def test_prune_ip_compiled_does_not_recompile_on_data(tiny_model, style_images):
     from torch._dynamo.utils import counters
 
-    compiled = replace(fast_path.MAX_TUNED, compile_backend="eager", cuda_graphs=False, compile_vae=False,
-                       vae_decode="stock")
+    compiled = replace(
+        fast_path.MAX_TUNED, compile_backend="eager", cuda_graphs=False, compile_vae=False, vae_decode="stock"
+    )
     first = latents(tiny_model, compiled, style_images["red"], steps=1)
     graphs_before = counters["stats"]["unique_graphs"]
     second = latents(tiny_model, compiled, style_images["blue"], steps=1, prompt="a dog", scale=0.4)
     assert counters["stats"]["unique_graphs"] == graphs_before
     assert rel_l2(first, latents(tiny_model, fast_path.PLAIN, style_images["red"], steps=1)) < 1e-5
-    assert rel_l2(second, latents(tiny_model, fast_path.PLAIN, style_images["blue"], steps=1, prompt="a dog",
-                                  scale=0.4)) < 1e-5
+    assert (
+        rel_l2(
+            second,
+            latents(tiny_model, fast_path.PLAIN, style_images["blue"], steps=1, prompt="a dog", scale=0.4),
+        )
+        < 1e-5
+    )
 
 
 def test_vae_twin_decodes_in_bf16_within_40_db(tiny_model, style_images):
@@ -157,10 +177,16 @@ def test_compile_settings_are_keyed_and_cached_on_disk(tmp_path, monkeypatch):
     assert "mode" not in kwargs  # torch.compile takes a mode or options, not both
     assert compiling.compile_kwargs("eager", None, tuning=True) == {"backend": "eager", "mode": None}
     base = fast_path.MAX
-    keys = {compiling.compile_key("unet", o) for o in (base, replace(base, attention="flash"),
-                                                       replace(base, inductor_tuning=True),
-                                                       replace(base, compile_mode="max-autotune-no-cudagraphs"),
-                                                       replace(base, fp8=True, fp8_scaling="row"))}
+    keys = {
+        compiling.compile_key("unet", o)
+        for o in (
+            base,
+            replace(base, attention="flash"),
+            replace(base, inductor_tuning=True),
+            replace(base, compile_mode="max-autotune-no-cudagraphs"),
+            replace(base, fp8=True, fp8_scaling="row"),
+        )
+    }
     assert len(keys) == 5  # every trace-time choice gets its own artefact
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     import os
@@ -223,14 +249,18 @@ def test_cfg_truncation_drops_the_unconditional_half_late(tiny_model, style_imag
     with counting(tiny_model.pipe.unet, [], pre=True) as batches:
         out = latents(tiny_model, options, style_images["red"])
     assert batches == [2, 2, 1, 1]  # the last half of the 4 steps without the unconditional batch
-    assert tiny_model.pipe.unet.__dict__["_instantstyle_context"].fills == 2  # K/V again for the cond half only
+    assert (
+        tiny_model.pipe.unet.__dict__["_instantstyle_context"].fills == 2
+    )  # K/V again for the cond half only
     assert 0 < rel_l2(out, ref) < CFG_BOUND
     img, _ = image(tiny_model, options, style_images["red"])
     assert '"cfg_truncation": 0.5' in img.info["instantstyle"]  # the output says it is an approximation
 
 
 def test_deepcache_reuses_deep_features_between_full_steps(tiny_model, style_images):
-    assert all(o.deepcache_interval == 0 for o in map(fast_path.options_for, ("exact", "max-tuned", "cfg-trunc")))
+    assert all(
+        o.deepcache_interval == 0 for o in map(fast_path.options_for, ("exact", "max-tuned", "cfg-trunc"))
+    )
     unet = tiny_model.pipe.unet
     ref = latents(tiny_model, fast_path.EXACT, style_images["red"])
     options = replace(fast_path.EXACT, deepcache_interval=2)
@@ -250,7 +280,12 @@ def test_deepcache_reuses_deep_features_between_full_steps(tiny_model, style_ima
         assert cache.captures == 2
     finally:
         unet_graphs.release_graphs(unet)
-    assert rel_l2(g1, latents(tiny_model, replace(options, cuda_graphs=False, fuse_qkv=True), style_images["red"])) < 1e-5
+    assert (
+        rel_l2(
+            g1, latents(tiny_model, replace(options, cuda_graphs=False, fuse_qkv=True), style_images["red"])
+        )
+        < 1e-5
+    )
     assert rel_l2(g2, latents(tiny_model, options, style_images["blue"], prompt="a dog")) < 1e-5
     assert [name for name, _ in deepcache.deep_blocks(unet)][0] == "down_blocks.1"
 
@@ -267,7 +302,28 @@ def test_named_speeds_and_companion_flags():
             fast_path.options_for("max", **bad)
     from instantstyle.cli import build_parser
 
-    args = build_parser().parse_args(["generate", "--prompt", "x", "--style", "a.png", "--speed", "max-tuned",
-                                      "--cfg-truncation", "0.3", "--deepcache", "3", "--compile-cache", "/tmp/c", "--out", "x.png"])
+    args = build_parser().parse_args(
+        [
+            "generate",
+            "--prompt",
+            "x",
+            "--style",
+            "a.png",
+            "--speed",
+            "max-tuned",
+            "--cfg-truncation",
+            "0.3",
+            "--deepcache",
+            "3",
+            "--compile-cache",
+            "/tmp/c",
+            "--out",
+            "x.png",
+        ]
+    )
     assert (args.speed, args.cfg_truncation, args.deepcache_interval, args.compile_cache) == (
-        "max-tuned", 0.3, 3, "/tmp/c")
+        "max-tuned",
+        0.3,
+        3,
+        "/tmp/c",
+    )

@@ -173,7 +173,10 @@ def test_float8_linear_is_close_but_not_exact():
 def test_fp8_scope_swaps_only_transformer_linears_and_restores(tiny_model):
     unet = tiny_model.pipe.unet
     before = state(unet)
-    with tiny_model_scales(tiny_model, "style"), fast_path.scope(tiny_model.pipe, fast_path.FastOptions(fp8=True)):
+    with (
+        tiny_model_scales(tiny_model, "style"),
+        fast_path.scope(tiny_model.pipe, fast_path.FastOptions(fp8=True)),
+    ):
         swapped = [m for m in unet.modules() if isinstance(m, fast_fp8.Float8Linear)]
         assert swapped
         for proc in ip_processors(unet).values():  # the IP weights (4 tokens) stay as they are
@@ -206,8 +209,19 @@ def test_benchmark_tiny_mode_runs(tmp_path):
     finally:
         sys.modules.pop(spec.name, None)
     out = tmp_path / "bench.json"
-    rc = bench.main(["--tiny", "--json", str(out), "--repeats", "1", "--warmup", "0", "--only",
-                     "stock-style-b1,ours-plain-style-b1,ours-fp8-style-b1,ours-low-style-b1"])
+    rc = bench.main(
+        [
+            "--tiny",
+            "--json",
+            str(out),
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--only",
+            "stock-style-b1,ours-plain-style-b1,ours-fp8-style-b1,ours-low-style-b1",
+        ]
+    )
     assert rc == 0
     rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["stock-style-b1"]["s_per_image"] > 0
@@ -236,7 +250,11 @@ def test_cli_choices_match_the_speed_and_memory_names():
     from instantstyle.cli import build_parser
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "generate" in a.choices)
+    sub = next(
+        a
+        for a in parser._actions
+        if a.dest == "command" or getattr(a, "choices", None) and "generate" in a.choices
+    )
     gen = sub.choices["generate"]
     choices = {a.dest: tuple(a.choices) for a in gen._actions if a.dest in ("speed", "memory")}
     assert choices == {"speed": fast_path.SPEEDS, "memory": memory_modes.MEMORY_CHOICES}
@@ -252,7 +270,9 @@ def test_offloaded_unet_keeps_only_module_level_pieces(tiny_model):
     add_hook_to_module(unet, ModelHook())  # what accelerate's offloading leaves on the module
     try:
         with fast_path.scope(tiny_model.pipe, replace(FAST_EAGER, attention="math")) as used:
-            assert not (used.light_inactive or used.fuse_qkv or used.compile or used.channels_last or used.fp8)
+            assert not (
+                used.light_inactive or used.fuse_qkv or used.compile or used.channels_last or used.fp8
+            )
             assert used.project_once and used.attention == "auto"
     finally:
         remove_hook_from_module(unet)
@@ -297,9 +317,19 @@ def test_low_memory_modes_decode_in_small_tiles():
 
     vae = Vae()
     memory_modes.vae_tiles(vae, small=True)
-    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (512, 64, True, True)
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (
+        512,
+        64,
+        True,
+        True,
+    )
     memory_modes.vae_tiles(vae, small=False)
-    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (1024, 128, False, False)
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.use_tiling, vae.use_slicing) == (
+        1024,
+        128,
+        False,
+        False,
+    )
 
 
 def test_release_caches_drops_fused_weights_and_processors(tiny_model, style_images):
@@ -314,8 +344,9 @@ def test_release_caches_drops_fused_weights_and_processors(tiny_model, style_ima
     assert np.abs(again - plain).max() <= TOL
 
 
-@pytest.mark.parametrize(("gib", "mode"), [(80, "normal"), (23.6, "normal"), (15.7, "balanced"), (11.7, "low"),
-                                           (7.6, "lowest")])
+@pytest.mark.parametrize(
+    ("gib", "mode"), [(80, "normal"), (23.6, "normal"), (15.7, "balanced"), (11.7, "low"), (7.6, "lowest")]
+)
 def test_auto_memory_follows_the_card_size(gib, mode, monkeypatch):
     class Props:
         total_memory = int(gib * 2**30)

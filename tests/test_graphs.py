@@ -59,7 +59,10 @@ def test_replayed_graph_matches_plain_and_follows_every_input(tiny_model, style_
     assert np.abs(half_ref - red_ref).max() > 20 * TOL  # so do scale and prompt
     with graphed(tiny_model, GRAPHED) as cache:
         red = generate(tiny_model, style_images["red"])
-        assert (cache.captures, cache.replays) == (1, 2)  # one graph (CFG is one batched call), one replay per step
+        assert (cache.captures, cache.replays) == (
+            1,
+            2,
+        )  # one graph (CFG is one batched call), one replay per step
         blue = generate(tiny_model, style_images["blue"])
         half = generate(tiny_model, style_images["red"], scale=0.2, prompt="a dog")
         assert cache.captures == 1  # new style, prompt and scale: same graph, new data
@@ -113,6 +116,7 @@ def test_a_changed_projection_is_captured_anew(tiny_model, style_images):
     """A graph's key names the image projection's modules and its weights' versions: a projection
     swapped in without new weights (same addresses, so the weights alone cannot tell) or rewritten
     in place is captured again, never replayed stale."""
+
     class Negated(torch.nn.Module):  # a different projection over the same weights
         def __init__(self, inner):
             super().__init__()
@@ -126,7 +130,9 @@ def test_a_changed_projection_is_captured_anew(tiny_model, style_images):
     norm = first.norm.weight  # the projection's last LayerNorm: its gain scales the tokens
     saved = norm.detach().clone()
     red = style_images["red"]
-    STRONG = dict(steps=1, mode="full", scale=8.0)  # one step in which the projection's tokens move the picture
+    STRONG = dict(
+        steps=1, mode="full", scale=8.0
+    )  # one step in which the projection's tokens move the picture
 
     def flip():
         with torch.no_grad():
@@ -216,7 +222,9 @@ def test_traced_capture_freezes_python_and_rereads_tensors():
     flag["on"] = False
     assert torch.allclose(cache.call(fn, (x2,), {}, "ctx"), x2 @ weight * 5.0)  # Python: frozen
     assert cache.captures == 1
-    assert not torch.allclose(cache.call(fn, (x2,), {}, "other"), x2 @ weight * 5.0)  # new context: recaptured
+    assert not torch.allclose(
+        cache.call(fn, (x2,), {}, "other"), x2 @ weight * 5.0
+    )  # new context: recaptured
 
 
 def test_outputs_are_clones_and_keys_follow_shapes():
@@ -227,7 +235,9 @@ def test_outputs_are_clones_and_keys_follow_shapes():
     cache.call(lambda x: x * 2, (torch.ones(3),), {}, 0)
     cache.call(lambda x: x * 2, (torch.ones(4),), {}, 0)
     assert cache.captures == 3 and len(cache.graphs) == 2  # least recently used dropped
-    assert cache.call(lambda x, o: x, (torch.ones(1), {1}), {}, 0) is graphs.UNCACHEABLE  # unhashable argument (a set)
+    assert (
+        cache.call(lambda x, o: x, (torch.ones(1), {1}), {}, 0) is graphs.UNCACHEABLE
+    )  # unhashable argument (a set)
 
 
 def test_python_number_timesteps_become_tensors():

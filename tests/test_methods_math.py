@@ -95,8 +95,14 @@ def test_colour_calibration_matches_the_targets_to_the_reference_rows_predicted_
 
     from instantstyle.methods.visual_style_prompting import calibrate
 
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     sched.set_timesteps(50)
     t = next(int(t) for t in sched.timesteps if 100 < t < 150)
     g = torch.Generator().manual_seed(3)
@@ -116,7 +122,9 @@ def test_colour_calibration_matches_the_targets_to_the_reference_rows_predicted_
     assert not torch.allclose(out.prev_sample[1:], base.prev_sample[1:], atol=1e-2)  # calibration moved them
     # outside the window the targets' step is DDIM's own
     t_out = int(sched.timesteps[0])
-    assert torch.equal(sched.step(eps, t_out, sample).prev_sample[1:], plain.step(eps, t_out, sample).prev_sample[1:])
+    assert torch.equal(
+        sched.step(eps, t_out, sample).prev_sample[1:], plain.step(eps, t_out, sample).prev_sample[1:]
+    )
 
 
 def test_swap_range_covers_the_requested_fraction_of_steps():
@@ -140,9 +148,14 @@ def test_importing_methods_and_config_does_not_import_torch():
         ({"method": "style-aligned"}, "needs --reference-prompt"),
         ({"lora": "x"}, "--lora 'x' is read only by --method b-lora"),
         ({"method": "style-aligned", "reference_prompt": "r", "scale": 0.5}, "--scale 0.5 is read only by"),
-        ({"method": "visual-style-prompting", "reference_prompt": "r", "scheduler": "unipc"}, "sample with DDIM"),
-        ({"method": "visual-style-prompting", "reference_prompt": "r", "swap_start": 0.6, "swap_end": 0.5},
-         "swap_start"),
+        (
+            {"method": "visual-style-prompting", "reference_prompt": "r", "scheduler": "unipc"},
+            "sample with DDIM",
+        ),
+        (
+            {"method": "visual-style-prompting", "reference_prompt": "r", "swap_start": 0.6, "swap_end": 0.5},
+            "swap_start",
+        ),
         ({"method": "b-lora", "lora": "d", "task": "img2img", "content": "c.png"}, "text-to-image only"),
     ],
 )
@@ -171,8 +184,15 @@ def test_style_aligned_appends_the_style_words_as_the_authors_notebook():
     def req(**kw):
         return make_request(prompt="A man eats pizza", method="style-aligned", **kw)
 
-    assert target_prompt(req(reference_prompt="Man laying in a bed, medieval painting.")) == \
-        "A man eats pizza, medieval painting."
-    assert target_prompt(req(reference_prompt="a watercolour harbour")) == "A man eats pizza"  # no style clause
-    assert target_prompt(req(reference_prompt="x", style_description="ink wash")) == "A man eats pizza, ink wash."
+    assert (
+        target_prompt(req(reference_prompt="Man laying in a bed, medieval painting."))
+        == "A man eats pizza, medieval painting."
+    )
+    assert (
+        target_prompt(req(reference_prompt="a watercolour harbour")) == "A man eats pizza"
+    )  # no style clause
+    assert (
+        target_prompt(req(reference_prompt="x", style_description="ink wash"))
+        == "A man eats pizza, ink wash."
+    )
     assert target_prompt(req(reference_prompt="a, b", style_description="")) == "A man eats pizza"

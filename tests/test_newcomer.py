@@ -78,24 +78,35 @@ def test_dry_run_lists_each_feature_sets_files_offline(cli, empty_hub):
     assert base + "unet/diffusion_pytorch_model.fp16.safetensors" in files
     assert base + "unet/diffusion_pytorch_model.safetensors" not in files  # fp16 only
     assert not any("vae_1_0" in f or f.endswith(".bin") for f in files)
-    assert files[-3:] == ["h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
-                          "h94/IP-Adapter/sdxl_models/image_encoder/config.json",
-                          "h94/IP-Adapter/sdxl_models/image_encoder/model.safetensors"]
+    assert files[-3:] == [
+        "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
+        "h94/IP-Adapter/sdxl_models/image_encoder/config.json",
+        "h94/IP-Adapter/sdxl_models/image_encoder/model.safetensors",
+    ]
     pieces = download.plan(["canny", "tile", "depth", "vit-h"])
-    assert [p.repo_id for p in pieces] == [models.DEFAULT_CONTROLNET_CANNY, models.DEFAULT_CONTROLNET_TILE,
-                                           "diffusers/controlnet-depth-sdxl-1.0", "h94/IP-Adapter"]
+    assert [p.repo_id for p in pieces] == [
+        models.DEFAULT_CONTROLNET_CANNY,
+        models.DEFAULT_CONTROLNET_TILE,
+        "diffusers/controlnet-depth-sdxl-1.0",
+        "h94/IP-Adapter",
+    ]
     assert all(p.files == ("config.json", "diffusion_pytorch_model.safetensors") for p in pieces[:3])
     assert "models/image_encoder/model.safetensors" in pieces[3].files
     # What the cache holds is marked; a feature table row can be added by another module.
     fake_cache(empty_hub, "h94/IP-Adapter", ["sdxl_models/ip-adapter_sdxl.safetensors"])
     metrics = download.plan(["metrics"])
-    assert [p.repo_id for p in metrics] == ["tomg-group-umd/CSD-ViT-L", "openai/clip-vit-large-patch14",
-                                            "facebook/dinov2-base"]
+    assert [p.repo_id for p in metrics] == [
+        "tomg-group-umd/CSD-ViT-L",
+        "openai/clip-vit-large-patch14",
+        "facebook/dinov2-base",
+    ]
     assert download.feature_for_reference("tomg-group-umd/CSD-ViT-L/pytorch_model.bin") == "metrics"
     code, out, _ = cli("download", "adapter", "--dry-run")
     assert "cached    h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors" in out
     assert "to fetch  h94/IP-Adapter/sdxl_models/image_encoder/config.json" in out
-    row = download.register_feature(download.Feature("test-metric", "a metric", (download.Piece("m", "me/m", ("a.bin",)),)))
+    row = download.register_feature(
+        download.Feature("test-metric", "a metric", (download.Piece("m", "me/m", ("a.bin",)),))
+    )
     try:
         assert download.plan(["test-metric"]) == list(row.pieces)
     finally:
@@ -116,7 +127,9 @@ def _hf_params(argv: list[str]) -> dict:
 def test_readme_download_section_uses_the_command_and_its_hf_lines_are_right():
     assert "instantstyle download\n" in README and "instantstyle download canny tile" in README
     docs = [README, *(p.read_text() for p in (ROOT / "docs").glob("*.md"))]
-    hf_lines = [line.strip() for text in docs for line in text.splitlines() if line.strip().startswith("hf download")]
+    hf_lines = [
+        line.strip() for text in docs for line in text.splitlines() if line.strip().startswith("hf download")
+    ]
     assert len(hf_lines) >= 5, "the README and docs/evaluation.md show the equivalent hf lines"
     planned = {p.hf_command(): p for p in download.plan(list(download.FEATURES))}
     for line in hf_lines:  # each one is exactly a planned piece, and the installed hf reads it as file names
@@ -133,10 +146,28 @@ def test_readme_download_section_uses_the_command_and_its_hf_lines_are_right():
 
 def test_offline_preflight_lists_every_missing_piece_fast_and_quietly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://hub.invalid", PYTHONPATH=str(ROOT / "src"),
-               INSTANTSTYLE_CACHE=str(tmp_path / "c"))
-    cmd = [sys.executable, "-m", "instantstyle", "generate", "--style", str(tmp_path / "missing.png"),
-           "--content", str(EXAMPLE), "--control", "canny", "--prompt", "a cat", "--out", str(tmp_path / "o.png")]
+    env.update(
+        HF_HOME=str(tmp_path / "hf"),
+        HF_ENDPOINT="http://hub.invalid",
+        PYTHONPATH=str(ROOT / "src"),
+        INSTANTSTYLE_CACHE=str(tmp_path / "c"),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "instantstyle",
+        "generate",
+        "--style",
+        str(tmp_path / "missing.png"),
+        "--content",
+        str(EXAMPLE),
+        "--control",
+        "canny",
+        "--prompt",
+        "a cat",
+        "--out",
+        str(tmp_path / "o.png"),
+    ]
     start = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     seconds = time.perf_counter() - start
@@ -148,7 +179,8 @@ def test_offline_preflight_lists_every_missing_piece_fast_and_quietly(tmp_path):
         "  - base model 'stabilityai/stable-diffusion-xl-base-1.0' is not in the Hugging Face cache",
         "  - IP-Adapter 'h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors' is not in the Hugging Face cache",
         "  - image encoder 'h94/IP-Adapter/sdxl_models/image_encoder' is not in the Hugging Face cache",
-        "  - ControlNet 'diffusers/controlnet-canny-sdxl-1.0' is not in the Hugging Face cache"]
+        "  - ControlNet 'diffusers/controlnet-canny-sdxl-1.0' is not in the Hugging Face cache",
+    ]
     assert lines[6].startswith("fetch them with: instantstyle download base adapter canny (the Hub")
     assert "--base tiny" in lines[7] and len(lines) == 8
     assert "retry" not in res.stderr.lower() and res.stdout == ""
@@ -181,7 +213,9 @@ def test_blocks_without_weights_fails_at_once(cli, empty_hub):
     start = time.perf_counter()
     code, _, err = cli("blocks")
     assert code == 2 and time.perf_counter() - start < 5
-    assert "fetch it with: instantstyle download base (HF_HUB_OFFLINE=1 is set" in err and "--base tiny" in err
+    assert (
+        "fetch it with: instantstyle download base (HF_HUB_OFFLINE=1 is set" in err and "--base tiny" in err
+    )
 
 
 # ---------------------------------------------------------------------- long prompts
@@ -192,7 +226,9 @@ def test_a_prompt_over_77_tokens_warns_with_its_count_and_what_is_dropped(tiny_m
     long = " ".join(f"w{i}" for i in range(200))
     n = len(tok(long, verbose=False).input_ids) - 2
     assert n > 100
-    with pytest.warns(UserWarning, match=rf"prompt has {n} tokens; the text encoders read the first 75") as rec:
+    with pytest.warns(
+        UserWarning, match=rf"prompt has {n} tokens; the text encoders read the first 75"
+    ) as rec:
         tiny_model.generate(prompt=long, style=[str(style_images["red"])], steps=1, seed=0)
     lost = tok.decode(tok(long, verbose=False).input_ids[76:-1]).strip()
     assert f"'{lost[:60]}" in str(rec[0].message)
@@ -211,8 +247,22 @@ def test_train_adapter_and_style_save_take_base_tiny(cli, tmp_path):
 
     data = make_shapes(tmp_path / "data", n=2)
     out = tmp_path / "run"
-    code, stdout, err = cli("train-adapter", "--base", "tiny", "--data", data, "--out", out, "--max-steps", "1",
-                            "--batch-size", "1", "--checkpoint-every", "0", "--quiet")
+    code, stdout, err = cli(
+        "train-adapter",
+        "--base",
+        "tiny",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--quiet",
+    )
     assert code == 0, err
     from instantstyle.testing.tiny import build_tiny
 
@@ -243,9 +293,18 @@ def test_a1111_chunk_of_an_img2img_batch_parses_with_sd_parsers(tiny_model, styl
     from instantstyle.images import png_bytes
 
     content_prompt = "a dog, sitting: happy"
-    images = tiny_model.generate(prompt="a cat, masterpiece", negative_prompt="blurry, lowres",
-                                 style=[str(style_images["red"])], content=str(style_images["blue"]), strength=0.6,
-                                 num_images=2, seed=7, steps=2, scheduler="euler-a", content_prompt=content_prompt)
+    images = tiny_model.generate(
+        prompt="a cat, masterpiece",
+        negative_prompt="blurry, lowres",
+        style=[str(style_images["red"])],
+        content=str(style_images["blue"]),
+        strength=0.6,
+        num_images=2,
+        seed=7,
+        steps=2,
+        scheduler="euler-a",
+        content_prompt=content_prompt,
+    )
     parser = ParserManager()
     for i, image in enumerate(images):
         info = parser.parse(Image.open(io.BytesIO(png_bytes(image))))
@@ -264,9 +323,17 @@ def test_a1111_chunk_of_an_img2img_batch_parses_with_sd_parsers(tiny_model, styl
         assert meta["seed"] == 7 and meta["image_seed"] == 7 + i and meta["content_prompt"] == content_prompt
         assert meta["strength"] == 0.6 and meta["speed"]["fp8"] is False
     # The per-image seed is honest: image 1 of the batch is the image of seed 8 made alone.
-    alone = tiny_model.generate(prompt="a cat, masterpiece", negative_prompt="blurry, lowres",
-                                style=[str(style_images["red"])], content=str(style_images["blue"]), strength=0.6,
-                                seed=8, steps=2, scheduler="euler-a", content_prompt=content_prompt)[0]
+    alone = tiny_model.generate(
+        prompt="a cat, masterpiece",
+        negative_prompt="blurry, lowres",
+        style=[str(style_images["red"])],
+        content=str(style_images["blue"]),
+        strength=0.6,
+        seed=8,
+        steps=2,
+        scheduler="euler-a",
+        content_prompt=content_prompt,
+    )[0]
     a, b = (np.asarray(x, dtype=np.int16) for x in (alone, images[1]))
     assert np.abs(a - b).max() <= 2 < np.abs(np.asarray(images[0], dtype=np.int16) - b).max() / 10
 
@@ -274,18 +341,46 @@ def test_a1111_chunk_of_an_img2img_batch_parses_with_sd_parsers(tiny_model, styl
 def test_a1111_text_claims_only_what_was_used(tmp_path):
     from instantstyle.provenance import a1111_parameters, quote, short_hash
 
-    common = dict(prompt="p", steps=3, scheduler="dpm++2m-karras", guidance=5.0, seed=1, width=64, height=64,
-                  adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors", num_images=1)
-    blora = _a1111_pairs(a1111_parameters({**common, "method": "b-lora", "lora": str(tmp_path / "my-lora"),
-                                           "base": str(tmp_path), "mode": "style"}).splitlines()[-1])
+    common = dict(
+        prompt="p",
+        steps=3,
+        scheduler="dpm++2m-karras",
+        guidance=5.0,
+        seed=1,
+        width=64,
+        height=64,
+        adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
+        num_images=1,
+    )
+    blora = _a1111_pairs(
+        a1111_parameters(
+            {
+                **common,
+                "method": "b-lora",
+                "lora": str(tmp_path / "my-lora"),
+                "base": str(tmp_path),
+                "mode": "style",
+            }
+        ).splitlines()[-1]
+    )
     assert "IP-Adapter" not in blora and "InstantStyle mode" not in blora and blora["B-LoRA"] == "my-lora"
     assert blora["Sampler"] == "DPM++ 2M" and blora["Schedule type"] == "Karras"
     assert blora["Model"] == tmp_path.name  # the name, not the local path
-    fp8 = _a1111_pairs(a1111_parameters({**common, "method": "instantstyle", "speed": {"fp8": True},
-                                         "memory": "lowest"}).splitlines()[-1])
+    fp8 = _a1111_pairs(
+        a1111_parameters(
+            {**common, "method": "instantstyle", "speed": {"fp8": True}, "memory": "lowest"}
+        ).splitlines()[-1]
+    )
     assert fp8["InstantStyle approximations"] == "fp8=True" and fp8["VAE tiling"] == "512 px"
-    approx = _a1111_pairs(a1111_parameters({**common, "method": "instantstyle", "approximations":
-                                            {"fp8": "rowwise", "deepcache_interval": 3}}).splitlines()[-1])
+    approx = _a1111_pairs(
+        a1111_parameters(
+            {
+                **common,
+                "method": "instantstyle",
+                "approximations": {"fp8": "rowwise", "deepcache_interval": 3},
+            }
+        ).splitlines()[-1]
+    )
     assert approx["InstantStyle approximations"] == "fp8=rowwise, deepcache_interval=3"
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"weights" * 1000)
@@ -306,16 +401,39 @@ def test_resume_latest_never_overwrites_a_finished_adapter(tiny_paths, tmp_path)
     common = dict(base="tiny", data=str(data), resolution=32, batch_size=1, save_dtype="fp32")
     run = tmp_path / "run"
     train_adapter(out=str(run), max_steps=3, checkpoint_every=2, progress=False, **common)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-0000002", "checkpoint-0000003"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "checkpoint-0000002",
+        "checkpoint-0000003",
+    ]
     before = (run / "adapter.safetensors").read_bytes()
-    with pytest.raises(InstantStyleError, match=r"is finished \(step 3 of max_steps 3\); nothing was changed"):
-        train_adapter(out=str(run), max_steps=3, checkpoint_every=2, resume="latest", progress=False, **common)
+    with pytest.raises(
+        InstantStyleError, match=r"is finished \(step 3 of max_steps 3\); nothing was changed"
+    ):
+        train_adapter(
+            out=str(run), max_steps=3, checkpoint_every=2, resume="latest", progress=False, **common
+        )
     assert (run / "adapter.safetensors").read_bytes() == before
     plain = tmp_path / "plain"  # no checkpoints at all, only the adapter
     train_adapter(out=str(plain), max_steps=1, checkpoint_every=0, progress=False, **common)
     before = (plain / "adapter.safetensors").read_bytes()
-    code = main(["train-adapter", "--base", "tiny", "--data", str(data), "--out", str(plain), "--max-steps", "1",
-                 "--resolution", "32", "--resume", "latest", "--quiet"])
+    code = main(
+        [
+            "train-adapter",
+            "--base",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(plain),
+            "--max-steps",
+            "1",
+            "--resolution",
+            "32",
+            "--resume",
+            "latest",
+            "--quiet",
+        ]
+    )
     assert code == 2 and (plain / "adapter.safetensors").read_bytes() == before
     assert stat.S_IMODE((plain / "adapter.safetensors").stat().st_mode) == 0o666 & ~_umask()
 
@@ -324,8 +442,24 @@ def test_out_that_is_an_input_is_refused_even_with_overwrite(cli, tmp_path):
     depth = tmp_path / "depth.png"
     Image.new("RGB", (64, 64), (90, 90, 90)).save(depth)
     before = depth.read_bytes()
-    code, _, err = cli("generate", "--base", "tiny", "--style", EXAMPLE, "--content", EXAMPLE, "--control", "tiny",
-                       "--control-image", depth, "--prompt", "a house", "--out", depth, "--overwrite")
+    code, _, err = cli(
+        "generate",
+        "--base",
+        "tiny",
+        "--style",
+        EXAMPLE,
+        "--content",
+        EXAMPLE,
+        "--control",
+        "tiny",
+        "--control-image",
+        depth,
+        "--prompt",
+        "a house",
+        "--out",
+        depth,
+        "--overwrite",
+    )
     assert code == 2 and f"--out '{depth}' is also this run's --control-image" in err
     assert depth.read_bytes() == before
     readme_depth = next(line for line in README.splitlines() if "--control-image depth.png" in line)
@@ -349,7 +483,9 @@ def test_messages_name_the_real_problem(cli, tmp_path, tiny_model):
     with pytest.raises(InstantStyleError, match="is a URL; images are read from local files"):
         load_image("https://example.com/ref.png", what="style image")
     assert models.device_and_dtype("cpu", "float32")[1] is models.device_and_dtype("cpu", "fp32")[1]
-    code, _, err = cli("generate", "--style", "a.png", "--prompt", "x", "--out", "o.png", "--scheduler", "eulr")
+    code, _, err = cli(
+        "generate", "--style", "a.png", "--prompt", "x", "--out", "o.png", "--scheduler", "eulr"
+    )
     assert code == 2 and err.count("\n") == 1 and "did you mean 'euler'?" in err and "usage:" not in err
     code, _, err = cli("generate", "--style", "a.png", "--prompt", "x")
     assert code == 2 and err.count("\n") == 1 and "required: --out" in err
@@ -359,16 +495,44 @@ def test_messages_name_the_real_problem(cli, tmp_path, tiny_model):
         save_png(image, path)
     assert "--overwrite" not in str(exc.value)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()  # the user's umask, not 0600
-    code, stdout, err = cli("generate", "--base", "tiny", "--style", EXAMPLE, "--prompt", "x", "--steps", "1",
-                            "--seed", "3", "--dtype", "float32", "--device", "cpu", "--quiet",
-                            "--out", f"{tmp_path}/new/dir/")
+    code, stdout, err = cli(
+        "generate",
+        "--base",
+        "tiny",
+        "--style",
+        EXAMPLE,
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        f"{tmp_path}/new/dir/",
+    )
     assert code == 0, err
     written = tmp_path / "new" / "dir" / "instantstyle-3-0.png"
     assert written.is_file() and stdout.strip() == str(written)
     cached = list(Path(os.environ["INSTANTSTYLE_CACHE"]).rglob("*.safetensors"))
     assert cached and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~_umask() for p in cached)
-    code, stdout, _ = cli("compare", "--style", EXAMPLE, "--prompt", "x", "--methods", "style-aligned",
-                          "--base", "tiny", "--out", tmp_path / "cmp")
+    code, stdout, _ = cli(
+        "compare",
+        "--style",
+        EXAMPLE,
+        "--prompt",
+        "x",
+        "--methods",
+        "style-aligned",
+        "--base",
+        "tiny",
+        "--out",
+        tmp_path / "cmp",
+    )
     assert code == 2 and "--method style-aligned" not in _ and "style-aligned needs --reference-prompt" in _
 
 

@@ -38,7 +38,9 @@ def cli_gaps(model, parser: argparse.ArgumentParser) -> list[str]:
             gaps.append(f"{name}: no flag")
             continue
         if schema_flags.flag_name(name, field) not in action.option_strings:
-            gaps.append(f"{name}: flag {action.option_strings}, schema says {schema_flags.flag_name(name, field)}")
+            gaps.append(
+                f"{name}: flag {action.option_strings}, schema says {schema_flags.flag_name(name, field)}"
+            )
         if action.default not in (None, []):  # unset: the schema's (task/method dependent) default applies
             gaps.append(f"{name}: the flag's own default {action.default!r} would override the schema's")
         want = schema_flags.choices(field)
@@ -71,7 +73,9 @@ def ui_gaps(model, widgets: dict, limits: dict) -> list[str]:
             if kind == "slider":
                 want = min(max(want, lo), hi)  # a server limit below the schema's default
             if kw.get("value") != want and not (kw.get("value") in (None, "") and want in (None, "")):
-                gaps.append(f"{name}: widget default {kw.get('value')!r}, schema {schema_flags.default(field)!r}")
+                gaps.append(
+                    f"{name}: widget default {kw.get('value')!r}, schema {schema_flags.default(field)!r}"
+                )
         want = schema_flags.choices(field)
         if want is not None and list(kw.get("choices", [])) != list(want):
             gaps.append(f"{name}: widget choices {kw.get('choices')} for {want}")
@@ -87,7 +91,16 @@ def test_every_field_has_a_cli_flag_with_the_schemas_default_range_and_choices()
     from instantstyle.cli.generate import request_from_args
 
     req = request_from_args(args)  # flags not given: the schema's defaults
-    for name in ("steps", "scale", "mode", "scheduler", "canny_low", "style_window", "num_images", "swap_end"):
+    for name in (
+        "steps",
+        "scale",
+        "mode",
+        "scheduler",
+        "canny_low",
+        "style_window",
+        "num_images",
+        "swap_end",
+    ):
         assert getattr(req, name) == default_for(name), name
     assert req.guidance == default_for("guidance") == 5.0
 
@@ -109,15 +122,23 @@ def test_the_walks_find_a_field_without_a_flag_or_a_widget():
     extended = create_model("Extended", __base__=GenerateRequest, sharpness=(float, Field(0.5, ge=0, le=1)))
     assert cli_gaps(extended, _subparser("generate")) == ["sharpness: no flag"]
     assert "sharpness: no widget" in ui_gaps(extended, {}, {})
-    hidden = create_model("Hidden", __base__=GenerateRequest, sharpness=(
-        float, Field(0.5, json_schema_extra=schema_flags.frontend(not_in_cli="", not_in_ui="internal"))))
+    hidden = create_model(
+        "Hidden",
+        __base__=GenerateRequest,
+        sharpness=(
+            float,
+            Field(0.5, json_schema_extra=schema_flags.frontend(not_in_cli="", not_in_ui="internal")),
+        ),
+    )
     assert cli_gaps(hidden, _subparser("generate")) == ["sharpness: not_in_cli without a reason"]
     # a flag that drifted from the schema: another range, its own default
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", default=25, help="Denoising steps. Range [1, 100].")
     narrow = create_model("Narrow", steps=(int, Field(30, ge=1, le=500)))
-    assert cli_gaps(narrow, parser) == ["steps: the flag's own default 25 would override the schema's",
-                                        "steps: help does not give the range [1, 500]"]
+    assert cli_gaps(narrow, parser) == [
+        "steps: the flag's own default 25 would override the schema's",
+        "steps: help does not give the range [1, 500]",
+    ]
 
 
 def test_shared_builder_makes_the_training_flags_too():
@@ -127,7 +148,9 @@ def test_shared_builder_makes_the_training_flags_too():
     actions = {a.dest: a for a in parser._actions}
     for name, field in TrainConfig.model_fields.items():
         assert actions[name].option_strings[0] == schema_flags.flag_name(name, field)
-        assert actions[name].default is argparse.SUPPRESS  # --config FILE values are overridden only by flags given
+        assert (
+            actions[name].default is argparse.SUPPRESS
+        )  # --config FILE values are overridden only by flags given
     assert actions["mixed_precision"].choices == ("no", "fp16", "bf16")
 
 
@@ -140,8 +163,21 @@ def test_mode_with_blocks_is_refused_by_the_schema_for_every_front_end(capsys):
 
         make_request(flag_style=False, prompt="a cat", mode="style", blocks="up_blocks.0.attentions.1=1")
     assert MODE_AND_BLOCKS in str(python.value)
-    code = main(["generate", "--prompt", "a cat", "--style", "a.png", "--mode", "style", "--blocks",
-                 "up_blocks.0.attentions.1=1", "--out", "o.png"])
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a cat",
+            "--style",
+            "a.png",
+            "--mode",
+            "style",
+            "--blocks",
+            "up_blocks.0.attentions.1=1",
+            "--out",
+            "o.png",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err == f"instantstyle: error: {python.value}\n"
     # blocks alone replace the default mode, as before
@@ -158,17 +194,24 @@ def test_mode_with_blocks_python_and_http(tiny_model):
 
     grey = Image.new("RGB", (32, 32), (128, 128, 128))
     with pytest.raises(InstantStyleError) as python:
-        tiny_model.generate(prompt="a cat", mode="style", blocks="up_blocks.0.attentions.1=1", style_images=[grey])
+        tiny_model.generate(
+            prompt="a cat", mode="style", blocks="up_blocks.0.attentions.1=1", style_images=[grey]
+        )
     assert MODE_AND_BLOCKS in str(python.value)
     import io
 
     png = io.BytesIO()
     grey.save(png, format="PNG")
     params = {"prompt": "a cat", "mode": "style", "blocks": "up_blocks.0.attentions.1=1"}
-    with GenerationService(tiny_model, queue_size=1) as svc, \
-            TestClient(create_app(svc, ui=False), base_url="http://127.0.0.1") as client:
-        r = client.post("/v1/generate?wait=true", data={"params": json.dumps(params)},
-                        files=[("images", ("grey.png", png.getvalue(), "image/png"))])
+    with (
+        GenerationService(tiny_model, queue_size=1) as svc,
+        TestClient(create_app(svc, ui=False), base_url="http://127.0.0.1") as client,
+    ):
+        r = client.post(
+            "/v1/generate?wait=true",
+            data={"params": json.dumps(params)},
+            files=[("images", ("grey.png", png.getvalue(), "image/png"))],
+        )
     assert 400 <= r.status_code < 500
     body = r.json()
     assert set(body) == {"error"} and MODE_AND_BLOCKS in body["error"]["message"]

@@ -66,7 +66,9 @@ def inspect(state_dict: Mapping[str, Mapping[str, torch.Tensor]]) -> AdapterInfo
     n_layers = len({k.split(".")[0] for k in state_dict["ip_adapter"]})
     if "proj.weight" in proj and "norm.weight" in proj:
         cross = proj["norm.weight"].shape[0]
-        return AdapterInfo("basic", proj["proj.weight"].shape[1], cross, proj["proj.weight"].shape[0] // cross, n_layers)
+        return AdapterInfo(
+            "basic", proj["proj.weight"].shape[1], cross, proj["proj.weight"].shape[0] // cross, n_layers
+        )
     kind = "plus" if "latents" in proj else "other"
     raise InstantStyleError(
         f"this IP-Adapter is a '{kind}' adapter (patch features); InstantStyle's content subtraction and "

@@ -45,8 +45,12 @@ class Injection:
     boost: bool = False  # also multiplied by --layout-boost
 
     def as_dict(self) -> dict:
-        return {"blocks": "every module" if self.target == ALL else self.target, "branch": self.branch,
-                "scale": self.scale, **({"boost": "--layout-boost"} if self.boost else {})}
+        return {
+            "blocks": "every module" if self.target == ALL else self.target,
+            "branch": self.branch,
+            "scale": self.scale,
+            **({"boost": "--layout-boost"} if self.boost else {}),
+        }
 
 
 # Presets are data: name -> injections, applied in order (a later entry overrides an earlier one
@@ -122,7 +126,9 @@ def discover(unet) -> list[AttentionModule]:
             if not processors:
                 continue
             channels = getattr(attn_module, "in_channels", None) or layers[0].attn2.to_q.in_features
-            modules.append(AttentionModule(name, block_name, level, downsample, channels, len(layers), processors))
+            modules.append(
+                AttentionModule(name, block_name, level, downsample, channels, len(layers), processors)
+            )
     return modules
 
 
@@ -203,7 +209,9 @@ def resolve(
 
 
 def resolve_branches(
-    modules: list[AttentionModule], spec: list[tuple[str, float]], scale: float = 1.0,
+    modules: list[AttentionModule],
+    spec: list[tuple[str, float]],
+    scale: float = 1.0,
     layout_boost: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Resolve a spec to ``{branch: {attn2 processor name: scale}}``.
@@ -289,7 +297,9 @@ def has_boost(spec: list[tuple[str, float]]) -> bool:
 
 def branches_of(spec: list[tuple[str, float]]) -> set[str]:
     """The CFG branches the presets named in a spec inject into (without resolving against a UNet)."""
-    return {"cond"} | {i.branch for n, _ in spec for i in PRESETS.get(PRESET_ALIASES.get(n, n), ()) if i.scale}
+    return {"cond"} | {
+        i.branch for n, _ in spec for i in PRESETS.get(PRESET_ALIASES.get(n, n), ()) if i.scale
+    }
 
 
 def preset_table() -> dict[str, list[dict]]:
@@ -305,9 +315,15 @@ def describe_preset(name: str) -> str:
         if i.scale == 0:
             parts.append(f"not {target}")
             continue
-        extra = [x for x in (f"x{i.scale:g}" if i.scale != 1 else "",
-                             f"{i.branch} branch" if i.branch != "cond" else "",
-                             "x --layout-boost" if i.boost else "") if x]
+        extra = [
+            x
+            for x in (
+                f"x{i.scale:g}" if i.scale != 1 else "",
+                f"{i.branch} branch" if i.branch != "cond" else "",
+                "x --layout-boost" if i.boost else "",
+            )
+            if x
+        ]
         parts.append(target + (f" ({', '.join(extra)})" if extra else ""))
     return f"{name} = {', '.join(parts)}"
 
@@ -334,7 +350,11 @@ def describe(modules: list[AttentionModule], sample_size: int | None = None) -> 
     """Rows for the ``instantstyle blocks`` table."""
     rows = []
     for m in modules:
-        grid = f"{sample_size // m.downsample}x{sample_size // m.downsample}" if sample_size else f"/{m.downsample}"
+        grid = (
+            f"{sample_size // m.downsample}x{sample_size // m.downsample}"
+            if sample_size
+            else f"/{m.downsample}"
+        )
         rows.append(
             {
                 "module": m.name,

@@ -77,19 +77,30 @@ def plan(methods: Sequence[str], settings: dict) -> Plan:
             run.append(name)
             overrides[name] = {"reference_prompt": settings["content_prompt"]}
         else:
-            skipped[name] = ("needs --reference-prompt TEXT describing the style image (or --content-prompt, "
-                             "which is used for it); not run")
+            skipped[name] = (
+                "needs --reference-prompt TEXT describing the style image (or --content-prompt, "
+                "which is used for it); not run"
+            )
     derived = [n for n in overrides if "reference_prompt" in overrides[n]]
     if derived:
-        notes.append(f"{', '.join(derived)}: reference prompt taken from --content-prompt "
-                     f"{settings['content_prompt']!r} (no --reference-prompt given)")
+        notes.append(
+            f"{', '.join(derived)}: reference prompt taken from --content-prompt "
+            f"{settings['content_prompt']!r} (no --reference-prompt given)"
+        )
     if not run:
-        raise InstantStyleError("compare: no method left to run: " + "; ".join(f"{n} {r}" for n, r in skipped.items()))
+        raise InstantStyleError(
+            "compare: no method left to run: " + "; ".join(f"{n} {r}" for n, r in skipped.items())
+        )
     return Plan(run, overrides, skipped, notes)
 
 
-def build_requests(methods: Sequence[str], prompts: Sequence[str], style: str | None,
-                   settings: dict, overrides: dict[str, dict] | None = None) -> dict[str, list[GenerateRequest]]:
+def build_requests(
+    methods: Sequence[str],
+    prompts: Sequence[str],
+    style: str | None,
+    settings: dict,
+    overrides: dict[str, dict] | None = None,
+) -> dict[str, list[GenerateRequest]]:
     """One validated request per (method, prompt); fails before any model runs."""
     if not prompts:
         raise InstantStyleError("no --prompt given")
@@ -103,10 +114,17 @@ def build_requests(methods: Sequence[str], prompts: Sequence[str], style: str | 
         params.update((overrides or {}).get(name, {}))
         if method.reference != "lora" and style is not None:
             params["style"] = [style]
-        unused = sorted(k for k, v in settings.items() if k not in params and v is not None
-                        and not any(k in methods_mod.METHODS[m].options for m in methods))
+        unused = sorted(
+            k
+            for k, v in settings.items()
+            if k not in params
+            and v is not None
+            and not any(k in methods_mod.METHODS[m].options for m in methods)
+        )
         if unused:
-            raise InstantStyleError(f"compare: {', '.join(unused)} is read by none of --methods {','.join(methods)}")
+            raise InstantStyleError(
+                f"compare: {', '.join(unused)} is read by none of --methods {','.join(methods)}"
+            )
         try:
             out[name] = [make_request(prompt=p, method=name, num_images=1, **params) for p in prompts]
         except InstantStyleError as exc:  # compare has --methods, not --method
@@ -158,7 +176,9 @@ def make_grid(rows: list[list[Image.Image]], column_labels: list[str], row_label
         x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=font)
         return x1 - x0, y1 - y0
 
-    cell_w = max(max(im.width for row in rows for im in row), *(size(t)[0] + 2 * LABEL_PAD for t in column_labels))
+    cell_w = max(
+        max(im.width for row in rows for im in row), *(size(t)[0] + 2 * LABEL_PAD for t in column_labels)
+    )
     cell_h = max(im.height for row in rows for im in row)
     row_texts = [t if len(t) <= 40 else t[:37] + "..." for t in row_labels]
     left = max(size(t)[0] for t in row_texts) + 2 * LABEL_PAD
@@ -181,8 +201,18 @@ def make_grid(rows: list[list[Image.Image]], column_labels: list[str], row_label
     return grid, boxes
 
 
-def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, methods: Sequence[str] | None = None,
-            settings: dict | None = None, overwrite: bool = False, log=print, scorer=None) -> Comparison:
+def compare(
+    model,
+    style,
+    prompts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    methods: Sequence[str] | None = None,
+    settings: dict | None = None,
+    overwrite: bool = False,
+    log=print,
+    scorer=None,
+) -> Comparison:
     """Run every method on every prompt with the same seed and settings; write grid, singles, reports.
 
     With a ``metrics.scorer.Scorer``, every single is also scored against the style image and its
@@ -222,10 +252,19 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
         for image, path in zip(images, files[name], strict=True):
             save_png(image, path, overwrite=overwrite)
         columns.append(images)
-        results.append({"method": name, "paper": method.paper, "summary": method.summary, "images": len(images),
-                        "seconds_total": round(seconds, 3), "seconds_per_image": round(seconds / len(images), 3),
-                        "peak_memory_mib": None if peak is None else round(peak, 1), "peak_memory_kind": peak_kind,
-                        "files": [str(p.relative_to(out)) for p in files[name]]})
+        results.append(
+            {
+                "method": name,
+                "paper": method.paper,
+                "summary": method.summary,
+                "images": len(images),
+                "seconds_total": round(seconds, 3),
+                "seconds_per_image": round(seconds / len(images), 3),
+                "peak_memory_mib": None if peak is None else round(peak, 1),
+                "peak_memory_kind": peak_kind,
+                "files": [str(p.relative_to(out)) for p in files[name]],
+            }
+        )
         log(f"{name}: {seconds / len(images):.2f} s/image")
 
     # 3. Scores (compare --metrics), the labelled grid and the reports.
@@ -237,16 +276,26 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
         labels = [f"{name}\n{short_scores(scores[name]['summary'])}" for name in methods]
         for result in results:
             result["metrics"] = scores[result["method"]]["summary"]
-            result["scores"] = [{k: v for k, v in row.items() if k != "setting"} for row in scores[result["method"]]["rows"]]
+            result["scores"] = [
+                {k: v for k, v in row.items() if k != "setting"} for row in scores[result["method"]]["rows"]
+            ]
     rows = [[columns[c][r] for c in range(len(methods))] for r in range(len(prompts))]
     grid, boxes = make_grid(rows, labels, list(prompts))
     save_png(grid, out / "grid.png", overwrite=overwrite)
     report = {
-        "style": style_path or "<in-memory image>", "style_sha256": image_hash(reference), "prompts": list(prompts),
-        "settings": {k: v for k, v in settings.items() if v is not None}, "seed": settings["seed"],
-        "models": model.ids, "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
-        "methods": results, "grid": {"file": "grid.png", "columns": list(methods), "label_boxes": boxes},
-        "ran": list(methods), "not_run": dict(chosen.skipped), "notes": list(chosen.notes),
+        "style": style_path or "<in-memory image>",
+        "style_sha256": image_hash(reference),
+        "prompts": list(prompts),
+        "settings": {k: v for k, v in settings.items() if v is not None},
+        "seed": settings["seed"],
+        "models": model.ids,
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "methods": results,
+        "grid": {"file": "grid.png", "columns": list(methods), "label_boxes": boxes},
+        "ran": list(methods),
+        "not_run": dict(chosen.skipped),
+        "notes": list(chosen.notes),
     }
     if scorer is not None:
         report["metrics"] = {"names": list(scorer.metrics), "models": scorer.ids}
@@ -256,14 +305,22 @@ def compare(model, style, prompts: Sequence[str], out_dir: str | Path, *, method
 
 
 def report_markdown(report: dict) -> str:
-    lines = ["# Method comparison\n", f"Style: `{report['style']}`; seed {report['seed']}; "
-             f"device {report['device']} ({report['dtype']}); base `{report['models'].get('base')}`.\n",
-             "Prompts:\n", *[f"{i}. {p}" for i, p in enumerate(report["prompts"])], "",
-             "![grid](grid.png)\n",
-             "| method | paper | images | s/image | peak memory (MiB) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Method comparison\n",
+        f"Style: `{report['style']}`; seed {report['seed']}; "
+        f"device {report['device']} ({report['dtype']}); base `{report['models'].get('base')}`.\n",
+        "Prompts:\n",
+        *[f"{i}. {p}" for i, p in enumerate(report["prompts"])],
+        "",
+        "![grid](grid.png)\n",
+        "| method | paper | images | s/image | peak memory (MiB) |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["methods"]:
         mem = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.1f}"
-        lines.append(f"| {r['method']} | {r['paper']} | {r['images']} | {r['seconds_per_image']:.3f} | {mem} |")
+        lines.append(
+            f"| {r['method']} | {r['paper']} | {r['images']} | {r['seconds_per_image']:.3f} | {mem} |"
+        )
     kinds = {r["peak_memory_kind"] for r in report["methods"]}
     lines += ["", f"Peak memory: {'; '.join(sorted(kinds))}.", ""]
     if report.get("metrics"):
@@ -271,8 +328,12 @@ def report_markdown(report: dict) -> str:
 
         names = report["metrics"]["names"]
         summary = [{"method": r["method"], "n": r["images"], **r["metrics"]} for r in report["methods"]]
-        lines += ["Scores (mean over the prompts, bootstrap 95% interval; docs/evaluation.md):", "",
-                  *markdown_table(summary, names, key="method"), ""]
+        lines += [
+            "Scores (mean over the prompts, bootstrap 95% interval; docs/evaluation.md):",
+            "",
+            *markdown_table(summary, names, key="method"),
+            "",
+        ]
     lines += [f"Ran: {', '.join(report['ran'])}.", ""]
     if report["not_run"]:
         lines += ["Not run:", *[f"- {name}: {reason}" for name, reason in report["not_run"].items()], ""]

@@ -37,7 +37,9 @@ MATCHING_KEYS = (
     "in_channels",
 )
 
-_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # InstantStyle -> {model id: ControlNetModel}
+_LOADED: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # InstantStyle -> {model id: ControlNetModel}
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,17 @@ def read_config(ref: str) -> dict:
             raise models.missing("ControlNet", src, " as a diffusers ControlNet directory (no config.json)")
     else:
         try:
-            path = models.resolve_file(f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}config.json",
-                                       "ControlNet")
+            path = models.resolve_file(
+                f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}config.json", "ControlNet"
+            )
         except InstantStyleError:
             raise models.missing("ControlNet", src) from None  # the fetch command for the whole model
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise InstantStyleError(f"ControlNet '{ref}': config.json is unreadable ({type(exc).__name__})") from None
+        raise InstantStyleError(
+            f"ControlNet '{ref}': config.json is unreadable ({type(exc).__name__})"
+        ) from None
 
 
 def check_compatible(config: dict, unet_config, ref: str) -> None:
@@ -112,8 +117,10 @@ def check_compatible(config: dict, unet_config, ref: str) -> None:
             f"ControlNet '{ref}' is a {config.get('_class_name')}, not a ControlNetModel; use an SDXL ControlNet"
         )
     for key in MATCHING_KEYS:
-        theirs, ours = config.get(key), unet_config.get(key) if isinstance(unet_config, dict) else getattr(
-            unet_config, key, None)
+        theirs, ours = (
+            config.get(key),
+            unet_config.get(key) if isinstance(unet_config, dict) else getattr(unet_config, key, None),
+        )
         if isinstance(theirs, list | tuple) and isinstance(ours, list | tuple):
             theirs, ours = list(theirs), list(ours)
         if theirs != ours:
@@ -161,7 +168,9 @@ def control_images(specs: list[ControlSpec], content, given: list, low: int, hig
                     "(e.g. a depth map)"
                 )
             if content is None:
-                raise InstantStyleError(f"--control {spec.kind} derives its image from --content; give --content")
+                raise InstantStyleError(
+                    f"--control {spec.kind} derives its image from --content; give --content"
+                )
             image = canny(content, low, high) if spec.kind == "canny" else content
         out.append(image)
     return out

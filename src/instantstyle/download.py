@@ -54,8 +54,11 @@ class Piece:
         """The equivalent ``hf download`` line (huggingface_hub >= 1: explicit file names are positional)."""
         if self.files:
             return "hf download " + " ".join(shlex.quote(x) for x in (self.repo_id, *self.files))
-        return "hf download " + shlex.quote(self.repo_id) + "".join(
-            f" --include {shlex.quote(p)}" for p in self.patterns)
+        return (
+            "hf download "
+            + shlex.quote(self.repo_id)
+            + "".join(f" --include {shlex.quote(p)}" for p in self.patterns)
+        )
 
 
 @dataclass(frozen=True)
@@ -74,49 +77,93 @@ def _diffusers_component(folder: str, weights: str, variant: str | None = "fp16"
 _TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
 
 SDXL_BASE_FP16 = Piece(
-    "SDXL base (fp16)", SDXL_BASE_REPO,
-    files=("model_index.json", "scheduler/scheduler_config.json",
-           *_diffusers_component("text_encoder", "model.safetensors"),
-           *_diffusers_component("text_encoder_2", "model.safetensors"),
-           *(f"tokenizer/{f}" for f in _TOKENIZER), *(f"tokenizer_2/{f}" for f in _TOKENIZER),
-           *_diffusers_component("unet", "diffusion_pytorch_model.safetensors"),
-           *_diffusers_component("vae", "diffusion_pytorch_model.safetensors")),
-    approx_gb=6.9, whole_repo=True,
+    "SDXL base (fp16)",
+    SDXL_BASE_REPO,
+    files=(
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        *_diffusers_component("text_encoder", "model.safetensors"),
+        *_diffusers_component("text_encoder_2", "model.safetensors"),
+        *(f"tokenizer/{f}" for f in _TOKENIZER),
+        *(f"tokenizer_2/{f}" for f in _TOKENIZER),
+        *_diffusers_component("unet", "diffusion_pytorch_model.safetensors"),
+        *_diffusers_component("vae", "diffusion_pytorch_model.safetensors"),
+    ),
+    approx_gb=6.9,
+    whole_repo=True,
 )
 IP_ADAPTER_SDXL = Piece(
-    "IP-Adapter ip-adapter_sdxl + ViT-bigG image encoder", IP_ADAPTER_REPO,
-    files=("sdxl_models/ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder/config.json",
-           "sdxl_models/image_encoder/model.safetensors"),
+    "IP-Adapter ip-adapter_sdxl + ViT-bigG image encoder",
+    IP_ADAPTER_REPO,
+    files=(
+        "sdxl_models/ip-adapter_sdxl.safetensors",
+        "sdxl_models/image_encoder/config.json",
+        "sdxl_models/image_encoder/model.safetensors",
+    ),
     approx_gb=4.3,
 )
 IP_ADAPTER_VIT_H = Piece(
     "IP-Adapter ViT-H pair (ip-adapter_sdxl_vit-h, ip-adapter-plus_sdxl_vit-h) + ViT-H image encoder",
     IP_ADAPTER_REPO,
-    files=("sdxl_models/ip-adapter_sdxl_vit-h.safetensors", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
-           "models/image_encoder/config.json", "models/image_encoder/model.safetensors"),
+    files=(
+        "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+        "models/image_encoder/config.json",
+        "models/image_encoder/model.safetensors",
+    ),
     approx_gb=3.5,
 )
 
 
 SDXL_BASE_CONFIGS = Piece(
-    "SDXL base configs and tokenizers (no weights; single-file bases take their configs from here)", SDXL_BASE_REPO,
-    files=tuple(f for f in SDXL_BASE_FP16.files if not f.endswith(".safetensors")), approx_gb=0.01,
+    "SDXL base configs and tokenizers (no weights; single-file bases take their configs from here)",
+    SDXL_BASE_REPO,
+    files=tuple(f for f in SDXL_BASE_FP16.files if not f.endswith(".safetensors")),
+    approx_gb=0.01,
 )
 # The metric models (instantstyle.metrics: CSD, CLIP-T, DINOv2), as their loaders ask for them.
 METRIC_PIECES = (
-    Piece("CSD style/content model (ViT-L)", "tomg-group-umd/CSD-ViT-L", files=("pytorch_model.bin",), approx_gb=2.4),
-    Piece("CLIP ViT-L/14 (CLIP-T text alignment)", "openai/clip-vit-large-patch14",
-          files=("config.json", "model.safetensors", "preprocessor_config.json", "merges.txt", "vocab.json",
-                 "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json"), approx_gb=1.7, whole_repo=True),
-    Piece("DINOv2 base (content leakage)", "facebook/dinov2-base",
-          files=("config.json", "model.safetensors", "preprocessor_config.json"), approx_gb=0.35, whole_repo=True),
+    Piece(
+        "CSD style/content model (ViT-L)",
+        "tomg-group-umd/CSD-ViT-L",
+        files=("pytorch_model.bin",),
+        approx_gb=2.4,
+    ),
+    Piece(
+        "CLIP ViT-L/14 (CLIP-T text alignment)",
+        "openai/clip-vit-large-patch14",
+        files=(
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+            "merges.txt",
+            "vocab.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "tokenizer.json",
+        ),
+        approx_gb=1.7,
+        whole_repo=True,
+    ),
+    Piece(
+        "DINOv2 base (content leakage)",
+        "facebook/dinov2-base",
+        files=("config.json", "model.safetensors", "preprocessor_config.json"),
+        approx_gb=0.35,
+        whole_repo=True,
+    ),
 )
 
 
 def _controlnet(what: str, repo_id: str, gb: float) -> Piece:
     # The loader asks for the plain (fp32) weights: ControlNetModel.from_pretrained without a variant.
-    return Piece(what, repo_id, files=("config.json", "diffusion_pytorch_model.safetensors"), approx_gb=gb,
-                 whole_repo=True)
+    return Piece(
+        what,
+        repo_id,
+        files=("config.json", "diffusion_pytorch_model.safetensors"),
+        approx_gb=gb,
+        whole_repo=True,
+    )
 
 
 FEATURES: dict[str, Feature] = {}
@@ -132,21 +179,55 @@ def register_feature(feature: Feature) -> Feature:
 
 def _default_features() -> None:
     register_feature(Feature("base", "SDXL base in fp16: every command", (SDXL_BASE_FP16,)))
-    register_feature(Feature("adapter", "the IP-Adapter and its image encoder: generate, stylize, compare, "
-                                        "style save, serve", (IP_ADAPTER_SDXL,)))
-    register_feature(Feature("canny", "Canny ControlNet: --control canny",
-                             (_controlnet("Canny ControlNet", sources.DEFAULT_CONTROLNET_CANNY, 5.0),)))
-    register_feature(Feature("tile", "tile ControlNet: --control tile and stylize (InstantStyle-Plus)",
-                             (_controlnet("tile ControlNet", sources.DEFAULT_CONTROLNET_TILE, 5.0),)))
-    register_feature(Feature("depth", "depth ControlNet: --control diffusers/controlnet-depth-sdxl-1.0 "
-                                      "--control-image DEPTH.png",
-                             (_controlnet("depth ControlNet", DEPTH_CONTROLNET, 5.0),)))
-    register_feature(Feature("base-config", "SDXL base's configs and tokenizers only: --base FILE.safetensors "
-                                            "(single-file finetunes)", (SDXL_BASE_CONFIGS,)))
-    register_feature(Feature("metrics", "the metric models (CSD, CLIP ViT-L/14, DINOv2): eval, compare --metrics, "
-                                        "probe-blocks", METRIC_PIECES))
-    register_feature(Feature("vit-h", "the ViT-H IP-Adapters (sdxl_models/*vit-h*) and their image encoder "
-                                      "(models/image_encoder)", (IP_ADAPTER_VIT_H,)))
+    register_feature(
+        Feature(
+            "adapter",
+            "the IP-Adapter and its image encoder: generate, stylize, compare, style save, serve",
+            (IP_ADAPTER_SDXL,),
+        )
+    )
+    register_feature(
+        Feature(
+            "canny",
+            "Canny ControlNet: --control canny",
+            (_controlnet("Canny ControlNet", sources.DEFAULT_CONTROLNET_CANNY, 5.0),),
+        )
+    )
+    register_feature(
+        Feature(
+            "tile",
+            "tile ControlNet: --control tile and stylize (InstantStyle-Plus)",
+            (_controlnet("tile ControlNet", sources.DEFAULT_CONTROLNET_TILE, 5.0),),
+        )
+    )
+    register_feature(
+        Feature(
+            "depth",
+            "depth ControlNet: --control diffusers/controlnet-depth-sdxl-1.0 --control-image DEPTH.png",
+            (_controlnet("depth ControlNet", DEPTH_CONTROLNET, 5.0),),
+        )
+    )
+    register_feature(
+        Feature(
+            "base-config",
+            "SDXL base's configs and tokenizers only: --base FILE.safetensors (single-file finetunes)",
+            (SDXL_BASE_CONFIGS,),
+        )
+    )
+    register_feature(
+        Feature(
+            "metrics",
+            "the metric models (CSD, CLIP ViT-L/14, DINOv2): eval, compare --metrics, probe-blocks",
+            METRIC_PIECES,
+        )
+    )
+    register_feature(
+        Feature(
+            "vit-h",
+            "the ViT-H IP-Adapters (sdxl_models/*vit-h*) and their image encoder (models/image_encoder)",
+            (IP_ADAPTER_VIT_H,),
+        )
+    )
 
 
 DEFAULT_FEATURES = ("base", "adapter")
@@ -160,7 +241,9 @@ def piece_for_reference(ref: str, variant: str | None = None) -> Piece:
     """A Hub reference outside the table: a file, a folder, or a whole diffusers repository."""
     src = sources.parse_source(ref)
     if src.repo_id is None:
-        raise InstantStyleError(f"'{ref}' is a local path; only Hub references ('owner/repo[/path]') are downloaded")
+        raise InstantStyleError(
+            f"'{ref}' is a local path; only Hub references ('owner/repo[/path]') are downloaded"
+        )
     known = feature_piece_with_file(src.repo_id, src.subpath)
     if known is not None:
         return known
@@ -170,7 +253,13 @@ def piece_for_reference(ref: str, variant: str | None = None) -> Piece:
         if "." in leaf:  # a file
             return Piece("Hub file", src.repo_id, files=(sub,))
         return Piece("Hub folder", src.repo_id, patterns=(f"{sub}/*",))
-    weights = "*.fp16.safetensors" if variant == "fp16" else f"*.{variant}.safetensors" if variant else "*.safetensors"
+    weights = (
+        "*.fp16.safetensors"
+        if variant == "fp16"
+        else f"*.{variant}.safetensors"
+        if variant
+        else "*.safetensors"
+    )
     return Piece("Hub repository", src.repo_id, patterns=("*.json", "*.txt", weights))
 
 
@@ -214,8 +303,10 @@ def plan(items: list[str] | tuple[str, ...] = DEFAULT_FEATURES, variant: str | N
         elif "/" in item:
             new = [piece_for_reference(item, variant)]
         else:
-            raise InstantStyleError(f"unknown download feature {item!r}{_did_you_mean(item, FEATURES)}; "
-                                    f"choose from {', '.join(FEATURES)} or give a Hub reference 'owner/repo[/path]'")
+            raise InstantStyleError(
+                f"unknown download feature {item!r}{_did_you_mean(item, FEATURES)}; "
+                f"choose from {', '.join(FEATURES)} or give a Hub reference 'owner/repo[/path]'"
+            )
         pieces += [p for p in new if p not in pieces]
     return pieces
 
@@ -276,8 +367,10 @@ def describe(pieces: list[Piece]) -> list[str]:
                 lines.append(f"  {state}  {piece.repo_id}/{name}")
         else:
             have = cached_matching(piece.repo_id, list(piece.patterns))
-            lines.append(f"  patterns {' '.join(piece.patterns)} ({len(have)} matching files cached; "
-                         "the full list is known only to the Hub)")
+            lines.append(
+                f"  patterns {' '.join(piece.patterns)} ({len(have)} matching files cached; "
+                "the full list is known only to the Hub)"
+            )
         lines.append(f"  same as: {piece.hf_command()}")
         total += piece.approx_gb or 0.0
     if total:
@@ -291,8 +384,9 @@ def fetch(pieces: list[Piece], *, progress: bool = True, log: Callable[[str], No
     from huggingface_hub.utils import disable_progress_bars
 
     if sources.offline():
-        raise InstantStyleError("HF_HUB_OFFLINE=1 is set, so nothing can be downloaded; unset it "
-                                "(or see the plan with --dry-run)")
+        raise InstantStyleError(
+            "HF_HUB_OFFLINE=1 is set, so nothing can be downloaded; unset it (or see the plan with --dry-run)"
+        )
     if not progress:
         disable_progress_bars()
     paths = []
@@ -302,8 +396,10 @@ def fetch(pieces: list[Piece], *, progress: bool = True, log: Callable[[str], No
             paths.append(snapshot_download(piece.repo_id, allow_patterns=piece.allow_patterns))
         except Exception as exc:  # the Hub's errors are many; each becomes one line
             first = str(exc).splitlines()[0] if str(exc) else ""
-            raise InstantStyleError(f"could not fetch {piece.repo_id} ({type(exc).__name__}: {first}); "
-                                    "run the same command again to resume") from None
+            raise InstantStyleError(
+                f"could not fetch {piece.repo_id} ({type(exc).__name__}: {first}); "
+                "run the same command again to resume"
+            ) from None
     return paths
 
 
@@ -320,7 +416,11 @@ def fetch_command(src: sources.Source) -> str:
 def missing(what: str, src: sources.Source, detail: str = "") -> ModelNotFoundError:
     if src.local is not None:
         return ModelNotFoundError(f"{what} '{src.spec}' does not exist{detail}; check the path")
-    how = "is not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set" if sources.offline() else "could not be fetched"
+    how = (
+        "is not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set"
+        if sources.offline()
+        else "could not be fetched"
+    )
     return ModelNotFoundError(f"{what} '{src.spec}' {how}{detail}; fetch it with: {fetch_command(src)}")
 
 
@@ -332,7 +432,9 @@ def resolve_file(spec: str, what: str) -> Path:
             raise missing(what, src)
         return src.local
     if not src.subpath:
-        raise InstantStyleError(f"{what} '{spec}' names a repository, not a file; use 'owner/repo/path/to/file'")
+        raise InstantStyleError(
+            f"{what} '{spec}' names a repository, not a file; use 'owner/repo/path/to/file'"
+        )
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

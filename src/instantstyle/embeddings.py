@@ -32,7 +32,9 @@ STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # ---------------------------------------------------------------- pure maths
 
 
-def combine_styles(embeds: torch.Tensor, weights: Sequence[float] | None = None, mode: str = "mean") -> torch.Tensor:
+def combine_styles(
+    embeds: torch.Tensor, weights: Sequence[float] | None = None, mode: str = "mean"
+) -> torch.Tensor:
     """Combine per-image embeddings ``[N, D]`` into the adapter's image set ``[M, D]``.
 
     - ``mean``: weighted mean in CLIP space, ``M = 1`` (weights need not sum to 1);
@@ -40,16 +42,24 @@ def combine_styles(embeds: torch.Tensor, weights: Sequence[float] | None = None,
       per-image weights cannot be expressed there, so they must be all equal.
     """
     N, D = embeds.shape
-    w = torch.ones(N, dtype=embeds.dtype) if weights is None else torch.as_tensor(list(weights), dtype=embeds.dtype)
+    w = (
+        torch.ones(N, dtype=embeds.dtype)
+        if weights is None
+        else torch.as_tensor(list(weights), dtype=embeds.dtype)
+    )
     if w.shape != (N,):
-        raise InstantStyleError(f"--style-weights: {w.numel()} weights for {N} style images; give one per image")
+        raise InstantStyleError(
+            f"--style-weights: {w.numel()} weights for {N} style images; give one per image"
+        )
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise InstantStyleError(f"--style-weights {w.tolist()}: weights must be >= 0 and not all 0")
     if mode == "mean":
         return ((w / w.sum()).to(embeds.device)[:, None] * embeds).sum(0, keepdim=True)  # [1, D]
     if mode == "concat":
         if not torch.allclose(w, w[0].expand_as(w)):
-            raise InstantStyleError("--style-weights need --style-combine mean; concat keeps every image at full weight")
+            raise InstantStyleError(
+                "--style-weights need --style-combine mean; concat keeps every image at full weight"
+            )
         return embeds  # [N, D]
     raise InstantStyleError(f"--style-combine {mode!r}: use one of {', '.join(COMBINE_MODES)}")
 
@@ -148,7 +158,9 @@ class EmbeddingCache:
 
 
 @torch.no_grad()
-def encode_images(image_encoder, feature_extractor, images, encoder_id: str, cache: EmbeddingCache | None = None):
+def encode_images(
+    image_encoder, feature_extractor, images, encoder_id: str, cache: EmbeddingCache | None = None
+):
     """Projected CLIP image embeddings ``[N, D]`` (float32, CPU) for PIL ``images``, cached."""
     from .images import image_hash
 
@@ -178,8 +190,15 @@ class StyleEncoder:
     model (``instantstyle style save`` needs only this).
     """
 
-    def __init__(self, image_encoder, feature_extractor, encoder_id: str, cache: EmbeddingCache | None = None,
-                 max_pixels: int | None = None, styles_directory: str | Path | None = None):
+    def __init__(
+        self,
+        image_encoder,
+        feature_extractor,
+        encoder_id: str,
+        cache: EmbeddingCache | None = None,
+        max_pixels: int | None = None,
+        styles_directory: str | Path | None = None,
+    ):
         from .images import DEFAULT_MAX_PIXELS
 
         self.image_encoder = image_encoder
@@ -200,7 +219,9 @@ class StyleEncoder:
             raise InstantStyleError("no style image given; pass --style IMAGE (or @name of a saved style)")
         weights = list(weights) if weights is not None else [1.0] * len(refs)
         if len(weights) != len(refs):
-            raise InstantStyleError(f"--style-weights: {len(weights)} weights for {len(refs)} style references")
+            raise InstantStyleError(
+                f"--style-weights: {len(weights)} weights for {len(refs)} style references"
+            )
         parts, flat_w, hashes = [], [], []
         for ref, w in zip(refs, weights, strict=True):
             style = self._one(ref)
@@ -219,7 +240,9 @@ class StyleEncoder:
             style = load_style(ref, self.styles_directory)
         else:
             image = load_image(ref, what="style image", max_pixels=self.max_pixels)
-            embeds = encode_images(self.image_encoder, self.feature_extractor, [image], self.cache_id, self.cache)
+            embeds = encode_images(
+                self.image_encoder, self.feature_extractor, [image], self.cache_id, self.cache
+            )
             return Style(embeds, [1.0], self.encoder_id, [image_hash(image)])
         if style.encoder_id != self.encoder_id:
             raise InstantStyleError(
@@ -299,8 +322,10 @@ def load_style(name_or_path: str, directory: str | Path | None = None) -> Style:
     path = Path(ref) if ref.endswith(".safetensors") and os.sep in ref else style_path(ref, directory)
     if not path.is_file():
         known = ", ".join(list_styles(directory)) or "none saved yet"
-        raise InstantStyleError(f"style '{ref}' not found in {path.parent} (saved styles: {known}); "
-                                "create it with `instantstyle style save NAME IMAGE...`")
+        raise InstantStyleError(
+            f"style '{ref}' not found in {path.parent} (saved styles: {known}); "
+            "create it with `instantstyle style save NAME IMAGE...`"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -19,7 +19,10 @@ METADATA_KEY = "instantstyle"  # PNG iTXt chunk holding the full parameters as J
 
 
 def load_image(
-    source: str | os.PathLike | bytes | Image.Image, *, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | os.PathLike | bytes | Image.Image,
+    *,
+    what: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Open, check and fully decode an image as RGB.
 

@@ -62,7 +62,11 @@ class SlotProjection(torch.nn.Module):
 
     def set_gain(self, value: float) -> None:
         param = next(self.inner.parameters())
-        if self.cond_gain is None or self.cond_gain.device != param.device or self.cond_gain.dtype != param.dtype:
+        if (
+            self.cond_gain is None
+            or self.cond_gain.device != param.device
+            or self.cond_gain.dtype != param.dtype
+        ):
             with torch.inference_mode(False):
                 self.cond_gain = torch.ones((), device=param.device, dtype=param.dtype)
         with torch.no_grad():
@@ -103,7 +107,9 @@ def shared_slots(unet, kinds: Sequence[str]):
         return
     unknown = [k for k in kinds if k not in SLOT_KINDS[1:]]
     if unknown:
-        raise InstantStyleError(f"unknown IP-Adapter slot kind {unknown[0]!r}; use one of {', '.join(SLOT_KINDS[1:])}")
+        raise InstantStyleError(
+            f"unknown IP-Adapter slot kind {unknown[0]!r}; use one of {', '.join(SLOT_KINDS[1:])}"
+        )
     procs = ip_processors(unet)
     layers = unet.encoder_hid_proj.image_projection_layers
     first = layers[0]
@@ -128,8 +134,9 @@ def shared_slots(unet, kinds: Sequence[str]):
             proc.scale = proc.scale[:n]
 
 
-def fixed_slots(kinds: Sequence[str], embeds: Sequence[torch.Tensor], scales: Sequence,
-                n_loaded: int) -> tuple[list[str], list[torch.Tensor], list]:
+def fixed_slots(
+    kinds: Sequence[str], embeds: Sequence[torch.Tensor], scales: Sequence, n_loaded: int
+) -> tuple[list[str], list[torch.Tensor], list]:
     """``kinds``/``embeds``/``scales`` padded to ``FIXED_SLOTS`` with ``"unused"`` slots.
 
     For the paths that keep every slot's image branch in every IP layer (``fast.uniform_ip``):

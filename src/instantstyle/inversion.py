@@ -91,8 +91,15 @@ def encode_latents(pipe, image, width: int, height: int) -> torch.Tensor:
     return (latents * pipe.vae.config.scaling_factor).to(pipe.unet.dtype)
 
 
-def sdxl_added_cond(pipe, prompt: str, negative_prompt: str | None, width: int, height: int, guidance: float,
-                    ip_tokens: list[torch.Tensor] | None = None):
+def sdxl_added_cond(
+    pipe,
+    prompt: str,
+    negative_prompt: str | None,
+    width: int,
+    height: int,
+    guidance: float,
+    ip_tokens: list[torch.Tensor] | None = None,
+):
     """Text embeddings and SDXL's micro-conditioning for direct UNet calls (batch 1, CFG-stacked).
 
     If the UNet has an IP-Adapter attached, diffusers requires image embeddings on every call;
@@ -103,19 +110,33 @@ def sdxl_added_cond(pipe, prompt: str, negative_prompt: str | None, width: int, 
     # an H200: "Expected all tensors to be on the same device" inside the UNet's added embedding).
     device = pipe._execution_device
     pe, npe, pooled, npooled = pipe.encode_prompt(
-        prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
+        prompt,
+        device=device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=do_cfg,
         negative_prompt=negative_prompt,
     )
     # SDXL micro-conditioning: original size, crop top-left, target size.
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=pe.dtype)
     if do_cfg:
-        pe, pooled, time_ids = torch.cat([npe, pe]), torch.cat([npooled, pooled]), torch.cat([time_ids, time_ids])
+        pe, pooled, time_ids = (
+            torch.cat([npe, pe]),
+            torch.cat([npooled, pooled]),
+            torch.cat([time_ids, time_ids]),
+        )
     added = {"text_embeds": pooled, "time_ids": time_ids}
     if getattr(pipe.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
         if ip_tokens is None:
             ip_tokens = [
-                torch.zeros(pe.shape[0], 1, proj.image_embeds.in_features if hasattr(proj, "image_embeds")
-                            else proj.proj_in.in_features, device=device, dtype=pe.dtype)
+                torch.zeros(
+                    pe.shape[0],
+                    1,
+                    proj.image_embeds.in_features
+                    if hasattr(proj, "image_embeds")
+                    else proj.proj_in.in_features,
+                    device=device,
+                    dtype=pe.dtype,
+                )
                 for proj in pipe.unet.encoder_hid_proj.image_projection_layers
             ]
         added["image_embeds"] = ip_tokens
@@ -172,8 +193,9 @@ def ddim_invert(
     inversion depends on the image and the prompt only.
     """
     # 1. Clean latent, conditioning, the inverse schedule and the IP-Adapter held at 0.
-    x, inverse, predict, scope = _prepare(pipe, image_or_latents, prompt, negative_prompt, width, height,
-                                          guidance, steps)
+    x, inverse, predict, scope = _prepare(
+        pipe, image_or_latents, prompt, negative_prompt, width, height, guidance, steps
+    )
     # 2. Walk up the noise levels.
     latents, timesteps = [x], []
     with scope:
@@ -198,6 +220,7 @@ def patch_kl(x: torch.Tensor, ref: torch.Tensor, patch: int = 4) -> torch.Tensor
     ``x``, ``ref``: ``[1, C, H, W]`` (H, W multiples of ``patch``). Per tile and channel: mean and
     unbiased variance over its pixels, ``|log(v_r / v_x) + (v_x + (m_x - m_r)^2) / v_r - 1|``.
     """
+
     def stats(t):
         c = t.shape[1]
         tiles = t.reshape(c, t.shape[2] // patch, patch, t.shape[3] // patch, patch).permute(1, 3, 0, 2, 4)
@@ -222,16 +245,25 @@ def autocorrelation(x: torch.Tensor, generator: torch.Generator | None = None) -
         z = x[:, c : c + 1]
         while True:
             k = int(torch.randint(0, max(z.shape[2] // 2, 1), (1,), generator=generator))
-            loss = loss + (z * torch.roll(z, k, dims=2)).mean() ** 2 + (z * torch.roll(z, k, dims=3)).mean() ** 2
+            loss = (
+                loss + (z * torch.roll(z, k, dims=2)).mean() ** 2 + (z * torch.roll(z, k, dims=3)).mean() ** 2
+            )
             if z.shape[2] <= 8:
                 break
             z = torch.nn.functional.avg_pool2d(z, 2)
     return loss
 
 
-def regularize_noise(eps: torch.Tensor, eps_forward: torch.Tensor, generator: torch.Generator | None = None,
-                     *, lambda_kl: float = LAMBDA_KL, lambda_ac: float = LAMBDA_AC, steps: int = REG_STEPS,
-                     rolls: int = AC_ROLLS) -> torch.Tensor:
+def regularize_noise(
+    eps: torch.Tensor,
+    eps_forward: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    lambda_kl: float = LAMBDA_KL,
+    lambda_ac: float = LAMBDA_AC,
+    steps: int = REG_STEPS,
+    rolls: int = AC_ROLLS,
+) -> torch.Tensor:
     """ReNoise's noise regularisation: gradient steps that make ``eps`` look like Gaussian noise."""
     dtype = eps.dtype
     with torch.inference_mode(False), torch.enable_grad():
@@ -252,24 +284,46 @@ def regularize_noise(eps: torch.Tensor, eps_forward: torch.Tensor, generator: to
 
 
 @torch.no_grad()
-def invert(pipe, image_or_latents, prompt: str, *, method: str = "ddim", steps: int = 50, guidance: float = 1.0,
-           renoise_steps: int = 1, noise_regularization: bool = True, seed: int = 0,
-           negative_prompt: str | None = None, width: int | None = None, height: int | None = None,
-           progress: bool = True) -> Inversion:
+def invert(
+    pipe,
+    image_or_latents,
+    prompt: str,
+    *,
+    method: str = "ddim",
+    steps: int = 50,
+    guidance: float = 1.0,
+    renoise_steps: int = 1,
+    noise_regularization: bool = True,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    progress: bool = True,
+) -> Inversion:
     """Invert with ``method`` ``"ddim"`` (plain) or ``"renoise"`` (ReNoise, see the module docstring).
 
     The timesteps are those of ``ddim_scheduler(pipe)`` at ``steps`` (``Inversion.timesteps``), so a
     forward DDIM sampler at the same step count retraces them.
     """
     if method == "ddim":
-        return ddim_invert(pipe, image_or_latents, prompt, steps=steps, guidance=guidance,
-                           negative_prompt=negative_prompt, width=width, height=height, progress=progress)
+        return ddim_invert(
+            pipe,
+            image_or_latents,
+            prompt,
+            steps=steps,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            progress=progress,
+        )
     if method != "renoise":
         from .errors import InstantStyleError
 
         raise InstantStyleError(f"unknown inversion {method!r}; use renoise or ddim")
-    x, inverse, predict, scope = _prepare(pipe, image_or_latents, prompt, negative_prompt, width, height,
-                                          guidance, steps)
+    x, inverse, predict, scope = _prepare(
+        pipe, image_or_latents, prompt, negative_prompt, width, height, guidance, steps
+    )
     forward = ddim_scheduler(pipe)
     gen = torch.Generator().manual_seed(seed)
     z0, noise = x, torch.randn(x.shape, generator=gen).to(x)
@@ -291,7 +345,11 @@ def invert(pipe, image_or_latents, prompt: str, *, method: str = "ddim", steps: 
             for i in range(iterations + 1):
                 eps = predict(estimate, t)
                 if window[0] <= i < window[1]:
-                    average = eps.clone() if average is None else average * (n_avg / (n_avg + 1)) + eps / (n_avg + 1)
+                    average = (
+                        eps.clone()
+                        if average is None
+                        else average * (n_avg / (n_avg + 1)) + eps / (n_avg + 1)
+                    )
                     n_avg += 1
                 if i >= window[0] and noise_regularization:
                     eps = regularized(eps)

@@ -36,6 +36,7 @@ def auto_memory(device: torch.device | str) -> str:
         return "low"
     return "lowest"
 
+
 _GROUP_OFFLOADED: weakref.WeakSet = weakref.WeakSet()  # modules under diffusers' group offloading
 
 
@@ -48,8 +49,13 @@ def _group_offload(pipe, device: torch.device, exclude: tuple[str, ...]) -> None
     for name, module in pipe.components.items():
         if name in exclude or not isinstance(module, torch.nn.Module) or module in _GROUP_OFFLOADED:
             continue
-        apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
-                               offload_type="leaf_level", use_stream=True)
+        apply_group_offloading(
+            module,
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level",
+            use_stream=True,
+        )
         _GROUP_OFFLOADED.add(module)
 
 
@@ -80,10 +86,15 @@ def apply_memory_mode(pipe, mode: str, device: torch.device | str) -> None:
         pipe.to(device)
         return
     if device.type != "cuda":
-        raise InstantStyleError(f"--memory {mode} offloads to the CPU between uses of a GPU; it needs --device cuda")
+        raise InstantStyleError(
+            f"--memory {mode} offloads to the CPU between uses of a GPU; it needs --device cuda"
+        )
     if mode == "balanced":
-        resident = tuple(name for name, module in pipe.components.items()
-                         if isinstance(module, torch.nn.Module) and name not in ENCODERS)
+        resident = tuple(
+            name
+            for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module) and name not in ENCODERS
+        )
         for name in resident:
             getattr(pipe, name).to(device)
         _group_offload(pipe, device, exclude=resident)

@@ -35,16 +35,28 @@ IN_MEMORY = ("content", "mask", "style_masks", "control_image", "composition", "
 class InstantStyle:
     """Style-preserving text-to-image on SDXL (InstantStyle, arXiv 2404.02733)."""
 
-    def __init__(self, pipe, image_encoder, feature_extractor, adapter_info: adapter_mod.AdapterInfo, *,
-                 ids: dict[str, str], content_text=None, cache: embeddings.EmbeddingCache | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, speed: str | fast_path.FastOptions | None = "auto"):
+    def __init__(
+        self,
+        pipe,
+        image_encoder,
+        feature_extractor,
+        adapter_info: adapter_mod.AdapterInfo,
+        *,
+        ids: dict[str, str],
+        content_text=None,
+        cache: embeddings.EmbeddingCache | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        speed: str | fast_path.FastOptions | None = "auto",
+    ):
         self.pipe = pipe
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
         self.adapter_info = adapter_info
         self.ids = ids  # base / adapter / image_encoder identifiers, recorded in outputs
         self.content_text = content_text  # optional (CLIPTextModelWithProjection, tokenizer)
-        self.styles = embeddings.StyleEncoder(image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels)
+        self.styles = embeddings.StyleEncoder(
+            image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels
+        )
         self.modules = blocks.discover(pipe.unet)
         self.speed = fast_path.options_for(speed, self.device)  # fast-path pieces used by run()
         self.memory = "normal"  # load-time memory layout (memory.MEMORY_MODES); see set_memory
@@ -94,8 +106,13 @@ class InstantStyle:
         dev, dt = models.device_and_dtype(device, dtype)
         if memory == "auto":
             memory = memory_modes.auto_memory(dev)
-        fast = fast_path.options_for(speed, dev, long_lived=long_lived, cfg_truncation=cfg_truncation,
-                                    deepcache_interval=deepcache_interval)
+        fast = fast_path.options_for(
+            speed,
+            dev,
+            long_lived=long_lived,
+            cfg_truncation=cfg_truncation,
+            deepcache_interval=deepcache_interval,
+        )
         if compile_cache:
             from .fast.compiling import set_cache_dir
 
@@ -129,9 +146,16 @@ class InstantStyle:
 
         # 5. The style cache and the ids every output records.
         cache = embeddings.EmbeddingCache((files.cache_dir() if cache_dir is True else cache_dir) or None)
-        ids = {"base": base, "adapter": adapter, "image_encoder": image_encoder, **({"vae": vae} if vae else {})}
+        ids = {
+            "base": base,
+            "adapter": adapter,
+            "image_encoder": image_encoder,
+            **({"vae": vae} if vae else {}),
+        }
         ids = {key: models.canonical_id(spec) for key, spec in ids.items()}
-        model = cls(pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=fast)
+        model = cls(
+            pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=fast
+        )
         model.memory, model._memory_device = memory, dev
         return model
 
@@ -145,8 +169,10 @@ class InstantStyle:
         if mode == self.memory:
             return
         if self.memory in ("balanced", "lowest") and not (self.memory == "balanced" and mode == "lowest"):
-            raise InstantStyleError(f"cannot switch from --memory {self.memory} to {mode} in one process "
-                                    "(diffusers cannot undo group offloading); load the model again")
+            raise InstantStyleError(
+                f"cannot switch from --memory {self.memory} to {mode} in one process "
+                "(diffusers cannot undo group offloading); load the model again"
+            )
         if self.memory == "low":
             for pipe in self.pipelines():
                 pipe.remove_all_hooks()
@@ -179,8 +205,9 @@ class InstantStyle:
         if key not in self._derived:
             kwargs = {}
             if controlnets:
-                kwargs["controlnet"] = (controlnets[0] if len(controlnets) == 1
-                                        else MultiControlNetModel(list(controlnets)))
+                kwargs["controlnet"] = (
+                    controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(list(controlnets))
+                )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # dtype is not optional: diffusers 0.42's from_pipe casts the new pipeline -- whose
@@ -216,18 +243,25 @@ class InstantStyle:
 
     def provenance(self) -> dict:
         """The model's part of every output's parameters: ids, device, dtype, speed, memory."""
-        return {**self.ids, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "speed": self.speed.as_dict(),  # fp8 changes the picture
-                "memory": self.memory}  # low/lowest tile the VAE decode
+        return {
+            **self.ids,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "speed": self.speed.as_dict(),  # fp8 changes the picture
+            "memory": self.memory,
+        }  # low/lowest tile the VAE decode
 
     def output_params(self, req: GenerateRequest, *, seed: int, width: int, height: int, **extra) -> dict:
         """Every output's parameters (``provenance.output_params``) for ``req`` on this model."""
-        return provenance.output_params(req.model_dump(), seed=seed, width=width, height=height,
-                                        model=self.provenance(), **extra)
+        return provenance.output_params(
+            req.model_dump(), seed=seed, width=width, height=height, model=self.provenance(), **extra
+        )
 
     # ------------------------------------------------------------------ styles
 
-    def encode_style(self, images: Sequence[StyleRef], weights: Sequence[float] | None = None) -> embeddings.Style:
+    def encode_style(
+        self, images: Sequence[StyleRef], weights: Sequence[float] | None = None
+    ) -> embeddings.Style:
         """Embed one or several references (paths, PIL images, @saved styles) into a ``Style``."""
         return self.styles.encode(images, weights)
 
@@ -240,8 +274,13 @@ class InstantStyle:
         """
         if self.content_text is not None:
             text_model, tok = self.content_text
-            ids = tok([content_prompt], padding="max_length", truncation=True, max_length=tok.model_max_length,
-                      return_tensors="pt").input_ids.to(self.device)
+            ids = tok(
+                [content_prompt],
+                padding="max_length",
+                truncation=True,
+                max_length=tok.model_max_length,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
             return text_model(ids).text_embeds.float().cpu()
         pooled = self.pipe.encode_prompt(
             content_prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
@@ -265,29 +304,44 @@ class InstantStyle:
         spec = blocks.parse_spec(req.blocks) if req.blocks else blocks.preset_spec(req.mode)
         branches = blocks.resolve_branches(self.modules, spec, req.scale, req.layout_boost)
         if len(branches) > 1 and req.guidance <= 1.0:
-            raise InstantStyleError("a preset with an unconditional-branch block needs classifier-free guidance; "
-                                    "use --guidance > 1")
+            raise InstantStyleError(
+                "a preset with an unconditional-branch block needs classifier-free guidance; "
+                "use --guidance > 1"
+            )
         if req.composition:
             comp = self.composition_scales(req)
             shared = [p for p, s in comp.items() if s and branches["cond"][p]]
             if shared:
                 raise InstantStyleError(
                     f"--composition takes {shared[0].split('.transformer_blocks')[0]}, which the style also gets; "
-                    "give the style other blocks (--mode style, strong or precise)")
+                    "give the style other blocks (--mode style, strong or precise)"
+                )
         return branches
 
     def composition_scales(self, req: GenerateRequest) -> dict[str, float]:
         """The composition image's scales: the layout block(s), at --composition-scale."""
-        return blocks.resolve(self.modules, blocks.preset_spec("composition"), req.effective_composition_scale)
+        return blocks.resolve(
+            self.modules, blocks.preset_spec("composition"), req.effective_composition_scale
+        )
 
     # ------------------------------------------------------------------ generation
 
-    def prepare(self, req: GenerateRequest, style_images: Sequence[StyleRef] | None = None, *,
-                composition_image: Image.Image | None = None,
-                negative_style_image: Image.Image | None = None) -> Prepared:
+    def prepare(
+        self,
+        req: GenerateRequest,
+        style_images: Sequence[StyleRef] | None = None,
+        *,
+        composition_image: Image.Image | None = None,
+        negative_style_image: Image.Image | None = None,
+    ) -> Prepared:
         """Steps 1-4 of a generation, everything but the denoising loop (``pipelines.prepare``)."""
-        return prepare(self, req, style_images, composition_image=composition_image,
-                       negative_style_image=negative_style_image)
+        return prepare(
+            self,
+            req,
+            style_images,
+            composition_image=composition_image,
+            negative_style_image=negative_style_image,
+        )
 
     def run(self, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None, **pipe_kwargs):
         """The denoising loop: ``pipe`` (any SDXL pipeline sharing our components) with scoped scales
@@ -317,21 +371,45 @@ class InstantStyle:
         name (those fields then only label them, e.g. ``content="<upload>"``; nothing is read from disk).
         """
         req = self.request(request, **params)
-        given = (content_image, mask_image, style_mask_images, control_images, composition_image,
-                 negative_style_image)
+        given = (
+            content_image,
+            mask_image,
+            style_mask_images,
+            control_images,
+            composition_image,
+            negative_style_image,
+        )
         for name, value in zip(IN_MEMORY, given, strict=True):
             present = value is not None and (not isinstance(value, list | tuple) or len(value) > 0)
             if present and not getattr(req, name):
-                raise InstantStyleError(f"an in-memory {name} image was given but the request's {name} is empty; "
-                                        f"set {name} to a label such as '<upload>' so the request says it is used")
-        images = {"content_image": content_image, "mask_image": mask_image, "style_mask_images": style_mask_images,
-                  "control_images": control_images, "composition_image": composition_image,
-                  "negative_style_image": negative_style_image}
-        return methods.run_method(self, req, style_images=style_images, on_step=on_step,
-                                  **{k: v for k, v in images.items() if v is not None})
+                raise InstantStyleError(
+                    f"an in-memory {name} image was given but the request's {name} is empty; "
+                    f"set {name} to a label such as '<upload>' so the request says it is used"
+                )
+        images = {
+            "content_image": content_image,
+            "mask_image": mask_image,
+            "style_mask_images": style_mask_images,
+            "control_images": control_images,
+            "composition_image": composition_image,
+            "negative_style_image": negative_style_image,
+        }
+        return methods.run_method(
+            self,
+            req,
+            style_images=style_images,
+            on_step=on_step,
+            **{k: v for k, v in images.items() if v is not None},
+        )
 
-    def run_task(self, req: GenerateRequest, *, style_images: Sequence[StyleRef] | None = None,
-                 on_step: Callable[[int, int], None] | None = None, **images) -> list[Image.Image]:
+    def run_task(
+        self,
+        req: GenerateRequest,
+        *,
+        style_images: Sequence[StyleRef] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        **images,
+    ) -> list[Image.Image]:
         """InstantStyle's own method: ``req`` through its task's module (``pipelines.TASKS``)."""
         return pipelines.run_task(self, req, style_images=style_images, on_step=on_step, **images)
 
@@ -344,7 +422,9 @@ class InstantStyle:
         # CFG truncation: enough steps that the last one runs without CFG (its batch-1 graph).
         steps = 2 if self.speed.cfg_truncation <= 0 else max(2, math.ceil(1 / self.speed.cfg_truncation) + 1)
         for _ in range(2 if self.speed.deepcache_interval > 1 and self.speed.compile else 1):
-            self.generate(prompt="warm-up", style_images=[grey], steps=steps, seed=0, width=width, height=height)
+            self.generate(
+                prompt="warm-up", style_images=[grey], steps=steps, seed=0, width=width, height=height
+            )
         return time.perf_counter() - start
 
 

@@ -43,9 +43,23 @@ from .sources import (
 )
 
 __all__ = [  # re-exported so ``models`` is the one place front ends and tasks take models from
-    "DEFAULT_ADAPTER", "DEFAULT_BASE", "DEFAULT_CONTROLNET_CANNY", "DEFAULT_CONTROLNET_TILE", "DEFAULT_IMAGE_ENCODER",
-    "TINY", "Source", "cached_file", "canonical_id", "default_adapter", "default_controlnet", "default_image_encoder",
-    "image_processor", "missing", "offline", "parse_source", "resolve_file",
+    "DEFAULT_ADAPTER",
+    "DEFAULT_BASE",
+    "DEFAULT_CONTROLNET_CANNY",
+    "DEFAULT_CONTROLNET_TILE",
+    "DEFAULT_IMAGE_ENCODER",
+    "TINY",
+    "Source",
+    "cached_file",
+    "canonical_id",
+    "default_adapter",
+    "default_controlnet",
+    "default_image_encoder",
+    "image_processor",
+    "missing",
+    "offline",
+    "parse_source",
+    "resolve_file",
 ]
 
 
@@ -87,21 +101,31 @@ def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tup
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise InstantStyleError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+        raise InstantStyleError(
+            f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InstantStyleError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
     if dtype is None:
         return dev, (torch.float16 if dev.type in ("cuda", "mps") else torch.float32)
     if isinstance(dtype, torch.dtype):
         return dev, dtype
-    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp32": torch.float32, "float32": torch.float32}
+    names = {
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype not in names:
         raise InstantStyleError(f"--dtype {dtype!r} is not one of fp16, bf16, fp32")
     return dev, names[dtype]
 
 
-def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None, base_config: str | None = None):
+def load_base_pipeline(
+    spec: str, dtype: torch.dtype, variant: str | None = None, base_config: str | None = None
+):
     """A ``StableDiffusionXLPipeline`` from a local dir, Hub id, single file or ``tiny`` (float32 for tiny).
 
     A single ``.safetensors`` checkpoint (local, or Hub ``owner/repo/file.safetensors``) goes through
@@ -110,7 +134,6 @@ def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None
     if spec == TINY:
         return tiny_part("pipe")
     from diffusers import StableDiffusionXLPipeline
-
 
     src = parse_source(spec)
     if single_file.is_single_file(spec):
@@ -128,10 +151,16 @@ def load_base_pipeline(spec: str, dtype: torch.dtype, variant: str | None = None
             kwargs["variant"] = variant
         return StableDiffusionXLPipeline.from_pretrained(target, **kwargs)
     except (OSError, ValueError) as exc:
-        if src.local is None and ("offline" in str(exc).lower() or "cache" in str(exc).lower()
-                                  or "connect" in str(exc).lower() or isinstance(exc, OSError)):
+        if src.local is None and (
+            "offline" in str(exc).lower()
+            or "cache" in str(exc).lower()
+            or "connect" in str(exc).lower()
+            or isinstance(exc, OSError)
+        ):
             raise missing("base model", src) from None
-        raise InstantStyleError(f"base model '{spec}' could not be loaded: {str(exc).splitlines()[0]}") from None
+        raise InstantStyleError(
+            f"base model '{spec}' could not be loaded: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def load_vae(spec: str, dtype: torch.dtype, unet, base_vae=None):
@@ -142,7 +171,6 @@ def load_vae(spec: str, dtype: torch.dtype, unet, base_vae=None):
     another family is a one-line error.
     """
     from diffusers import AutoencoderKL
-
 
     src = parse_source(spec)
     try:
@@ -171,11 +199,13 @@ def load_vae(spec: str, dtype: torch.dtype, unet, base_vae=None):
         raise InstantStyleError(
             f"--vae '{spec}' has {vae.config.latent_channels} latent channels but the base's UNet takes "
             f"{unet.config.in_channels}: it is a VAE of another model family (SD3/FLUX use 16); use an SDXL VAE "
-            "such as madebyollin/sdxl-vae-fp16-fix")
+            "such as madebyollin/sdxl-vae-fp16-fix"
+        )
     if base_vae is not None and vae.config.scaling_factor != base_vae.config.scaling_factor:
         raise InstantStyleError(
             f"--vae '{spec}' has scaling_factor {vae.config.scaling_factor} but the base's VAE has "
-            f"{base_vae.config.scaling_factor}: it is a VAE of another model family (SD1.5 0.18215, SDXL 0.13025)")
+            f"{base_vae.config.scaling_factor}: it is a VAE of another model family (SD1.5 0.18215, SDXL 0.13025)"
+        )
     return vae.eval()
 
 
@@ -196,6 +226,7 @@ def only_variant(src: Source) -> str | None:
     ``instantstyle download base`` fetches the fp16 files only; loading them then needs no
     ``--variant fp16``. None when the plain weights exist, or nothing is on disk yet.
     """
+
     def present(rel: str) -> bool:
         if src.local is not None:
             return (src.local / rel).is_file()
@@ -226,7 +257,9 @@ def load_image_encoder(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     src = parse_source(spec)
     if src.local is not None:
         if not (src.local / "config.json").is_file():
-            raise missing("image encoder", src, " as a CLIPVisionModelWithProjection directory (no config.json)")
+            raise missing(
+                "image encoder", src, " as a CLIPVisionModelWithProjection directory (no config.json)"
+            )
         where, kwargs = str(src.local), {}
     else:
         where, kwargs = src.repo_id, ({"subfolder": src.subpath} if src.subpath else {})
@@ -244,8 +277,11 @@ def load_text_encoder_with_projection(spec: str, dtype: torch.dtype) -> tuple[An
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     src = parse_source(spec)
-    where, kwargs = (str(src.local), {}) if src.local is not None else (
-        src.repo_id, {"subfolder": src.subpath} if src.subpath else {})
+    where, kwargs = (
+        (str(src.local), {})
+        if src.local is not None
+        else (src.repo_id, {"subfolder": src.subpath} if src.subpath else {})
+    )
     try:
         model = CLIPTextModelWithProjection.from_pretrained(where, dtype=dtype, **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(where, **kwargs)
@@ -272,7 +308,9 @@ def load_unet_config(spec: str) -> dict:
         if not path.is_file():
             raise missing("base model", src, " as a diffusers directory (no unet/config.json)")
     else:
-        path = resolve_file(f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}unet/config.json", "base model")
+        path = resolve_file(
+            f"{src.repo_id}/{src.subpath + '/' if src.subpath else ''}unet/config.json", "base model"
+        )
     return json.loads(Path(path).read_text())
 
 

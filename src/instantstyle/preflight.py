@@ -31,9 +31,18 @@ from pathlib import Path
 from . import models
 from .errors import InstantStyleError, ModelNotFoundError
 
-_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-            "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
-_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
+_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
+_TRANSFORMERS_WEIGHTS = (
+    "model.safetensors",
+    "model.fp16.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.fp16.bin",
+)
 
 
 @dataclass(frozen=True)
@@ -143,13 +152,22 @@ def go_offline() -> None:
 # ---------------------------------------------------------------------- the check
 
 
-def needs_for_model(base: str, adapter: str | None, image_encoder: str | None, *,
-                    content_text_encoder: str | None = None, controls: Iterable[str] = ()) -> list[Need]:
+def needs_for_model(
+    base: str,
+    adapter: str | None,
+    image_encoder: str | None,
+    *,
+    content_text_encoder: str | None = None,
+    controls: Iterable[str] = (),
+) -> list[Need]:
     """What ``InstantStyle.from_pretrained`` (and the ControlNets of a request) will load."""
     adapter = adapter or models.default_adapter(base)
     image_encoder = image_encoder or models.default_image_encoder(base)
-    needs = [*needs_for_base(base), Need("IP-Adapter", adapter, "file"),
-             Need("image encoder", image_encoder, "encoder")]
+    needs = [
+        *needs_for_base(base),
+        Need("IP-Adapter", adapter, "file"),
+        Need("image encoder", image_encoder, "encoder"),
+    ]
     if content_text_encoder:
         needs.append(Need("content text encoder", content_text_encoder, "encoder"))
     if controls:
@@ -179,8 +197,12 @@ def _safe(check: Callable[[], object], problems: list[str]) -> None:
         problems.append(str(exc))
 
 
-def run(checks: Iterable[Callable[[], object]] = (), needs: Iterable[Need] = (), *, tryout: str | None = None,
-        ) -> None:
+def run(
+    checks: Iterable[Callable[[], object]] = (),
+    needs: Iterable[Need] = (),
+    *,
+    tryout: str | None = None,
+) -> None:
     """Run every local check and resolve every piece; raise once with every problem (module docstring).
 
     ``tryout`` is the front end's hint for a run without weights (the CLI passes its ``--base tiny``
@@ -212,15 +234,20 @@ def run(checks: Iterable[Callable[[], object]] = (), needs: Iterable[Need] = (),
         go_offline()
         offline = True
     if hub_missing and models.offline():
-        why = "HF_HUB_OFFLINE=1 is set" if not offline else \
-            f"the Hub ({_endpoint()}) cannot be reached from here"
+        why = (
+            "HF_HUB_OFFLINE=1 is set"
+            if not offline
+            else f"the Hub ({_endpoint()}) cannot be reached from here"
+        )
         for need in hub_missing:
             problems.append(f"{need.what} '{need.ref}' is not in the Hugging Face cache")
         from .download import command_for, feature_for_reference
 
         items = [feature_for_reference(n.ref) or n.ref for n in hub_missing]
-        tail = [f"fetch {'them' if len(hub_missing) > 1 else 'it'} with: {command_for(items)} "
-                f"({why}; run it where the Hub can be reached)"]
+        tail = [
+            f"fetch {'them' if len(hub_missing) > 1 else 'it'} with: {command_for(items)} "
+            f"({why}; run it where the Hub can be reached)"
+        ]
         if tryout:
             tail.append(tryout)
         raise ModelNotFoundError(_format(problems, tail))
@@ -239,8 +266,10 @@ def _local_problem(need: Need, path: Path, gaps: list[str]) -> str:
         return f"{need.what} '{need.ref}' does not exist; check the path"
     if need.kind == "file":
         return f"{need.what} '{need.ref}' is a directory, not a file; give the .safetensors/.bin file in it"
-    return f"{need.what} '{need.ref}' lacks {', '.join(gaps[:3])}{' ...' if len(gaps) > 3 else ''}; " \
-           "it is not a complete model folder"
+    return (
+        f"{need.what} '{need.ref}' lacks {', '.join(gaps[:3])}{' ...' if len(gaps) > 3 else ''}; "
+        "it is not a complete model folder"
+    )
 
 
 def _format(problems: list[str], tail: list[str]) -> str:
@@ -250,12 +279,14 @@ def _format(problems: list[str], tail: list[str]) -> str:
     return "\n".join([head, *(f"  - {p}" for p in problems), *tail])
 
 
-def check_outputs_are_not_inputs(outputs: Iterable[str | Path], inputs: dict[str, Iterable[str | None]], *,
-                                 flags: bool = False) -> None:
+def check_outputs_are_not_inputs(
+    outputs: Iterable[str | Path], inputs: dict[str, Iterable[str | None]], *, flags: bool = False
+) -> None:
     """Refuse an output that is one of the run's own inputs (even where overwriting is allowed).
 
     ``inputs`` maps a label (a CLI flag with ``flags=True``, else a field name) to the paths it reads.
     """
+
     def key(p) -> Path:
         return Path(p).expanduser().resolve()
 
@@ -263,5 +294,9 @@ def check_outputs_are_not_inputs(outputs: Iterable[str | Path], inputs: dict[str
     for out in outputs:
         label = sources.get(key(out))
         if label is not None:
-            what = f"--out '{out}' is also this run's {label}" if flags else f"output '{out}' is also the {label}"
+            what = (
+                f"--out '{out}' is also this run's {label}"
+                if flags
+                else f"output '{out}' is also the {label}"
+            )
             raise InstantStyleError(f"{what}; writing it would destroy an input: choose another output name")

@@ -50,8 +50,10 @@ def warn_if_truncated(tokenizer, prompts: dict[str, str | None]) -> list[str]:
             continue
         tokens, lost = cut
         shown = lost if len(lost) <= 120 else lost[:117] + "..."
-        msg = (f"{name} has {tokens} tokens; the text encoders read the first {limit - 2}, so this part is "
-               f"ignored: '{shown}' (shorten it, or move what matters to the front)")
+        msg = (
+            f"{name} has {tokens} tokens; the text encoders read the first {limit - 2}, so this part is "
+            f"ignored: '{shown}' (shorten it, or move what matters to the front)"
+        )
         warnings.warn(msg, PromptTruncatedWarning, stacklevel=3)
         messages.append(msg)
         if getattr(_collecting, "messages", None) is not None:

@@ -52,7 +52,15 @@ def output_params(request: dict, *, seed: int, width: int, height: int, model: d
     ``model`` is the loaded model's side (``InstantStyle.provenance()``: model ids, device, dtype,
     speed, memory); ``extra`` holds what the generator alone knows, recorded before the model's.
     """
-    return {**request, "seed": seed, "width": width, "height": height, **extra, **model, "versions": versions()}
+    return {
+        **request,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        **extra,
+        **model,
+        "versions": versions(),
+    }
 
 
 # our sampler name -> (A1111 sampler, A1111 schedule type or None)
@@ -140,25 +148,30 @@ def a1111_parameters(params: dict) -> str:
         "Size": f"{params.get('width')}x{params.get('height')}" if params.get("width") else None,
         "Model hash": params.get("base_hash") or model_hash(params.get("base")),
         "Model": model_name(params.get("base")),
-        "Denoising strength": params.get("strength") if params.get("task") in ("img2img", "inpaint") else None,
+        "Denoising strength": params.get("strength")
+        if params.get("task") in ("img2img", "inpaint")
+        else None,
         "Batch size": batch if batch > 1 and own_seed is None else None,
         "Batch pos": params.get("index") if batch > 1 and own_seed is None else None,
     }
     for i, cn in enumerate(params.get("controlnets") or []):
-        fields[f"ControlNet {i}"] = f"Module: {cn.get('kind')}, Model: {model_name(cn.get('model'))}, " \
-                                    f"Weight: {cn.get('scale')}"
+        fields[f"ControlNet {i}"] = (
+            f"Module: {cn.get('kind')}, Model: {model_name(cn.get('model'))}, Weight: {cn.get('scale')}"
+        )
     if method in IP_ADAPTER_METHODS:
         fields["IP-Adapter"] = model_name(params.get("adapter"))
         fields["IP-Adapter image encoder"] = model_name(params.get("image_encoder"))
     fields["InstantStyle method"] = method
     if method in IP_ADAPTER_METHODS:
-        fields.update({
-            "InstantStyle mode": params.get("mode") if not params.get("blocks") else None,
-            "InstantStyle scale": params.get("scale"),
-            "InstantStyle blocks": params.get("blocks"),
-            "Content prompt": params.get("content_prompt"),
-            "Content scale": params.get("content_scale"),
-        })
+        fields.update(
+            {
+                "InstantStyle mode": params.get("mode") if not params.get("blocks") else None,
+                "InstantStyle scale": params.get("scale"),
+                "InstantStyle blocks": params.get("blocks"),
+                "Content prompt": params.get("content_prompt"),
+                "Content scale": params.get("content_scale"),
+            }
+        )
     if params.get("task") == "plus":
         fields["Content IP scale"] = params.get("content_ip_scale")
     if method == "b-lora":

@@ -89,6 +89,7 @@ def range_text(field) -> str:
     open_hi = any(getattr(m, "lt", None) is not None for m in field.metadata)
     left = "(" if open_lo else "["
     right = ")" if open_hi else "]"
+
     def num(v, missing: str) -> str:
         return missing if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -146,9 +147,16 @@ def flag_help(name: str, field, note: str | None = None) -> str:
     return text + (default_text(field) if note is None else note)
 
 
-def add_flags(parser, model, names: Iterable[str] | None = None, *, unset=argparse.SUPPRESS,
-              group: Callable[[str], object] | None = None, note: Callable[[str], str | None] | None = None,
-              overrides: dict[str, dict] | None = None) -> dict[str, argparse.Action]:
+def add_flags(
+    parser,
+    model,
+    names: Iterable[str] | None = None,
+    *,
+    unset=argparse.SUPPRESS,
+    group: Callable[[str], object] | None = None,
+    note: Callable[[str], str | None] | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> dict[str, argparse.Action]:
     """One flag per field of ``model`` (all, or ``names`` in that order), on ``group(name)`` or
     ``parser``. ``note(name)`` may replace the shown default; ``overrides[name]`` changes the
     ``add_argument`` arguments (e.g. a custom action). Fields marked ``not_in_cli`` get none."""
@@ -181,8 +189,11 @@ def widget(name: str, field, *, limits: dict | None = None) -> tuple[str, dict]:
     ``limits[name] = (lo, hi)`` narrows the schema's range to a server's limits."""
     m, k = meta(field), kind(field)
     value = default(field)
-    kw = {"label": m.get("label", name.replace("_", " ").capitalize()), "info": field.description or "",
-          "elem_id": m.get("elem_id", name.replace("_", "-"))}
+    kw = {
+        "label": m.get("label", name.replace("_", " ").capitalize()),
+        "info": field.description or "",
+        "elem_id": m.get("elem_id", name.replace("_", "-")),
+    }
     if m.get("widget") in ("image", "mask", "images", "masks"):
         return m["widget"], kw
     if k == "bool":
@@ -197,7 +208,9 @@ def widget(name: str, field, *, limits: dict | None = None) -> tuple[str, dict]:
         return "textbox", {**kw, "value": to_widget(name, field, value)}
     if k == "str":
         kw.update((key, m[key]) for key in ("placeholder", "lines") if key in m)
-        size = next((getattr(x, "max_length", None) for x in field.metadata if getattr(x, "max_length", None)), None)
+        size = next(
+            (getattr(x, "max_length", None) for x in field.metadata if getattr(x, "max_length", None)), None
+        )
         if size is not None and (limits or {}).get(name):
             size = min(size, limits[name][1])
         return "textbox", {**kw, "value": value or "", **({"max_length": size} if size else {})}
@@ -210,12 +223,19 @@ def _number_widget(name, field, k, value, kw, limits) -> tuple[str, dict]:
         lo = limits[name][0] if lo is None else max(lo, limits[name][0])
         hi = limits[name][1] if hi is None else min(hi, limits[name][1])
     step = meta(field).get("step", 1 if k == "int" else 0.05)
-    on_grid = value is not None and lo is not None and abs((value - lo) / step - round((value - lo) / step)) < 1e-6
+    on_grid = (
+        value is not None and lo is not None and abs((value - lo) / step - round((value - lo) / step)) < 1e-6
+    )
     if on_grid and hi is not None:
         return "slider", {**kw, "minimum": lo, "maximum": hi, "value": min(max(value, lo), hi), "step": step}
     # "number": an optional number (empty = the default); the UI renders it as a text box.
-    return "number", {**kw, "minimum": lo, "maximum": hi, "value": value,
-                      "placeholder": meta(field).get("placeholder", "default")}
+    return "number", {
+        **kw,
+        "minimum": lo,
+        "maximum": hi,
+        "value": value,
+        "placeholder": meta(field).get("placeholder", "default"),
+    }
 
 
 def parse_numbers(text: str | None, what: str = "weights") -> list[float] | None:
@@ -224,12 +244,16 @@ def parse_numbers(text: str | None, what: str = "weights") -> list[float] | None
         return None
     text = str(text).strip()
     try:
-        values = json.loads(text) if text.startswith("[") else [x for x in text.replace(";", ",").split(",")
-                                                                if x.strip()]
+        values = (
+            json.loads(text)
+            if text.startswith("[")
+            else [x for x in text.replace(";", ",").split(",") if x.strip()]
+        )
         return [float(v) for v in values]
     except (ValueError, TypeError):
-        raise InstantStyleError(f"{what} {text!r}: give numbers separated by commas, e.g. 0.7, 0.3 "
-                                "(or a JSON list, [0.7, 0.3])") from None
+        raise InstantStyleError(
+            f"{what} {text!r}: give numbers separated by commas, e.g. 0.7, 0.3 (or a JSON list, [0.7, 0.3])"
+        ) from None
 
 
 def from_widget(name: str, field, value):
@@ -243,9 +267,12 @@ def from_widget(name: str, field, value):
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise InstantStyleError(f"{name.replace('_', ' ')} {value!r}: give a number, or leave it empty for "
-                                    "the default") from None
-        return int(number) if k == "int" and number.is_integer() else number  # a fraction: the schema refuses it
+            raise InstantStyleError(
+                f"{name.replace('_', ' ')} {value!r}: give a number, or leave it empty for the default"
+            ) from None
+        return (
+            int(number) if k == "int" and number.is_integer() else number
+        )  # a fraction: the schema refuses it
     if k == "list" and item_kind(field) == "float":
         return parse_numbers(value, name.replace("_", " "))
     return value

@@ -23,10 +23,17 @@ from .errors import InstantStyleError
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # The diffusers-layout repository whose configs describe each family's single files.
 REFERENCE_CONFIG = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
-FAMILY_NAMES = {"sdxl": "an SDXL checkpoint", "sd15": "a Stable Diffusion 1.x checkpoint",
-                "sd2": "a Stable Diffusion 2.x checkpoint", "sd3": "a Stable Diffusion 3 checkpoint",
-                "flux": "a FLUX checkpoint", "vae": "a VAE on its own", "lora": "a LoRA",
-                "diffusers-unet": "a diffusers-layout UNet", "unknown": "not a Stable Diffusion checkpoint"}
+FAMILY_NAMES = {
+    "sdxl": "an SDXL checkpoint",
+    "sd15": "a Stable Diffusion 1.x checkpoint",
+    "sd2": "a Stable Diffusion 2.x checkpoint",
+    "sd3": "a Stable Diffusion 3 checkpoint",
+    "flux": "a FLUX checkpoint",
+    "vae": "a VAE on its own",
+    "lora": "a LoRA",
+    "diffusers-unet": "a diffusers-layout UNet",
+    "unknown": "not a Stable Diffusion checkpoint",
+}
 
 
 def is_single_file(spec: str) -> bool:
@@ -47,8 +54,10 @@ def read_keys(path: str | Path) -> list[str]:
         data = torch.load(str(path), map_location="meta", weights_only=True)
         return list(data.get("state_dict", data))
     except Exception as exc:  # safetensors/pickle errors have no common base class
-        raise InstantStyleError(f"'{path}' could not be read as a checkpoint ({type(exc).__name__}); "
-                                "is it a complete .safetensors file?") from None
+        raise InstantStyleError(
+            f"'{path}' could not be read as a checkpoint ({type(exc).__name__}); "
+            "is it a complete .safetensors file?"
+        ) from None
 
 
 def family_of_keys(keys: list[str]) -> str:
@@ -67,7 +76,9 @@ def family_of_keys(keys: list[str]) -> str:
         return "sd2"
     if has("model.diffusion_model.input_blocks."):
         return "sd15"
-    if (has("encoder.") or has("first_stage_model.")) and (has("decoder.") or has("first_stage_model.decoder.")):
+    if (has("encoder.") or has("first_stage_model.")) and (
+        has("decoder.") or has("first_stage_model.decoder.")
+    ):
         return "vae"
     if has("down_blocks.") and has("conv_in."):
         return "diffusers-unet"
@@ -78,9 +89,13 @@ def check_base_family(path: str | Path, spec: str) -> str:
     """The family of a single-file base, or a one-line error naming what the file is."""
     family = family_of_keys(read_keys(path))
     if family not in REFERENCE_CONFIG:
-        hint = {"lora": "; pass it with --lora and give a base model with --base",
-                "vae": "; pass it with --vae"}.get(family, "; --base takes an SDXL checkpoint")
-        raise InstantStyleError(f"--base '{spec}' is {FAMILY_NAMES[family]}, not a supported base model{hint}")
+        hint = {
+            "lora": "; pass it with --lora and give a base model with --base",
+            "vae": "; pass it with --vae",
+        }.get(family, "; --base takes an SDXL checkpoint")
+        raise InstantStyleError(
+            f"--base '{spec}' is {FAMILY_NAMES[family]}, not a supported base model{hint}"
+        )
     return family
 
 
@@ -94,12 +109,23 @@ def load_pipeline(path: str | Path, spec: str, dtype, config: str | None):
     if src.local is not None and not (src.local / "model_index.json").is_file():
         raise missing("base config", src, " as a diffusers directory (no model_index.json)")
     try:
-        return StableDiffusionXLPipeline.from_single_file(str(path), config=str(src.local or src.spec), dtype=dtype,
-                                    local_files_only=sources.offline() or src.local is not None)
+        return StableDiffusionXLPipeline.from_single_file(
+            str(path),
+            config=str(src.local or src.spec),
+            dtype=dtype,
+            local_files_only=sources.offline() or src.local is not None,
+        )
     except (OSError, ValueError) as exc:
         if src.local is None:
-            fetch = command_for(["base-config"]) if src.spec == sources.DEFAULT_BASE else \
-                f"hf download {src.spec} --include '*.json' --include '*.txt'"
-            raise InstantStyleError(f"the configs for single-file base '{spec}' ({config}) are not available "
-                                    f"({str(exc).splitlines()[0][:120]}); fetch them with: {fetch}") from None
-        raise InstantStyleError(f"single-file base '{spec}' could not be loaded: {str(exc).splitlines()[0]}") from None
+            fetch = (
+                command_for(["base-config"])
+                if src.spec == sources.DEFAULT_BASE
+                else f"hf download {src.spec} --include '*.json' --include '*.txt'"
+            )
+            raise InstantStyleError(
+                f"the configs for single-file base '{spec}' ({config}) are not available "
+                f"({str(exc).splitlines()[0][:120]}); fetch them with: {fetch}"
+            ) from None
+        raise InstantStyleError(
+            f"single-file base '{spec}' could not be loaded: {str(exc).splitlines()[0]}"
+        ) from None

@@ -19,10 +19,14 @@ def size_unit(pipe) -> int:
 def check_size(width: int, height: int, unit: int) -> None:
     """One line unless both sides are multiples of ``unit``."""
     if width % unit or height % unit:
-        raise InstantStyleError(f"--width/--height {width}x{height}: must be multiples of {unit} for this model")
+        raise InstantStyleError(
+            f"--width/--height {width}x{height}: must be multiples of {unit} for this model"
+        )
 
 
-def fit_size(width: int, height: int, native: int, unit: int, limit: int = 4096) -> tuple[int, int, tuple[int, int]]:
+def fit_size(
+    width: int, height: int, native: int, unit: int, limit: int = 4096
+) -> tuple[int, int, tuple[int, int]]:
     """Generation size (multiples of ``unit``, short side ``native``) and exact-aspect output size."""
     short, long_ = min(width, height), max(width, height)
     exact_long = round(native * long_ / short)
@@ -37,8 +41,9 @@ def fit_size(width: int, height: int, native: int, unit: int, limit: int = 4096)
     return gen_long, native, (exact_long, native)
 
 
-def plus_size(width: int, height: int, min_side: int = 1024, max_side: int = 1280,
-              base: int = 64) -> tuple[int, int]:
+def plus_size(
+    width: int, height: int, min_side: int = 1024, max_side: int = 1280, base: int = 64
+) -> tuple[int, int]:
     """InstantStyle-Plus's ``resize_img``: short side to ``min_side``, then long side to ``max_side``,
     each side floored to a multiple of ``base`` (16:9 -> 1280x704, 4:3 -> 1280x960, 1:1 -> 1280x1280)."""
     ratio = min_side / min(width, height)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 StepCallback = Callable  # (pipe, i, t, kwargs) -> kwargs
 
 
-def progress(steps: int, on_step: Callable[[int, int], None] | None,
-             update: Callable | None = None) -> StepCallback | None:
+def progress(
+    steps: int, on_step: Callable[[int, int], None] | None, update: Callable | None = None
+) -> StepCallback | None:
     """A callback calling ``on_step(i + 1, steps)`` after step ``i``; ``update(i, latents)`` may rewrite
     the latents first. None when there is nothing to do."""
     if on_step is None and update is None:

@@ -39,10 +39,16 @@ def generate(model, style, **params):
 
 def test_window_and_presets_replay_their_graph(tiny_model, style_images):
     red, blue, green = style_images["red"], style_images["blue"], style_images["green"]
-    cases = [dict(), dict(style_window="0.5:1"), dict(mode="strong", style_window="0:0.5"),
-             dict(mode="precise"), dict(mode="precise", layout_boost=3.0, style_window="0:0.5"),
-             dict(composition=str(blue), style_window="0.5:1"),
-             dict(mode="style+layout", negative_style=str(green)), dict(mode="composition")]
+    cases = [
+        dict(),
+        dict(style_window="0.5:1"),
+        dict(mode="strong", style_window="0:0.5"),
+        dict(mode="precise"),
+        dict(mode="precise", layout_boost=3.0, style_window="0:0.5"),
+        dict(composition=str(blue), style_window="0.5:1"),
+        dict(mode="style+layout", negative_style=str(green)),
+        dict(mode="composition"),
+    ]
     with speed(tiny_model, fast_path.PLAIN):
         refs = [generate(tiny_model, red, **c) for c in cases]
     assert np.abs(refs[1] - refs[0]).max() > 10 * TOL  # the window is visible
@@ -68,7 +74,9 @@ def test_fixed_slots_pad_only_short_single_adapter_calls():
     assert kinds == ["style", "unused"] and embeds[1] is e and scales == [{"a": 1.0}, {}]  # {}: 0 everywhere
     two = (["style", "uncond"], [e, e], [{"a": 1.0}, {"b": 2.0}])
     assert injection.fixed_slots(*two, n_loaded=1) == tuple(map(list, two))
-    assert injection.fixed_slots(["style"], [e], [{}], n_loaded=2)[0] == ["style"]  # Plus: two adapters loaded
+    assert injection.fixed_slots(["style"], [e], [{}], n_loaded=2)[0] == [
+        "style"
+    ]  # Plus: two adapters loaded
 
 
 def test_window_and_precise_on_the_pruned_graph_path(tiny_model, style_images):

@@ -22,8 +22,11 @@ BASE = dict(prompt="a cat", steps=1, seed=0, width=64, height=64)
 
 
 def _attn2(unet):
-    return {n[: -len(".processor")]: unet.get_submodule(n[: -len(".processor")])
-            for n in unet.attn_processors if n.endswith("attn2.processor")}
+    return {
+        n[: -len(".processor")]: unet.get_submodule(n[: -len(".processor")])
+        for n in unet.attn_processors
+        if n.endswith("attn2.processor")
+    }
 
 
 def _active(proc) -> list[int]:
@@ -43,8 +46,10 @@ def recording(unet):
     calls, step = [], [-1]
     handles = [unet.register_forward_pre_hook(lambda *a: step.__setitem__(0, step[0] + 1))]
     for name, m in _attn2(unet).items():
+
         def hook(mod, args, kwargs, name=name):
             calls.append((name, step[0], _active(mod.processor), args, kwargs))
+
         handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         yield calls
@@ -91,17 +96,24 @@ def test_window_first_half_only(tiny_model, style_images):
         busy[0] = True
         try:
             text, tokens = kwargs["encoder_hidden_states"]
-            bare = mod(*args, **{**kwargs, "encoder_hidden_states": (text, [torch.zeros_like(t) for t in tokens])})
+            bare = mod(
+                *args, **{**kwargs, "encoder_hidden_states": (text, [torch.zeros_like(t) for t in tokens])}
+            )
         finally:
             busy[0] = False
         branch[step[0]] = max(branch.get(step[0], 0.0), (out - bare).abs().max().item())
 
     step = [-1]
     handles = [unet.register_forward_pre_hook(lambda *a: step.__setitem__(0, step[0] + 1))]
-    handles += [m.register_forward_hook(hook, with_kwargs=True) for n, m in _attn2(unet).items()
-                if _module(n) == STYLE]
+    handles += [
+        m.register_forward_hook(hook, with_kwargs=True)
+        for n, m in _attn2(unet).items()
+        if _module(n) == STYLE
+    ]
     try:
-        req = tiny_model.request(style=[str(style_images["red"])], **{**BASE, "steps": 4}, style_window="0:0.5")
+        req = tiny_model.request(
+            style=[str(style_images["red"])], **{**BASE, "steps": 4}, style_window="0:0.5"
+        )
         tiny_model.run(tiny_model.pipe, tiny_model.prepare(req), output_type="latent")
     finally:
         for h in handles:
@@ -110,7 +122,9 @@ def test_window_first_half_only(tiny_model, style_images):
     assert branch[0] > 1e-3 and branch[1] > 1e-3  # first half: the style is injected
     assert branch[2] == 0.0 and branch[3] == 0.0  # second half: exactly nothing
     assert injection.window_steps((0.0, 0.5), 4) == range(0, 2)
-    assert injection.window_steps((0.8, 1.0), 30) == range(24, 30)  # rounding-safe (0.8 * 30 = 24.000000000000004)
+    assert injection.window_steps((0.8, 1.0), 30) == range(
+        24, 30
+    )  # rounding-safe (0.8 * 30 = 24.000000000000004)
 
 
 def _changed_modules(model, prep, seen, slot, other_tokens):

@@ -16,5 +16,10 @@ def tiny_metric_paths():
 def tiny_scorer(tiny_metric_paths):
     from instantstyle.metrics.scorer import Scorer
 
-    return Scorer(csd=str(tiny_metric_paths["csd"]), clip=str(tiny_metric_paths["clip"]),
-                  dino=str(tiny_metric_paths["dino"]), device="cpu", dtype="fp32").load()
+    return Scorer(
+        csd=str(tiny_metric_paths["csd"]),
+        clip=str(tiny_metric_paths["clip"]),
+        dino=str(tiny_metric_paths["dino"]),
+        device="cpu",
+        dtype="fp32",
+    ).load()

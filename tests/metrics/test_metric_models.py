@@ -26,13 +26,24 @@ def _openai_visual(sd: dict, pixels: torch.Tensor, heads: int) -> torch.Tensor:
     while f"transformer.resblocks.{i}.ln_1.weight" in g:
         p = f"transformer.resblocks.{i}."
         attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
-        attn.load_state_dict({"in_proj_weight": g[p + "attn.in_proj_weight"], "in_proj_bias": g[p + "attn.in_proj_bias"],
-                              "out_proj.weight": g[p + "attn.out_proj.weight"], "out_proj.bias": g[p + "attn.out_proj.bias"]})
+        attn.load_state_dict(
+            {
+                "in_proj_weight": g[p + "attn.in_proj_weight"],
+                "in_proj_bias": g[p + "attn.in_proj_bias"],
+                "out_proj.weight": g[p + "attn.out_proj.weight"],
+                "out_proj.bias": g[p + "attn.out_proj.bias"],
+            }
+        )
         h = F.layer_norm(x, (width,), g[p + "ln_1.weight"], g[p + "ln_1.bias"])
         x = x + attn(h, h, h, need_weights=False)[0]
-        h = F.linear(F.layer_norm(x, (width,), g[p + "ln_2.weight"], g[p + "ln_2.bias"]),
-                     g[p + "mlp.c_fc.weight"], g[p + "mlp.c_fc.bias"])
-        x = x + F.linear(h * torch.sigmoid(1.702 * h), g[p + "mlp.c_proj.weight"], g[p + "mlp.c_proj.bias"])  # QuickGELU
+        h = F.linear(
+            F.layer_norm(x, (width,), g[p + "ln_2.weight"], g[p + "ln_2.bias"]),
+            g[p + "mlp.c_fc.weight"],
+            g[p + "mlp.c_fc.bias"],
+        )
+        x = x + F.linear(
+            h * torch.sigmoid(1.702 * h), g[p + "mlp.c_proj.weight"], g[p + "mlp.c_proj.bias"]
+        )  # QuickGELU
         i += 1
     return F.layer_norm(x[:, 0], (width,), g["ln_post.weight"], g["ln_post.bias"])  # [N, W]
 
@@ -41,7 +52,9 @@ def _openai_visual(sd: dict, pixels: torch.Tensor, heads: int) -> torch.Tensor:
 def test_csd_matches_the_openai_clip_forward_on_the_same_checkpoint():
     sd = tiny_csd_state_dict(seed=3)
     model = csd.build({k.removeprefix("module."): v for k, v in sd.items()})
-    assert model.backbone.config.num_attention_heads == CSD_WIDTH // 64 == 2  # OpenAI's rule, multi-head split
+    assert (
+        model.backbone.config.num_attention_heads == CSD_WIDTH // 64 == 2
+    )  # OpenAI's rule, multi-head split
     pixels = torch.randn(2, 3, 224, 224)
     feature = _openai_visual(sd, pixels, heads=2)
     style, content = model(pixels)
@@ -75,7 +88,9 @@ def test_csd_checkpoint_layout_is_strict(tmp_path):
         csd.build({k.removeprefix("module."): v for k, v in wrong.items()})
 
     evil = tmp_path / "evil.bin"
-    torch.save({"model_state_dict": sd, "payload": Image.new("RGB", (1, 1))}, evil)  # a non-allow-listed class
+    torch.save(
+        {"model_state_dict": sd, "payload": Image.new("RGB", (1, 1))}, evil
+    )  # a non-allow-listed class
     with pytest.raises(InstantStyleError, match="could not be read safely"):
         csd.read_checkpoint(evil)
 
@@ -108,16 +123,21 @@ def test_transformers_metric_models_load_strictly(kind, tiny_metric_paths, tmp_p
     assert f"missing: {key}" in msg and "unexpected:" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("spec, command", [
-    ("tomg-group-umd/CSD-ViT-L/pytorch_model.bin", "instantstyle download metrics"),
-])
+@pytest.mark.parametrize(
+    "spec, command",
+    [
+        ("tomg-group-umd/CSD-ViT-L/pytorch_model.bin", "instantstyle download metrics"),
+    ],
+)
 def test_missing_csd_names_the_download(spec, command):
     with pytest.raises(ModelNotFoundError) as err:
         csd.load(spec)
     assert command in str(err.value) and "HF_HUB_OFFLINE=1" in str(err.value)
 
 
-@pytest.mark.parametrize("kind, spec", [("clip", "openai/clip-vit-large-patch14"), ("dino", "facebook/dinov2-base")])
+@pytest.mark.parametrize(
+    "kind, spec", [("clip", "openai/clip-vit-large-patch14"), ("dino", "facebook/dinov2-base")]
+)
 def test_missing_transformers_model_names_the_download(kind, spec):
     from instantstyle.metrics import clip_t, dino
 
@@ -137,8 +157,9 @@ def _pictures():
 
 def test_identical_images_score_higher_than_unrelated_ones(tiny_scorer):
     red, noise, stripes = _pictures()
-    same, other, third = tiny_scorer.score([Item(red, "a cat", [red.copy()]), Item(noise, "a cat", [red]),
-                                            Item(stripes, "a cat", [red])])
+    same, other, third = tiny_scorer.score(
+        [Item(red, "a cat", [red.copy()]), Item(noise, "a cat", [red]), Item(stripes, "a cat", [red])]
+    )
     for metric in ("csd_style", "csd_content", "dino_leakage"):
         assert same[metric] == pytest.approx(1.0, abs=1e-5)
         assert same[metric] > other[metric] + 0.01 and same[metric] > third[metric] + 0.01, metric

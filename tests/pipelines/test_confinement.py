@@ -15,8 +15,11 @@ from instantstyle.adapter import scoped_scales
 
 
 def _attn2_modules(unet):
-    return {n[: -len(".processor")]: unet.get_submodule(n[: -len(".processor")])
-            for n in unet.attn_processors if n.endswith("attn2.processor")}
+    return {
+        n[: -len(".processor")]: unet.get_submodule(n[: -len(".processor")])
+        for n in unet.attn_processors
+        if n.endswith("attn2.processor")
+    }
 
 
 @pytest.mark.parametrize("mode", ["style", "style+layout"])
@@ -30,8 +33,12 @@ def test_only_active_blocks_see_the_style(tiny_model, style_images, mode):
 
     modules = _attn2_modules(unet)
     seen = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, kwargs, name=n: seen.setdefault(name, (args, kwargs)),
-                                           with_kwargs=True) for n, m in modules.items()]
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, args, kwargs, name=n: seen.setdefault(name, (args, kwargs)), with_kwargs=True
+        )
+        for n, m in modules.items()
+    ]
     try:
         tiny_model.run(tiny_model.pipe, prep_a, output_type="latent")
     finally:
@@ -46,7 +53,9 @@ def test_only_active_blocks_see_the_style(tiny_model, style_images, mode):
             args, kwargs = seen[name]
             text, _tokens_a = kwargs["encoder_hidden_states"]
             out_a = module(*args, **kwargs)
-            out_b = module(*args, **{**kwargs, "encoder_hidden_states": (text, [t[: text.shape[0]] for t in tokens_b])})
+            out_b = module(
+                *args, **{**kwargs, "encoder_hidden_states": (text, [t[: text.shape[0]] for t in tokens_b])}
+            )
             if not torch.equal(out_a, out_b):
                 changed.add(name.split(".transformer_blocks")[0])
                 assert (out_a - out_b).abs().max() > 1e-3  # a real difference, not rounding

@@ -29,10 +29,20 @@ def stock(tiny_paths, tiny_model):
 
 def stock_run(pipe, seed=0, n=1, **kw):
     # A batch: one generator per image, seeded seed + i (our meaning of a batch's seeds, as A1111's).
-    gen = torch.Generator("cpu").manual_seed(seed) if n == 1 else \
-        [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
-    return pipe(prompt="a cat", num_inference_steps=STEPS, guidance_scale=5.0, generator=gen,
-                num_images_per_prompt=n, output_type="np", **kw).images
+    gen = (
+        torch.Generator("cpu").manual_seed(seed)
+        if n == 1
+        else [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+    )
+    return pipe(
+        prompt="a cat",
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        generator=gen,
+        num_images_per_prompt=n,
+        output_type="np",
+        **kw,
+    ).images
 
 
 def ours(model, **kw):
@@ -56,8 +66,12 @@ def test_content_subtraction_equals_stock_with_precomputed_embeds(stock, tiny_mo
     stock.set_ip_adapter_scale(DICTS["style"])
     image = Image.open(style_images["red"])
     with torch.no_grad():
-        img_emb = stock.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, True)[0].chunk(2)[1][0]  # [1, D]
-        pooled = stock.encode_prompt("a red square", device="cpu", do_classifier_free_guidance=False)[2]  # [1, D]
+        img_emb = stock.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, True)[0].chunk(2)[1][
+            0
+        ]  # [1, D]
+        pooled = stock.encode_prompt("a red square", device="cpu", do_classifier_free_guidance=False)[
+            2
+        ]  # [1, D]
     cond = (img_emb - 0.5 * pooled)[None]  # [1, 1, D]
     ref = stock_run(stock, n=n, ip_adapter_image_embeds=[torch.cat([torch.zeros_like(cond), cond])])
     mine = ours(tiny_model, style=[str(style_images["red"])], content_prompt="a red square", num_images=n)
@@ -91,7 +105,9 @@ def test_weighted_mean_of_references(tiny_model, style_images):
 
 
 def test_outputs_carry_their_parameters(tiny_model, style_images):
-    im = tiny_model.generate(prompt="a cat", style=[str(style_images["red"])], steps=2, seed=3, mode="style+layout")[0]
+    im = tiny_model.generate(
+        prompt="a cat", style=[str(style_images["red"])], steps=2, seed=3, mode="style+layout"
+    )[0]
     import json
 
     meta = json.loads(im.info["instantstyle"])

@@ -17,8 +17,17 @@ from instantstyle.images import METADATA_KEY
 from instantstyle.server.service import GenerationService, Limits
 
 STEPS = 2
-LIMITS = Limits(max_upload_bytes=64 * 1024, max_pixels=100 * 100, max_prompt_length=200, max_style_images=3,
-                max_num_images=2, min_size=64, max_size=128, max_steps=10, max_wait_s=60)
+LIMITS = Limits(
+    max_upload_bytes=64 * 1024,
+    max_pixels=100 * 100,
+    max_prompt_length=200,
+    max_style_images=3,
+    max_num_images=2,
+    min_size=64,
+    max_size=128,
+    max_steps=10,
+    max_wait_s=60,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +68,14 @@ def _healthy(client):
 
 
 def test_generate_round_trip_matches_the_cli(client, red_png, style_images, tiny_paths, tmp_path):
-    params = {"prompt": "a lighthouse at dusk", "seed": 1234, "steps": STEPS, "guidance": 4.0,
-              "content_prompt": "a red square", "content_scale": 0.4}
+    params = {
+        "prompt": "a lighthouse at dusk",
+        "seed": 1234,
+        "steps": STEPS,
+        "guidance": 4.0,
+        "content_prompt": "a red square",
+        "content_scale": 0.4,
+    }
     r = _post(client, params, _upload(red_png))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -82,11 +97,37 @@ def test_generate_round_trip_matches_the_cli(client, red_png, style_images, tiny
     from instantstyle.cli import main
 
     out = tmp_path / "cli.png"
-    argv = ["generate", "--base", str(tiny_paths["base"]), "--adapter", str(tiny_paths["adapter"]),
-            "--image-encoder", str(tiny_paths["image_encoder"]), "--device", "cpu", "--dtype", "fp32",
-            "--style", str(style_images["red"]), "--prompt", params["prompt"], "--seed", "1234",
-            "--steps", str(STEPS), "--guidance", "4.0", "--content-prompt", "a red square", "--content-scale", "0.4",
-            "--out", str(out), "--quiet", "--no-cache"]
+    argv = [
+        "generate",
+        "--base",
+        str(tiny_paths["base"]),
+        "--adapter",
+        str(tiny_paths["adapter"]),
+        "--image-encoder",
+        str(tiny_paths["image_encoder"]),
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        params["prompt"],
+        "--seed",
+        "1234",
+        "--steps",
+        str(STEPS),
+        "--guidance",
+        "4.0",
+        "--content-prompt",
+        "a red square",
+        "--content-scale",
+        "0.4",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-cache",
+    ]
     import torch
 
     threads = torch.get_num_threads()
@@ -103,10 +144,16 @@ def test_generate_round_trip_matches_the_cli(client, red_png, style_images, tiny
 
 
 def test_async_job_polling(client, red_png):
-    r = _post(client, {"prompt": "a cat", "seed": 7, "steps": STEPS, "num_images": 2}, _upload(red_png), wait=False)
+    r = _post(
+        client, {"prompt": "a cat", "seed": 7, "steps": STEPS, "num_images": 2}, _upload(red_png), wait=False
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    assert r.headers["location"] == f"/v1/jobs/{job_id}" and r.json()["status"] in ("queued", "running", "done")
+    assert r.headers["location"] == f"/v1/jobs/{job_id}" and r.json()["status"] in (
+        "queued",
+        "running",
+        "done",
+    )
     deadline = time.monotonic() + 60
     while (body := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
         assert time.monotonic() < deadline, "job never finished"
@@ -123,8 +170,11 @@ def test_async_job_polling(client, red_png):
 
 def test_saved_styles_crud_and_use(client, red_png, style_images):
     blue = style_images["blue"].read_bytes()
-    r = client.post("/v1/styles", data={"name": "redblue", "weights": "0.7,0.3"},
-                    files=_upload(red_png) + _upload(blue, "blue.png"))
+    r = client.post(
+        "/v1/styles",
+        data={"name": "redblue", "weights": "0.7,0.3"},
+        files=_upload(red_png) + _upload(blue, "blue.png"),
+    )
     assert r.status_code == 201, r.text
     assert r.json()["images"] == 2 and r.json()["weights"] == pytest.approx([0.7, 0.3])
     assert [s["name"] for s in client.get("/v1/styles").json()["styles"]] == ["redblue"]
@@ -135,8 +185,11 @@ def test_saved_styles_crud_and_use(client, red_png, style_images):
     r = _post(client, {"prompt": "a house", "seed": 3, "steps": STEPS, "style": ["@redblue"]})
     assert r.status_code == 200, r.text
     assert r.json()["images"][0]["metadata"]["style"] == ["@redblue"]
-    r = _post(client, {"prompt": "a house", "seed": 3, "steps": STEPS, "style": ["@redblue"],
-                       "style_weights": [1.0, 0.5]}, _upload(red_png))
+    r = _post(
+        client,
+        {"prompt": "a house", "seed": 3, "steps": STEPS, "style": ["@redblue"], "style_weights": [1.0, 0.5]},
+        _upload(red_png),
+    )
     assert r.status_code == 200, r.text
 
     assert client.delete("/v1/styles/redblue").status_code == 204
@@ -150,9 +203,21 @@ def test_blocks_health_and_docs(client):
     blocks = client.get("/v1/blocks").json()
     names = [m["module"] for m in blocks["modules"]]
     assert "up_blocks.0.attentions.1" in names and "down_blocks.2.attentions.1" in names
-    assert set(blocks["modes"]) == {"style", "layout", "style+layout", "full", "strong", "composition", "precise"}
-    assert blocks["presets"]["precise"][1] == {"blocks": "down_blocks.2.attentions.1", "branch": "uncond",
-                                              "scale": 1.0, "boost": "--layout-boost"}
+    assert set(blocks["modes"]) == {
+        "style",
+        "layout",
+        "style+layout",
+        "full",
+        "strong",
+        "composition",
+        "precise",
+    }
+    assert blocks["presets"]["precise"][1] == {
+        "blocks": "down_blocks.2.attentions.1",
+        "branch": "uncond",
+        "scale": 1.0,
+        "boost": "--layout-boost",
+    }
     health = client.get("/v1/health").json()
     assert health["status"] == "ok" and health["limits"]["max_upload_bytes"] == LIMITS.max_upload_bytes
     assert client.get("/docs").status_code == 200
@@ -171,12 +236,20 @@ def _noise_png() -> bytes:  # ~120 kB: over the 64 kB upload limit
 
 BAD = {
     # name: (params, files or None for a valid upload, expected status, words in the message)
-    "non-image upload": ({"prompt": "x"}, [("images", ("notes.txt", b"just some text", "text/plain"))], 400,
-                         "not an image"),
+    "non-image upload": (
+        {"prompt": "x"},
+        [("images", ("notes.txt", b"just some text", "text/plain"))],
+        400,
+        "not an image",
+    ),
     "truncated image": ({"prompt": "x"}, "truncated", 400, "truncated or corrupt"),
     "oversized upload": ({"prompt": "x"}, "noise", 413, "over the limit of 65536 bytes"),
-    "too many pixels": ({"prompt": "x"}, [("images", ("big.png", png_bytes((120, 120)), "image/png"))], 400,
-                        "over the limit of 10000"),
+    "too many pixels": (
+        {"prompt": "x"},
+        [("images", ("big.png", png_bytes((120, 120)), "image/png"))],
+        400,
+        "over the limit of 10000",
+    ),
     "unknown block": ({"prompt": "x", "blocks": "up_blocks.0.attentions.7=1"}, None, 400, "unknown block"),
     "negative steps": ({"prompt": "x", "steps": -3}, None, 400, "steps"),
     "missing prompt": ({"seed": 1}, None, 400, "prompt: Field required"),
@@ -185,7 +258,12 @@ BAD = {
     "unknown field": ({"prompt": "x", "stepz": 3}, None, 400, "stepz"),
     "not json": ("{prompt: x}", None, 400, "not valid JSON"),
     "a path as style": ({"prompt": "x", "style": ["/etc/passwd"]}, None, 400, "only name saved styles"),
-    "an escaping style name": ({"prompt": "x", "style": ["@../../etc/x"]}, None, 400, "only name saved styles"),
+    "an escaping style name": (
+        {"prompt": "x", "style": ["@../../etc/x"]},
+        None,
+        400,
+        "only name saved styles",
+    ),
     "unknown saved style": ({"prompt": "x", "style": ["@nope"]}, None, 400, "not found"),
     "no style at all": ({"prompt": "x"}, [], 400, "no style reference"),
     "too many images": ({"prompt": "x", "num_images": 3}, None, 400, "over the limit of 2"),
@@ -259,7 +337,9 @@ def test_full_queue_answers_429_with_retry_after(client, service, red_png):
         while blockers[0].status != "running":  # the worker is busy...
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        blockers += [service.submit(lambda m, j: gate.wait(30), kind="test") for _ in range(service.queue_size)]
+        blockers += [
+            service.submit(lambda m, j: gate.wait(30), kind="test") for _ in range(service.queue_size)
+        ]
         t0 = time.monotonic()
         r = _post(client, {"prompt": "x", "steps": STEPS}, _upload(red_png))
         assert time.monotonic() - t0 < 5
@@ -278,7 +358,12 @@ def test_api_key(service, red_png):
     from instantstyle.server import create_app
 
     with TestClient(create_app(service, api_key="s3cret-key", ui=False), base_url="http://127.0.0.1") as c:
-        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+        for headers in (
+            {},
+            {"X-API-Key": "wrong"},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "s3cret-key"},
+        ):
             r = c.get("/v1/blocks", headers=headers)
             assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
             assert r.headers["www-authenticate"] == "Bearer"
@@ -288,8 +373,12 @@ def test_api_key(service, red_png):
         assert c.get("/v1/health").json() == {"status": "ok", "api_key_required": True}
         full = c.get("/v1/health", headers={"X-API-Key": "s3cret-key"})
         assert full.status_code == 200 and "limits" in full.json()
-        ok = _post(c, {"prompt": "x", "seed": 1, "steps": STEPS}, _upload(red_png),
-                   headers={"Authorization": "Bearer s3cret-key"})
+        ok = _post(
+            c,
+            {"prompt": "x", "seed": 1, "steps": STEPS},
+            _upload(red_png),
+            headers={"Authorization": "Bearer s3cret-key"},
+        )
         assert ok.status_code == 200
         for path in ("/docs", "/openapi.json", "/"):  # nothing of ours is open without the key
             assert c.get(path, follow_redirects=False).status_code == 401
@@ -310,11 +399,16 @@ def test_api_key_also_guards_the_ui(service):
 
 
 def test_a_prompt_over_77_tokens_comes_back_as_a_job_warning(client, service, red_png):
-    long = " ".join(["cat"] * 50)  # 199 characters (the test limit is 200), over 75 tokens on the tiny tokenizer
+    long = " ".join(
+        ["cat"] * 50
+    )  # 199 characters (the test limit is 200), over 75 tokens on the tiny tokenizer
     n = len(service.model.pipe.tokenizer(long, verbose=False).input_ids) - 2
     assert n > 75
     r = _post(client, {"prompt": long, "seed": 1, "steps": STEPS}, _upload(red_png))
     assert r.status_code == 200, r.text
     (warning,) = r.json()["warnings"]  # the library's own message, for this job only
     assert warning.startswith(f"prompt has {n} tokens; the text encoders read the first 75")
-    assert _post(client, {"prompt": "a cat", "seed": 1, "steps": STEPS}, _upload(red_png)).json()["warnings"] == []
+    assert (
+        _post(client, {"prompt": "a cat", "seed": 1, "steps": STEPS}, _upload(red_png)).json()["warnings"]
+        == []
+    )

@@ -20,8 +20,16 @@ from instantstyle.server.service import GenerationService, Limits
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("INSTANTSTYLE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 30_000
 
 
@@ -30,8 +38,10 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the 'dev' extra (playwright)")
     pytest.importorskip("gradio", reason="needs the 'serve' extra (gradio)")
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium; .ci/run does) "
-                    "or point INSTANTSTYLE_CHROMIUM at one")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium; .ci/run does) "
+            "or point INSTANTSTYLE_CHROMIUM at one"
+        )
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
         try:
@@ -76,8 +86,15 @@ def test_ui_upload_prompt_generate_gallery_reuse(browser, tiny_model, style_imag
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the worker
         try:
-            (ref,) = tiny_model.generate(prompt="a red cat", seed=5, steps=2, guidance=5.0, width=64, height=64,
-                                         style_images=[Image.open(style_images["red"])])
+            (ref,) = tiny_model.generate(
+                prompt="a red cat",
+                seed=5,
+                steps=2,
+                guidance=5.0,
+                width=64,
+                height=64,
+                style_images=[Image.open(style_images["red"])],
+            )
         finally:
             torch.set_num_threads(threads)
         assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(ref.convert("RGB")))
@@ -113,8 +130,9 @@ def test_ui_upload_prompt_generate_gallery_reuse(browser, tiny_model, style_imag
         page.wait_for_function("() => document.querySelectorAll('#gallery img').length >= 2")
         page.wait_for_selector("#params >> text=img2img")
         newest = page.query_selector_all("#gallery img")[0]
-        meta = json.loads(Image.open(io.BytesIO(page.request.get(newest.get_attribute("src")).body()))
-                          .info["instantstyle"])
+        meta = json.loads(
+            Image.open(io.BytesIO(page.request.get(newest.get_attribute("src")).body())).info["instantstyle"]
+        )
         assert (meta["task"], meta["strength"], meta["content"]) == ("img2img", 0.6, "<upload>")
         assert len(meta["content_sha256"]) == 64
         assert service.health()["jobs"]["done"] == 2

@@ -37,8 +37,11 @@ def client(service):
 
 
 def _post(client, params: dict, wait=False):
-    return client.post("/v1/generate" + ("?wait=true" if wait else ""), data={"params": json.dumps(params)},
-                       files=[("images", ("red.png", png_bytes(), "image/png"))])
+    return client.post(
+        "/v1/generate" + ("?wait=true" if wait else ""),
+        data={"params": json.dumps(params)},
+        files=[("images", ("red.png", png_bytes(), "image/png"))],
+    )
 
 
 def _until(condition, timeout=20.0):
@@ -55,7 +58,9 @@ def test_delete_cancels_a_queued_and_a_running_job(client, service):
     _until(lambda: job.step >= 1)
     # the queued one is dropped at once: its slot frees, it never runs
     r = client.delete(f"/v1/jobs/{queued['id']}")
-    assert r.status_code == 200 and r.json()["status"] == CANCELLED and r.json()["error"]["type"] == "cancelled"
+    assert (
+        r.status_code == 200 and r.json()["status"] == CANCELLED and r.json()["error"]["type"] == "cancelled"
+    )
     assert service.get(queued["id"]).started is None and service.health()["queued"] == 0
     # the running one stops at its next step
     r = client.delete(f"/v1/jobs/{long['id']}")
@@ -84,16 +89,26 @@ def test_a_disconnected_synchronous_client_has_its_job_cancelled(service):
         try:
             _until(lambda: blocker.status == "running")
             boundary = uuid.uuid4().hex
-            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n"
-                    + json.dumps({"prompt": "gone", "steps": 2}) + f"\r\n--{boundary}\r\nContent-Disposition: "
-                    "form-data; name=\"images\"; filename=\"r.png\"\r\nContent-Type: image/png\r\n\r\n").encode() \
-                + png_bytes() + f"\r\n--{boundary}--\r\n".encode()
+            body = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n'
+                    + json.dumps({"prompt": "gone", "steps": 2})
+                    + f"\r\n--{boundary}\r\nContent-Disposition: "
+                    'form-data; name="images"; filename="r.png"\r\nContent-Type: image/png\r\n\r\n'
+                ).encode()
+                + png_bytes()
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             sock = socket.create_connection((host, int(port)))
-            sock.sendall(f"POST /v1/generate?wait=true HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
-                         f"multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                         + body)
+            sock.sendall(
+                f"POST /v1/generate?wait=true HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+                f"multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             _until(lambda: service.health()["queued"] == 1)
-            (job,) = [j for j in service._jobs.values() if j.request is not None and j.request.prompt == "gone"]
+            (job,) = [
+                j for j in service._jobs.values() if j.request is not None and j.request.prompt == "gone"
+            ]
             sock.close()  # the client goes away while its job waits
             assert job.wait(5) and job.status == CANCELLED and "disconnected" in job.error
             assert service.health()["queued"] == 0
@@ -104,8 +119,12 @@ def test_a_disconnected_synchronous_client_has_its_job_cancelled(service):
             conn.request("GET", "/v1/jobs/nope")
             r = conn.getresponse()
             assert r.status == 404 and json.loads(r.read())["error"]["code"] == "not_found"
-            conn.request("POST", "/v1/generate", body="params=%7B%22prompt%22%3A%20%22x%22%2C%20%22steps%22%3A"
-                         "%20true%7D", headers={"Content-Type": "application/x-www-form-urlencoded"})
+            conn.request(
+                "POST",
+                "/v1/generate",
+                body="params=%7B%22prompt%22%3A%20%22x%22%2C%20%22steps%22%3A%20true%7D",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
             r = conn.getresponse()
             assert r.status == 400 and r.getheader("connection") != "close"
             r.read()
@@ -113,15 +132,18 @@ def test_a_disconnected_synchronous_client_has_its_job_cancelled(service):
         assert conn.getresponse().status == 200  # the same connection, after four 4xx
 
 
-@pytest.mark.parametrize("params, words", [
-    ('{"prompt": "x", "style_weights": [Infinity]}', "Infinity"),
-    ('{"prompt": "x", "scale": NaN}', "NaN"),
-    ('{"prompt": "x", "style_weights": [1e999]}', "finite number"),
-    ('{"prompt": "x", "steps": true}', "not true/false"),
-    ('{"prompt": "x", "params": ' + "[" * 5000 + "]" * 5000 + "}", "nested more than"),
-    ('{"prompt": "x", "task": "img2img", "strength": 0.01, "steps": 2}', "leaves no denoising step"),
-    ('{"prompt": "x", "steps": 300, "width": 128, "height": 128}', "--max-cost"),
-])
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ('{"prompt": "x", "style_weights": [Infinity]}', "Infinity"),
+        ('{"prompt": "x", "scale": NaN}', "NaN"),
+        ('{"prompt": "x", "style_weights": [1e999]}', "finite number"),
+        ('{"prompt": "x", "steps": true}', "not true/false"),
+        ('{"prompt": "x", "params": ' + "[" * 5000 + "]" * 5000 + "}", "nested more than"),
+        ('{"prompt": "x", "task": "img2img", "strength": 0.01, "steps": 2}', "leaves no denoising step"),
+        ('{"prompt": "x", "steps": 300, "width": 128, "height": 128}', "--max-cost"),
+    ],
+)
 def test_bad_numbers_depth_and_zero_step_requests_are_400_before_queueing(client, service, params, words):
     accepted = service.health()["jobs"]["accepted"]
     files = [("images", ("red.png", png_bytes(), "image/png"))]
@@ -158,7 +180,9 @@ def test_a_scheduler_whose_package_is_missing_is_refused_with_the_install_line(m
     from instantstyle.errors import InstantStyleError
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a)
+    )
     with pytest.raises(InstantStyleError, match="pip install scipy"):
         make_request(prompt="x", scheduler="lms")
 
@@ -166,8 +190,10 @@ def test_a_scheduler_whose_package_is_missing_is_refused_with_the_install_line(m
 def test_job_errors_keep_the_useful_line():
     from instantstyle.server.jobs import first_line
 
-    assert first_line(ImportError("\nLMSDiscreteScheduler requires the scipy library\n")) == \
-        "LMSDiscreteScheduler requires the scipy library"
+    assert (
+        first_line(ImportError("\nLMSDiscreteScheduler requires the scipy library\n"))
+        == "LMSDiscreteScheduler requires the scipy library"
+    )
 
 
 # ---------------------------------------------------------------- the service alone (stub work)

@@ -34,19 +34,30 @@ def test_30_concurrent_requests_against_a_queue_of_8(tiny_model, red_png):
 
     from instantstyle.server import create_app
 
-    service = GenerationService(tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_wait_s=CLIENT_TIMEOUT_S),
-                                cpu_threads=1)
+    service = GenerationService(
+        tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_wait_s=CLIENT_TIMEOUT_S), cpu_threads=1
+    )
     results: dict[int, tuple] = {}
     barrier = threading.Barrier(N_REQUESTS, timeout=30)
 
     def client(url: str, i: int) -> None:
-        params = {"prompt": f"load test request {i}", "seed": 1000 + i, "steps": STEPS, "width": 64, "height": 64}
+        params = {
+            "prompt": f"load test request {i}",
+            "seed": 1000 + i,
+            "steps": STEPS,
+            "width": 64,
+            "height": 64,
+        }
         try:
             with httpx.Client(timeout=CLIENT_TIMEOUT_S) as c:
                 barrier.wait()
                 t0 = time.perf_counter()
-                r = c.post(f"{url}/v1/generate", params={"wait": "true"}, data={"params": json.dumps(params)},
-                           files=[("images", ("red.png", red_png, "image/png"))])
+                r = c.post(
+                    f"{url}/v1/generate",
+                    params={"wait": "true"},
+                    data={"params": json.dumps(params)},
+                    files=[("images", ("red.png", red_png, "image/png"))],
+                )
                 results[i] = (params, r.status_code, r.headers, r.json(), time.perf_counter() - t0)
         except Exception as exc:  # recorded, and the test fails below
             results[i] = (params, None, None, repr(exc), None)
@@ -70,13 +81,19 @@ def test_30_concurrent_requests_against_a_queue_of_8(tiny_model, red_png):
     refused = {i: r for i, r in results.items() if r[1] == 429}
     lat_done = [r[4] for r in done.values()]
     lat_refused = [r[4] for r in refused.values()]
-    print(f"\nload test: {N_REQUESTS} concurrent requests, queue {QUEUE_SIZE}, 1 worker, {STEPS} steps 64x64, "
-          f"{wall:.1f} s wall")
+    print(
+        f"\nload test: {N_REQUESTS} concurrent requests, queue {QUEUE_SIZE}, 1 worker, {STEPS} steps 64x64, "
+        f"{wall:.1f} s wall"
+    )
     print("| outcome   | count | p50 latency (s) | p95 latency (s) |")
     print("|-----------|------:|----------------:|----------------:|")
-    print(f"| completed | {len(done):5d} | {_percentile(lat_done, 50):15.3f} | {_percentile(lat_done, 95):15.3f} |")
-    print(f"| 429       | {len(refused):5d} | {_percentile(lat_refused, 50):15.3f} | "
-          f"{_percentile(lat_refused, 95):15.3f} |")
+    print(
+        f"| completed | {len(done):5d} | {_percentile(lat_done, 50):15.3f} | {_percentile(lat_done, 95):15.3f} |"
+    )
+    print(
+        f"| 429       | {len(refused):5d} | {_percentile(lat_refused, 50):15.3f} | "
+        f"{_percentile(lat_refused, 95):15.3f} |"
+    )
 
     # counts agree with the server's: nothing accepted and then dropped
     assert len(done) + len(refused) == N_REQUESTS
@@ -117,11 +134,18 @@ def test_a_cancelled_long_job_frees_the_worker_within_one_step(tiny_model, red_p
 
     from instantstyle.server import create_app
 
-    service = GenerationService(tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_steps=500), cpu_threads=1)
+    service = GenerationService(
+        tiny_model, queue_size=QUEUE_SIZE, limits=Limits(max_steps=500), cpu_threads=1
+    )
     files = [("images", ("red.png", red_png, "image/png"))]
-    with service, live_server(create_app(service, ui=False)) as url, httpx.Client(timeout=CLIENT_TIMEOUT_S) as c:
-        long = c.post(f"{url}/v1/generate", data={"params": json.dumps({"prompt": "long", "steps": 500})},
-                      files=files).json()
+    with (
+        service,
+        live_server(create_app(service, ui=False)) as url,
+        httpx.Client(timeout=CLIENT_TIMEOUT_S) as c,
+    ):
+        long = c.post(
+            f"{url}/v1/generate", data={"params": json.dumps({"prompt": "long", "steps": 500})}, files=files
+        ).json()
         job = service.get(long["id"])
         deadline = time.monotonic() + 30
         while job.step < 3 and time.monotonic() < deadline:
@@ -130,8 +154,12 @@ def test_a_cancelled_long_job_frees_the_worker_within_one_step(tiny_model, red_p
         next_job = {}
 
         def next_client():
-            r = c.post(f"{url}/v1/generate", params={"wait": "true"},
-                       data={"params": json.dumps({"prompt": "next", "steps": 2, "seed": 7})}, files=files)
+            r = c.post(
+                f"{url}/v1/generate",
+                params={"wait": "true"},
+                data={"params": json.dumps({"prompt": "next", "steps": 2, "seed": 7})},
+                files=files,
+            )
             next_job.update(r.json())
 
         waiter = threading.Thread(target=next_client)
@@ -144,6 +172,8 @@ def test_a_cancelled_long_job_frees_the_worker_within_one_step(tiny_model, red_p
         assert job.status == "cancelled" and job.step <= step_at_cancel + 1 < 500
         assert next_job["status"] == "done", next_job
         freed_after = next_job["started"] - t_cancel
-        print(f"\ncancel: long job stopped at step {job.step}/500 (cancel at {step_at_cancel}); next job started "
-              f"{freed_after * 1000:.0f} ms after the cancel (one step: {step_s * 1000:.0f} ms)")
+        print(
+            f"\ncancel: long job stopped at step {job.step}/500 (cancel at {step_at_cancel}); next job started "
+            f"{freed_after * 1000:.0f} ms after the cancel (one step: {step_s * 1000:.0f} ms)"
+        )
         assert freed_after < 2 * step_s + 0.5  # within one step (plus scheduling slack)

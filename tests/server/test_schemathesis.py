@@ -18,8 +18,17 @@ from instantstyle.server.service import GenerationService, Limits  # noqa: E402
 EXAMPLES = 6  # per operation (and per generation mode)
 BUDGET_S = 20.0  # the whole run; a request gets at most REQUEST_TIMEOUT_S
 REQUEST_TIMEOUT_S = 10.0
-LIMITS = Limits(max_upload_bytes=64 * 1024, max_pixels=128 * 128, max_style_images=2, max_num_images=1,
-                max_size=64, max_steps=30, max_wait_s=3, max_cost=0.2, job_timeout_s=5)
+LIMITS = Limits(
+    max_upload_bytes=64 * 1024,
+    max_pixels=128 * 128,
+    max_style_images=2,
+    max_num_images=1,
+    max_size=64,
+    max_steps=30,
+    max_wait_s=3,
+    max_cost=0.2,
+    job_timeout_s=5,
+)
 _started: list[float] = []
 
 
@@ -56,15 +65,22 @@ def test_the_api_holds_to_its_schema(api_schema):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case):
                 if time.monotonic() - _started[0] > BUDGET_S:
                     return  # the time bound: the rest of this run's examples are not sent
                 # every check but "schema-valid data gets 2xx": a valid-looking params string that is
                 # not a usable request (no style reference, not JSON) is rightly a 400
-                response = case.call_and_validate(timeout=REQUEST_TIMEOUT_S,
-                                                  excluded_checks=[positive_data_acceptance])
+                response = case.call_and_validate(
+                    timeout=REQUEST_TIMEOUT_S, excluded_checks=[positive_data_acceptance]
+                )
                 statuses.append((case.operation.label, response.status_code))
 
             try:
@@ -74,11 +90,17 @@ def test_the_api_holds_to_its_schema(api_schema):
                 continue
             checked.append((operation.label, mode))
         if operation.label == "POST /v1/generate":  # and one real generation, with a real upload
-            case = operation.Case(body={"params": '{"prompt": "a lighthouse", "seed": 1, "steps": 2}',
-                                        "images": [Binary(png_bytes())]}, media_type="multipart/form-data",
-                                  query={"wait": True})
-            response = explicit = case.call_and_validate(timeout=REQUEST_TIMEOUT_S,
-                                                         excluded_checks=[positive_data_acceptance])
+            case = operation.Case(
+                body={
+                    "params": '{"prompt": "a lighthouse", "seed": 1, "steps": 2}',
+                    "images": [Binary(png_bytes())],
+                },
+                media_type="multipart/form-data",
+                query={"wait": True},
+            )
+            response = explicit = case.call_and_validate(
+                timeout=REQUEST_TIMEOUT_S, excluded_checks=[positive_data_acceptance]
+            )
             statuses.append((operation.label, response.status_code))
     assert len({label for label, _ in checked}) == 10 and len(checked) >= 14, checked  # every operation
     assert time.monotonic() - _started[0] <= BUDGET_S + 2 * REQUEST_TIMEOUT_S

@@ -64,7 +64,11 @@ def _copies_of(data: bytes) -> list[Path]:
     folder = _upload_folder()
     if not folder.is_dir():
         return []
-    return [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data]
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data
+    ]
 
 
 def _hostile_targets(tmp_path) -> dict[str, str]:
@@ -72,8 +76,11 @@ def _hostile_targets(tmp_path) -> dict[str, str]:
     secret.write_bytes(b"not for clients " + os.urandom(16).hex().encode())
     link = tmp_path / "link.png"
     link.symlink_to(secret)
-    return {"/etc/passwd": "/etc/passwd", "a file inside the project": str(REPO / "pyproject.toml"),
-            "a symlink": str(link)}
+    return {
+        "/etc/passwd": "/etc/passwd",
+        "a file inside the project": str(REPO / "pyproject.toml"),
+        "a symlink": str(link),
+    }
 
 
 def test_ui_file_descriptors_naming_server_files_are_refused_and_never_copied(ui_client, tmp_path):
@@ -85,8 +92,15 @@ def test_ui_file_descriptors_naming_server_files_are_refused_and_never_copied(ui
         data = Path(target).read_bytes()
         before = _copies_of(data)
         desc = {"path": target, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}
-        r = ui_client.post("/ui/gradio_api/queue/join", json={"data": [[desc], "stolen", ""], "fn_index": fn,
-                                                              "session_hash": "attacker", "trigger_id": None})
+        r = ui_client.post(
+            "/ui/gradio_api/queue/join",
+            json={
+                "data": [[desc], "stolen", ""],
+                "fn_index": fn,
+                "session_hash": "attacker",
+                "trigger_id": None,
+            },
+        )
         assert r.status_code == 400, (what, r.text)
         assert "not one uploaded to this server" in r.json()["error"]["message"]
         assert target not in r.text and str(_upload_folder()) not in r.text  # no server path echoed
@@ -96,8 +110,10 @@ def test_ui_file_descriptors_naming_server_files_are_refused_and_never_copied(ui
             assert served.status_code == 403 and data not in served.content, (what, route)
     # a URL in a descriptor (the server would fetch it) and Gradio's URL proxy are refused too
     desc = {"path": "http://169.254.169.254/latest/meta-data", "meta": {"_type": "gradio.FileData"}}
-    r = ui_client.post("/ui/gradio_api/queue/join", json={"data": [[desc], "x", ""], "fn_index": fn,
-                                                          "session_hash": "attacker"})
+    r = ui_client.post(
+        "/ui/gradio_api/queue/join",
+        json={"data": [[desc], "x", ""], "fn_index": fn, "session_hash": "attacker"},
+    )
     assert r.status_code == 400
     assert ui_client.get("/ui/gradio_api/proxy=http://169.254.169.254/").status_code == 403
 
@@ -128,8 +144,9 @@ def test_cross_origin_requests_change_nothing(ui_client, service, red_png):
     evil = {"Origin": "http://evil.example"}
     counts = dict(service.health()["jobs"])
     files = [("images", ("red.png", red_png, "image/png"))]
-    r = ui_client.post("/v1/generate", headers=evil, data={"params": json.dumps({"prompt": "x", "steps": 1})},
-                       files=files)
+    r = ui_client.post(
+        "/v1/generate", headers=evil, data={"params": json.dumps({"prompt": "x", "steps": 1})}, files=files
+    )
     assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"
     r = ui_client.post("/v1/styles", headers=evil, data={"name": "victim", "overwrite": "true"}, files=files)
     assert r.status_code == 403
@@ -137,8 +154,14 @@ def test_cross_origin_requests_change_nothing(ui_client, service, red_png):
     # a page on another port of localhost is another origin too; and the UI's own routes are covered
     other = {"Origin": "http://127.0.0.1:3000"}
     assert ui_client.post("/ui/gradio_api/queue/join", headers=other, json={}).status_code == 403
-    assert ui_client.post("/ui/gradio_api/upload", headers={"Sec-Fetch-Site": "cross-site"},
-                          files=[("files", ("a.png", png_bytes(), "image/png"))]).status_code == 403
+    assert (
+        ui_client.post(
+            "/ui/gradio_api/upload",
+            headers={"Sec-Fetch-Site": "cross-site"},
+            files=[("files", ("a.png", png_bytes(), "image/png"))],
+        ).status_code
+        == 403
+    )
     assert service.health()["jobs"] == counts  # nothing was queued
     # a preflight from a foreign origin is refused; Gradio's permissive CORS headers are gone
     pre = ui_client.options("/v1/generate", headers={**other, "Access-Control-Request-Method": "POST"})
@@ -146,8 +169,12 @@ def test_cross_origin_requests_change_nothing(ui_client, service, red_png):
     got = ui_client.get("/ui/config", headers={"Origin": "http://localhost:5173"})
     assert "access-control-allow-origin" not in got.headers
     # the server's own pages still work: same origin, and clients that send no Origin (curl)
-    same = ui_client.post("/v1/generate?wait=true", headers={"Origin": BASE},
-                          data={"params": json.dumps({"prompt": "x", "steps": 1, "seed": 1})}, files=files)
+    same = ui_client.post(
+        "/v1/generate?wait=true",
+        headers={"Origin": BASE},
+        data={"params": json.dumps({"prompt": "x", "steps": 1, "seed": 1})},
+        files=files,
+    )
     assert same.status_code == 200, same.text
 
 
@@ -158,9 +185,13 @@ def test_configured_origin_gets_cors_and_others_do_not(service):
 
     app = create_app(service, ui=False, allowed_origins=["https://app.example.com"])
     with TestClient(app, base_url=BASE) as c:
-        pre = c.options("/v1/styles", headers={"Origin": "https://app.example.com",
-                                               "Access-Control-Request-Method": "POST"})
-        assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example.com"
+        pre = c.options(
+            "/v1/styles",
+            headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
+        )
+        assert (
+            pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example.com"
+        )
         got = c.get("/v1/styles", headers={"Origin": "https://app.example.com"})
         assert got.headers["access-control-allow-origin"] == "https://app.example.com"
         assert c.delete("/v1/styles/none", headers={"Origin": "https://other.example.com"}).status_code == 403
@@ -182,13 +213,14 @@ def test_foreign_host_names_are_refused(ui_client, service):
 
 
 def test_with_a_key_gradio_routes_need_it_too(keyed_client):
-    for method, path, body in (("post", "/ui/gradio_api/reset", {"event_id": "x"}),
-                               ("post", "/ui/gradio_api/cancel", {"session_hash": "s", "fn_index": 0,
-                                                                  "event_id": "x"}),
-                               ("get", "/ui/gradio_api/heartbeat/s", None),
-                               ("get", "/ui/gradio_api/queue/data?session_hash=s", None),
-                               ("post", "/ui/gradio_api/upload", None),
-                               ("get", "/ui/gradio_api/info", None)):
+    for method, path, body in (
+        ("post", "/ui/gradio_api/reset", {"event_id": "x"}),
+        ("post", "/ui/gradio_api/cancel", {"session_hash": "s", "fn_index": 0, "event_id": "x"}),
+        ("get", "/ui/gradio_api/heartbeat/s", None),
+        ("get", "/ui/gradio_api/queue/data?session_hash=s", None),
+        ("post", "/ui/gradio_api/upload", None),
+        ("get", "/ui/gradio_api/info", None),
+    ):
         r = getattr(keyed_client, method)(path, **({"json": body} if body else {}))
         assert r.status_code == 401, (path, r.status_code, r.text[:200])
     assert keyed_client.get("/ui/").status_code == 200  # the login page itself
@@ -205,8 +237,10 @@ def test_failed_key_and_login_attempts_are_limited(service):
     from instantstyle.server import create_app
 
     with TestClient(create_app(service, api_key=KEY, ui=True), base_url=BASE) as c:
-        statuses = [c.post("/ui/login", data={"username": "u", "password": f"guess{i}"}).status_code
-                    for i in range(12)]
+        statuses = [
+            c.post("/ui/login", data={"username": "u", "password": f"guess{i}"}).status_code
+            for i in range(12)
+        ]
         assert statuses[:10] == [400] * 10 and statuses[10:] == [429, 429]
         r = c.get("/v1/blocks", headers={"X-API-Key": "guess"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
@@ -221,7 +255,11 @@ def test_cancelling_in_the_ui_stops_the_job(service, red_png):
     from instantstyle.server import create_app
 
     big = GenerationService(service.model, queue_size=2, cpu_threads=1, limits=Limits(max_steps=400))
-    with big, live_server(create_app(big, ui=True)) as url, httpx.Client(base_url=f"{url}/ui", timeout=30) as c:
+    with (
+        big,
+        live_server(create_app(big, ui=True)) as url,
+        httpx.Client(base_url=f"{url}/ui", timeout=30) as c,
+    ):
         config = c.get("/config").json()
         dep = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
         comps = {comp["id"]: comp for comp in config["components"]}
@@ -240,8 +278,16 @@ def test_cancelling_in_the_ui_stops_the_job(service, red_png):
                 value = 64
             data.append(value)
         session = "ui-cancel"
-        r = c.post("/gradio_api/queue/join", json={"data": data, "fn_index": dep["id"], "session_hash": session,
-                                                   "trigger_id": dep["targets"][0][0], "event_data": None})
+        r = c.post(
+            "/gradio_api/queue/join",
+            json={
+                "data": data,
+                "fn_index": dep["id"],
+                "session_hash": session,
+                "trigger_id": dep["targets"][0][0],
+                "event_data": None,
+            },
+        )
         assert r.status_code == 200, r.text
         event_id = r.json()["event_id"]
         with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as events:
@@ -249,10 +295,14 @@ def test_cancelling_in_the_ui_stops_the_job(service, red_png):
             job = None
             while job is None or job.step < 1:
                 assert time.monotonic() < deadline, "the UI job never started"
-                job = next((j for j in big._jobs.values() if j.request and j.request.prompt == "stop me"), None)
+                job = next(
+                    (j for j in big._jobs.values() if j.request and j.request.prompt == "stop me"), None
+                )
                 time.sleep(0.02)
-            r = c.post("/gradio_api/cancel", json={"session_hash": session, "fn_index": dep["id"],
-                                                   "event_id": event_id})
+            r = c.post(
+                "/gradio_api/cancel",
+                json={"session_hash": session, "fn_index": dep["id"], "event_id": event_id},
+            )
             assert r.status_code == 200
             step_at_cancel = job.step
             assert job.wait(5) and job.status == "cancelled", job.status

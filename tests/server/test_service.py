@@ -133,7 +133,9 @@ def test_limits_and_upload_checks():
 
 
 def test_parse_request_one_line_errors_and_weights_cover_uploads():
-    req = parse_request('{"prompt": "a cat", "style": ["@a"], "style_weights": [0.5, 0.25, 1]}', style_images=2)
+    req = parse_request(
+        '{"prompt": "a cat", "style": ["@a"], "style_weights": [0.5, 0.25, 1]}', style_images=2
+    )
     assert req.style_weights == [0.5, 0.25, 1.0]
     with pytest.raises(InstantStyleError, match="style_weights has 2 values for 3 style references"):
         parse_request({"prompt": "a", "style": ["@a"], "style_weights": [1, 1]}, style_images=2)

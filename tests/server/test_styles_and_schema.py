@@ -30,10 +30,14 @@ def test_concurrent_creates_of_one_name_give_one_201_and_409s(service, tmp_path)
     n = 8
     statuses, barrier = [], threading.Barrier(n)
     with _client(service) as c:
+
         def create(i):
             barrier.wait()
-            r = c.post("/v1/styles", data={"name": "race"},
-                       files=[("images", ("s.png", png_bytes(colour=(i * 30, 0, 0)), "image/png"))])
+            r = c.post(
+                "/v1/styles",
+                data={"name": "race"},
+                files=[("images", ("s.png", png_bytes(colour=(i * 30, 0, 0)), "image/png"))],
+            )
             statuses.append(r.status_code)
 
         threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
@@ -53,7 +57,9 @@ def test_style_names_match_in_full_and_messages_name_no_server_path(service, tmp
     with pytest.raises(Exception, match="not allowed"):
         style_path("ok\n", tmp_path)
     with _client(service) as c:
-        r = c.post("/v1/styles", data={"name": "ok\n"}, files=[("images", ("s.png", png_bytes(), "image/png"))])
+        r = c.post(
+            "/v1/styles", data={"name": "ok\n"}, files=[("images", ("s.png", png_bytes(), "image/png"))]
+        )
         assert r.status_code == 400 and "not allowed" in r.json()["error"]["message"]
         assert not list((tmp_path / "names").glob("*")) if (tmp_path / "names").exists() else True
         r = c.post("/v1/generate", data={"params": '{"prompt": "x", "style": ["@ok\\n"]}'})
@@ -70,13 +76,20 @@ def test_listing_while_styles_are_deleted_leaves_them_out(service, tmp_path, mon
     service.model.styles.styles_directory = str(directory)
     with _client(service) as c:
         for name in ("a", "b"):
-            assert c.post("/v1/styles", data={"name": name},
-                          files=[("images", ("s.png", png_bytes(), "image/png"))]).status_code == 201
+            assert (
+                c.post(
+                    "/v1/styles", data={"name": name}, files=[("images", ("s.png", png_bytes(), "image/png"))]
+                ).status_code
+                == 201
+            )
     real = embeddings.list_styles
     monkeypatch.setattr(embeddings, "list_styles", lambda d=None: [*real(d), "deleted-meanwhile"])
     assert [s["name"] for s in _list_styles(service)] == ["a", "b"]
     (directory / "b.safetensors").write_bytes(b"damaged")
-    assert _list_styles(service)[1] == {"name": "b", "error": "the style file is damaged; save the style again"}
+    assert _list_styles(service)[1] == {
+        "name": "b",
+        "error": "the style file is damaged; save the style again",
+    }
 
 
 def test_openapi_declares_the_key_and_every_error_in_one_shape(service):

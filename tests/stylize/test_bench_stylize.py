@@ -15,5 +15,8 @@ def test_bench_stylize_tiny(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--modes", "plus,plus-low", "--json", str(out)]) == 0
     rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["plus"]["s_per_image"] > 0 and rows["plus"]["size"] == [80, 80]  # Plus sizing: long side 5/4 of native
+    assert rows["plus"]["s_per_image"] > 0 and rows["plus"]["size"] == [
+        80,
+        80,
+    ]  # Plus sizing: long side 5/4 of native
     assert "skipped" in rows["plus-low"]

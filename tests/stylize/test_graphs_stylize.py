@@ -44,8 +44,9 @@ def test_controlnet_img2img_and_plus_replay_as_graphs(tiny_model, tiny_paths, st
         "controlnet": dict(content=content, control=control),
         "controlnet-weak": dict(content=content, control=control, control_scale=[0.1]),
         "img2img": dict(content=content, strength=0.7),
-        "plus": dict(task="plus", content=content, control=[f"tile={tiny_paths['controlnet_canny']}"],
-                     inversion="ddim"),  # graph replay is the subject; ReNoise doubles the UNet calls
+        "plus": dict(
+            task="plus", content=content, control=[f"tile={tiny_paths['controlnet_canny']}"], inversion="ddim"
+        ),  # graph replay is the subject; ReNoise doubles the UNet calls
     }
     with speed(tiny_model, fast_path.PLAIN):
         refs = {name: run(tiny_model, style_images["red"], **kw) for name, kw in cases.items()}

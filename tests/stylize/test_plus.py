@@ -10,8 +10,10 @@ def state(unet):
     from instantstyle.adapter import ip_processors
 
     procs = ip_processors(unet)
-    return ({n: (list(p.scale), len(p.to_k_ip), list(p.num_tokens)) for n, p in procs.items()},
-            len(unet.encoder_hid_proj.image_projection_layers))
+    return (
+        {n: (list(p.scale), len(p.to_k_ip), list(p.num_tokens)) for n, p in procs.items()},
+        len(unet.encoder_hid_proj.image_projection_layers),
+    )
 
 
 def test_shared_second_adapter_costs_no_weights_and_is_scoped(tiny_model):
@@ -32,13 +34,25 @@ def test_plus_style_and_content_adapter_matter(tiny_model, tiny_paths, style_ima
     before = state(tiny_model.pipe.unet)
 
     def plus(style, **kw):
-        params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=1, seed=0,
-                      style=[str(style)], control=[f"tile={tiny_paths['controlnet_tile']}"]) | kw
+        params = (
+            dict(
+                prompt="a box",
+                task="plus",
+                content=str(content_images["content"]),
+                steps=1,
+                seed=0,
+                style=[str(style)],
+                control=[f"tile={tiny_paths['controlnet_tile']}"],
+            )
+            | kw
+        )
         return np.asarray(tiny_model.generate(**params)[0], dtype=np.float32) / 255
 
     red = plus(style_images["red"])
     assert np.abs(plus(style_images["blue"]) - red).max() > 20 / 255  # the style image matters
-    assert np.abs(plus(style_images["red"], content_ip_scale=0.0) - red).max() > 20 / 255  # so does the content one
+    assert (
+        np.abs(plus(style_images["red"], content_ip_scale=0.0) - red).max() > 20 / 255
+    )  # so does the content one
     assert state(tiny_model.pipe.unet) == before  # the model is left exactly as found
 
 
@@ -52,14 +66,24 @@ def test_plus_sizes_as_the_authors_resize_img():
     assert plus_size(96, 64, 64, 80, 16) == (80, 48)  # scaled to the tiny model
 
 
-def test_plus_inverts_and_generates_on_the_same_timesteps(tiny_model, tiny_paths, style_images, content_images):
+def test_plus_inverts_and_generates_on_the_same_timesteps(
+    tiny_model, tiny_paths, style_images, content_images
+):
     """Hook on the UNet: the inversion's calls (batch 1, guidance 1) and the generation's (batch 2, CFG)."""
     seen = []
     hook = tiny_model.pipe.unet.register_forward_pre_hook(
-        lambda _m, args, _kw: seen.append((args[0].shape[0], int(args[1]))), with_kwargs=True)
+        lambda _m, args, _kw: seen.append((args[0].shape[0], int(args[1]))), with_kwargs=True
+    )
     try:
-        tiny_model.generate(prompt="a box", task="plus", content=str(content_images["content"]), steps=3, seed=0,
-                            style=[str(style_images["red"])], control=[f"tile={tiny_paths['controlnet_tile']}"])
+        tiny_model.generate(
+            prompt="a box",
+            task="plus",
+            content=str(content_images["content"]),
+            steps=3,
+            seed=0,
+            style=[str(style_images["red"])],
+            control=[f"tile={tiny_paths['controlnet_tile']}"],
+        )
     finally:
         hook.remove()
     inversion = [t for b, t in seen if b == 1]
@@ -76,15 +100,26 @@ def test_plus_refuses_inversion_steps_that_differ_from_the_steps(content_images)
 
     base = dict(prompt="a", task="plus", content=str(content_images["content"]), style=["s.png"])
     assert make_request(**base, steps=30, inversion_steps=30).inversion_steps == 30
-    with pytest.raises(InstantStyleError, match="inversion_steps 30 differs from steps 50: the generation must "
-                                                "retrace the inversion's timesteps"):
+    with pytest.raises(
+        InstantStyleError,
+        match="inversion_steps 30 differs from steps 50: the generation must "
+        "retrace the inversion's timesteps",
+    ):
         make_request(**base, inversion_steps=30)
 
 
-def test_plus_ddim_inversion_is_selectable_and_differs_from_renoise(tiny_model, tiny_paths, style_images,
-                                                                    content_images):
-    params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=2, seed=0,
-                  style=[str(style_images["red"])], control=[f"tile={tiny_paths['controlnet_tile']}"])
+def test_plus_ddim_inversion_is_selectable_and_differs_from_renoise(
+    tiny_model, tiny_paths, style_images, content_images
+):
+    params = dict(
+        prompt="a box",
+        task="plus",
+        content=str(content_images["content"]),
+        steps=2,
+        seed=0,
+        style=[str(style_images["red"])],
+        control=[f"tile={tiny_paths['controlnet_tile']}"],
+    )
     renoise = np.asarray(tiny_model.generate(**params)[0], dtype=np.float32)
     ddim = np.asarray(tiny_model.generate(**params, inversion="ddim")[0], dtype=np.float32)
     assert np.abs(renoise - ddim).max() > 2
@@ -107,14 +142,28 @@ def test_plus_runs_on_an_adapter_pair_of_another_width(tiny_paths, content_image
     CLIPVisionModelWithProjection(cfg).eval().save_pretrained(tmp_path / "models" / "image_encoder")
     unet = UNet2DConditionModel.from_pretrained(tiny_paths["base"], subfolder="unet")
     sd = tiny.random_adapter_state_dict(unet, clip_dim=24, seed=9)
-    flat = {f"{part}.{k}": v.contiguous() for part in ("image_proj", "ip_adapter") for k, v in sd[part].items()}
+    flat = {
+        f"{part}.{k}": v.contiguous() for part in ("image_proj", "ip_adapter") for k, v in sd[part].items()
+    }
     save_file(flat, tmp_path / "ip-adapter_sdxl_vit-h.safetensors")
-    model = InstantStyle.from_pretrained(str(tiny_paths["base"]), str(tmp_path / "ip-adapter_sdxl_vit-h.safetensors"),
-                                         str(tmp_path / "models" / "image_encoder"), device="cpu", dtype="fp32",
-                                         cache_dir=None, progress=False)
+    model = InstantStyle.from_pretrained(
+        str(tiny_paths["base"]),
+        str(tmp_path / "ip-adapter_sdxl_vit-h.safetensors"),
+        str(tmp_path / "models" / "image_encoder"),
+        device="cpu",
+        dtype="fp32",
+        cache_dir=None,
+        progress=False,
+    )
     assert model.adapter_info.clip_dim == 24
-    params = dict(prompt="a box", task="plus", content=str(content_images["content"]), steps=1, seed=0,
-                  control=[f"tile={tiny_paths['controlnet_tile']}"])
+    params = dict(
+        prompt="a box",
+        task="plus",
+        content=str(content_images["content"]),
+        steps=1,
+        seed=0,
+        control=[f"tile={tiny_paths['controlnet_tile']}"],
+    )
     red = np.asarray(model.generate(**params, style=[str(style_images["red"])])[0], dtype=np.float32)
     blue = np.asarray(model.generate(**params, style=[str(style_images["blue"])])[0], dtype=np.float32)
     assert red.shape == (80, 80, 3) and np.abs(red - blue).max() > 20  # both adapters run on it

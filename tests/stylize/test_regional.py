@@ -17,6 +17,7 @@ def capture_first(unet, names):
     seen: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
+
         def hook(_m, _args, out, name=name):
             seen.setdefault(name, out.detach().clone())
 
@@ -30,8 +31,13 @@ def capture_first(unet, names):
 
 def run(model, styles, masks):
     with capture_first(model.pipe.unet, [STYLE_ATTN2, OTHER_ATTN2]) as seen:
-        model.generate(prompt="a street", style=[str(s) for s in styles], style_masks=[str(m) for m in masks],
-                       steps=1, seed=0)
+        model.generate(
+            prompt="a street",
+            style=[str(s) for s in styles],
+            style_masks=[str(m) for m in masks],
+            steps=1,
+            seed=0,
+        )
     return seen
 
 
@@ -40,7 +46,7 @@ def halves(t: torch.Tensor):
     b, n, c = t.shape
     side = int(n**0.5)
     grid = t.reshape(b, side, side, c)
-    return grid[:, :, : side // 2], grid[:, :, side // 2:]
+    return grid[:, :, : side // 2], grid[:, :, side // 2 :]
 
 
 def test_each_region_depends_only_on_its_own_style(tiny_model, style_images, content_images):
@@ -65,11 +71,20 @@ def test_regional_metadata_and_model_left_as_found(tiny_model, style_images, con
     from instantstyle.adapter import ip_processors
 
     before = {n: list(p.scale) for n, p in ip_processors(tiny_model.pipe.unet).items()}
-    im = tiny_model.generate(prompt="a street", style=[str(style_images["red"]), str(style_images["blue"])],
-                             style_masks=[str(content_images["left"]), str(content_images["right"])],
-                             style_weights=[1.0, 0.5], steps=1, seed=0)[0]
+    im = tiny_model.generate(
+        prompt="a street",
+        style=[str(style_images["red"]), str(style_images["blue"])],
+        style_masks=[str(content_images["left"]), str(content_images["right"])],
+        style_weights=[1.0, 0.5],
+        steps=1,
+        seed=0,
+    )[0]
     import json
 
     meta = json.loads(im.info["instantstyle"])
-    assert meta["task"] == "txt2img" and len(meta["style_mask_sha256"]) == 2 and meta["style_weights"] == [1.0, 0.5]
+    assert (
+        meta["task"] == "txt2img"
+        and len(meta["style_mask_sha256"]) == 2
+        and meta["style_weights"] == [1.0, 0.5]
+    )
     assert {n: list(p.scale) for n, p in ip_processors(tiny_model.pipe.unet).items()} == before

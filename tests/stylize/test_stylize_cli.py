@@ -22,18 +22,35 @@ def run(tmp_path, capsys):
 
 
 def generate(style_images, content_images, *extra):
-    return ["generate", "--base", "tiny", "--style", str(style_images["red"]), "--prompt", "a cat",
-            "--steps", "2", "--seed", "1", "--content", str(content_images["content"]), *extra]
+    return [
+        "generate",
+        "--base",
+        "tiny",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--content",
+        str(content_images["content"]),
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--mask", "small_mask"), "32x32 but the content image is 64x64"),
-    (("--mask", "rgb_mask"), "has 3 channels (mode RGB)"),
-    (("--strength", "0"), "--strength: Input should be greater than 0"),
-    (("--strength", "1.5"), "--strength: Input should be less than or equal to 1"),
-    (("--strength", "0.5", "--style-mask", "rgb_mask"), "style mask 1 '"),
-    ((), "--content needs a way to use it"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--mask", "small_mask"), "32x32 but the content image is 64x64"),
+        (("--mask", "rgb_mask"), "has 3 channels (mode RGB)"),
+        (("--strength", "0"), "--strength: Input should be greater than 0"),
+        (("--strength", "1.5"), "--strength: Input should be less than or equal to 1"),
+        (("--strength", "0.5", "--style-mask", "rgb_mask"), "style mask 1 '"),
+        ((), "--content needs a way to use it"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_no_output(run, style_images, content_images, extra, message):
     extra = [str(content_images[e]) if e in content_images else e for e in extra]
     code, err, path = run(*generate(style_images, content_images, *extra))
@@ -46,13 +63,21 @@ def test_mismatched_controlnet_is_refused_before_loading(run, tmp_path, style_im
 
     from instantstyle.testing.tiny import tiny_unet_config
 
-    cfg = {k: v for k, v in tiny_unet_config().items()
-           if k not in ("sample_size", "out_channels", "up_block_types")}
-    cfg.update(cross_attention_dim=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-               conditioning_embedding_out_channels=(16, 32))
+    cfg = {
+        k: v
+        for k, v in tiny_unet_config().items()
+        if k not in ("sample_size", "out_channels", "up_block_types")
+    }
+    cfg.update(
+        cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        conditioning_embedding_out_channels=(16, 32),
+    )
     cfg.pop("mid_block_type")
     ControlNetModel(**cfg).save_pretrained(tmp_path / "cn-sd15ish")
-    code, err, path = run(*generate(style_images, content_images, "--control", f"canny={tmp_path / 'cn-sd15ish'}"))
+    code, err, path = run(
+        *generate(style_images, content_images, "--control", f"canny={tmp_path / 'cn-sd15ish'}")
+    )
     assert code == 2 and "does not match the base model: its cross_attention_dim is 32" in err
     assert not path.exists()
 
@@ -65,13 +90,28 @@ def test_content_image_over_the_pixel_limit(run, style_images, content_images):
 
 
 def test_custom_controlnet_needs_its_image(run, tiny_paths, style_images, content_images):
-    code, err, path = run(*generate(style_images, content_images, "--control", str(tiny_paths["controlnet_canny"])))
+    code, err, path = run(
+        *generate(style_images, content_images, "--control", str(tiny_paths["controlnet_canny"]))
+    )
     assert code == 2 and "needs its --control-image" in err and not path.exists()
 
 
 def test_stylize_plus_writes_png_with_metadata_at_content_aspect(run, style_images, content_images):
-    code, err, path = run("stylize", "--base", "tiny", "--style", str(style_images["red"]), "--prompt", "a box",
-                          "--content", str(content_images["wide"]), "--steps", "1", "--seed", "3")
+    code, err, path = run(
+        "stylize",
+        "--base",
+        "tiny",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a box",
+        "--content",
+        str(content_images["wide"]),
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+    )
     assert code == 0, err
     from instantstyle.images import read_metadata
 
@@ -87,9 +127,25 @@ def test_stylize_plus_writes_png_with_metadata_at_content_aspect(run, style_imag
 
 
 def test_generate_mode_plus_is_the_same_as_stylize(run, style_images, content_images):
-    code, err, path = run("generate", "--mode", "plus", "--base", "tiny", "--style", str(style_images["red"]),
-                          "--prompt", "a box", "--content", str(content_images["content"]), "--steps", "1",
-                          "--seed", "3", "--scheduler", "euler")
+    code, err, path = run(
+        "generate",
+        "--mode",
+        "plus",
+        "--base",
+        "tiny",
+        "--style",
+        str(style_images["red"]),
+        "--prompt",
+        "a box",
+        "--content",
+        str(content_images["content"]),
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--scheduler",
+        "euler",
+    )
     assert code == 2 and "task plus samples with DDIM" in err and not path.exists()
 
 
@@ -120,5 +176,7 @@ def test_canny_and_control_parsing():
 
 
 def test_missing_hub_controlnet_names_the_fetch_command(run, style_images, content_images):
-    code, err, path = run(*generate(style_images, content_images, "--control", "canny=nobody/no-such-controlnet"))
+    code, err, path = run(
+        *generate(style_images, content_images, "--control", "canny=nobody/no-such-controlnet")
+    )
     assert code == 2 and "instantstyle download nobody/no-such-controlnet" in err and not path.exists()

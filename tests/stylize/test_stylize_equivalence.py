@@ -28,9 +28,15 @@ def ours(model, style, **kw):
 
 
 def stock_call(pipe, style, **kw):
-    return pipe(prompt="a cat", num_inference_steps=STEPS, guidance_scale=5.0,
-                generator=torch.Generator("cpu").manual_seed(0), ip_adapter_image=Image.open(style),
-                output_type="np", **kw).images
+    return pipe(
+        prompt="a cat",
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        generator=torch.Generator("cpu").manual_seed(0),
+        ip_adapter_image=Image.open(style),
+        output_type="np",
+        **kw,
+    ).images
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,9 @@ def stock_canny(tiny_paths):
     return ControlNetModel.from_pretrained(str(tiny_paths["controlnet_canny"]))
 
 
-def test_controlnet_equals_stock(stock_sdxl, stock_canny, tiny_model, tiny_paths, style_images, content_images):
+def test_controlnet_equals_stock(
+    stock_sdxl, stock_canny, tiny_model, tiny_paths, style_images, content_images
+):
     from diffusers import StableDiffusionXLControlNetPipeline
 
     pipe = StableDiffusionXLControlNetPipeline.from_pipe(stock_sdxl, controlnet=stock_canny)
@@ -52,8 +60,13 @@ def test_controlnet_equals_stock(stock_sdxl, stock_canny, tiny_model, tiny_paths
     assert np.abs(mine - ref).max() <= TOL
     other = ours(tiny_model, style_images["blue"], content=str(content_images["content"]), control=control)
     assert np.abs(other - ref).max() > 10 * TOL  # the style matters
-    no_control = ours(tiny_model, style_images["red"], content=str(content_images["content"]), control=control,
-                      control_scale=[0.0])
+    no_control = ours(
+        tiny_model,
+        style_images["red"],
+        content=str(content_images["content"]),
+        control=control,
+        control_scale=[0.0],
+    )
     assert np.abs(no_control - ref).max() > 10 * TOL  # and so does the ControlNet
 
 
@@ -69,8 +82,9 @@ def test_img2img_equals_stock(stock_sdxl, tiny_model, style_images, content_imag
     assert np.abs(other - ref).max() > 10 * TOL
 
 
-def test_inpaint_equals_stock_with_style_masked_to_the_repainted_region(stock_sdxl, tiny_model, style_images,
-                                                                         content_images):
+def test_inpaint_equals_stock_with_style_masked_to_the_repainted_region(
+    stock_sdxl, tiny_model, style_images, content_images
+):
     """Stock inpainting with the inpainting mask also given as the IP-Adapter attention mask."""
     from diffusers import StableDiffusionXLInpaintPipeline
     from diffusers.image_processor import IPAdapterMaskProcessor
@@ -79,11 +93,27 @@ def test_inpaint_equals_stock_with_style_masked_to_the_repainted_region(stock_sd
     content = Image.open(content_images["content"]).convert("RGB")
     mask = Image.open(content_images["left"])
     ip_mask = IPAdapterMaskProcessor().preprocess([mask], height=64, width=64)  # [1, 1, 64, 64]
-    ref = stock_call(pipe, style_images["red"], image=content, mask_image=mask, strength=0.99,
-                     cross_attention_kwargs={"ip_adapter_masks": [ip_mask]})
-    mine = ours(tiny_model, style_images["red"], content=str(content_images["content"]),
-                mask=str(content_images["left"]), inpaint_style="mask")
+    ref = stock_call(
+        pipe,
+        style_images["red"],
+        image=content,
+        mask_image=mask,
+        strength=0.99,
+        cross_attention_kwargs={"ip_adapter_masks": [ip_mask]},
+    )
+    mine = ours(
+        tiny_model,
+        style_images["red"],
+        content=str(content_images["content"]),
+        mask=str(content_images["left"]),
+        inpaint_style="mask",
+    )
     assert np.abs(mine - ref).max() <= TOL
-    other = ours(tiny_model, style_images["blue"], content=str(content_images["content"]),
-                 mask=str(content_images["left"]), inpaint_style="mask")
+    other = ours(
+        tiny_model,
+        style_images["blue"],
+        content=str(content_images["content"]),
+        mask=str(content_images["left"]),
+        inpaint_style="mask",
+    )
     assert np.abs(other - ref).max() > 10 * TOL

@@ -15,10 +15,24 @@ SHAPES = ("circle", "square")
 # The shared run: style block + up_blocks.1 (a custom spec), so down blocks and the mid block stay
 # untrained and the hook test has something to check; 2 x 2 accumulation, checkpoint at K.
 K = 12
-RUN = dict(resolution=32, batch_size=2, gradient_accumulation_steps=2, learning_rate=5e-2, max_steps=2 * K,
-           checkpoint_every=K, keep_checkpoints=None, blocks="style,up_blocks.1", ema=True, ema_decay=0.99,
-           validate_every=K, validation_steps=2, validation_seeds=[0, 1], seed=3, save_dtype="fp32",
-           max_grad_norm=None)
+RUN = dict(
+    resolution=32,
+    batch_size=2,
+    gradient_accumulation_steps=2,
+    learning_rate=5e-2,
+    max_steps=2 * K,
+    checkpoint_every=K,
+    keep_checkpoints=None,
+    blocks="style,up_blocks.1",
+    ema=True,
+    ema_decay=0.99,
+    validate_every=K,
+    validation_steps=2,
+    validation_seeds=[0, 1],
+    seed=3,
+    save_dtype="fp32",
+    max_grad_norm=None,
+)
 
 
 def make_shapes(directory: Path, n: int = 12, seed: int = 0, size=(48, 40)) -> Path:
@@ -49,8 +63,14 @@ def trained(tiny_paths, shapes_dir, tmp_path_factory):
     from instantstyle.training.config import make_config
 
     out = tmp_path_factory.mktemp("run") / "out"
-    cfg = make_config(base=str(tiny_paths["base"]), image_encoder=str(tiny_paths["image_encoder"]),
-                      data=str(shapes_dir), out=str(out), cache_dir=str(out.parent / "cache"), **RUN)
+    cfg = make_config(
+        base=str(tiny_paths["base"]),
+        image_encoder=str(tiny_paths["image_encoder"]),
+        data=str(shapes_dir),
+        out=str(out),
+        cache_dir=str(out.parent / "cache"),
+        **RUN,
+    )
     trainer = AdapterTrainer(cfg, progress=False, log=lambda m: None)
     result = trainer.train()
     return trainer, result

@@ -23,12 +23,16 @@ def test_folder_manifest_and_shards_give_the_same_samples(tmp_path):
     folder = make_shapes(tmp_path / "f", n=6)
     rows = [{"image": f"f/{i:03d}.png", "caption": (folder / f"{i:03d}.txt").read_text()} for i in range(6)]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (tmp_path / "m.csv").write_text("image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows))
+    (tmp_path / "m.csv").write_text(
+        "image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows)
+    )
     for shard in range(2):
         with tarfile.open(tmp_path / f"s-{shard:02d}.tar", "w") as tar:
             for i in range(shard * 3, shard * 3 + 3):
-                for ext, payload in (("png", (folder / f"{i:03d}.png").read_bytes()),
-                                     ("txt", rows[i]["caption"].encode())):
+                for ext, payload in (
+                    ("png", (folder / f"{i:03d}.png").read_bytes()),
+                    ("txt", rows[i]["caption"].encode()),
+                ):
                     info = tarfile.TarInfo(f"{i:03d}.{ext}")
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -111,8 +115,20 @@ def test_cli_empty_folder_exits_2_before_training(tmp_path, capsys, tiny_paths):
 
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
-    rc = main(["train-adapter", "--base", str(tiny_paths["base"]), "--image-encoder", str(tiny_paths["image_encoder"]),
-               "--data", str(tmp_path / "empty"), "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "train-adapter",
+            "--base",
+            str(tiny_paths["base"]),
+            "--image-encoder",
+            str(tiny_paths["image_encoder"]),
+            "--data",
+            str(tmp_path / "empty"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("instantstyle: error: --data folder") and "nothing was trained" in err
     assert len(err.strip().splitlines()) == 1
@@ -130,12 +146,24 @@ def test_training_run_survives_bad_samples(tmp_path, tiny_paths):
     import instantstyle.training.adapter_trainer as at
 
     trainer = at.AdapterTrainer(
-        at.make_config(base=str(tiny_paths["base"]), image_encoder=str(tiny_paths["image_encoder"]), data=str(folder),
-                       out=str(tmp_path / "out"), resolution=32, batch_size=2, max_steps=2, checkpoint_every=0),
-        progress=False, log=msgs.append)
+        at.make_config(
+            base=str(tiny_paths["base"]),
+            image_encoder=str(tiny_paths["image_encoder"]),
+            data=str(folder),
+            out=str(tmp_path / "out"),
+            resolution=32,
+            batch_size=2,
+            max_steps=2,
+            checkpoint_every=0,
+        ),
+        progress=False,
+        log=msgs.append,
+    )
     result = trainer.train()
     assert result.steps == 2 and result.data["missing_caption"] == 1 and result.data["unreadable"] >= 1
     report = json.loads((tmp_path / "out" / "data_report.json").read_text())
-    assert report["examples"]["unreadable"][0] == "000.png" and report["examples"]["missing_caption"] == ["003.png"]
+    assert report["examples"]["unreadable"][0] == "000.png" and report["examples"]["missing_caption"] == [
+        "003.png"
+    ]
     assert any("skipped unreadable image 000.png" in m for m in msgs)
     del train_adapter

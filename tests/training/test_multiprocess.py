@@ -20,15 +20,47 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_two_process_accelerate_launch(tiny_paths, tmp_path):
     data = make_shapes(tmp_path / "shapes", n=6)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+    }
     with socket.socket() as s:  # a free port for the gloo rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "instantstyle", "train-adapter", "--base", str(tiny_paths["base"]),
-           "--image-encoder", str(tiny_paths["image_encoder"]), "--data", str(data), "--out", str(out),
-           "--resolution", "32", "--batch-size", "1", "--max-steps", "2", "--checkpoint-every", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "instantstyle",
+        "train-adapter",
+        "--base",
+        str(tiny_paths["base"]),
+        "--image-encoder",
+        str(tiny_paths["image_encoder"]),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--resolution",
+        "32",
+        "--batch-size",
+        "1",
+        "--max-steps",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ck = out / "checkpoints" / "checkpoint-0000002"

@@ -50,16 +50,25 @@ def test_only_chosen_adapter_weights_and_projection_change(trained, tiny_paths):
     base_sd = fresh.unet.state_dict()
     now = unet.state_dict()
     extra = set(now) - set(base_sd)
-    assert extra == {n.replace("proj.", "encoder_hid_proj.", 1) if n.startswith("proj.") else n for n in trained_names}
+    assert extra == {
+        n.replace("proj.", "encoder_hid_proj.", 1) if n.startswith("proj.") else n for n in trained_names
+    }
     for name, value in base_sd.items():
         assert torch.equal(now[name], value), f"frozen UNet parameter {name} changed"
-    for part, ref in ((trainer.pipe.vae, fresh.vae), (trainer.pipe.text_encoder, fresh.text_encoder),
-                      (trainer.pipe.text_encoder_2, fresh.text_encoder_2), (trainer.image_encoder, encoder)):
+    for part, ref in (
+        (trainer.pipe.vae, fresh.vae),
+        (trainer.pipe.text_encoder, fresh.text_encoder),
+        (trainer.pipe.text_encoder_2, fresh.text_encoder_2),
+        (trainer.image_encoder, encoder),
+    ):
         for (name, a), (_, b) in zip(part.state_dict().items(), ref.state_dict().items(), strict=True):
             assert torch.equal(a, b), f"frozen {type(part).__name__}.{name} changed"
     # the chosen weights and the projection did move
-    moved = {k for k, v in layers.trainable_state(unet, trainer.chosen).items()
-             if not torch.equal(v, trainer.initial_trainable[k])}
+    moved = {
+        k
+        for k, v in layers.trainable_state(unet, trainer.chosen).items()
+        if not torch.equal(v, trainer.initial_trainable[k])
+    }
     assert moved == trained_names
     # the chosen set is exactly the spec: style module + every layer of up_blocks.1, nothing else
     assert all(p.startswith(("up_blocks.0.attentions.1.", "up_blocks.1.")) for p in trainer.chosen)
@@ -75,12 +84,14 @@ def _attn2_records(model, req, chosen):
     handles = []
     for name, module in model.pipe.unet.named_modules():
         if name.endswith("attn2"):
+
             def hook(mod, args, kwargs, output, name=name):
                 hs = args[0] if args else kwargs["hidden_states"]
                 ehs = kwargs.get("encoder_hidden_states")
                 text = ehs[0] if isinstance(ehs, tuple) else ehs
                 ref = plain(mod, hs, text)
                 gaps[name] = max(gaps.get(name, 0.0), (output - ref).abs().max().item())
+
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         images = model.generate(req)
@@ -97,10 +108,12 @@ def test_saved_adapter_acts_only_through_chosen_blocks(trained, tiny_paths, styl
 
     trainer, result = trained
     kw = dict(device="cpu", dtype="fp32", cache_dir=None, progress=False)
-    model = InstantStyle.from_pretrained(str(tiny_paths["base"]), str(result.adapter),
-                                         str(tiny_paths["image_encoder"]), **kw)
-    req = model.request(prompt="a red circle", style=[str(style_images["red"])], mode="full", steps=2,
-                        guidance=3.0, seed=5)
+    model = InstantStyle.from_pretrained(
+        str(tiny_paths["base"]), str(result.adapter), str(tiny_paths["image_encoder"]), **kw
+    )
+    req = model.request(
+        prompt="a red circle", style=[str(style_images["red"])], mode="full", steps=2, guidance=3.0, seed=5
+    )
     gaps, full_images = _attn2_records(model, req, trainer.chosen)
     chosen_modules = {p.removesuffix(".processor") for p in trainer.chosen}
     assert set(gaps) >= chosen_modules
@@ -114,8 +127,9 @@ def test_saved_adapter_acts_only_through_chosen_blocks(trained, tiny_paths, styl
     only = model.generate(req.model_copy(update={"mode": "style", "blocks": spec}))
     assert np.array_equal(np.asarray(only[0]), np.asarray(full_images[0]))
     # the trained adapter really changes the picture vs the initial (tiny h94) adapter
-    initial = InstantStyle.from_pretrained(str(tiny_paths["base"]), str(tiny_paths["adapter"]),
-                                           str(tiny_paths["image_encoder"]), **kw)
+    initial = InstantStyle.from_pretrained(
+        str(tiny_paths["base"]), str(tiny_paths["adapter"]), str(tiny_paths["image_encoder"]), **kw
+    )
     before = initial.generate(req.model_copy(update={"mode": "style", "blocks": spec}))
     diff = np.abs(np.asarray(before[0], dtype=np.int16) - np.asarray(only[0], dtype=np.int16)).max()
     assert diff > 10
@@ -126,9 +140,30 @@ def test_cli_generate_loads_trained_adapter(trained, tiny_paths, style_images, t
 
     _, result = trained
     out = tmp_path / "g.png"
-    rc = main(["generate", "--base", str(tiny_paths["base"]), "--adapter", str(result.adapter),
-               "--image-encoder", str(tiny_paths["image_encoder"]), "--style", str(style_images["red"]),
-               "--prompt", "a cat", "--steps", "2", "--seed", "1", "--device", "cpu", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "generate",
+            "--base",
+            str(tiny_paths["base"]),
+            "--adapter",
+            str(result.adapter),
+            "--image-encoder",
+            str(tiny_paths["image_encoder"]),
+            "--style",
+            str(style_images["red"]),
+            "--prompt",
+            "a cat",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and out.is_file()
 
 
@@ -140,13 +175,21 @@ def test_resume_at_k_is_bitwise_identical_at_2k(trained, tiny_paths, shapes_dir,
 
     trainer, result = trained
     ck = result.out / "checkpoints"
-    cfg = make_config(base=str(tiny_paths["base"]), image_encoder=str(tiny_paths["image_encoder"]),
-                      data=str(shapes_dir), out=str(tmp_path / "resumed"), cache_dir=trainer.config.cache_dir,
-                      resume=str(ck / f"checkpoint-{K:07d}"), **RUN)
+    cfg = make_config(
+        base=str(tiny_paths["base"]),
+        image_encoder=str(tiny_paths["image_encoder"]),
+        data=str(shapes_dir),
+        out=str(tmp_path / "resumed"),
+        cache_dir=trainer.config.cache_dir,
+        resume=str(ck / f"checkpoint-{K:07d}"),
+        **RUN,
+    )
     resumed = train_adapter(cfg, progress=False)
     assert resumed.steps == 2 * K and len(resumed.losses) == K
     a = load_file(str(ck / f"checkpoint-{2 * K:07d}" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / f"checkpoint-{2 * K:07d}" / "trainable.safetensors"))
+    b = load_file(
+        str(tmp_path / "resumed" / "checkpoints" / f"checkpoint-{2 * K:07d}" / "trainable.safetensors")
+    )
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
@@ -171,7 +214,10 @@ def test_export_layout_and_zero_blocks(trained):
     for key, value in sd["ip_adapter"].items():
         idx = int(key.split(".")[0])
         assert (value.abs().sum() > 0) == (idx in chosen_ids), key
-    assert load_file(str(result.adapter)).keys() == load_file(str(result.out / "adapter_noema.safetensors")).keys()
+    assert (
+        load_file(str(result.adapter)).keys()
+        == load_file(str(result.out / "adapter_noema.safetensors")).keys()
+    )
 
 
 # ---------------------------------------------------------------------- pure pieces and errors
@@ -204,7 +250,9 @@ def test_config_is_strict_and_reruns(tmp_path, shapes_dir):
     with pytest.raises(InstantStyleError, match="unknown key"):
         make_config(base="tiny", data=str(shapes_dir), out="x", learning_rat=1e-4)
     with pytest.raises(InstantStyleError, match="<= 1"):
-        make_config(base="tiny", data=str(shapes_dir), out="x", text_dropout=0.5, image_dropout=0.5, both_dropout=0.5)
+        make_config(
+            base="tiny", data=str(shapes_dir), out="x", text_dropout=0.5, image_dropout=0.5, both_dropout=0.5
+        )
     cfg = make_config(base="tiny", data=str(shapes_dir), out=str(tmp_path / "o"), max_steps=7)
     path = cfg.save(tmp_path)
     assert make_config(**read_config_file(path)) == cfg
@@ -217,7 +265,9 @@ def test_cli_config_rerun_and_flag_override(tmp_path, shapes_dir):
 
     from instantstyle.training.config import add_arguments, config_from_args, make_config
 
-    cfg = make_config(base="tiny", data=str(shapes_dir), out=str(tmp_path / "o"), max_steps=7, blocks="style+layout")
+    cfg = make_config(
+        base="tiny", data=str(shapes_dir), out=str(tmp_path / "o"), max_steps=7, blocks="style+layout"
+    )
     path = cfg.save(tmp_path)
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -248,10 +298,20 @@ def test_init_from_h94_adapter_and_8bit_message(tiny_paths, shapes_dir, tmp_path
     from instantstyle.training.config import make_config
     from instantstyle.training.layers import h94_ids
 
-    base = dict(base=str(tiny_paths["base"]), image_encoder=str(tiny_paths["image_encoder"]), data=str(shapes_dir),
-                resolution=32, batch_size=1, max_steps=1, checkpoint_every=0)
-    tr = AdapterTrainer(make_config(out=str(tmp_path / "a"), init=str(tiny_paths["adapter"]), **base), progress=False,
-                        log=lambda m: None)
+    base = dict(
+        base=str(tiny_paths["base"]),
+        image_encoder=str(tiny_paths["image_encoder"]),
+        data=str(shapes_dir),
+        resolution=32,
+        batch_size=1,
+        max_steps=1,
+        checkpoint_every=0,
+    )
+    tr = AdapterTrainer(
+        make_config(out=str(tmp_path / "a"), init=str(tiny_paths["adapter"]), **base),
+        progress=False,
+        log=lambda m: None,
+    )
     tr.setup()
     init = adapter_mod.load_state_dict(tiny_paths["adapter"])
     unet = tr.accelerator.unwrap_model(tr.unet)
@@ -259,11 +319,16 @@ def test_init_from_h94_adapter_and_8bit_message(tiny_paths, shapes_dir, tmp_path
     for p in tr.chosen:
         proc = unet.get_submodule(p)
         assert torch.equal(proc.to_k_ip[0].weight, init["ip_adapter"][f"{ids[p]}.to_k_ip.weight"])
-    assert torch.equal(unet.encoder_hid_proj.image_projection_layers[0].image_embeds.weight,
-                       init["image_proj"]["proj.weight"])
+    assert torch.equal(
+        unet.encoder_hid_proj.image_projection_layers[0].image_embeds.weight,
+        init["image_proj"]["proj.weight"],
+    )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         with pytest.raises(InstantStyleError, match="bitsandbytes"):
-            AdapterTrainer(make_config(out=str(tmp_path / "b"), adam_8bit=True, **base), progress=False,
-                           log=lambda m: None).setup()
+            AdapterTrainer(
+                make_config(out=str(tmp_path / "b"), adam_8bit=True, **base),
+                progress=False,
+                log=lambda m: None,
+            ).setup()

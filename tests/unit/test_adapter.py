@@ -52,7 +52,9 @@ def test_bin_files_never_run_pickled_code(tmp_path):
 
 def test_vit_h_vs_bigg_mix_up_names_both_dimensions(tiny_model):
     info = adapter.AdapterInfo("basic", clip_dim=1024, cross_dim=64, tokens=4, n_layers=17)
-    with pytest.raises(InstantStyleError, match="expects 1024-d image embeddings but the image encoder gives 32-d"):
+    with pytest.raises(
+        InstantStyleError, match="expects 1024-d image embeddings but the image encoder gives 32-d"
+    ):
         adapter.check_compatible(info, tiny_model.image_encoder, tiny_model.pipe.unet, 17)
 
 

@@ -24,7 +24,9 @@ def test_concat_keeps_one_token_set_per_image():
         embeddings.combine_styles(e, [1.0, 2.0, 1.0], "concat")
 
 
-@pytest.mark.parametrize("weights, msg", [([1.0], "2 style images"), ([0.0, 0.0], "not all 0"), ([1.0, -1.0], ">= 0")])
+@pytest.mark.parametrize(
+    "weights, msg", [([1.0], "2 style images"), ([0.0, 0.0], "not all 0"), ([1.0, -1.0], ">= 0")]
+)
 def test_bad_weights(weights, msg):
     with pytest.raises(InstantStyleError, match=msg):
         embeddings.combine_styles(torch.ones(2, 4), weights)
@@ -52,11 +54,17 @@ def test_unconditional_branch_is_zeros_and_untouched():
 
 
 def test_style_file_round_trip_is_exact(tmp_path):
-    style = embeddings.Style(torch.randn(2, 32), [0.7, 0.3], "h94/IP-Adapter/sdxl_models/image_encoder", ["a" * 64, "b" * 64])
+    style = embeddings.Style(
+        torch.randn(2, 32), [0.7, 0.3], "h94/IP-Adapter/sdxl_models/image_encoder", ["a" * 64, "b" * 64]
+    )
     path = embeddings.save_style(style, "water-colour_1", tmp_path)
     loaded = embeddings.load_style("@water-colour_1", tmp_path)
     assert torch.equal(loaded.embeds, style.embeds)
-    assert (loaded.weights, loaded.encoder_id, loaded.image_hashes) == (style.weights, style.encoder_id, style.image_hashes)
+    assert (loaded.weights, loaded.encoder_id, loaded.image_hashes) == (
+        style.weights,
+        style.encoder_id,
+        style.image_hashes,
+    )
     assert embeddings.list_styles(tmp_path) == ["water-colour_1"]
     with pytest.raises(InstantStyleError, match="already exists"):
         embeddings.save_style(style, "water-colour_1", tmp_path)
@@ -84,8 +92,9 @@ def test_encoder_runs_once_per_image_thanks_to_the_cache(tiny_model, style_image
         a = se.encode([style_images["red"], style_images["blue"]])
         b = se.encode([style_images["blue"], style_images["red"]])
         assert len(calls) == 2 and torch.equal(a.embeds, b.embeds.flip(0))
-        fresh = embeddings.StyleEncoder(enc, tiny_model.feature_extractor, "tiny-test",
-                                        embeddings.EmbeddingCache(tmp_path / "c"))  # a new process, same disk cache
+        fresh = embeddings.StyleEncoder(
+            enc, tiny_model.feature_extractor, "tiny-test", embeddings.EmbeddingCache(tmp_path / "c")
+        )  # a new process, same disk cache
         c = fresh.encode([style_images["red"]])
         assert len(calls) == 2 and torch.equal(c.embeds, a.embeds[:1])
         other = embeddings.StyleEncoder(enc, tiny_model.feature_extractor, "another-encoder", cache)
@@ -96,7 +105,11 @@ def test_encoder_runs_once_per_image_thanks_to_the_cache(tiny_model, style_image
 
 
 def test_saved_style_from_another_encoder_is_refused(tiny_model, tmp_path):
-    embeddings.save_style(embeddings.Style(torch.zeros(1, 32), [1.0], "some/other-encoder"), "other", tmp_path)
-    se = embeddings.StyleEncoder(tiny_model.image_encoder, tiny_model.feature_extractor, "tiny", styles_directory=tmp_path)
+    embeddings.save_style(
+        embeddings.Style(torch.zeros(1, 32), [1.0], "some/other-encoder"), "other", tmp_path
+    )
+    se = embeddings.StyleEncoder(
+        tiny_model.image_encoder, tiny_model.feature_extractor, "tiny", styles_directory=tmp_path
+    )
     with pytest.raises(InstantStyleError, match="save it again with this encoder"):
         se.encode(["@other"])

@@ -8,10 +8,17 @@ from . import common
 
 
 def register(sub) -> None:
-    b = common.add_command(sub, "blocks", run, help="list the UNet's cross-attention blocks and presets",
-                           description="Print the cross-attention modules of a base model's UNet (read from its "
-                                       "config; no weights are loaded), marking the style and layout blocks.")
-    b.add_argument("--base", default=None, help="SDXL base model (default: stabilityai/stable-diffusion-xl-base-1.0)")
+    b = common.add_command(
+        sub,
+        "blocks",
+        run,
+        help="list the UNet's cross-attention blocks and presets",
+        description="Print the cross-attention modules of a base model's UNet (read from its "
+        "config; no weights are loaded), marking the style and layout blocks.",
+    )
+    b.add_argument(
+        "--base", default=None, help="SDXL base model (default: stabilityai/stable-diffusion-xl-base-1.0)"
+    )
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -35,6 +42,8 @@ def run(args) -> int:
     print("\npresets (the style goes into the conditional branch unless marked):")
     for name in blocks.PRESETS:
         print("  " + blocks.describe_preset(name))
-    print("a layer: <module>.transformer_blocks.<i>, e.g. "
-          f"{modules[0].layer_name(0) if modules else ''}; --blocks NAME=SCALE,NAME=SCALE")
+    print(
+        "a layer: <module>.transformer_blocks.<i>, e.g. "
+        f"{modules[0].layer_name(0) if modules else ''}; --blocks NAME=SCALE,NAME=SCALE"
+    )
     return 0

@@ -8,7 +8,9 @@ import sys
 
 from ..errors import InstantStyleError
 
-TRYOUT = "or try the commands without weights first: add --base tiny (a random-weight model; its images are noise)"
+TRYOUT = (
+    "or try the commands without weights first: add --base tiny (a random-weight model; its images are noise)"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,8 +112,13 @@ def one_line_warnings() -> None:
 
 
 # The library's errors name its parameters; on the command line the same advice names the flag.
-_LIBRARY_TO_FLAGS = {r"\boverwrite=True\b": "--overwrite", r"\bresume='latest'": "--resume latest",
-                     r"\bmax_steps\b": "--max-steps", r"\bout '": "--out '", r"\banother out\b": "another --out"}
+_LIBRARY_TO_FLAGS = {
+    r"\boverwrite=True\b": "--overwrite",
+    r"\bresume='latest'": "--resume latest",
+    r"\bmax_steps\b": "--max-steps",
+    r"\bout '": "--out '",
+    r"\banother out\b": "another --out",
+}
 
 
 def flag_names(message: str) -> str:
@@ -144,6 +151,8 @@ def run_reporting_errors(args) -> int:
         if args.debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"instantstyle: error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"instantstyle: error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1

@@ -54,11 +54,16 @@ stylize a content image (see docs/stylize.md):
 
 def register(sub) -> None:
     g = common.add_command(
-        sub, "generate", run, help="generate images in the style of reference images",
+        sub,
+        "generate",
+        run,
+        help="generate images in the style of reference images",
         description="Generate images from a prompt in the style of one or more reference images; "
-                    "with --content, repaint a content image in that style (ControlNet, img2img, "
-                    "inpainting, InstantStyle-Plus).",
-        epilog=EXAMPLES + STYLIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "with --content, repaint a content image in that style (ControlNet, img2img, "
+        "inpainting, InstantStyle-Plus).",
+        epilog=EXAMPLES + STYLIZE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_generate_args(g)
 
 
@@ -97,10 +102,19 @@ def add_generate_args(g: argparse.ArgumentParser, *, stylize: bool = False) -> N
         "method": {"help": options.method_help()},
     }
     if not stylize:  # --mode plus is --task plus
-        overrides["mode"] = {"choices": (*MODES, "plus"),
-                             "help": fields["mode"].description + " plus = --task plus. (default: style)"}
-    add_flags(g, GenerateRequest, names, unset=None, group=lambda n: groups[meta(fields[n])["group"]],
-              note=lambda n: default_note(n, stylize), overrides=overrides)
+        overrides["mode"] = {
+            "choices": (*MODES, "plus"),
+            "help": fields["mode"].description + " plus = --task plus. (default: style)",
+        }
+    add_flags(
+        g,
+        GenerateRequest,
+        names,
+        unset=None,
+        group=lambda n: groups[meta(fields[n])["group"]],
+        note=lambda n: default_note(n, stylize),
+        overrides=overrides,
+    )
     _add_output_args(g)
     options.add_model_args(g)
     g.set_defaults(stylize=stylize)
@@ -122,20 +136,37 @@ def default_note(name: str, stylize: bool) -> str:
     if not stylize:
         plus = default_for(name, task="plus")
         parts += [f"plus: {shown(plus)}"] if plus != base and name != "negative_prompt" else []
-        parts += [", ".join(f"{m} {shown(default_for(name, method=m))}" for m in METHOD_DEFAULTS
-                            if default_for(name, method=m) != base)] if name != "negative_prompt" else []
+        parts += (
+            [
+                ", ".join(
+                    f"{m} {shown(default_for(name, method=m))}"
+                    for m in METHOD_DEFAULTS
+                    if default_for(name, method=m) != base
+                )
+            ]
+            if name != "negative_prompt"
+            else []
+        )
     parts = [p for p in parts if p]
     return f" (default: {'; '.join(parts)})" if parts else ""
 
 
 def _add_output_args(g) -> None:
     o = g.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="PATH",
-                   help="output PNG; with --num-images N, PATH-0.png ... PATH-(N-1).png; a directory (existing, "
-                        "or ending in /) gets instantstyle-SEED-I.png")
+    o.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="output PNG; with --num-images N, PATH-0.png ... PATH-(N-1).png; a directory (existing, "
+        "or ending in /) gets instantstyle-SEED-I.png",
+    )
     o.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    o.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse style/content/mask images with more pixels (default 40M)")
+    o.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse style/content/mask images with more pixels (default 40M)",
+    )
     o.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -149,8 +180,9 @@ def output_names(out: str, n: int, seed: int) -> list[Path]:
     if out.endswith(("/", "\\")) or path.is_dir():
         return [path / f"instantstyle-{seed}-{i}.png" for i in range(n)]
     if path.suffix.lower() != ".png":
-        raise InstantStyleError(f"--out '{out}': outputs are PNG files; use a name ending in .png, or end it "
-                                "with / for a folder")
+        raise InstantStyleError(
+            f"--out '{out}': outputs are PNG files; use a name ending in .png, or end it with / for a folder"
+        )
     return [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
 
 
@@ -166,8 +198,13 @@ def output_paths(out: str, n: int, seed: int, overwrite: bool) -> list[Path]:
 
 def _input_files(req) -> dict[str, list[str]]:
     """The files a request reads, by flag (an output must not be one of them)."""
-    return {"--style": [s for s in req.style if not s.startswith("@")], "--content": [req.content],
-            "--mask": [req.mask], "--style-mask": req.style_masks, "--control-image": req.control_image}
+    return {
+        "--style": [s for s in req.style if not s.startswith("@")],
+        "--content": [req.content],
+        "--mask": [req.mask],
+        "--style-mask": req.style_masks,
+        "--control-image": req.control_image,
+    }
 
 
 def _check_blocks(base: str, req) -> None:
@@ -196,13 +233,17 @@ def request_from_args(args):
             raise InstantStyleError(f"--mode plus means --task plus, not --task {args.task}")
         params["task"] = "plus"
         if args.mode == "plus":
-            params["mode"] = "style"  # --mode plus is a task; given with --blocks, the schema refuses the pair
+            params["mode"] = (
+                "style"  # --mode plus is a task; given with --blocks, the schema refuses the pair
+            )
     params.setdefault("seed", str(secrets.randbelow(2**31)))
     if params.get("control_image"):  # --control-image follows its --control; the others derive theirs
         params["control_image"] += [None] * (len(args.control) - len(params["control_image"]))
     req = make_request(**params)
     if not req.style and req.method != "b-lora":
-        raise InstantStyleError("no style image given; pass --style IMAGE (or --style @NAME of a saved style)")
+        raise InstantStyleError(
+            "no style image given; pass --style IMAGE (or --style @NAME of a saved style)"
+        )
     return req
 
 
@@ -216,17 +257,40 @@ def check_inputs(args, req) -> list[Path]:
 
     max_pixels = args.max_pixels or 40_000_000
     paths: list[Path] = []
-    checks = [lambda: preflight.check_outputs_are_not_inputs(output_names(args.out, req.num_images, req.seed),
-                                                             _input_files(req), flags=True),
-              lambda: paths.extend(output_paths(args.out, req.num_images, req.seed, args.overwrite))]
-    checks += [(lambda ref=ref: load_style(ref) if ref.startswith("@") else
-                load_image(ref, what="style image", max_pixels=max_pixels)) for ref in req.style]
-    checks += [(lambda path=path, what=what: load_image(path, what=what, max_pixels=max_pixels))
-               for what, path in (("composition image", req.composition), ("negative style image", req.negative_style))
-               if path]
-    checks.append(lambda: precheck(req, args.base, max_pixels, controlnets=False))  # content, masks, control images
-    needs = preflight.needs_for_model(args.base, args.adapter, args.image_encoder, controls=req.control,
-                                      content_text_encoder=args.content_text_encoder)
+    checks = [
+        lambda: preflight.check_outputs_are_not_inputs(
+            output_names(args.out, req.num_images, req.seed), _input_files(req), flags=True
+        ),
+        lambda: paths.extend(output_paths(args.out, req.num_images, req.seed, args.overwrite)),
+    ]
+    checks += [
+        (
+            lambda ref=ref: (
+                load_style(ref)
+                if ref.startswith("@")
+                else load_image(ref, what="style image", max_pixels=max_pixels)
+            )
+        )
+        for ref in req.style
+    ]
+    checks += [
+        (lambda path=path, what=what: load_image(path, what=what, max_pixels=max_pixels))
+        for what, path in (
+            ("composition image", req.composition),
+            ("negative style image", req.negative_style),
+        )
+        if path
+    ]
+    checks.append(
+        lambda: precheck(req, args.base, max_pixels, controlnets=False)
+    )  # content, masks, control images
+    needs = preflight.needs_for_model(
+        args.base,
+        args.adapter,
+        args.image_encoder,
+        controls=req.control,
+        content_text_encoder=args.content_text_encoder,
+    )
     common.preflight(args, checks, needs, tryout=common.TRYOUT)
     _check_blocks(args.base, req)
     options.check_lora(args.base, req)

@@ -6,9 +6,14 @@ from . import common
 
 
 def register(sub) -> None:
-    t = common.add_command(sub, "make-tiny", run, help="write the tiny random-weight test model to DIR",
-                           description="Write a tiny random-weight SDXL (real block structure), image encoder and "
-                                       "IP-Adapter in the standard on-disk layouts. Its images are noise.")
+    t = common.add_command(
+        sub,
+        "make-tiny",
+        run,
+        help="write the tiny random-weight test model to DIR",
+        description="Write a tiny random-weight SDXL (real block structure), image encoder and "
+        "IP-Adapter in the standard on-disk layouts. Its images are noise.",
+    )
     t.add_argument("dir")
 
 

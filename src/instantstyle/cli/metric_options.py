@@ -14,15 +14,27 @@ def add_metric_args(p: argparse.ArgumentParser, *, with_metrics_flag: bool = Fal
 
     g = p.add_argument_group("metrics (models: local path, Hub 'owner/repo[/path]', or 'tiny')")
     if with_metrics_flag:
-        g.add_argument("--metrics", nargs="?", const=",".join(DEFAULT_METRICS), default=None, metavar="A,B",
-                       help="score every output and add the scores to the grid and the reports (default when "
-                            f"given without a list: {','.join(DEFAULT_METRICS)})")
+        g.add_argument(
+            "--metrics",
+            nargs="?",
+            const=",".join(DEFAULT_METRICS),
+            default=None,
+            metavar="A,B",
+            help="score every output and add the scores to the grid and the reports (default when "
+            f"given without a list: {','.join(DEFAULT_METRICS)})",
+        )
     else:
-        g.add_argument("--metrics", default=",".join(DEFAULT_METRICS), metavar="A,B",
-                       help="csd_style (style similarity, CSD), clip_t (text alignment, CLIP-T), dino_leakage "
-                            "(content leakage, DINOv2), csd_content (content leakage, CSD content head) "
-                            "(default: %(default)s)")
-    g.add_argument("--csd", default=None, help=f"CSD checkpoint (default: {DEFAULT_CSD}; 'tiny' with --base tiny)")
+        g.add_argument(
+            "--metrics",
+            default=",".join(DEFAULT_METRICS),
+            metavar="A,B",
+            help="csd_style (style similarity, CSD), clip_t (text alignment, CLIP-T), dino_leakage "
+            "(content leakage, DINOv2), csd_content (content leakage, CSD content head) "
+            "(default: %(default)s)",
+        )
+    g.add_argument(
+        "--csd", default=None, help=f"CSD checkpoint (default: {DEFAULT_CSD}; 'tiny' with --base tiny)"
+    )
     g.add_argument("--clip", default=None, help=f"CLIP model for CLIP-T (default: {DEFAULT_CLIP})")
     g.add_argument("--dino", default=None, help=f"DINOv2 model for leakage (default: {DEFAULT_DINO})")
     g.add_argument("--metrics-device", default=None, help="device of the metric models (default: --device's)")

@@ -8,45 +8,72 @@ import sys
 from ..errors import InstantStyleError
 from . import common, options
 
-EPILOG = ("examples:\n  instantstyle serve --base tiny          # try it without weights (images are noise)\n"
-          "  instantstyle serve --api-key \"$(openssl rand -hex 16)\" --host 0.0.0.0\n"
-          "  curl -F images=@ref.png -F 'params={\"prompt\": \"a cat\", \"seed\": 1}' \\\n"
-          "       'http://127.0.0.1:7860/v1/generate?wait=true'")
+EPILOG = (
+    "examples:\n  instantstyle serve --base tiny          # try it without weights (images are noise)\n"
+    '  instantstyle serve --api-key "$(openssl rand -hex 16)" --host 0.0.0.0\n'
+    '  curl -F images=@ref.png -F \'params={"prompt": "a cat", "seed": 1}\' \\\n'
+    "       'http://127.0.0.1:7860/v1/generate?wait=true'"
+)
 
 
 def register(sub) -> None:
     sv = common.add_command(
-        sub, "serve", run, help="web UI + HTTP API: models loaded once, a bounded job queue",
+        sub,
+        "serve",
+        run,
+        help="web UI + HTTP API: models loaded once, a bounded job queue",
         description="Serve the web UI (at /ui) and the HTTP API (at /v1, documented at /docs) from one process. "
-                    "Models load once; one worker per device runs the jobs from a bounded queue (a full queue "
-                    "answers 429 with Retry-After). Needs the 'serve' extra: pip install 'instantstyle[serve]'.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "Models load once; one worker per device runs the jobs from a bounded queue (a full queue "
+        "answers 429 with Retry-After). Needs the 'serve' extra: pip install 'instantstyle[serve]'.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_network_args(sv)
     _add_limit_args(sv)
     options.add_model_args(sv)
-    sv._option_string_actions["--device"].help = (
-        "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)")
+    sv._option_string_actions[
+        "--device"
+    ].help = "one worker per device, comma-separated: cuda:0,cuda:1 loads the models on each (default: cuda if available)"
 
 
 def _add_network_args(sv) -> None:
     n = sv.add_argument_group("network")
-    n.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes it: set an API key)")
+    n.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes it: set an API key)",
+    )
     n.add_argument("--port", type=int, default=7860, help="default: %(default)s")
-    n.add_argument("--api-key", default=None,
-                   help="require this key on every API call ('Authorization: Bearer KEY' or 'X-API-Key: KEY') and "
-                        "as the UI password (default: $INSTANTSTYLE_API_KEY, else none)")
-    n.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a Host name the server answers to, besides localhost and the --host address (behind a "
-                        "reverse proxy: its public name); repeatable; '*' answers to any (default: "
-                        "$INSTANTSTYLE_ALLOWED_HOSTS, comma-separated)")
-    n.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                   help="a web origin (https://app.example.com) allowed to call the API from its pages (CORS); "
-                        "repeatable; default none: cross-origin requests that change state are refused")
+    n.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key on every API call ('Authorization: Bearer KEY' or 'X-API-Key: KEY') and "
+        "as the UI password (default: $INSTANTSTYLE_API_KEY, else none)",
+    )
+    n.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the server answers to, besides localhost and the --host address (behind a "
+        "reverse proxy: its public name); repeatable; '*' answers to any (default: "
+        "$INSTANTSTYLE_ALLOWED_HOSTS, comma-separated)",
+    )
+    n.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example.com) allowed to call the API from its pages (CORS); "
+        "repeatable; default none: cross-origin requests that change state are refused",
+    )
     n.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
-    n.add_argument("--no-warmup", action="store_true",
-                   help="skip the start-up warm-up generation (with a compiling --speed, such as the default max "
-                        "on CUDA, the warm-up compiles and captures before the first request instead of during it)")
+    n.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the start-up warm-up generation (with a compiling --speed, such as the default max "
+        "on CUDA, the warm-up compiles and captures before the first request instead of during it)",
+    )
 
 
 def _add_limit_args(sv) -> None:
@@ -54,47 +81,109 @@ def _add_limit_args(sv) -> None:
 
     lim = Limits()
     q = sv.add_argument_group("queue and limits (per request)")
-    q.add_argument("--queue-size", type=int, default=8, help="jobs waiting at most; more get 429 (default: %(default)s)")
-    q.add_argument("--max-upload-bytes", type=int, default=lim.max_upload_bytes,
-                   help="bytes per uploaded image (default: %(default)s)")
-    q.add_argument("--max-pixels", type=int, default=lim.max_pixels,
-                   help="pixels per uploaded image (default: %(default)s)")
-    q.add_argument("--max-prompt-length", type=int, default=lim.max_prompt_length,
-                   help="characters per prompt (default: %(default)s)")
-    q.add_argument("--max-style-images", type=int, default=lim.max_style_images,
-                   help="uploaded images + saved styles per request (default: %(default)s)")
-    q.add_argument("--max-images", type=int, default=lim.max_num_images,
-                   help="generated images per request (default: %(default)s)")
-    q.add_argument("--min-size", type=int, default=lim.min_size, help="smallest width/height (default: %(default)s)")
-    q.add_argument("--max-size", type=int, default=lim.max_size, help="largest width/height (default: %(default)s)")
-    q.add_argument("--max-steps", type=int, default=lim.max_steps, help="most denoising steps (default: %(default)s)")
-    q.add_argument("--max-cost", type=float, default=lim.max_cost,
-                   help="most steps x width x height x images per request, counted in steps of a 1024x1024 image "
-                        "(default: %(default)s = 4 images of 1024x1024 at 50 steps)")
-    q.add_argument("--job-timeout", type=float, default=lim.job_timeout_s, metavar="S",
-                   help="a running job past S seconds stops at its next step and fails (default: %(default)s)")
-    q.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
-                   help="on SIGTERM/Ctrl-C, queued jobs are answered as cancelled and running ones get S seconds "
-                        "before they stop (default: %(default)s)")
-    q.add_argument("--styles-dir", default=None,
-                   help="saved styles (default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles)")
+    q.add_argument(
+        "--queue-size", type=int, default=8, help="jobs waiting at most; more get 429 (default: %(default)s)"
+    )
+    q.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=lim.max_upload_bytes,
+        help="bytes per uploaded image (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-pixels",
+        type=int,
+        default=lim.max_pixels,
+        help="pixels per uploaded image (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=lim.max_prompt_length,
+        help="characters per prompt (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-style-images",
+        type=int,
+        default=lim.max_style_images,
+        help="uploaded images + saved styles per request (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-images",
+        type=int,
+        default=lim.max_num_images,
+        help="generated images per request (default: %(default)s)",
+    )
+    q.add_argument(
+        "--min-size", type=int, default=lim.min_size, help="smallest width/height (default: %(default)s)"
+    )
+    q.add_argument(
+        "--max-size", type=int, default=lim.max_size, help="largest width/height (default: %(default)s)"
+    )
+    q.add_argument(
+        "--max-steps", type=int, default=lim.max_steps, help="most denoising steps (default: %(default)s)"
+    )
+    q.add_argument(
+        "--max-cost",
+        type=float,
+        default=lim.max_cost,
+        help="most steps x width x height x images per request, counted in steps of a 1024x1024 image "
+        "(default: %(default)s = 4 images of 1024x1024 at 50 steps)",
+    )
+    q.add_argument(
+        "--job-timeout",
+        type=float,
+        default=lim.job_timeout_s,
+        metavar="S",
+        help="a running job past S seconds stops at its next step and fails (default: %(default)s)",
+    )
+    q.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM/Ctrl-C, queued jobs are answered as cancelled and running ones get S seconds "
+        "before they stop (default: %(default)s)",
+    )
+    q.add_argument(
+        "--styles-dir",
+        default=None,
+        help="saved styles (default: $INSTANTSTYLE_STYLES or ~/.local/share/instantstyle/styles)",
+    )
     q.add_argument("--no-cache", action="store_true", help="do not cache image embeddings on disk")
-    q.add_argument("--cpu-threads", type=int, default=None,
-                   help="torch threads per worker (default: torch's; 1 is often fastest for small CPU models)")
-    q.add_argument("--controlnet", action="append", default=[], metavar="NAME=REF",
-                   help="allow requests to use the ControlNet REF (local diffusers dir or Hub id, loaded at start) "
-                        "as control NAME (fed an uploaded control image) or canny=NAME / tile=NAME; repeatable. "
-                        "canny and tile (default ControlNets) are always allowed; a request never names a path")
+    q.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: torch's; 1 is often fastest for small CPU models)",
+    )
+    q.add_argument(
+        "--controlnet",
+        action="append",
+        default=[],
+        metavar="NAME=REF",
+        help="allow requests to use the ControlNet REF (local diffusers dir or Hub id, loaded at start) "
+        "as control NAME (fed an uploaded control image) or canny=NAME / tile=NAME; repeatable. "
+        "canny and tile (default ControlNets) are always allowed; a request never names a path",
+    )
 
 
 def _limits(args):
     """``Limits`` from the flags, with the server's own numbers checked."""
     from ..server.limits import Limits
 
-    limits = Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-                    max_prompt_length=args.max_prompt_length, max_style_images=args.max_style_images,
-                    max_num_images=args.max_images, min_size=args.min_size, max_size=args.max_size,
-                    max_steps=args.max_steps, max_cost=args.max_cost, job_timeout_s=args.job_timeout)
+    limits = Limits(
+        max_upload_bytes=args.max_upload_bytes,
+        max_pixels=args.max_pixels,
+        max_prompt_length=args.max_prompt_length,
+        max_style_images=args.max_style_images,
+        max_num_images=args.max_images,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        max_steps=args.max_steps,
+        max_cost=args.max_cost,
+        job_timeout_s=args.job_timeout,
+    )
     if not args.drain_timeout >= 0:
         raise InstantStyleError(f"--drain-timeout is {args.drain_timeout}; it must be >= 0")
     if args.queue_size < 1:
@@ -113,7 +202,9 @@ def _controlnets(args) -> dict[str, str]:
     for entry in args.controlnet:
         name, sep, ref = entry.partition("=")
         if not (sep and name.strip() and ref.strip()):
-            raise InstantStyleError(f"--controlnet {entry!r}: give NAME=REF, e.g. depth=diffusers/controlnet-depth-sdxl-1.0")
+            raise InstantStyleError(
+                f"--controlnet {entry!r}: give NAME=REF, e.g. depth=diffusers/controlnet-depth-sdxl-1.0"
+            )
         controlnets[name.strip()] = ref.strip()
     check_controlnet_names(controlnets)
     return controlnets
@@ -130,8 +221,11 @@ def _access(args) -> tuple[str | None, list[str]]:
     allowed_hosts = default_allowed_hosts(args.host) + (args.allowed_host or env_hosts)
     Policy(allowed_hosts=allowed_hosts, allowed_origins=args.allowed_origin)  # checks the values now
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
-              "port can generate (set --api-key or INSTANTSTYLE_API_KEY)", file=sys.stderr)
+        print(
+            f"instantstyle: warning: serving on {args.host} without an API key; anyone who can reach this "
+            "port can generate (set --api-key or INSTANTSTYLE_API_KEY)",
+            file=sys.stderr,
+        )
     return api_key, allowed_hosts
 
 
@@ -140,11 +234,16 @@ def _load_models(args, limits) -> list:
     devices = [d.strip() for d in args.device.split(",")] if args.device else [None]
     models = []
     for device in devices:
-        model = options.load_model(args, device=device, cache_dir=not args.no_cache, progress=False, long_lived=True)
+        model = options.load_model(
+            args, device=device, cache_dir=not args.no_cache, progress=False, long_lived=True
+        )
         model.styles.max_pixels = limits.max_pixels
         model.styles.styles_directory = args.styles_dir
         if not args.no_warmup and (model.speed.compile or model.speed.cuda_graphs):
-            print(f"instantstyle: warming up {model.device} (compiling: about 1.5 min on an H200)...", file=sys.stderr)
+            print(
+                f"instantstyle: warming up {model.device} (compiling: about 1.5 min on an H200)...",
+                file=sys.stderr,
+            )
             print(f"instantstyle: warm in {model.warmup():.0f} s", file=sys.stderr)
         models.append(model)
     return models
@@ -156,16 +255,21 @@ def run(args) -> int:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise InstantStyleError(f"the server needs the 'serve' extra ({exc.name} is missing): "
-                                "pip install 'instantstyle[serve]'") from None
+        raise InstantStyleError(
+            f"the server needs the 'serve' extra ({exc.name} is missing): pip install 'instantstyle[serve]'"
+        ) from None
     from .. import preflight
 
     limits = _limits(args)
     controlnets = _controlnets(args)
-    common.preflight(args, needs=preflight.needs_for_model(args.base, args.adapter, args.image_encoder,
-                                                           content_text_encoder=args.content_text_encoder)
-                     + [preflight.Need("ControlNet", ref, "controlnet") for ref in controlnets.values()],
-                     tryout=common.TRYOUT.replace("the commands", "the server"))
+    common.preflight(
+        args,
+        needs=preflight.needs_for_model(
+            args.base, args.adapter, args.image_encoder, content_text_encoder=args.content_text_encoder
+        )
+        + [preflight.Need("ControlNet", ref, "controlnet") for ref in controlnets.values()],
+        tryout=common.TRYOUT.replace("the commands", "the server"),
+    )
     api_key, allowed_hosts = _access(args)
 
     # 2. Load the models once per device.
@@ -175,13 +279,28 @@ def run(args) -> int:
     from ..server.app import create_app
     from ..server.service import GenerationService
 
-    service = GenerationService(models, queue_size=args.queue_size, limits=limits, cpu_threads=args.cpu_threads,
-                                controlnets=controlnets, drain_timeout_s=args.drain_timeout)
-    app = create_app(service, api_key=api_key, ui=not args.no_ui, allowed_hosts=allowed_hosts,
-                     allowed_origins=args.allowed_origin, bind_host=args.host)
+    service = GenerationService(
+        models,
+        queue_size=args.queue_size,
+        limits=limits,
+        cpu_threads=args.cpu_threads,
+        controlnets=controlnets,
+        drain_timeout_s=args.drain_timeout,
+    )
+    app = create_app(
+        service,
+        api_key=api_key,
+        ui=not args.no_ui,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=args.allowed_origin,
+        bind_host=args.host,
+    )
     where = f"http://{args.host}:{args.port}"
-    print(f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"
-          + ("" if args.no_ui else f" (UI {where}/ui/, API docs {where}/docs)"), file=sys.stderr)
+    print(
+        f"instantstyle: serving {', '.join(str(m.device) for m in models)} at {where}"
+        + ("" if args.no_ui else f" (UI {where}/ui/, API docs {where}/docs)"),
+        file=sys.stderr,
+    )
     _serve(uvicorn, app, service, args)
     return 0
 
@@ -195,8 +314,13 @@ def _serve(uvicorn, app, service, args) -> None:
             service.begin_shutdown(args.drain_timeout)
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                            timeout_graceful_shutdown=max(1, int(args.drain_timeout) + 5))
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=max(1, int(args.drain_timeout) + 5),
+    )
     try:
         DrainingServer(config).run()
     finally:

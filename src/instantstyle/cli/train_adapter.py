@@ -26,11 +26,16 @@ def register(sub) -> None:
     from ..training.config import add_arguments
 
     tr = common.add_command(
-        sub, "train-adapter", run, help="train an IP-Adapter on chosen blocks (style blocks by default)",
+        sub,
+        "train-adapter",
+        run,
+        help="train an IP-Adapter on chosen blocks (style blocks by default)",
         description="Train an IP-Adapter (image projection + to_k_ip/to_v_ip of the chosen blocks only; UNet, text "
-                    "encoders, VAE and image encoder frozen) on image-caption pairs, with accelerate. Blocks outside "
-                    "--blocks get no IP weights (zeros in the saved h94-layout file). See docs/training.md.",
-        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "encoders, VAE and image encoder frozen) on image-caption pairs, with accelerate. Blocks outside "
+        "--blocks get no IP weights (zeros in the saved h94-layout file). See docs/training.md.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(tr)
 
 
@@ -43,9 +48,12 @@ def run(args) -> int:
     encoder = config.image_encoder or models.default_image_encoder(config.base)
     from ..training.data import open_source
 
-    common.preflight(args, [lambda: open_source(config.data)],  # the data first: an empty folder needs no models
-                     preflight.needs_for_base(config.base) + preflight.needs_for_encoder(encoder),
-                     tryout=common.TRYOUT)
+    common.preflight(
+        args,
+        [lambda: open_source(config.data)],  # the data first: an empty folder needs no models
+        preflight.needs_for_base(config.base) + preflight.needs_for_encoder(encoder),
+        tryout=common.TRYOUT,
+    )
     result = train_adapter(config, progress=not args.quiet)
     if result.adapter is not None:
         print(result.adapter)

@@ -63,9 +63,25 @@ The names below are importable from ``instantstyle.fast`` itself (loaded on firs
 from __future__ import annotations
 
 _EXPORTS = {
-    **{name: "options" for name in ("FastOptions", "options_for", "check", "SPEEDS", "APPROXIMATE_SPEEDS",
-                                     "ATTENTION_BACKENDS", "PLAIN", "EXACT", "FAST", "MAX", "GRAPHS", "MAX_TUNED",
-                                     "MAX_AUTOTUNE", "FP8_MAX")},
+    **{
+        name: "options"
+        for name in (
+            "FastOptions",
+            "options_for",
+            "check",
+            "SPEEDS",
+            "APPROXIMATE_SPEEDS",
+            "ATTENTION_BACKENDS",
+            "PLAIN",
+            "EXACT",
+            "FAST",
+            "MAX",
+            "GRAPHS",
+            "MAX_TUNED",
+            "MAX_AUTOTUNE",
+            "FP8_MAX",
+        )
+    },
     "scope": "call",
     "effective": "call",
     "uniform_ip": "plan",

@@ -31,17 +31,33 @@ def offloaded(unet, device: torch.device) -> bool:
 def effective(options: FastOptions, unet, device: torch.device) -> FastOptions:
     """The pieces a call can really use on this UNet and device (what ``scope`` yields)."""
     if options.attention not in ATTENTION_BACKENDS:
-        raise InstantStyleError(f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        raise InstantStyleError(
+            f"attention backend {options.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}"
+        )
     if options.compile_scope not in COMPILE_SCOPES:
-        raise InstantStyleError(f"compile scope {options.compile_scope!r} is not one of {', '.join(COMPILE_SCOPES)}")
+        raise InstantStyleError(
+            f"compile scope {options.compile_scope!r} is not one of {', '.join(COMPILE_SCOPES)}"
+        )
     check(options)
     if offloaded(unet, device):
         # Weights move between devices during the call: pieces that hold tensors (fused weights,
         # scale tensors, K/V buffers, compiled graphs, CUDA graphs, memory formats, the VAE twin)
         # would be stale. Keep the module-level ones (and the approximations, which hold activations only).
-        return replace(options, light_inactive=False, fuse_qkv=False, compile=False, channels_last=False,
-                       fp8=False, attention="auto", cuda_graphs=False, compile_vae=False, context_kv=False,
-                       prune_ip=False, vae_decode="stock", inductor_tuning=False)
+        return replace(
+            options,
+            light_inactive=False,
+            fuse_qkv=False,
+            compile=False,
+            channels_last=False,
+            fp8=False,
+            attention="auto",
+            cuda_graphs=False,
+            compile_vae=False,
+            context_kv=False,
+            prune_ip=False,
+            vae_decode="stock",
+            inductor_tuning=False,
+        )
     if options.compile and options.compile_scope == "unet" and "forward" in unet.__dict__:
         options = replace(options, compile_scope="blocks")  # someone wrapped the forward: keep their wrapper
     if options.cuda_graphs:
@@ -61,6 +77,7 @@ def _outer_forward(unet, hooks):
     """Run ``hook(args, kwargs)`` before every UNet call, outside any compiled region or CUDA
     graph (eager Python: K/V fills, the step counter, argument fixes). A hook may return new
     ``(args, kwargs)``."""
+
     def wrap(inner):
         def forward(*args, **kwargs):
             for hook in hooks:
@@ -68,6 +85,7 @@ def _outer_forward(unet, hooks):
                 if fixed is not None:
                     args, kwargs = fixed
             return inner(*args, **kwargs)
+
         return forward
 
     with wrapped_forward(unet, wrap):
@@ -87,8 +105,10 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
     device = getattr(pipe, "_execution_device", unet.device)
     options = options_for(options, device)
     if options.fp8 and device.type == "cuda" and not fast_fp8.fp8_supported(device):
-        raise InstantStyleError("--speed fp8 needs a GPU with float8 matmuls (compute capability >= 8.9, "
-                                "e.g. H100/L40/RTX 4090); use --speed fast")
+        raise InstantStyleError(
+            "--speed fp8 needs a GPU with float8 matmuls (compute capability >= 8.9, "
+            "e.g. H100/L40/RTX 4090); use --speed fast"
+        )
     options = effective(options, unet, device)
     if options.is_plain:
         yield options
@@ -101,8 +121,11 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
         stack.enter_context(scoped_processors(unet, plan))
         deep = None
         if options.deepcache_interval > 1:
-            deep = stack.enter_context(fast_deepcache.wrapped_blocks(fast_deepcache.DeepCache.for_unet(
-                unet, options.deepcache_interval)))
+            deep = stack.enter_context(
+                fast_deepcache.wrapped_blocks(
+                    fast_deepcache.DeepCache.for_unet(unet, options.deepcache_interval)
+                )
+            )
         if options.inductor_tuning:
             stack.enter_context(compiling.cudnn_benchmark(True))
         if options.project_once:
@@ -113,23 +136,36 @@ def scope(pipe, options: FastOptions | str | None = "auto", cross_attention_kwar
             stack.enter_context(compiling.compiled_unet(unet, options))
         elif options.compile:
             stack.enter_context(compiling.compiled_blocks(unet, options))
-        if options.compile_vae and getattr(pipe, "vae", None) is not None and fast_vae.fast_decoder(pipe, options) is None:
+        if (
+            options.compile_vae
+            and getattr(pipe, "vae", None) is not None
+            and fast_vae.fast_decoder(pipe, options) is None
+        ):
             stack.enter_context(compiling.compiled_decoder(pipe.vae, options))
         stack.enter_context(_unet_sdpa_backend(unet, options.attention))
         if options.cuda_graphs:
-            if not unet_graphs.graphs_usable(unet, device):  # processors as installed (a method's own may be stateful)
+            if not unet_graphs.graphs_usable(
+                unet, device
+            ):  # processors as installed (a method's own may be stateful)
                 options = replace(options, cuda_graphs=False)
             else:
-                stack.enter_context(unet_graphs.graphed_unet(unet, options, device, deep.phase if deep is not None else None))
+                stack.enter_context(
+                    unet_graphs.graphed_unet(unet, options, device, deep.phase if deep is not None else None)
+                )
         hooks = []
         if options.cfg_truncation > 0:
             hooks.append(fast_cfg.CondHalf())
         if deep is not None:
             hooks.append(deep.before_forward)
         if options.context_kv:
-            modules = {f"{name}.processor": m for name, m in unet.named_modules() if hasattr(m, "set_processor")}
-            layers = [(modules[name], p) for name, p in plan.items()
-                      if isinstance(p, FastAttention) and p.ctx is not None]
+            modules = {
+                f"{name}.processor": m for name, m in unet.named_modules() if hasattr(m, "set_processor")
+            }
+            layers = [
+                (modules[name], p)
+                for name, p in plan.items()
+                if isinstance(p, FastAttention) and p.ctx is not None
+            ]
             if layers:
                 stack.enter_context(_context(unet, layers, hooks))
         if hooks:
@@ -162,8 +198,12 @@ def _sdpa_backend(name: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
     return sdpa_kernel([backend])
 
 
@@ -177,6 +217,7 @@ def _unet_sdpa_backend(unet, name: str):
         def forward(*args, **kwargs):
             with _sdpa_backend(name):
                 return inner(*args, **kwargs)
+
         return forward
 
     return wrapped_forward(unet, wrap)

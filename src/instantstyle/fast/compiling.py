@@ -41,8 +41,15 @@ def compile_kwargs(backend: str, mode: str | None, tuning: bool) -> dict:
 
 def compile_key(scope: str, options) -> tuple:
     """The cache key of one compiled artefact for ``FastOptions`` ``options``."""
-    return (scope, options.compile_backend, options.compile_mode, options.inductor_tuning, options.attention,
-            options.fp8, options.fp8_scaling)
+    return (
+        scope,
+        options.compile_backend,
+        options.compile_mode,
+        options.inductor_tuning,
+        options.attention,
+        options.fp8,
+        options.fp8_scaling,
+    )
 
 
 def set_cache_dir(path: str | Path) -> Path:

@@ -42,15 +42,19 @@ def _store(table: dict, key, k: torch.Tensor, v: torch.Tensor) -> None:
     old = table.get(key)
     if old is None or old[0].dtype != k.dtype or old[0].device != k.device:
         with torch.inference_mode(False), torch.no_grad():
-            old = table[key] = (torch.empty_like(k, memory_format=torch.contiguous_format),
-                                torch.empty_like(v, memory_format=torch.contiguous_format))
+            old = table[key] = (
+                torch.empty_like(k, memory_format=torch.contiguous_format),
+                torch.empty_like(v, memory_format=torch.contiguous_format),
+            )
     old[0].copy_(k)
     old[1].copy_(v)
 
 
 def _key_of(tensors) -> tuple:
     # inference tensors have no version counter; the pipeline never writes to its embeddings
-    return tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape)) for t in tensors)
+    return tuple(
+        (id(t), t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape)) for t in tensors
+    )
 
 
 class ContextCache:
@@ -64,12 +68,17 @@ class ContextCache:
         self.fills = 0  # times the K/V were computed (for tests and the benchmark)
 
     def before_forward(self, args: tuple, kwargs: dict) -> None:
-        context = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else (
-            args[2] if len(args) > 2 else None)
+        context = (
+            kwargs["encoder_hidden_states"]
+            if "encoder_hidden_states" in kwargs
+            else (args[2] if len(args) > 2 else None)
+        )
         if not isinstance(context, torch.Tensor):
             return
         embeds = (kwargs.get("added_cond_kwargs") or {}).get("image_embeds")
-        embeds = list(embeds) if isinstance(embeds, (list, tuple)) else ([embeds] if embeds is not None else [])
+        embeds = (
+            list(embeds) if isinstance(embeds, (list, tuple)) else ([embeds] if embeds is not None else [])
+        )
         key = _key_of([context, *embeds])
         if key == self._key:
             return
@@ -81,7 +90,9 @@ class ContextCache:
     def _fill(self, context: torch.Tensor, embeds: list) -> None:
         tokens = None
         if embeds and any(proc.ip for _, proc in self.layers):
-            tokens = self.unet.encoder_hid_proj(embeds)  # [B, n_img, T, D] per adapter, as the UNet makes them
+            tokens = self.unet.encoder_hid_proj(
+                embeds
+            )  # [B, n_img, T, D] per adapter, as the UNet makes them
         for attn, proc in self.layers:
             c = attn.norm_encoder_hidden_states(context) if attn.norm_cross else context  # [B, 77, D]
             if proc.kv is not None:

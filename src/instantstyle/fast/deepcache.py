@@ -99,7 +99,9 @@ class DeepCache:
                 hit = store[(name, self.source)]
                 if self.source == self.batch:
                     return hit
-                return pytree.tree_map(lambda t: t[self.batch:] if isinstance(t, torch.Tensor) else t, hit)  # pos half
+                return pytree.tree_map(
+                    lambda t: t[self.batch :] if isinstance(t, torch.Tensor) else t, hit
+                )  # pos half
             out = inner(*args, **kwargs)
             store[(name, self.batch)] = _copy_into(store.get((name, self.batch)), out)
             return out
@@ -124,9 +126,14 @@ def release(unet) -> None:
 def _copy_into(old, out):
     leaves, spec = pytree.tree_flatten(out)
     old_leaves = pytree.tree_leaves(old) if old is not None else None
-    if old_leaves is None or len(old_leaves) != len(leaves) or any(
+    if (
+        old_leaves is None
+        or len(old_leaves) != len(leaves)
+        or any(
             isinstance(a, torch.Tensor) and (a.shape != b.shape or a.dtype != b.dtype)
-            for a, b in zip(old_leaves, leaves, strict=True)):
+            for a, b in zip(old_leaves, leaves, strict=True)
+        )
+    ):
         with torch.inference_mode(False), torch.no_grad():
             old_leaves = [torch.empty_like(t) if isinstance(t, torch.Tensor) else t for t in leaves]
     with torch.no_grad():

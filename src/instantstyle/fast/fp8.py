@@ -33,11 +33,18 @@ FP8_MAX = 448.0
 @functools.cache
 def output_dtype(device_type: str, device_index: int | None, dtype: torch.dtype) -> torch.dtype:
     """``dtype`` if ``_scaled_mm`` takes it with row-wise scales on this device, else bfloat16."""
-    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    device = (
+        torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    )
     a = torch.ones(16, 32, device=device).to(FP8)
     try:
-        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1, device=device), scale_b=torch.ones(1, 16, device=device),
-                         out_dtype=dtype)
+        torch._scaled_mm(
+            a,
+            a.t(),
+            scale_a=torch.ones(16, 1, device=device),
+            scale_b=torch.ones(1, 16, device=device),
+            out_dtype=dtype,
+        )
         return dtype
     except (RuntimeError, NotImplementedError):
         return torch.bfloat16
@@ -65,7 +72,9 @@ class RowwiseFloat8Linear(torch.nn.Module):
         x2 = x.reshape(-1, shape[-1])  # [M, in]
         sx = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # [M, 1]
         x8 = (x2.float() / sx).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        y = torch._scaled_mm(x8, self.w8.t(), scale_a=sx, scale_b=self.sw, out_dtype=self.out_dtype).to(x.dtype)
+        y = torch._scaled_mm(x8, self.w8.t(), scale_a=sx, scale_b=self.sw, out_dtype=self.out_dtype).to(
+            x.dtype
+        )
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
@@ -86,7 +95,9 @@ class Float8Linear(torch.nn.Module):
         with torch.no_grad():
             w = linear.weight.detach().float()  # [out, in]
             sw = w.abs().amax().clamp(min=1e-12) / self.FP8_MAX
-            w8 = (w / sw).clamp(-self.FP8_MAX, self.FP8_MAX).to(torch.float8_e4m3fn)  # e4m3fn: no inf, NaN past 448
+            w8 = (
+                (w / sw).clamp(-self.FP8_MAX, self.FP8_MAX).to(torch.float8_e4m3fn)
+            )  # e4m3fn: no inf, NaN past 448
             self.register_buffer("w8", w8, persistent=False)
             self.register_buffer("sw", sw.reshape(()), persistent=False)
         self.bias = linear.bias
@@ -110,6 +121,7 @@ class Float8Linear(torch.nn.Module):
 def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
+
 _FP8: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> Float8Linear
 
 
@@ -120,14 +132,21 @@ def fp8_linears(unet, scaling: str = "tensor"):
     kind = RowwiseFloat8Linear if scaling == "row" else Float8Linear
     swaps = []  # (parent, child name, original)
     for block in transformer_blocks(unet):
-        skip = {id(m) for attn in (block.attn1, getattr(block, "attn2", None)) if attn is not None
-                and isinstance(attn._modules.get("processor"), torch.nn.Module)
-                for m in attn._modules["processor"].modules()}  # IP weights act on 4 tokens: keep them
+        skip = {
+            id(m)
+            for attn in (block.attn1, getattr(block, "attn2", None))
+            if attn is not None and isinstance(attn._modules.get("processor"), torch.nn.Module)
+            for m in attn._modules["processor"].modules()
+        }  # IP weights act on 4 tokens: keep them
         for parent in block.modules():
             if id(parent) in skip:
                 continue
             for child_name, child in list(parent._modules.items()):
-                if not isinstance(child, torch.nn.Linear) or child.in_features % 16 or child.out_features % 16:
+                if (
+                    not isinstance(child, torch.nn.Linear)
+                    or child.in_features % 16
+                    or child.out_features % 16
+                ):
                     continue
                 if child_name in ("to_k", "to_v") and getattr(parent, "is_cross_attention", False):
                     continue  # 77 text tokens: not worth it, and not a multiple of 16

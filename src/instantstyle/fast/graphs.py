@@ -144,8 +144,12 @@ class GraphCache:
         return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, graph.output)
 
     def _capture(self, fn, leaves, spec, device, keep) -> _Graph:
-        inputs = [torch.empty(leaf.shape, dtype=leaf.dtype, device=leaf.device).copy_(leaf)
-                  if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+        inputs = [
+            torch.empty(leaf.shape, dtype=leaf.dtype, device=leaf.device).copy_(leaf)
+            if isinstance(leaf, torch.Tensor)
+            else None
+            for leaf in leaves
+        ]
         static = [b if b is not None else leaf for b, leaf in zip(inputs, leaves, strict=True)]
         args, kwargs = pytree.tree_unflatten(static, spec)
         replay, output = self.capture(lambda: fn(*args, **kwargs), device)
@@ -170,6 +174,7 @@ def modules_key(modules) -> tuple:
 def timestep_as_tensor(args: tuple, kwargs: dict, device: torch.device) -> tuple[tuple, dict]:
     """A Python-number timestep becomes a 0-d tensor (the dtype diffusers' UNet would give it),
     so each step does not key a graph of its own."""
+
     def convert(t):
         if isinstance(t, bool) or not isinstance(t, int | float):
             return t

@@ -13,8 +13,21 @@ from ..errors import InstantStyleError
 if TYPE_CHECKING:
     import torch
 
-SPEEDS = ("auto", "plain", "exact", "graphs", "fast", "max", "max-tuned", "max-autotune", "fp8",
-          "fp8-max", "cfg-trunc", "deepcache", "turbo")
+SPEEDS = (
+    "auto",
+    "plain",
+    "exact",
+    "graphs",
+    "fast",
+    "max",
+    "max-tuned",
+    "max-autotune",
+    "fp8",
+    "fp8-max",
+    "cfg-trunc",
+    "deepcache",
+    "turbo",
+)
 APPROXIMATE_SPEEDS = ("fp8", "fp8-max", "cfg-trunc", "deepcache", "turbo")
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 VAE_DECODES = ("stock", "auto", "bf16", "fp16", "fp32")  # fast.vae
@@ -75,7 +88,9 @@ FAST = FastOptions(compile=True, fuse_qkv=True, channels_last=True)
 MAX = FastOptions(compile=True, compile_scope="unet", cuda_graphs=True, fuse_qkv=True)
 GRAPHS = FastOptions(cuda_graphs=True, fuse_qkv=True)
 # max + the exact pieces not yet measured on a GPU (docs/performance.md, "not yet measured").
-MAX_TUNED = replace(MAX, context_kv=True, prune_ip=True, vae_decode="auto", compile_vae=True, inductor_tuning=True)
+MAX_TUNED = replace(
+    MAX, context_kv=True, prune_ip=True, vae_decode="auto", compile_vae=True, inductor_tuning=True
+)
 # For servers: Inductor's autotuned kernels (minutes to compile once; cached on disk, see
 # fast.compiling.set_cache_dir); "-no-cudagraphs" because the fast path captures its own graphs.
 MAX_AUTOTUNE = replace(MAX_TUNED, compile_mode="max-autotune-no-cudagraphs")
@@ -86,9 +101,14 @@ COMPILE_SCOPES = ("blocks", "unet")
 FP8_SCALINGS = ("tensor", "row")
 
 
-def options_for(speed: str | FastOptions | None, device: torch.device | str = "cpu", *,
-                long_lived: bool = False, cfg_truncation: float | None = None,
-                deepcache_interval: int | None = None) -> FastOptions:
+def options_for(
+    speed: str | FastOptions | None,
+    device: torch.device | str = "cpu",
+    *,
+    long_lived: bool = False,
+    cfg_truncation: float | None = None,
+    deepcache_interval: int | None = None,
+) -> FastOptions:
     """Resolve a ``speed`` name to options.
 
     ``plain``: stock diffusers processors; ``exact``: light inactive blocks + projection once (no
@@ -119,12 +139,20 @@ def options_for(speed: str | FastOptions | None, device: torch.device | str = "c
         cuda = torch.device(device).type == "cuda"
         if speed == "auto":
             speed = ("max" if long_lived else "graphs") if cuda else "exact"
-        named = {"plain": PLAIN, "exact": EXACT, "graphs": GRAPHS, "fast": FAST, "max": MAX,
-                 "max-tuned": MAX_TUNED, "max-autotune": MAX_AUTOTUNE,
-                 "fp8": replace(FAST, fp8=True, fuse_qkv=False), "fp8-max": FP8_MAX,
-                 "cfg-trunc": replace(MAX_TUNED, cfg_truncation=CFG_TRUNCATION),
-                 "deepcache": replace(MAX_TUNED, deepcache_interval=DEEPCACHE_INTERVAL),
-                 "turbo": replace(FP8_MAX, deepcache_interval=DEEPCACHE_INTERVAL)}
+        named = {
+            "plain": PLAIN,
+            "exact": EXACT,
+            "graphs": GRAPHS,
+            "fast": FAST,
+            "max": MAX,
+            "max-tuned": MAX_TUNED,
+            "max-autotune": MAX_AUTOTUNE,
+            "fp8": replace(FAST, fp8=True, fuse_qkv=False),
+            "fp8-max": FP8_MAX,
+            "cfg-trunc": replace(MAX_TUNED, cfg_truncation=CFG_TRUNCATION),
+            "deepcache": replace(MAX_TUNED, deepcache_interval=DEEPCACHE_INTERVAL),
+            "turbo": replace(FP8_MAX, deepcache_interval=DEEPCACHE_INTERVAL),
+        }
         if speed not in named:
             raise InstantStyleError(f"--speed {speed!r} is not one of {', '.join(SPEEDS)}")
         options = named[speed]
@@ -139,13 +167,22 @@ def options_for(speed: str | FastOptions | None, device: torch.device | str = "c
 def check(options: FastOptions) -> None:
     """One-line errors for values no piece can use."""
     if not 0.0 <= options.cfg_truncation < 1.0:
-        raise InstantStyleError(f"--cfg-truncation {options.cfg_truncation}: must be a fraction of the steps in "
-                                "[0, 1) (e.g. 0.4 = the last 40 % without CFG); 0 turns it off")
-    if isinstance(options.deepcache_interval, bool) or not isinstance(options.deepcache_interval, int) \
-            or options.deepcache_interval < 0:
-        raise InstantStyleError(f"--deepcache {options.deepcache_interval!r}: must be a whole number >= 0 (2 = the "
-                                "deep blocks every other step; 0 or 1 turns it off)")
+        raise InstantStyleError(
+            f"--cfg-truncation {options.cfg_truncation}: must be a fraction of the steps in "
+            "[0, 1) (e.g. 0.4 = the last 40 % without CFG); 0 turns it off"
+        )
+    if (
+        isinstance(options.deepcache_interval, bool)
+        or not isinstance(options.deepcache_interval, int)
+        or options.deepcache_interval < 0
+    ):
+        raise InstantStyleError(
+            f"--deepcache {options.deepcache_interval!r}: must be a whole number >= 0 (2 = the "
+            "deep blocks every other step; 0 or 1 turns it off)"
+        )
     if options.vae_decode not in VAE_DECODES:
         raise InstantStyleError(f"VAE decode {options.vae_decode!r} is not one of {', '.join(VAE_DECODES)}")
     if options.fp8_scaling not in FP8_SCALINGS:
-        raise InstantStyleError(f"fp8 scaling {options.fp8_scaling!r} is not one of {', '.join(FP8_SCALINGS)}")
+        raise InstantStyleError(
+            f"fp8 scaling {options.fp8_scaling!r} is not one of {', '.join(FP8_SCALINGS)}"
+        )

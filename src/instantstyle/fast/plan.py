@@ -28,7 +28,9 @@ def _fused(attn, names: tuple[str, ...]) -> torch.Tensor | None:
     ~1.3 GB in fp16 on SDXL). None if the layers have biases or are not plain ``nn.Linear``.
     """
     layers = [getattr(attn, n) for n in names]
-    if any(getattr(layer, "bias", None) is not None or not isinstance(layer, torch.nn.Linear) for layer in layers):
+    if any(
+        getattr(layer, "bias", None) is not None or not isinstance(layer, torch.nn.Linear) for layer in layers
+    ):
         return None
 
     def key():
@@ -66,26 +68,41 @@ def _ip_layers(proc, uniform: bool) -> list | None:
         layers.append((i, proc.to_k_ip[i], proc.to_v_ip[i], float(scale)))
     return layers
 
-_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Attention -> {structure: FastAttention}
+
+_PROCESSORS: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # Attention -> {structure: FastAttention}
 
 
-def _fast_processor(attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.Tensor | None = None,
-                    ctx: bool = False) -> FastAttention:
+def _fast_processor(
+    attn, layers=(), kv: torch.Tensor | None = None, qkv: torch.Tensor | None = None, ctx: bool = False
+) -> FastAttention:
     """The layer's ``FastAttention`` for this structure, made once and reused by every call.
 
     Reuse keeps the objects (and so compiled graphs' guards and captured CUDA graphs) stable; the
     scales are 0-d tensors set in place, so a scale change is data, never structure. The cached
     processor holds its weights, so the ids in the key cannot be reused by other objects.
     """
-    key = (tuple((i, id(k), id(v), k.weight.device, k.weight.dtype) for i, k, v, _ in layers),
-           None if kv is None else id(kv), None if qkv is None else id(qkv), ctx)
+    key = (
+        tuple((i, id(k), id(v), k.weight.device, k.weight.dtype) for i, k, v, _ in layers),
+        None if kv is None else id(kv),
+        None if qkv is None else id(qkv),
+        ctx,
+    )
     cache = _PROCESSORS.setdefault(attn, {})
     proc = cache.get(key)
     if proc is None:
-        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: writable in and out of inference mode
-            ip = tuple((i, k, v, torch.zeros((), dtype=k.weight.dtype, device=k.weight.device))
-                       for i, k, v, _ in layers)
-        proc = cache[key] = FastAttention(ip=ip, qkv=qkv, kv=kv, ctx=fast_context.ContextSlot() if ctx else None)
+        with (
+            torch.inference_mode(False),
+            torch.no_grad(),
+        ):  # ordinary tensors: writable in and out of inference mode
+            ip = tuple(
+                (i, k, v, torch.zeros((), dtype=k.weight.dtype, device=k.weight.device))
+                for i, k, v, _ in layers
+            )
+        proc = cache[key] = FastAttention(
+            ip=ip, qkv=qkv, kv=kv, ctx=fast_context.ContextSlot() if ctx else None
+        )
     with torch.no_grad():
         for (_, _, _, tensor), (_, _, _, value) in zip(proc.ip, layers, strict=True):
             tensor.fill_(value)
@@ -96,7 +113,9 @@ def uniform_ip(options: FastOptions) -> bool:
     """Whether every IP layer keeps an image branch for every adapter slot (a 0-d scale tensor, 0
     where inactive): the paths whose one compiled UNet or CUDA graph serves every preset. The
     pipeline then pads a call's slots to one fixed structure (``injection.fixed_slots``)."""
-    return ((options.compile and options.compile_scope == "unet") or options.cuda_graphs) and not options.prune_ip
+    return (
+        (options.compile and options.compile_scope == "unet") or options.cuda_graphs
+    ) and not options.prune_ip
 
 
 def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str, object]:
@@ -105,8 +124,11 @@ def plan_processors(unet, options: FastOptions, masks: bool = False) -> dict[str
 
     ips = ip_processors(unet)
     uniform = uniform_ip(options)
-    attn_modules = {f"{name}.processor": module for name, module in unet.named_modules()
-                    if hasattr(module, "set_processor") and hasattr(module, "to_q")}
+    attn_modules = {
+        f"{name}.processor": module
+        for name, module in unet.named_modules()
+        if hasattr(module, "set_processor") and hasattr(module, "to_q")
+    }
     plan: dict[str, object] = {}
     for name, proc in unet.attn_processors.items():
         attn = attn_modules.get(name)

@@ -26,7 +26,9 @@ class ProjectOnce(torch.nn.Module):
     def _key_of(embeds) -> tuple:
         items = embeds if isinstance(embeds, (list, tuple)) else [embeds]
         # inference tensors have no version counter; the pipeline never writes to its embeddings
-        return tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape)) for t in items)
+        return tuple(
+            (id(t), t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape)) for t in items
+        )
 
     def forward(self, image_embeds):
         key = self._key_of(image_embeds)

@@ -19,8 +19,14 @@ _log = logging.getLogger(__name__)
 
 _GRAPHS_ATTR = "_instantstyle_graphs"
 # Processors whose __call__ keeps no state between calls: their Python runs once, at capture.
-_GRAPH_SAFE_PROCESSORS = ("FastAttention", "AttnProcessor2_0", "AttnProcessor", "FusedAttnProcessor2_0",
-                          "IPAdapterAttnProcessor2_0", "IPAdapterAttnProcessor")
+_GRAPH_SAFE_PROCESSORS = (
+    "FastAttention",
+    "AttnProcessor2_0",
+    "AttnProcessor",
+    "FusedAttnProcessor2_0",
+    "IPAdapterAttnProcessor2_0",
+    "IPAdapterAttnProcessor",
+)
 
 
 def graph_cache(unet, capture=None) -> graphs.GraphCache:
@@ -55,8 +61,13 @@ def graphed_unet(unet, options: FastOptions, device: torch.device, phase=None):
     # and the versions of their weights: a swapped or rewritten projection captures anew.
     projection = getattr(unet, "encoder_hid_proj", None)
     projection_modules = tuple(projection.modules()) if projection is not None else ()
-    context = (options, tuple(id(p) for p in procs), hash(weights), len(weights),
-               graphs.modules_key(projection_modules))
+    context = (
+        options,
+        tuple(id(p) for p in procs),
+        hash(weights),
+        len(weights),
+        graphs.modules_key(projection_modules),
+    )
 
     def wrap(inner):
         def forward(*args, **kwargs):
@@ -72,6 +83,7 @@ def graphed_unet(unet, options: FastOptions, device: torch.device, phase=None):
                 _log.warning("CUDA graphs disabled for this model (%s); running without them", cache.failed)
                 return inner(*args, **kwargs)
             return inner(*args, **kwargs) if out is graphs.UNCACHEABLE else out
+
         return forward
 
     return wrapped_forward(unet, wrap)

@@ -47,7 +47,9 @@ def usable(pipe) -> bool:
         return False
     if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
         return False
-    return not any(hasattr(m, "_hf_hook") or getattr(m, "_diffusers_hook", None) is not None for m in vae.modules())
+    return not any(
+        hasattr(m, "_hf_hook") or getattr(m, "_diffusers_hook", None) is not None for m in vae.modules()
+    )
 
 
 class DecoderTwin(torch.nn.Module):
@@ -56,7 +58,9 @@ class DecoderTwin(torch.nn.Module):
     def __init__(self, vae, dtype: torch.dtype, channels_last: bool):
         super().__init__()
         with torch.inference_mode(False), torch.no_grad():
-            self.post_quant_conv = copy.deepcopy(vae.post_quant_conv) if vae.post_quant_conv is not None else None
+            self.post_quant_conv = (
+                copy.deepcopy(vae.post_quant_conv) if vae.post_quant_conv is not None else None
+            )
             self.decoder = copy.deepcopy(vae.decoder)
             self.to(dtype=dtype)
             if channels_last:
@@ -84,8 +88,11 @@ def source_key(vae) -> tuple:
 def twin(vae, dtype: torch.dtype, channels_last: bool = True) -> DecoderTwin:
     """The VAE's cached decoder twin for ``dtype`` (made on first use)."""
     cached = _TWINS.get(vae)
-    if cached is None or (cached.dtype, cached.channels_last, cached.source) != (dtype, channels_last,
-                                                                                 source_key(vae)):
+    if cached is None or (cached.dtype, cached.channels_last, cached.source) != (
+        dtype,
+        channels_last,
+        source_key(vae),
+    ):
         cached = _TWINS[vae] = DecoderTwin(vae, dtype, channels_last)
     return cached
 
@@ -133,7 +140,9 @@ def decode_latents(pipe, latents: torch.Tensor, decoder, options: FastOptions, o
         compiling.configure_dynamo()
         key = compiling.compile_key("vae-twin", options)
         if key not in decoder.compiled:
-            kwargs = compiling.compile_kwargs(options.compile_backend, options.compile_mode, options.inductor_tuning)
+            kwargs = compiling.compile_kwargs(
+                options.compile_backend, options.compile_mode, options.inductor_tuning
+            )
             decoder.compiled[key] = torch.compile(decoder, dynamic=False, **kwargs)
         forward = decoder.compiled[key]
     return decode(pipe, latents, decoder, forward, output_type)

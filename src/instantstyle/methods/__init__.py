@@ -28,31 +28,84 @@ class Method:
     summary: str
     paper: str
     reference: str  # what it needs from the style: "clip" (CLIP embedding), "image" (pixels), "lora"
-    options: tuple[str, ...] = ()  # GenerateRequest fields only this method (and the others listing them) reads
+    options: tuple[
+        str, ...
+    ] = ()  # GenerateRequest fields only this method (and the others listing them) reads
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("instantstyle", "instantstyle", "IP-Adapter features into the style blocks only, content subtracted",
-               "arXiv 2404.02733", "clip",
-               ("mode", "blocks", "content_prompt", "content_scale", "scale", "style_weights", "style_combine",
-                "scheduler", "layout_boost", "composition", "composition_scale", "negative_style",
-                "negative_style_scale", "style_window")),
-        Method("ip-adapter", "ip_adapter", "plain IP-Adapter: image features into every cross-attention block",
-               "arXiv 2308.06721", "clip", ("scale", "style_weights", "style_combine", "scheduler", "negative_style",
-                                            "negative_style_scale", "style_window")),
-        Method("style-aligned", "style_aligned",
-               "shared self-attention with AdaIN'd queries/keys; the reference is DDIM-inverted",
-               "arXiv 2312.02133", "image",
-               ("reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift", "inversion_offset",
-                "style_description")),
-        Method("visual-style-prompting", "visual_style_prompting",
-               "the reference's self-attention keys/values replace the target's in late layers",
-               "arXiv 2402.12974", "image",
-               ("reference_prompt", "attention_layers", "swap_start", "swap_end", "color_calibration")),
-        Method("b-lora", "b_lora", "a LoRA trained on the reference; only its style block is applied",
-               "arXiv 2403.14572", "lora", ("lora", "lora_scale", "scheduler")),
+        Method(
+            "instantstyle",
+            "instantstyle",
+            "IP-Adapter features into the style blocks only, content subtracted",
+            "arXiv 2404.02733",
+            "clip",
+            (
+                "mode",
+                "blocks",
+                "content_prompt",
+                "content_scale",
+                "scale",
+                "style_weights",
+                "style_combine",
+                "scheduler",
+                "layout_boost",
+                "composition",
+                "composition_scale",
+                "negative_style",
+                "negative_style_scale",
+                "style_window",
+            ),
+        ),
+        Method(
+            "ip-adapter",
+            "ip_adapter",
+            "plain IP-Adapter: image features into every cross-attention block",
+            "arXiv 2308.06721",
+            "clip",
+            (
+                "scale",
+                "style_weights",
+                "style_combine",
+                "scheduler",
+                "negative_style",
+                "negative_style_scale",
+                "style_window",
+            ),
+        ),
+        Method(
+            "style-aligned",
+            "style_aligned",
+            "shared self-attention with AdaIN'd queries/keys; the reference is DDIM-inverted",
+            "arXiv 2312.02133",
+            "image",
+            (
+                "reference_prompt",
+                "attention_layers",
+                "share_group_norm",
+                "shared_score_shift",
+                "inversion_offset",
+                "style_description",
+            ),
+        ),
+        Method(
+            "visual-style-prompting",
+            "visual_style_prompting",
+            "the reference's self-attention keys/values replace the target's in late layers",
+            "arXiv 2402.12974",
+            "image",
+            ("reference_prompt", "attention_layers", "swap_start", "swap_end", "color_calibration"),
+        ),
+        Method(
+            "b-lora",
+            "b_lora",
+            "a LoRA trained on the reference; only its style block is applied",
+            "arXiv 2403.14572",
+            "lora",
+            ("lora", "lora_scale", "scheduler"),
+        ),
     )
 }
 DEFAULT_METHOD = "instantstyle"
@@ -95,24 +148,42 @@ def check_options(req) -> None:
             continue
         users = [m.name for m in METHODS.values() if name in m.options]
         extra = " (these methods sample with DDIM, as their papers)" if name == "scheduler" else ""
-        raise ValueError(f"{_flag(name)} {value!r} is read only by --method {' / '.join(users)}, not by "
-                         f"--method {req.method}; remove it{extra}")
-    stylize = {"task": req.task not in (None, "txt2img"), "content": bool(req.content), "control": bool(req.control),
-               "style_masks": bool(req.style_masks)}
+        raise ValueError(
+            f"{_flag(name)} {value!r} is read only by --method {' / '.join(users)}, not by "
+            f"--method {req.method}; remove it{extra}"
+        )
+    stylize = {
+        "task": req.task not in (None, "txt2img"),
+        "content": bool(req.content),
+        "control": bool(req.control),
+        "style_masks": bool(req.style_masks),
+    }
     if req.method != DEFAULT_METHOD and any(stylize.values()):
         used = next(k for k, v in stylize.items() if v)
-        raise ValueError(f"{_flag(used)} (stylizing a content image, regional styles) is for --method instantstyle; "
-                         f"--method {req.method} is text-to-image only")
+        raise ValueError(
+            f"{_flag(used)} (stylizing a content image, regional styles) is for --method instantstyle; "
+            f"--method {req.method} is text-to-image only"
+        )
     if req.method == "b-lora" and not req.lora:
-        raise ValueError("--method b-lora needs --lora DIR, a B-LoRA trained on the style image "
-                         "(`instantstyle train-blora --image REF --out DIR`)")
+        raise ValueError(
+            "--method b-lora needs --lora DIR, a B-LoRA trained on the style image "
+            "(`instantstyle train-blora --image REF --out DIR`)"
+        )
     if method.reference == "image" and not (req.reference_prompt or "").strip():
-        raise ValueError(f"--method {req.method} needs --reference-prompt TEXT describing the style image "
-                         "(e.g. 'a watercolour painting of a harbour')")
+        raise ValueError(
+            f"--method {req.method} needs --reference-prompt TEXT describing the style image "
+            "(e.g. 'a watercolour painting of a harbour')"
+        )
 
 
-def run_method(model, req, *, style_images: Sequence | None = None,
-               on_step: Callable[[int, int], None] | None = None, **images) -> list:
+def run_method(
+    model,
+    req,
+    *,
+    style_images: Sequence | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    **images,
+) -> list:
     """Generate with ``req.method`` on the loaded ``model``; images carry their parameters.
 
     ``images``: in-memory composition / negative style images, for the methods whose options take them."""

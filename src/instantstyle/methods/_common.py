@@ -34,12 +34,20 @@ def setup(model, req) -> Setup:
     width, height = req.width or model.native_size, req.height or model.native_size
     unit = model.pipe.vae_scale_factor * 2 ** (len(model.pipe.unet.config.block_out_channels) - 1)
     if width % unit or height % unit:
-        raise InstantStyleError(f"--width/--height {width}x{height}: must be multiples of {unit} for this model")
+        raise InstantStyleError(
+            f"--width/--height {width}x{height}: must be multiples of {unit} for this model"
+        )
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     from ..prompts import warn_if_truncated
 
-    warn_if_truncated(model.pipe.tokenizer, {"prompt": req.prompt, "negative prompt": req.negative_prompt,
-                                             "reference prompt": req.reference_prompt})
+    warn_if_truncated(
+        model.pipe.tokenizer,
+        {
+            "prompt": req.prompt,
+            "negative prompt": req.negative_prompt,
+            "reference prompt": req.reference_prompt,
+        },
+    )
     return Setup(seed, width, height)
 
 
@@ -48,14 +56,18 @@ def reference_image(model, req, style_images: Sequence | None) -> Image.Image:
     refs = list(style_images or []) + list(req.style)
     if len(refs) != 1:
         raise InstantStyleError(
-            f"--method {req.method} takes exactly one style image (got {len(refs)}); pass one --style IMAGE")
+            f"--method {req.method} takes exactly one style image (got {len(refs)}); pass one --style IMAGE"
+        )
     ref = refs[0]
     if isinstance(ref, str) and ref.startswith("@"):
         raise InstantStyleError(
             f"--method {req.method} needs the style image's pixels, but '{ref}' is a saved style (a CLIP "
-            "embedding only); pass the image file itself")
+            "embedding only); pass the image file itself"
+        )
     if not isinstance(ref, (str, Image.Image)) and not hasattr(ref, "__fspath__"):
-        raise InstantStyleError(f"--method {req.method} needs a style image (path or PIL image), got {type(ref).__name__}")
+        raise InstantStyleError(
+            f"--method {req.method} needs a style image (path or PIL image), got {type(ref).__name__}"
+        )
     return load_image(ref, what="style image", max_pixels=model.styles.max_pixels)
 
 
@@ -84,14 +96,20 @@ def encode_batch(pipe, prompts: list[str], negative: str | None, do_cfg: bool):
     ``encode_prompt`` handles ``negative_prompt=None`` (zeros for SDXL) exactly as a plain call.
     """
     pe, npe, pooled, npooled = pipe.encode_prompt(
-        prompts, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
+        prompts,
+        device=pipe.unet.device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=do_cfg,
         negative_prompt=None if negative is None else [negative] * len(prompts),
     )
     return pe, npe, pooled, npooled
 
 
-def step_callback(steps: int, on_step: Callable[[int, int], None] | None,
-                  update: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+def step_callback(
+    steps: int,
+    on_step: Callable[[int, int], None] | None,
+    update: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+):
     """A ``callback_on_step_end``: ``update(i, latents)`` may rewrite the latents after step ``i``."""
 
     def callback(_pipe, i, _t, kwargs):
@@ -104,8 +122,15 @@ def step_callback(steps: int, on_step: Callable[[int, int], None] | None,
     return callback
 
 
-def finish(model, req, images: list[Image.Image], st: Setup, *, reference: Image.Image | None = None,
-           extra: dict | None = None) -> list[Image.Image]:
+def finish(
+    model,
+    req,
+    images: list[Image.Image],
+    st: Setup,
+    *,
+    reference: Image.Image | None = None,
+    extra: dict | None = None,
+) -> list[Image.Image]:
     """Attach the full parameters to each output image."""
     params = {**model.output_params(req, seed=st.seed, width=st.width, height=st.height), **(extra or {})}
     if reference is not None:
@@ -115,8 +140,9 @@ def finish(model, req, images: list[Image.Image], st: Setup, *, reference: Image
     return images
 
 
-def sample_reference_batch(model, req, st, *, scheduler, processors, embeds, latents, update,
-                           on_step=None, extra_patches=()):
+def sample_reference_batch(
+    model, req, st, *, scheduler, processors, embeds, latents, update, on_step=None, extra_patches=()
+):
     """Sample the [reference, target x N] batch with self-attention ``processors`` patched in.
 
     Shared by StyleAligned and Visual Style Prompting: IP-Adapter off, ``scheduler`` and the
@@ -133,9 +159,15 @@ def sample_reference_batch(model, req, st, *, scheduler, processors, embeds, lat
             stack.enter_context(patch)
         stack.enter_context(torch.inference_mode())
         return pipe(
-            prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pooled,
+            prompt_embeds=pe,
+            negative_prompt_embeds=npe,
+            pooled_prompt_embeds=pooled,
             negative_pooled_prompt_embeds=npooled,
             ip_adapter_image_embeds=neutral_ip_embeds(model, req.guidance > 1.0),
-            num_inference_steps=req.steps, guidance_scale=req.guidance, width=st.width, height=st.height,
-            latents=latents, callback_on_step_end=step_callback(req.steps, on_step, update),
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance,
+            width=st.width,
+            height=st.height,
+            latents=latents,
+            callback_on_step_end=step_callback(req.steps, on_step, update),
         ).images

@@ -36,10 +36,23 @@ TRIGGER = "[v]"
 INFO_FILE = "blora.json"
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
-             "up_block_types", "mid_block_type", "transformer_layers_per_block", "attention_head_dim",
-             "num_attention_heads", "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim",
-             "projection_class_embeddings_input_dim", "use_linear_projection")
+ARCH_KEYS = (
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "mid_block_type",
+    "transformer_layers_per_block",
+    "attention_head_dim",
+    "num_attention_heads",
+    "cross_attention_dim",
+    "addition_embed_type",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+    "use_linear_projection",
+)
 
 
 # ---------------------------------------------------------------------- base model identity
@@ -67,16 +80,28 @@ def lora_targets(unet, module_names) -> list[str]:
     missing = [n for n in module_names if n not in modules]
     if missing:
         raise InstantStyleError(f"this UNet has no {', '.join(missing)}; B-LoRA needs an SDXL-family UNet")
-    return [f"{modules[n].layer_name(i)}.{attn}.{proj}" for n in module_names for i in range(modules[n].layers)
-            for attn in ("attn1", "attn2") for proj in PROJECTIONS]
+    return [
+        f"{modules[n].layer_name(i)}.{attn}.{proj}"
+        for n in module_names
+        for i in range(modules[n].layers)
+        for attn in ("attn1", "attn2")
+        for proj in PROJECTIONS
+    ]
 
 
 # ---------------------------------------------------------------------- scoped LoRA
 
 
 @contextlib.contextmanager
-def scoped_lora(unet, targets: list[str], rank: int, alpha: float, state_dict: dict | None = None,
-                adapter_name: str = "blora", seed: int = 0) -> Iterator[list[torch.nn.Parameter]]:
+def scoped_lora(
+    unet,
+    targets: list[str],
+    rank: int,
+    alpha: float,
+    state_dict: dict | None = None,
+    adapter_name: str = "blora",
+    seed: int = 0,
+) -> Iterator[list[torch.nn.Parameter]]:
     """Inject a PEFT LoRA into exactly ``targets`` for the block; yields its parameters.
 
     The LoRA's random initialisation (``lora_A``) comes from ``seed``, not from the global RNG.
@@ -105,7 +130,9 @@ def scoped_lora(unet, targets: list[str], rank: int, alpha: float, state_dict: d
             result = set_peft_model_state_dict(unet, state_dict, adapter_name=adapter_name)
             unexpected = list(getattr(result, "unexpected_keys", []) or [])
             if unexpected:
-                raise InstantStyleError(f"B-LoRA weights do not fit this UNet (unexpected key {unexpected[0]})")
+                raise InstantStyleError(
+                    f"B-LoRA weights do not fit this UNet (unexpected key {unexpected[0]})"
+                )
         yield [p for n, p in unet.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
     finally:
         for name, module in originals.items():
@@ -127,17 +154,22 @@ def read_info(lora_dir: str | Path, unet_config=None) -> dict:
     """``blora.json`` of a trained B-LoRA; with ``unet_config``, refuse another architecture."""
     path = Path(lora_dir)
     if not (path / INFO_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise InstantStyleError(f"--lora '{lora_dir}' is not a B-LoRA directory (needs {INFO_FILE} and {WEIGHTS_FILE}); "
-                                "train one with `instantstyle train-blora --image REF --out DIR`")
+        raise InstantStyleError(
+            f"--lora '{lora_dir}' is not a B-LoRA directory (needs {INFO_FILE} and {WEIGHTS_FILE}); "
+            "train one with `instantstyle train-blora --image REF --out DIR`"
+        )
     try:
         info = json.loads((path / INFO_FILE).read_text())
     except (OSError, ValueError):
-        raise InstantStyleError(f"--lora '{lora_dir}': {INFO_FILE} is not valid JSON; train the LoRA again") from None
+        raise InstantStyleError(
+            f"--lora '{lora_dir}': {INFO_FILE} is not valid JSON; train the LoRA again"
+        ) from None
     if unet_config is not None and info.get("architecture") != architecture_fingerprint(unet_config):
         raise InstantStyleError(
             f"--lora '{lora_dir}' was trained on another base model ({info.get('base')}, UNet architecture "
             f"{info.get('architecture')}); this base's UNet is {architecture_fingerprint(unet_config)}; "
-            "train a B-LoRA on this base with `instantstyle train-blora --base ...`")
+            "train a B-LoRA on this base with `instantstyle train-blora --base ...`"
+        )
     return info
 
 
@@ -149,12 +181,15 @@ def load_style(lora_dir: str | Path, unet) -> tuple[dict, dict[str, torch.Tensor
     if info.get("weights") != weights_fingerprint(unet):
         raise InstantStyleError(
             f"--lora '{lora_dir}' was trained on another base model ({info.get('base')}): same architecture but "
-            "different weights; train a B-LoRA on this base with `instantstyle train-blora --base ...`")
+            "different weights; train a B-LoRA on this base with `instantstyle train-blora --base ...`"
+        )
     prefix = f"unet.{info['style_block']}."
     weights = load_file(str(Path(lora_dir) / WEIGHTS_FILE))
     style = {k.removeprefix("unet."): v for k, v in weights.items() if k.startswith(prefix)}
     if not style:
-        raise InstantStyleError(f"--lora '{lora_dir}' has no weights for the style block {info['style_block']}")
+        raise InstantStyleError(
+            f"--lora '{lora_dir}' has no weights for the style block {info['style_block']}"
+        )
     return info, style
 
 
@@ -164,24 +199,39 @@ def run(model, req, *, style_images=None, on_step=None):
     pipe, unet = model.pipe, model.pipe.unet
     # 1. Inputs: the style comes from the LoRA, not from an image.
     if style_images or req.style:
-        raise InstantStyleError("--method b-lora takes its style from --lora DIR (trained with `instantstyle "
-                                "train-blora`); remove --style")
+        raise InstantStyleError(
+            "--method b-lora takes its style from --lora DIR (trained with `instantstyle "
+            "train-blora`); remove --style"
+        )
     st = _common.setup(model, req)
     info, style = load_style(req.lora, unet)
     prompt = req.prompt if info["trigger"] in req.prompt else f"{req.prompt} in {info['trigger']} style"
     # 2. Only the style block's LoRA, for this call; the UNet is restored afterwards.
     targets = lora_targets(unet, [info["style_block"]])
     do_cfg = req.guidance > 1.0
-    with _common.ip_adapter_off(model), scoped_lora(unet, targets, info["rank"], info["lora_alpha"], style), \
-            scoped_scheduler(pipe, req.scheduler), torch.inference_mode():
+    with (
+        _common.ip_adapter_off(model),
+        scoped_lora(unet, targets, info["rank"], info["lora_alpha"], style),
+        scoped_scheduler(pipe, req.scheduler),
+        torch.inference_mode(),
+    ):
         images = pipe(
-            prompt=prompt, negative_prompt=req.negative_prompt,
+            prompt=prompt,
+            negative_prompt=req.negative_prompt,
             ip_adapter_image_embeds=_common.neutral_ip_embeds(model, do_cfg),
-            num_inference_steps=req.steps, guidance_scale=req.guidance, width=st.width, height=st.height,
-            num_images_per_prompt=req.num_images, generator=st.generator(),
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance,
+            width=st.width,
+            height=st.height,
+            num_images_per_prompt=req.num_images,
+            generator=st.generator(),
             cross_attention_kwargs={"scale": req.lora_scale},
             callback_on_step_end=_common.step_callback(req.steps, on_step),
         ).images
-    extra = {"prompt_used": prompt, "lora_image_sha256": info.get("image_sha256"), "lora_steps": info.get("steps"),
-             "lora_block": info["style_block"]}
+    extra = {
+        "prompt_used": prompt,
+        "lora_image_sha256": info.get("image_sha256"),
+        "lora_steps": info.get("steps"),
+        "lora_block": info["style_block"],
+    }
     return _common.finish(model, req, images, st, extra=extra)

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from ..model import InstantStyle
 
 
-def run(model: InstantStyle, req: GenerateRequest, *, style_images=None, on_step=None,
-        negative_style_image=None) -> list:
+def run(
+    model: InstantStyle, req: GenerateRequest, *, style_images=None, on_step=None, negative_style_image=None
+) -> list:
     # The request validator refuses --blocks / --content-prompt / other modes for this method.
-    prep = model.prepare(req.model_copy(update={"mode": "full"}), style_images,
-                         negative_style_image=negative_style_image)
+    prep = model.prepare(
+        req.model_copy(update={"mode": "full"}), style_images, negative_style_image=negative_style_image
+    )
     return model.run(model.pipe, prep, on_step=on_step)

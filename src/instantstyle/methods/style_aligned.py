@@ -106,20 +106,29 @@ def run(model, req, *, style_images=None, on_step=None):
         raise InstantStyleError(f"--inversion-offset {offset} must be below --steps {req.steps}")
 
     # 2. Invert the reference with DDIM, conditioned on its description.
-    inv = ddim_invert(pipe, ref, req.reference_prompt, steps=req.steps, guidance=INVERSION_GUIDANCE,
-                      width=st.width, height=st.height,
-                      progress=not getattr(pipe, "_progress_bar_config", {}).get("disable", False))
+    inv = ddim_invert(
+        pipe,
+        ref,
+        req.reference_prompt,
+        steps=req.steps,
+        guidance=INVERSION_GUIDANCE,
+        width=st.width,
+        height=st.height,
+        progress=not getattr(pipe, "_progress_bar_config", {}).get("disable", False),
+    )
 
     # 3. The batch: [reference, target x N]; the reference starts ``offset`` steps ahead on its
     #    trajectory, the targets from the seed's noise with the style words appended.
     n, do_cfg = req.num_images, req.guidance > 1.0
     prompt = target_prompt(req)
-    pe, npe, pooled, npooled = _common.encode_batch(pipe, [req.reference_prompt] + [prompt] * n,
-                                                    req.negative_prompt, do_cfg)
+    pe, npe, pooled, npooled = _common.encode_batch(
+        pipe, [req.reference_prompt] + [prompt] * n, req.negative_prompt, do_cfg
+    )
     from diffusers.utils.torch_utils import randn_tensor
 
-    noise = randn_tensor((n, *inv.noisy.shape[1:]), generator=st.generator(), device=model.device,
-                         dtype=model.dtype)
+    noise = randn_tensor(
+        (n, *inv.noisy.shape[1:]), generator=st.generator(), device=model.device, dtype=model.dtype
+    )
     latents = torch.cat([inv.at_forward_step(offset).to(noise), noise])
 
     def follow_inversion(i: int, lat: torch.Tensor) -> torch.Tensor:
@@ -132,11 +141,25 @@ def run(model, req, *, style_images=None, on_step=None):
     processors = {name: SelfAttentionPatch(attn, state) for name in patched}
     extra = [shared_group_norm(unet, state)] if req.share_group_norm else []
     images = _common.sample_reference_batch(
-        model, req, st, scheduler=ddim_scheduler(pipe), processors=processors, embeds=(pe, npe, pooled, npooled),
-        latents=latents, update=follow_inversion, on_step=on_step, extra_patches=extra)
+        model,
+        req,
+        st,
+        scheduler=ddim_scheduler(pipe),
+        processors=processors,
+        embeds=(pe, npe, pooled, npooled),
+        latents=latents,
+        update=follow_inversion,
+        on_step=on_step,
+        extra_patches=extra,
+    )
 
     # 5. Drop the reference row; record what ran.
-    extra = {"scheduler": "ddim", "inversion_guidance": INVERSION_GUIDANCE, "patched_layers": len(patched),
-             "attention_layers": req.attention_layers or ",".join(blocks.STYLE_ALIGNED_LAYERS),
-             "inversion_offset_used": offset, "prompt_used": prompt}
+    extra = {
+        "scheduler": "ddim",
+        "inversion_guidance": INVERSION_GUIDANCE,
+        "patched_layers": len(patched),
+        "attention_layers": req.attention_layers or ",".join(blocks.STYLE_ALIGNED_LAYERS),
+        "inversion_offset_used": offset,
+        "prompt_used": prompt,
+    }
     return _common.finish(model, req, images[1:], st, reference=ref, extra=extra)

@@ -59,7 +59,9 @@ def swap_active(i: int, steps: int, start: float, end: float) -> bool:
     return start * steps <= i < end * steps
 
 
-def recompose_ddim(prev: torch.Tensor, x0: torch.Tensor, x0_new: torch.Tensor, alpha_prev: float) -> torch.Tensor:
+def recompose_ddim(
+    prev: torch.Tensor, x0: torch.Tensor, x0_new: torch.Tensor, alpha_prev: float
+) -> torch.Tensor:
     """A deterministic DDIM step (eta 0) with its predicted x0 replaced: all tensors ``[N, C, h, w]``.
 
     ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps``: changing x0 at fixed eps moves ``x_prev`` by
@@ -90,7 +92,9 @@ def calibrate(scheduler, window=CALIBRATION_WINDOW, reference_prediction=None):
         t = int(timestep)
         if window[0] < t < window[1] and kwargs.get("eta", 0.0) == 0.0:
             prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-            alpha_prev = float(scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod)
+            alpha_prev = float(
+                scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
+            )
             x0_new = x0.clone()
             x0_new[1:] = adain_channels(x0[1:].float(), x0[:1].float()).to(x0.dtype)
             prev = recompose_ddim(prev, x0, x0_new, alpha_prev)
@@ -154,7 +158,9 @@ def run(model, req, *, style_images=None, on_step=None):
     latents = torch.cat([noisy_reference(0), noise])
 
     # 3. Prompts: reference row = its description / the null prompt; targets = prompt / negative.
-    ref_pe, ref_npe, ref_pooled, ref_npooled = _common.encode_batch(pipe, [req.reference_prompt], None, do_cfg)
+    ref_pe, ref_npe, ref_pooled, ref_npooled = _common.encode_batch(
+        pipe, [req.reference_prompt], None, do_cfg
+    )
     pe, npe, pooled, npooled = _common.encode_batch(pipe, [req.prompt] * n, req.negative_prompt, do_cfg)
     pe, pooled = torch.cat([ref_pe, pe]), torch.cat([ref_pooled, pooled])
     if do_cfg:
@@ -173,10 +179,21 @@ def run(model, req, *, style_images=None, on_step=None):
     with conditional_reference_prediction(pipe.unet, 1 + n, do_cfg) as reference_prediction:
         calibrate(scheduler, CALIBRATION_WINDOW if req.color_calibration else (0, 0), reference_prediction)
         images = _common.sample_reference_batch(
-            model, req, st, scheduler=scheduler, processors=processors, embeds=(pe, npe, pooled, npooled),
-            latents=latents, update=renoise, on_step=on_step)
+            model,
+            req,
+            st,
+            scheduler=scheduler,
+            processors=processors,
+            embeds=(pe, npe, pooled, npooled),
+            latents=latents,
+            update=renoise,
+            on_step=on_step,
+        )
 
-    extra = {"scheduler": "ddim", "patched_layers": len(patched),
-             "attention_layers": req.attention_layers or ",".join(blocks.VSP_LAYERS),
-             "calibrated_steps": getattr(scheduler, "calibrated_steps", 0)}
+    extra = {
+        "scheduler": "ddim",
+        "patched_layers": len(patched),
+        "attention_layers": req.attention_layers or ",".join(blocks.VSP_LAYERS),
+        "calibrated_steps": getattr(scheduler, "calibrated_steps", 0),
+    }
     return _common.finish(model, req, images[1:], st, reference=ref, extra=extra)

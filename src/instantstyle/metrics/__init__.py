@@ -38,17 +38,46 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("csd_style", "csd", "csd", "style similarity (CSD)",
-               "CSD style-head cosine between the output and the style reference", "arXiv 2404.01292", True,
-               "reference"),
-        Metric("clip_t", "clip_t", "clip", "text alignment (CLIP-T)",
-               "CLIP ViT-L/14 cosine between the output and its prompt", "arXiv 2104.08718", True, "prompt"),
-        Metric("dino_leakage", "dino", "dino", "content leakage (DINOv2)",
-               "DINOv2 class-token cosine between the output and the style reference", "arXiv 2304.07193", False,
-               "reference"),
-        Metric("csd_content", "csd", "csd", "content leakage (CSD content)",
-               "CSD content-head cosine between the output and the style reference", "arXiv 2404.01292", False,
-               "reference"),
+        Metric(
+            "csd_style",
+            "csd",
+            "csd",
+            "style similarity (CSD)",
+            "CSD style-head cosine between the output and the style reference",
+            "arXiv 2404.01292",
+            True,
+            "reference",
+        ),
+        Metric(
+            "clip_t",
+            "clip_t",
+            "clip",
+            "text alignment (CLIP-T)",
+            "CLIP ViT-L/14 cosine between the output and its prompt",
+            "arXiv 2104.08718",
+            True,
+            "prompt",
+        ),
+        Metric(
+            "dino_leakage",
+            "dino",
+            "dino",
+            "content leakage (DINOv2)",
+            "DINOv2 class-token cosine between the output and the style reference",
+            "arXiv 2304.07193",
+            False,
+            "reference",
+        ),
+        Metric(
+            "csd_content",
+            "csd",
+            "csd",
+            "content leakage (CSD content)",
+            "CSD content-head cosine between the output and the style reference",
+            "arXiv 2404.01292",
+            False,
+            "reference",
+        ),
     )
 }
 DEFAULT_METRICS = tuple(METRICS)

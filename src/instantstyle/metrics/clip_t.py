@@ -29,8 +29,11 @@ def load(spec: str = DEFAULT_CLIP, device: torch.device | str = "cpu", dtype: to
         spec = str(tiny_metric_paths()["clip"])
     model = from_pretrained_strict(CLIPModel, spec, "CLIP model", dtype=dtype).to(device)
     src = models.parse_source(spec)
-    where, kw = (str(src.local), {}) if src.local is not None else (
-        src.repo_id, {"subfolder": src.subpath} if src.subpath else {})
+    where, kw = (
+        (str(src.local), {})
+        if src.local is not None
+        else (src.repo_id, {"subfolder": src.subpath} if src.subpath else {})
+    )
     try:
         tokenizer = CLIPTokenizer.from_pretrained(where, **kw)
     except OSError:
@@ -51,7 +54,12 @@ def embed_images(model, processor, images) -> torch.Tensor:
 def embed_texts(model, tokenizer, texts) -> torch.Tensor:
     """Projected text embeddings ``[N, D]`` (float32, CPU), truncated to the tokenizer's length (77)."""
     param = next(model.parameters())
-    ids = tokenizer(list(texts), padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids.to(param.device)
+    ids = tokenizer(
+        list(texts),
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids.to(param.device)
     pooled = model.text_model(input_ids=ids).pooler_output  # [N, W]: the end-of-text token
     return model.text_projection(pooled).float().cpu()  # [N, D]

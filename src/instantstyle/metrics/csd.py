@@ -35,11 +35,29 @@ from .loading import key_mismatch
 
 DEFAULT_CSD = "tomg-group-umd/CSD-ViT-L/pytorch_model.bin"
 HEAD_WIDTH = 64  # OpenAI CLIP's ViTs: heads = width // 64 (16 heads for ViT-L's 1024)
-_LAYER_KEYS = ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
-               "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
-               "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias")
-_STEM_KEYS = ("conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias",
-              "ln_post.weight", "ln_post.bias")
+_LAYER_KEYS = (
+    "attn.in_proj_weight",
+    "attn.in_proj_bias",
+    "attn.out_proj.weight",
+    "attn.out_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+)
+_STEM_KEYS = (
+    "conv1.weight",
+    "class_embedding",
+    "positional_embedding",
+    "ln_pre.weight",
+    "ln_pre.bias",
+    "ln_post.weight",
+    "ln_post.bias",
+)
 HEADS = ("last_layer_style", "last_layer_content")
 
 
@@ -77,9 +95,15 @@ def vision_config_from(state: dict[str, torch.Tensor]):
     width, patch = conv.shape[0], conv.shape[-1]
     grid = math.isqrt(state["backbone.positional_embedding"].shape[0] - 1)
     return CLIPVisionConfig(
-        hidden_size=width, intermediate_size=state["backbone.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=_n_layers(state), num_attention_heads=max(1, width // HEAD_WIDTH), num_channels=conv.shape[1],
-        image_size=grid * patch, patch_size=patch, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        hidden_size=width,
+        intermediate_size=state["backbone.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        num_hidden_layers=_n_layers(state),
+        num_attention_heads=max(1, width // HEAD_WIDTH),
+        num_channels=conv.shape[1],
+        image_size=grid * patch,
+        patch_size=patch,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
     )
 
 
@@ -97,17 +121,30 @@ def key_map(layers: int, inner: str = "") -> list[tuple[str, str, int | None]]:
     """
     v = "backbone." + inner
     out = [("last_layer_style", "style_head", None), ("last_layer_content", "content_head", None)]
-    stem = {"conv1.weight": "embeddings.patch_embedding.weight", "class_embedding": "embeddings.class_embedding",
-            "positional_embedding": "embeddings.position_embedding.weight", "ln_pre.weight": "pre_layrnorm.weight",
-            "ln_pre.bias": "pre_layrnorm.bias", "ln_post.weight": "post_layernorm.weight",
-            "ln_post.bias": "post_layernorm.bias"}
+    stem = {
+        "conv1.weight": "embeddings.patch_embedding.weight",
+        "class_embedding": "embeddings.class_embedding",
+        "positional_embedding": "embeddings.position_embedding.weight",
+        "ln_pre.weight": "pre_layrnorm.weight",
+        "ln_pre.bias": "pre_layrnorm.bias",
+        "ln_post.weight": "post_layernorm.weight",
+        "ln_post.bias": "post_layernorm.bias",
+    }
     out += [(f"backbone.{ours}", v + theirs, None) for ours, theirs in stem.items()]
-    rename = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
-              "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    rename = {
+        "attn.out_proj": "self_attn.out_proj",
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     for i in range(layers):
         src, dst = f"backbone.transformer.resblocks.{i}.", f"{v}encoder.layers.{i}."
         for part in ("weight", "bias"):
-            out += [(f"{src}attn.in_proj_{part}", f"{dst}self_attn.{n}_proj.{part}", j) for j, n in enumerate("qkv")]
+            out += [
+                (f"{src}attn.in_proj_{part}", f"{dst}self_attn.{n}_proj.{part}", j)
+                for j, n in enumerate("qkv")
+            ]
             out += [(f"{src}{ours}.{part}", f"{dst}{theirs}.{part}", None) for ours, theirs in rename.items()]
     return out
 
@@ -128,7 +165,12 @@ def _safe_globals() -> list:
         multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
         multiarray = importlib.import_module("numpy.core.multiarray")
-    allowed = [argparse.Namespace, np.dtype, multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    allowed = [
+        argparse.Namespace,
+        np.dtype,
+        multiarray.scalar,
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+    ]
     for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
         if hasattr(getattr(np, "dtypes", None), name):
             allowed.append(getattr(np.dtypes, name))
@@ -153,10 +195,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 raw = load(mmap=True)  # the optimiser state, if any, stays on disk
             except RuntimeError:
                 raw = load()  # a legacy (non-zip) file cannot be memory-mapped
-    except Exception as exc:  # noqa: BLE001 - pickle/safetensors errors share no base class
+    except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise InstantStyleError(f"CSD checkpoint '{path}' could not be read safely ({type(exc).__name__}: "
-                                f"{first[:200]}); is it the published pytorch_model.bin?") from None
+        raise InstantStyleError(
+            f"CSD checkpoint '{path}' could not be read safely ({type(exc).__name__}: "
+            f"{first[:200]}); is it the published pytorch_model.bin?"
+        ) from None
     state = raw.get("model_state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InstantStyleError(f"CSD checkpoint '{path}' holds no state dict of tensors")
@@ -171,7 +215,9 @@ def build(state: dict[str, torch.Tensor], where: str = "CSD") -> CSD:
         raise key_mismatch("CSD checkpoint", where, expected - set(state), set(state) - expected)
     config = vision_config_from(state)
     model = CSD(config, embed_dim=state["last_layer_style"].shape[1])
-    inner = "vision_model." if "vision_model.embeddings.class_embedding" in model.backbone.state_dict() else ""
+    inner = (
+        "vision_model." if "vision_model.embeddings.class_embedding" in model.backbone.state_dict() else ""
+    )
     own = model.state_dict()
     converted = openai_to_transformers(state, inner)
     wrong = sorted({src for src, dst, _ in key_map(layers, inner) if converted[dst].shape != own[dst].shape})

@@ -28,8 +28,13 @@ def image_processor(crop: int = 224):
         from transformers import BitImageProcessorPil as Processor
     except ImportError:  # transformers < 5
         from transformers import BitImageProcessor as Processor
-    return Processor(size={"shortest_edge": crop * 256 // 224}, crop_size={"height": crop, "width": crop},
-                     image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), resample=3)
+    return Processor(
+        size={"shortest_edge": crop * 256 // 224},
+        crop_size={"height": crop, "width": crop},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        resample=3,
+    )
 
 
 def load(spec: str = DEFAULT_DINO, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):

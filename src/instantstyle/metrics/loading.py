@@ -16,8 +16,9 @@ from .. import models
 from ..errors import InstantStyleError
 
 
-def key_mismatch(what: str, where: str, missing: Iterable[str], unexpected: Iterable[str],
-                 mismatched: Iterable[str] = ()) -> InstantStyleError:
+def key_mismatch(
+    what: str, where: str, missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str] = ()
+) -> InstantStyleError:
     """One line naming the first few offending keys of a checkpoint that is not in the expected layout."""
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
@@ -25,8 +26,10 @@ def key_mismatch(what: str, where: str, missing: Iterable[str], unexpected: Iter
         if keys:
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             parts.append(f"{label}: {shown}")
-    return InstantStyleError(f"{what} '{where}' is not in the expected checkpoint layout ({'; '.join(parts)}); "
-                             "re-download it or point to the published checkpoint")
+    return InstantStyleError(
+        f"{what} '{where}' is not in the expected checkpoint layout ({'; '.join(parts)}); "
+        "re-download it or point to the published checkpoint"
+    )
 
 
 def from_pretrained_strict(cls, spec: str, what: str, **kwargs):
@@ -48,7 +51,9 @@ def from_pretrained_strict(cls, spec: str, what: str, **kwargs):
         raise models.missing(what, src) from None
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())]
     if info.get("missing_keys") or info.get("unexpected_keys") or mismatched:
-        raise key_mismatch(what, spec, info.get("missing_keys", ()), info.get("unexpected_keys", ()), mismatched)
+        raise key_mismatch(
+            what, spec, info.get("missing_keys", ()), info.get("unexpected_keys", ()), mismatched
+        )
     return model.eval()
 
 

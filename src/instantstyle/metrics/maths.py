@@ -36,8 +36,9 @@ def clip_score(cos: torch.Tensor | float, weight: float = 100.0) -> torch.Tensor
     return weight * max(float(cos), 0.0)
 
 
-def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = 2000,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean and its percentile-bootstrap ``level`` interval.
 
     Resamples ``values`` with replacement ``resamples`` times (a fixed ``seed``, so a report is
@@ -59,7 +60,9 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int
     return mean, float(low), float(high)
 
 
-def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)) -> list[int]:
+def pareto_front(
+    points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)
+) -> list[int]:
     """Indices of the points no other point dominates (at least as good on both axes, better on one).
 
     ``maximize`` says per axis whether higher is better (style vs leakage: ``(False, True)`` for

@@ -21,7 +21,9 @@ def _figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise InstantStyleError("plots need matplotlib, in the 'eval' extra: pip install 'instantstyle[eval]'") from None
+        raise InstantStyleError(
+            "plots need matplotlib, in the 'eval' extra: pip install 'instantstyle[eval]'"
+        ) from None
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
@@ -41,13 +43,26 @@ def scatter(summary: Sequence[dict], x: str, y: str, path: Path, *, key: str = "
         mx, my = points[i]
         xerr = [[mx - s[x]["low"]], [s[x]["high"] - mx]]
         yerr = [[my - s[y]["low"]], [s[y]["high"] - my]]
-        ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
-                    color="tab:red" if i in front else "tab:blue", alpha=0.9)
+        ax.errorbar(
+            [mx],
+            [my],
+            xerr=xerr,
+            yerr=yerr,
+            fmt="o",
+            capsize=3,
+            color="tab:red" if i in front else "tab:blue",
+            alpha=0.9,
+        )
         ax.annotate(str(s[key]), (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ordered = sorted(front, key=lambda i: points[i][0])
     if len(ordered) > 1:
-        ax.plot([points[i][0] for i in ordered], [points[i][1] for i in ordered], "--", color="tab:red",
-                label="Pareto front")
+        ax.plot(
+            [points[i][0] for i in ordered],
+            [points[i][1] for i in ordered],
+            "--",
+            color="tab:red",
+            label="Pareto front",
+        )
         ax.legend(loc="best", fontsize=8)
     arrow = {True: "higher is better", False: "lower is better"}
     ax.set_xlabel(f"{METRICS[x].label} ({arrow[METRICS[x].higher_is_better]})")
@@ -57,7 +72,9 @@ def scatter(summary: Sequence[dict], x: str, y: str, path: Path, *, key: str = "
     return _save(fig, path)
 
 
-def examples(rows: Sequence[dict], load: Callable[[dict], object], metric: str, path: Path, k: int = 4) -> Path:
+def examples(
+    rows: Sequence[dict], load: Callable[[dict], object], metric: str, path: Path, k: int = 4
+) -> Path:
     """Top row: the ``k`` best outputs by ``metric``; bottom row: the ``k`` worst (each captioned).
 
     ``load(row)`` gives a row's image; only the ``2k`` shown are loaded. NaN scores are never shown.
@@ -75,13 +92,16 @@ def examples(rows: Sequence[dict], load: Callable[[dict], object], metric: str, 
             if c < len(idx):
                 i = idx[c]
                 ax.imshow(load(rows[i]))
-                ax.set_title(f"{label}: {rows[i][metric]:.3f}\n{str(rows[i].get('setting', ''))[:28]}", fontsize=7)
+                ax.set_title(
+                    f"{label}: {rows[i][metric]:.3f}\n{str(rows[i].get('setting', ''))[:28]}", fontsize=7
+                )
     fig.suptitle(f"best and worst outputs by {METRICS[metric].label}", fontsize=10)
     return _save(fig, path)
 
 
-def heatmap(labels: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float]], path: Path,
-            title: str) -> Path:
+def heatmap(
+    labels: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float]], path: Path, title: str
+) -> Path:
     """``values[row][col]`` as a table, coloured per column (min to max), each cell annotated."""
     import numpy as np
 
@@ -95,7 +115,14 @@ def heatmap(labels: Sequence[str], columns: Sequence[str], values: Sequence[Sequ
     ax.set_yticks(range(len(labels)), labels=list(labels), fontsize=7)
     for r in range(data.shape[0]):
         for c in range(data.shape[1]):
-            ax.text(c, r, f"{data[r, c]:.3f}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[r, c] < 0.5 else "black")
+            ax.text(
+                c,
+                r,
+                f"{data[r, c]:.3f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[r, c] < 0.5 else "black",
+            )
     ax.set_title(title, fontsize=10)
     return _save(fig, path)

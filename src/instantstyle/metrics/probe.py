@@ -44,8 +44,12 @@ def probe_units(modules: Sequence[blocks.AttentionModule], layers: bool = False)
     """The units to probe: every cross-attention module, or every transformer layer of each."""
     if not layers:
         return [m.name for m in modules]
-    return [m.layer_name(i) for m in modules for i in range(m.layers)
-            if f"{m.layer_name(i)}.attn2.processor" in m.processors]
+    return [
+        m.layer_name(i)
+        for m in modules
+        for i in range(m.layers)
+        if f"{m.layer_name(i)}.attn2.processor" in m.processors
+    ]
 
 
 def recommend(rows: Sequence[dict], style_metric: str = STYLE, leak_metric: str = LEAKAGE) -> dict[str, str]:
@@ -68,10 +72,22 @@ def recommend(rows: Sequence[dict], style_metric: str = STYLE, leak_metric: str 
     return out
 
 
-def probe_blocks(model, references: Sequence[str | Path], prompts: Sequence[str], scorer: Scorer, out_dir: str | Path,
-                 *, seeds: Sequence[int] = (0,), layers: bool = False, scale: float = 1.0,
-                 settings: dict | None = None, overwrite: bool = False, progress: bool = True,
-                 on_run: Callable[[str, object], None] | None = None, log: Callable[[str], None] = print) -> ProbeResult:
+def probe_blocks(
+    model,
+    references: Sequence[str | Path],
+    prompts: Sequence[str],
+    scorer: Scorer,
+    out_dir: str | Path,
+    *,
+    seeds: Sequence[int] = (0,),
+    layers: bool = False,
+    scale: float = 1.0,
+    settings: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_run: Callable[[str, object], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> ProbeResult:
     """Probe every unit of ``model``'s UNet; write images, ``probe.json``/``.md``/``.csv`` and ``heatmap.png``.
 
     ``on_run(unit, request)`` is called after each generation (tests use it to check that exactly
@@ -97,14 +113,29 @@ def probe_blocks(model, references: Sequence[str | Path], prompts: Sequence[str]
     for unit in [BASELINE, *units]:
         for p_idx, prompt in enumerate(prompts):
             for seed in seeds:
-                params = {**base, "prompt": prompt, "seed": seed, "style": [str(r) for r in references],
-                          "method": "instantstyle", "num_images": 1}
+                params = {
+                    **base,
+                    "prompt": prompt,
+                    "seed": seed,
+                    "style": [str(r) for r in references],
+                    "method": "instantstyle",
+                    "num_images": 1,
+                }
                 params["blocks"] = f"{unit}={scale}" if unit != BASELINE else f"full={0.0}"
                 req = make_request(**params)
                 model.resolve_scales(req)  # a unit this model lacks fails here
                 name = "baseline" if unit == BASELINE else unit
-                runs.append((unit, p_idx, seed, req, check_output_path(out / "images" / f"{name}-p{p_idx}-s{seed}.png",
-                                                                       overwrite=overwrite)))
+                runs.append(
+                    (
+                        unit,
+                        p_idx,
+                        seed,
+                        req,
+                        check_output_path(
+                            out / "images" / f"{name}-p{p_idx}-s{seed}.png", overwrite=overwrite
+                        ),
+                    )
+                )
     for name in ("probe.json", "probe.md", "probe.csv", "heatmap.png"):
         check_output_path(out / name, overwrite=overwrite)
     scorer.load()
@@ -134,12 +165,27 @@ def probe_blocks(model, references: Sequence[str | Path], prompts: Sequence[str]
     for row in rows:
         for m in scorer.metrics:
             row[f"d_{m}"] = row[m] - rows[0][m]
-    leak = LEAKAGE if LEAKAGE in scorer.metrics else ("csd_content" if "csd_content" in scorer.metrics else None)
+    leak = (
+        LEAKAGE if LEAKAGE in scorer.metrics else ("csd_content" if "csd_content" in scorer.metrics else None)
+    )
     recommended = recommend(rows, STYLE, leak) if leak else recommend_style_only(rows)
-    files = _write(out, rows, scorer.metrics, recommended, layers, scale, [str(r) for r in references], prompts,
-                   seeds, scorer.ids, plots)
-    log(f"probe-blocks: recommended --blocks {recommended.get('style', '?')} (style); "
-        f"{recommended.get('layout', '?')} (layout) -> {files['md']}")
+    files = _write(
+        out,
+        rows,
+        scorer.metrics,
+        recommended,
+        layers,
+        scale,
+        [str(r) for r in references],
+        prompts,
+        seeds,
+        scorer.ids,
+        plots,
+    )
+    log(
+        f"probe-blocks: recommended --blocks {recommended.get('style', '?')} (style); "
+        f"{recommended.get('layout', '?')} (layout) -> {files['md']}"
+    )
     return ProbeResult(rows, recommended, files)
 
 
@@ -149,24 +195,51 @@ def recommend_style_only(rows: Sequence[dict]) -> dict[str, str]:
     return {"style": f"{best['unit']}=1.0"}
 
 
-def _write(out: Path, rows, metrics, recommended, layers, scale, references, prompts, seeds, metric_models, plots):
+def _write(
+    out: Path, rows, metrics, recommended, layers, scale, references, prompts, seeds, metric_models, plots
+):
     kind = "transformer layer" if layers else "attention module"
     columns = ["unit", "n", *metrics, *(f"d_{m}" for m in metrics)]
-    report = {"unit": kind, "scale": scale, "references": references, "prompts": list(prompts), "seeds": list(seeds),
-              "metric_models": metric_models, "rows": rows, "recommended": recommended}
-    lines = ["# Block probe\n", f"The reference injected into one {kind} at a time (scale {scale}); {len(prompts)} "
-             f"prompt(s) x {len(seeds)} seed(s); `{BASELINE}` = no injection. `d_` columns: difference from it.\n",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    report = {
+        "unit": kind,
+        "scale": scale,
+        "references": references,
+        "prompts": list(prompts),
+        "seeds": list(seeds),
+        "metric_models": metric_models,
+        "rows": rows,
+        "recommended": recommended,
+    }
+    lines = [
+        "# Block probe\n",
+        f"The reference injected into one {kind} at a time (scale {scale}); {len(prompts)} "
+        f"prompt(s) x {len(seeds)} seed(s); `{BASELINE}` = no injection. `d_` columns: difference from it.\n",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for r in rows:
-        lines.append("| " + " | ".join(f"`{r[c]}`" if c == "unit" else (str(r[c]) if c == "n" else f"{r[c]:.3f}")
-                                       for c in columns) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                f"`{r[c]}`" if c == "unit" else (str(r[c]) if c == "n" else f"{r[c]:.3f}") for c in columns
+            )
+            + " |"
+        )
     lines += ["", "Recommended (paste into `instantstyle generate`):", ""]
     lines += [f"- {k}: `--blocks {v}`" for k, v in recommended.items()]
     lines += ["", "![heatmap](heatmap.png)", ""]
     labels = [r["unit"] for r in rows]
     cols = [f"{METRICS[m].label} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in metrics]
-    heat = plots.heatmap(labels, cols, [[r[m] for m in metrics] for r in rows], out / "heatmap.png",
-                         f"per-{kind} injection: mean scores (colour per column)")
-    return {"json": write_text(out / "probe.json", json.dumps(report, indent=2)),
-            "md": write_text(out / "probe.md", "\n".join(lines)),
-            "csv": write_text(out / "probe.csv", csv_text(rows, columns)), "heatmap": heat}
+    heat = plots.heatmap(
+        labels,
+        cols,
+        [[r[m] for m in metrics] for r in rows],
+        out / "heatmap.png",
+        f"per-{kind} injection: mean scores (colour per column)",
+    )
+    return {
+        "json": write_text(out / "probe.json", json.dumps(report, indent=2)),
+        "md": write_text(out / "probe.md", "\n".join(lines)),
+        "csv": write_text(out / "probe.csv", csv_text(rows, columns)),
+        "heatmap": heat,
+    }

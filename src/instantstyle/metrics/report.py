@@ -59,13 +59,18 @@ def markdown_table(summary: Sequence[dict], metrics: Sequence[str], key: str = "
 
 def report_markdown(report: dict) -> str:
     metrics = report["metrics"]
-    lines = ["# Evaluation\n", f"Source: `{report['source']}`; {len(report['images'])} images; "
-             f"metric models: {', '.join(f'{k} `{v}`' for k, v in report['metric_models'].items())}.\n"]
+    lines = [
+        "# Evaluation\n",
+        f"Source: `{report['source']}`; {len(report['images'])} images; "
+        f"metric models: {', '.join(f'{k} `{v}`' for k, v in report['metric_models'].items())}.\n",
+    ]
     if report.get("counts"):
         c = report["counts"]
         lines.append(f"Images generated this run: {c['generated']}; reused: {c['reused']}.\n")
-    lines.append("Mean per setting, with the bootstrap 95% interval of the mean in brackets "
-                 "(↑ higher is better, ↓ lower is better):\n")
+    lines.append(
+        "Mean per setting, with the bootstrap 95% interval of the mean in brackets "
+        "(↑ higher is better, ↓ lower is better):\n"
+    )
     lines += markdown_table(report["summary"], metrics)
     lines.append("")
     for name, file in report.get("plots", {}).items():
@@ -83,10 +88,14 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def summary_rows(summary: Sequence[dict], metrics: Sequence[str], key: str = "setting") -> tuple[list[dict], list[str]]:
+def summary_rows(
+    summary: Sequence[dict], metrics: Sequence[str], key: str = "setting"
+) -> tuple[list[dict], list[str]]:
     cols = [key, "n"] + [f"{m}_{s}" for m in metrics for s in ("mean", "low", "high")]
-    rows = [{key: s[key], "n": s["n"], **{f"{m}_{k}": s[m][k] for m in metrics for k in ("mean", "low", "high")}}
-            for s in summary]
+    rows = [
+        {key: s[key], "n": s["n"], **{f"{m}_{k}": s[m][k] for m in metrics for k in ("mean", "low", "high")}}
+        for s in summary
+    ]
     return rows, cols
 
 

@@ -36,10 +36,32 @@ from .scorer import Item, Scorer
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CHUNK = 64  # images decoded at a time while scoring
 # Request fields that identify an output; a reused file must match the request on all of them.
-IDENTITY = ("prompt", "negative_prompt", "method", "mode", "scale", "blocks", "content_prompt", "content_scale",
-            "steps", "guidance", "seed", "width", "height", "scheduler", "reference_prompt", "attention_layers",
-            "share_group_norm", "shared_score_shift", "inversion_offset", "style_description", "swap_start", "swap_end",
-            "color_calibration", "lora_scale")
+IDENTITY = (
+    "prompt",
+    "negative_prompt",
+    "method",
+    "mode",
+    "scale",
+    "blocks",
+    "content_prompt",
+    "content_scale",
+    "steps",
+    "guidance",
+    "seed",
+    "width",
+    "height",
+    "scheduler",
+    "reference_prompt",
+    "attention_layers",
+    "share_group_norm",
+    "shared_score_shift",
+    "inversion_offset",
+    "style_description",
+    "swap_start",
+    "swap_end",
+    "color_calibration",
+    "lora_scale",
+)
 
 
 @dataclass
@@ -67,7 +89,14 @@ def setting_label(params: dict) -> str:
         parts.append(str(params["task"]))
     options = methods_mod.METHODS[method].options if method in methods_mod.METHODS else ()
     for name in options:
-        if name in ("reference_prompt", "lora", "content_prompt", "style_weights", "composition", "negative_style"):
+        if name in (
+            "reference_prompt",
+            "lora",
+            "content_prompt",
+            "style_weights",
+            "composition",
+            "negative_style",
+        ):
             continue  # differ per reference, not per setting
         default = fields[name].get_default(call_default_factory=True) if name in fields else None
         default = list(default) if isinstance(default, tuple) else default  # as JSON metadata holds it
@@ -109,8 +138,11 @@ class ReferenceFinder:
                 return c
         if sha256 and sha256 in self._index():
             return self._index()[sha256]
-        hint = ("pass --references DIR holding the style images (found by file name or by their pixels)"
-                if self.references is None else f"it is not in --references '{self.references}' either")
+        hint = (
+            "pass --references DIR holding the style images (found by file name or by their pixels)"
+            if self.references is None
+            else f"it is not in --references '{self.references}' either"
+        )
         raise InstantStyleError(f"style reference {recorded!r} of '{owner}' was not found; {hint}")
 
 
@@ -128,8 +160,17 @@ def collect_folder(folder: Path, finder: ReferenceFinder) -> tuple[list[Entry], 
         styles = [str(s) for s in params.get("style") or []]
         hashes = list(params.get("style_image_sha256") or [])
         refs = [finder.find(s, hashes[i] if i < len(hashes) else None, path) for i, s in enumerate(styles)]
-        entries.append(Entry(path, params.get("prompt", ""), refs, setting_label(params), params.get("seed"),
-                             params.get("style_weights"), params))
+        entries.append(
+            Entry(
+                path,
+                params.get("prompt", ""),
+                refs,
+                setting_label(params),
+                params.get("seed"),
+                params.get("style_weights"),
+                params,
+            )
+        )
     return entries, skipped
 
 
@@ -142,8 +183,17 @@ def collect_compare(directory: Path, finder: ReferenceFinder) -> list[Entry]:
         for rel in method["files"]:
             path = directory / rel
             params = read_metadata(path)
-            entries.append(Entry(path, params.get("prompt", ""), [style], method["method"], params.get("seed"),
-                                 None, params))
+            entries.append(
+                Entry(
+                    path,
+                    params.get("prompt", ""),
+                    [style],
+                    method["method"],
+                    params.get("seed"),
+                    None,
+                    params,
+                )
+            )
     return entries
 
 
@@ -164,10 +214,16 @@ class StyleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: str = Field(..., description="Style image, relative to the manifest's folder.")
-    content: str | None = Field(None, description="What the image depicts ('a harbour'): the content prompt of "
-                                "settings with content_subtraction, and the default reference prompt.")
-    description: str | None = Field(None, description="A description of the whole image ('a watercolour painting of "
-                                    "a harbour'): the reference prompt of style-aligned / visual-style-prompting.")
+    content: str | None = Field(
+        None,
+        description="What the image depicts ('a harbour'): the content prompt of "
+        "settings with content_subtraction, and the default reference prompt.",
+    )
+    description: str | None = Field(
+        None,
+        description="A description of the whole image ('a watercolour painting of "
+        "a harbour'): the reference prompt of style-aligned / visual-style-prompting.",
+    )
 
 
 class SettingSpec(BaseModel):
@@ -177,7 +233,9 @@ class SettingSpec(BaseModel):
 
     name: str | None = Field(None, description="Label in the report (default: the method).")
     method: str = "instantstyle"
-    sweep: dict[str, list] = Field(default_factory=dict, description="Field -> values; one setting per combination.")
+    sweep: dict[str, list] = Field(
+        default_factory=dict, description="Field -> values; one setting per combination."
+    )
     content_subtraction: bool = Field(False, description="Subtract each style's 'content' (instantstyle).")
 
 
@@ -188,7 +246,9 @@ class Manifest(BaseModel):
     prompts: list[str] = Field(..., min_length=1)
     settings: list[SettingSpec] = Field(..., min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    defaults: dict = Field(default_factory=dict, description="Request fields shared by every setting (steps, size, ...).")
+    defaults: dict = Field(
+        default_factory=dict, description="Request fields shared by every setting (steps, size, ...)."
+    )
 
 
 @dataclass
@@ -210,7 +270,9 @@ def read_manifest(path: Path) -> Manifest:
     try:
         return Manifest(**data) if isinstance(data, dict) else Manifest()
     except ValidationError as exc:
-        raise InstantStyleError(f"manifest '{path}': {format_validation_error(exc, flag_style=False)}") from None
+        raise InstantStyleError(
+            f"manifest '{path}': {format_validation_error(exc, flag_style=False)}"
+        ) from None
 
 
 def _slug(text: str) -> str:
@@ -229,27 +291,40 @@ def expand_manifest(manifest: Manifest, root: Path, out: Path) -> list[Job]:
             if combo:
                 label += " " + " ".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True))
             if label in labels:
-                raise InstantStyleError(f"manifest: two settings are both called {label!r}; give them distinct names")
+                raise InstantStyleError(
+                    f"manifest: two settings are both called {label!r}; give them distinct names"
+                )
             labels.add(label)
             for s_idx, style in enumerate(manifest.styles):
                 image = (root / style.image) if not Path(style.image).is_absolute() else Path(style.image)
                 load_image(image, what=f"manifest style image {style.image!r}")
                 for p_idx, prompt in enumerate(manifest.prompts):
                     for seed in manifest.seeds:
-                        params = {**manifest.defaults, **base, **dict(zip(keys, combo, strict=True)),
-                                  "prompt": prompt, "seed": seed, "method": setting.method, "num_images": 1}
+                        params = {
+                            **manifest.defaults,
+                            **base,
+                            **dict(zip(keys, combo, strict=True)),
+                            "prompt": prompt,
+                            "seed": seed,
+                            "method": setting.method,
+                            "num_images": 1,
+                        }
                         method = methods_mod.get(setting.method)
                         if method.reference != "lora":
                             params["style"] = [str(image)]
                         if setting.content_subtraction:
                             if not style.content:
-                                raise InstantStyleError(f"manifest: setting {label!r} subtracts content but style "
-                                                        f"{style.image!r} has no 'content'")
+                                raise InstantStyleError(
+                                    f"manifest: setting {label!r} subtracts content but style "
+                                    f"{style.image!r} has no 'content'"
+                                )
                             params["content_prompt"] = style.content
                         if method.reference == "image" and "reference_prompt" not in params:
                             params["reference_prompt"] = style.description or style.content
                         try:
-                            req = make_request(flag_style=False, **{k: v for k, v in params.items() if v is not None})
+                            req = make_request(
+                                flag_style=False, **{k: v for k, v in params.items() if v is not None}
+                            )
                         except InstantStyleError as exc:
                             raise InstantStyleError(f"manifest setting {label!r}: {exc}") from None
                         name = f"{s_idx:03d}-{_slug(Path(style.image).stem)}-p{p_idx}-s{seed}.png"
@@ -264,7 +339,9 @@ def _matches(path: Path, req: GenerateRequest) -> str | None:
     except (InstantStyleError, OSError, ValueError):
         return "parameters (the file carries none)"
     want = req.model_dump()
-    owned = {f for m in methods_mod.METHODS.values() for f in m.options}  # read only by the methods listing them
+    owned = {
+        f for m in methods_mod.METHODS.values() for f in m.options
+    }  # read only by the methods listing them
     read = (set(IDENTITY) - owned) | set(methods_mod.METHODS[req.method].options)
     for key in IDENTITY:
         # None asks for the default resolved at generation time (the model's size, content scale 0.5)
@@ -273,8 +350,13 @@ def _matches(path: Path, req: GenerateRequest) -> str | None:
     return None
 
 
-def run_manifest(jobs: Sequence[Job], load_model: Callable[[], object], *, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, int]:
+def run_manifest(
+    jobs: Sequence[Job],
+    load_model: Callable[[], object],
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
     """Generate the jobs whose files are missing (the model loads only if one is); reuse the rest."""
     from ..images import save_png
 
@@ -283,8 +365,10 @@ def run_manifest(jobs: Sequence[Job], load_model: Callable[[], object], *, progr
         if job.out.exists():
             differs = _matches(job.out, job.request)
             if differs:
-                raise InstantStyleError(f"'{job.out}' exists but was generated with a different {differs}; "
-                                        "delete it or use another --out")
+                raise InstantStyleError(
+                    f"'{job.out}' exists but was generated with a different {differs}; "
+                    "delete it or use another --out"
+                )
         else:
             missing.append(job)
     counts = {"generated": 0, "reused": len(jobs) - len(missing)}
@@ -317,17 +401,40 @@ def score_entries(entries: Sequence[Entry], scorer: Scorer, *, progress: bool = 
     bar = _bar(len(entries), "scoring", progress)
     scores = []
     for start in range(0, len(entries), CHUNK):  # a benchmark's images never all sit in memory at once
-        items = [Item(load_image(e.path, what="output image"), e.prompt,
-                      [load_image(r, what="style reference") for r in e.references], e.weights)
-                 for e in entries[start:start + CHUNK]]
+        items = [
+            Item(
+                load_image(e.path, what="output image"),
+                e.prompt,
+                [load_image(r, what="style reference") for r in e.references],
+                e.weights,
+            )
+            for e in entries[start : start + CHUNK]
+        ]
         scores += scorer.score(items, progress=bar.update)
     bar.close()
-    return [{"setting": e.setting, "file": str(e.path), "prompt": e.prompt, "seed": e.seed,
-             "style": ";".join(str(r) for r in e.references), **s} for e, s in zip(entries, scores, strict=True)]
+    return [
+        {
+            "setting": e.setting,
+            "file": str(e.path),
+            "prompt": e.prompt,
+            "seed": e.seed,
+            "style": ";".join(str(r) for r in e.references),
+            **s,
+        }
+        for e, s in zip(entries, scores, strict=True)
+    ]
 
 
-def write_outputs(out: Path, rows: list[dict], scorer: Scorer, source: str, *, counts: dict | None = None,
-                  extra: dict | None = None, plots: bool = True) -> dict:
+def write_outputs(
+    out: Path,
+    rows: list[dict],
+    scorer: Scorer,
+    source: str,
+    *,
+    counts: dict | None = None,
+    extra: dict | None = None,
+    plots: bool = True,
+) -> dict:
     """Summaries, plots and report files in ``out``; returns the report."""
     from . import plots as plots_mod
 
@@ -337,22 +444,39 @@ def write_outputs(out: Path, rows: list[dict], scorer: Scorer, source: str, *, c
     if plots and rows:
         have = set(scorer.metrics)
         if {STYLE, LEAKAGE} <= have:
-            files["style vs leakage"] = plots_mod.scatter(summary, LEAKAGE, STYLE, out / "style_vs_leakage.png").name
+            files["style vs leakage"] = plots_mod.scatter(
+                summary, LEAKAGE, STYLE, out / "style_vs_leakage.png"
+            ).name
         if {STYLE, TEXT} <= have:
             files["style vs text"] = plots_mod.scatter(summary, TEXT, STYLE, out / "style_vs_text.png").name
         metric = STYLE if STYLE in have else scorer.metrics[0]
-        files["best and worst"] = plots_mod.examples(rows, lambda r: load_image(r["file"], what="output image"),
-                                                     metric, out / "best_worst.png").name
-    report = {"source": source, "metrics": list(scorer.metrics), "metric_models": scorer.ids,
-              "summary": summary, "images": rows, "plots": files, **({"counts": counts} if counts else {}),
-              **(extra or {})}
+        files["best and worst"] = plots_mod.examples(
+            rows, lambda r: load_image(r["file"], what="output image"), metric, out / "best_worst.png"
+        ).name
+    report = {
+        "source": source,
+        "metrics": list(scorer.metrics),
+        "metric_models": scorer.ids,
+        "summary": summary,
+        "images": rows,
+        "plots": files,
+        **({"counts": counts} if counts else {}),
+        **(extra or {}),
+    }
     write_report(out, report)
     return report
 
 
-def evaluate(source: str | Path, out: str | Path | None, scorer: Scorer, *, references: str | Path | None = None,
-             load_model: Callable[[], object] | None = None, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+def evaluate(
+    source: str | Path,
+    out: str | Path | None,
+    scorer: Scorer,
+    *,
+    references: str | Path | None = None,
+    load_model: Callable[[], object] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """``instantstyle eval``: detect the source, generate what a manifest lacks, score, report."""
     # 1. What are we scoring? Check it all before loading any model.
     source = Path(source)
@@ -367,8 +491,10 @@ def evaluate(source: str | Path, out: str | Path | None, scorer: Scorer, *, refe
         out = Path(out) if out is not None else source.with_suffix("")
         jobs = expand_manifest(manifest, source.parent, out)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "manifest.resolved.json", json.dumps(
-            {"manifest": str(source), **manifest.model_dump(), "jobs": len(jobs)}, indent=2))
+        write_text(
+            out / "manifest.resolved.json",
+            json.dumps({"manifest": str(source), **manifest.model_dump(), "jobs": len(jobs)}, indent=2),
+        )
         if load_model is None:
             load_model = _no_model
         # 2. Generate what is missing (never regenerating what exists).
@@ -381,13 +507,18 @@ def evaluate(source: str | Path, out: str | Path | None, scorer: Scorer, *, refe
         else:
             entries, skipped = collect_folder(source, finder)
             if skipped:
-                log(f"eval: {len(skipped)} PNG(s) carry no instantstyle parameters and are not scored: "
-                    + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+                log(
+                    f"eval: {len(skipped)} PNG(s) carry no instantstyle parameters and are not scored: "
+                    + ", ".join(skipped[:5])
+                    + (" ..." if len(skipped) > 5 else "")
+                )
                 extra["skipped"] = skipped
         out = Path(out) if out is not None else source / "eval"
     else:
-        raise InstantStyleError(f"eval: '{source}' is neither a folder of PNGs, a compare output directory nor a "
-                                "manifest .json file")
+        raise InstantStyleError(
+            f"eval: '{source}' is neither a folder of PNGs, a compare output directory nor a "
+            "manifest .json file"
+        )
     if not entries:
         raise InstantStyleError(f"eval: no images to score in '{source}'")
     # 3. Score, 4. summarise, plot and write the report.
@@ -395,7 +526,9 @@ def evaluate(source: str | Path, out: str | Path | None, scorer: Scorer, *, refe
     scorer.load()
     rows = score_entries(entries, scorer, progress=progress)
     report = write_outputs(Path(out), rows, scorer, str(source), counts=counts, extra=extra)
-    log(f"eval: scored {len(rows)} image(s) in {len(report['summary'])} setting(s) -> {Path(out) / 'report.md'}")
+    log(
+        f"eval: scored {len(rows)} image(s) in {len(report['summary'])} setting(s) -> {Path(out) / 'report.md'}"
+    )
     return report
 
 
@@ -406,8 +539,9 @@ def _no_model():
 # ---------------------------------------------------------------------- compare --metrics
 
 
-def score_comparison(scorer: Scorer, reference, prompts: Sequence[str], columns: dict[str, list],
-                     *, progress: bool = False) -> dict[str, dict]:
+def score_comparison(
+    scorer: Scorer, reference, prompts: Sequence[str], columns: dict[str, list], *, progress: bool = False
+) -> dict[str, dict]:
     """Per method: ``{"rows": [per-image scores], "summary": {metric: {mean, low, high}}}`` (compare --metrics)."""
     items, owners = [], []
     for method, images in columns.items():

@@ -36,7 +36,9 @@ class Item:
     info: dict = field(default_factory=dict)  # carried into the report (setting, file, seed, ...)
 
 
-def weighted_reference_score(out: torch.Tensor, refs: torch.Tensor, weights: Sequence[float] | None = None) -> float:
+def weighted_reference_score(
+    out: torch.Tensor, refs: torch.Tensor, weights: Sequence[float] | None = None
+) -> float:
     """Weighted mean over references of ``cosine(out, ref)``: ``out [D]``, ``refs [R, D]``."""
     sims = cosine(out[None, :].expand_as(refs), refs)  # [R]
     if weights is None:
@@ -50,8 +52,16 @@ def weighted_reference_score(out: torch.Tensor, refs: torch.Tensor, weights: Seq
 class Scorer:
     """Scores outputs with the chosen metrics; models from ``csd``/``clip``/``dino`` (path, Hub id, ``tiny``)."""
 
-    def __init__(self, metrics: Sequence[str] | str | None = None, *, csd: str | None = None, clip: str | None = None,
-                 dino: str | None = None, device: str | None = None, dtype: str | None = None):
+    def __init__(
+        self,
+        metrics: Sequence[str] | str | None = None,
+        *,
+        csd: str | None = None,
+        clip: str | None = None,
+        dino: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
         self.metrics = parse_metrics(metrics)
         self.sources = {"csd": csd or DEFAULT_CSD, "clip": clip or DEFAULT_CLIP, "dino": dino or DEFAULT_DINO}
         self.device, self.dtype = models.device_and_dtype(device, dtype)
@@ -64,8 +74,11 @@ class Scorer:
 
     @property
     def ids(self) -> dict[str, str]:
-        return {k: models.canonical_id(v) if v != models.TINY else v for k, v in self.sources.items()
-                if k in self.needed}
+        return {
+            k: models.canonical_id(v) if v != models.TINY else v
+            for k, v in self.sources.items()
+            if k in self.needed
+        }
 
     def load(self) -> Scorer:
         """Load every model the metrics need now (fails early: a missing model names its fetch command)."""
@@ -101,7 +114,7 @@ class Scorer:
         todo = {h: im for h, im in zip(hashes, images, strict=True) if not self._has(h)}
         items = list(todo.items())
         for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
+            chunk = items[start : start + BATCH]
             keys, ims = [h for h, _ in chunk], [im.convert("RGB") for _, im in chunk]
             if "csd" in self.needed:
                 style, content = csd.embed(*self._model("csd"), ims)
@@ -136,13 +149,13 @@ class Scorer:
         """One ``{metric: value}`` per item; ``progress(n_done)`` is called as items finish."""
         rows = []
         for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
+            chunk = items[start : start + BATCH]
             refs = [r for it in chunk for r in it.references]
             out_hashes = self._embed_images([it.image for it in chunk])
             ref_hashes = self._embed_images(refs)
             k = 0
             for it, h in zip(chunk, out_hashes, strict=True):
-                mine = ref_hashes[k:k + len(it.references)]
+                mine = ref_hashes[k : k + len(it.references)]
                 k += len(it.references)
                 rows.append(self._score_one(it, h, mine))
             if progress is not None:

@@ -33,16 +33,36 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("txt2img", "t1_text_to_image", "text to image in the style of the references",
-             ("StableDiffusionXLPipeline",)),
-        Task("controlnet", "t2_controlnet", "text to image following one or several ControlNets",
-             ("StableDiffusionXLControlNetPipeline",)),
-        Task("img2img", "t3_img2img", "the content image re-drawn in the style, at --strength",
-             ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLControlNetImg2ImgPipeline")),
-        Task("inpaint", "t4_inpaint", "the masked part of the content image repainted in the style",
-             ("StableDiffusionXLInpaintPipeline", "StableDiffusionXLControlNetInpaintPipeline")),
-        Task("plus", "t6_plus", "InstantStyle-Plus: the content image inverted, then re-drawn in the style",
-             ("StableDiffusionXLControlNetPipeline",)),
+        Task(
+            "txt2img",
+            "t1_text_to_image",
+            "text to image in the style of the references",
+            ("StableDiffusionXLPipeline",),
+        ),
+        Task(
+            "controlnet",
+            "t2_controlnet",
+            "text to image following one or several ControlNets",
+            ("StableDiffusionXLControlNetPipeline",),
+        ),
+        Task(
+            "img2img",
+            "t3_img2img",
+            "the content image re-drawn in the style, at --strength",
+            ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLControlNetImg2ImgPipeline"),
+        ),
+        Task(
+            "inpaint",
+            "t4_inpaint",
+            "the masked part of the content image repainted in the style",
+            ("StableDiffusionXLInpaintPipeline", "StableDiffusionXLControlNetInpaintPipeline"),
+        ),
+        Task(
+            "plus",
+            "t6_plus",
+            "InstantStyle-Plus: the content image inverted, then re-drawn in the style",
+            ("StableDiffusionXLControlNetPipeline",),
+        ),
     )
 }
 # t5_regional is no task of its own: regional styles (one mask per style image) apply to any task.
@@ -58,8 +78,14 @@ def needs_stylize(req) -> bool:
     return req.task not in (None, "txt2img") or bool(req.style_masks)
 
 
-def run_task(model, req, *, style_images: Sequence | None = None,
-             on_step: Callable[[int, int], None] | None = None, **images) -> list:
+def run_task(
+    model,
+    req,
+    *,
+    style_images: Sequence | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    **images,
+) -> list:
     """Generate ``req`` with its task's module; images carry their parameters."""
     module = importlib.import_module(f".{task_of(req).module}", __name__)
     return module.run(model, req, style_images=style_images, on_step=on_step, **images)

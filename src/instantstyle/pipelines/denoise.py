@@ -26,8 +26,15 @@ if TYPE_CHECKING:
     from .prepare import Prepared
 
 
-def run(model: InstantStyle, pipe, prep: Prepared, *, on_step=None, scale_maps: list[dict] | None = None,
-        **pipe_kwargs) -> list:
+def run(
+    model: InstantStyle,
+    pipe,
+    prep: Prepared,
+    *,
+    on_step=None,
+    scale_maps: list[dict] | None = None,
+    **pipe_kwargs,
+) -> list:
     """The denoising loop of ``pipe`` for ``prep``; ``pipe_kwargs`` go to the pipeline call."""
     req = prep.request
     model.lay_out(pipe)
@@ -55,12 +62,18 @@ def run(model: InstantStyle, pipe, prep: Prepared, *, on_step=None, scale_maps: 
     if fast_path.uniform_ip(fast_path.options_for(model.speed, model.device)) and not masked:
         # One slot structure for every preset and extra image: one CUDA graph / compiled UNet.
         slots, kwargs["ip_adapter_image_embeds"], scales = injection.fixed_slots(
-            slots, prep.ip_embeds, scales, n_loaded)
-    with injection.shared_slots(pipe.unet, slots[n_loaded:]), \
-            adapter_mod.scoped_scales(pipe.unet, scales), \
-            scoped_scheduler(pipe, req.scheduler):
-        with torch.inference_mode(), fast_path.scope(pipe, model.speed, kwargs.get("cross_attention_kwargs")) as used, \
-                window.active_in(pipe.unet):
+            slots, prep.ip_embeds, scales, n_loaded
+        )
+    with (
+        injection.shared_slots(pipe.unet, slots[n_loaded:]),
+        adapter_mod.scoped_scales(pipe.unet, scales),
+        scoped_scheduler(pipe, req.scheduler),
+    ):
+        with (
+            torch.inference_mode(),
+            fast_path.scope(pipe, model.speed, kwargs.get("cross_attention_kwargs")) as used,
+            window.active_in(pipe.unet),
+        ):
             # 5b. The VAE decode by the fast path (bf16 twin, channels-last, compiled) when it applies.
             decoder = fast_path.fast_decoder(pipe, used) if output_type in ("pil", "np", "pt") else None
             if decoder is not None:
@@ -71,31 +84,46 @@ def run(model: InstantStyle, pipe, prep: Prepared, *, on_step=None, scale_maps: 
     if output_type == "pil":
         approx = model.speed.approximations()
         for i, image in enumerate(images):
-            attach_metadata(image, {**prep.params, **({"approximations": approx} if approx else {}), "index": i,
-                                    "image_seed": prep.seed + i})
+            attach_metadata(
+                image,
+                {
+                    **prep.params,
+                    **({"approximations": approx} if approx else {}),
+                    "index": i,
+                    "image_seed": prep.seed + i,
+                },
+            )
     return images
 
 
-def _step_callbacks(model: InstantStyle, pipe, prep: Prepared, on_step, window: injection.StepWindow,
-                    pipe_kwargs: dict):
+def _step_callbacks(
+    model: InstantStyle, pipe, prep: Prepared, on_step, window: injection.StepWindow, pipe_kwargs: dict
+):
     """One ``callback_on_step_end`` for the call (or None) and the tensors it reads.
 
     In order: the style window, progress, the caller's own callback (taken out of
     ``pipe_kwargs``), CFG truncation.
     """
     req = prep.request
-    callbacks = [None if window.is_full else window, steps.progress(req.steps, on_step),
-                 pipe_kwargs.pop("callback_on_step_end", None)]
+    callbacks = [
+        None if window.is_full else window,
+        steps.progress(req.steps, on_step),
+        pipe_kwargs.pop("callback_on_step_end", None),
+    ]
     tensor_inputs = list(pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None) or [])
     speed = model.speed
     if speed.cfg_truncation > 0 and req.guidance > 1.0:
         if "uncond" in prep.slots:
-            raise InstantStyleError("--mode precise works through the unconditional branch, which --cfg-truncation "
-                                    "drops; use one or the other")
+            raise InstantStyleError(
+                "--mode precise works through the unconditional branch, which --cfg-truncation "
+                "drops; use one or the other"
+            )
         # 5a. CFG truncation (approximation): after the switch step, the conditional half only.
         if type(pipe).__name__ != "StableDiffusionXLPipeline":
-            raise InstantStyleError(f"--cfg-truncation works for text-to-image only, not {type(pipe).__name__}; "
-                                    "drop it (or use --speed max-tuned) for this request")
+            raise InstantStyleError(
+                f"--cfg-truncation works for text-to-image only, not {type(pipe).__name__}; "
+                "drop it (or use --speed max-tuned) for this request"
+            )
         callbacks.append(fast_cfg.callback(req.steps, speed.cfg_truncation))
         tensor_inputs += list(fast_cfg.TENSOR_INPUTS)
     return steps.chain(*callbacks), tensor_inputs

@@ -59,7 +59,10 @@ def load_mask(source, *, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         load_image(path, what=what, max_pixels=max_pixels)  # existence, size limit, corruption
         image = Image.open(io.BytesIO(path.read_bytes()))
         image.load()
-    if image.mode == "P" and image.convert("RGB").convert("L").convert("RGB").tobytes() == image.convert("RGB").tobytes():
+    if (
+        image.mode == "P"
+        and image.convert("RGB").convert("L").convert("RGB").tobytes() == image.convert("RGB").tobytes()
+    ):
         image = image.convert("L")  # a palette of greys is one channel
     if image.mode not in MASK_MODES:
         bands = len(image.getbands())
@@ -78,8 +81,14 @@ def _check_same_size(mask: Image.Image, content: Image.Image, label: str) -> Non
         )
 
 
-def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXELS, *, images: bool = True,
-             controlnets: bool = True) -> None:
+def precheck(
+    req: GenerateRequest,
+    base: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    images: bool = True,
+    controlnets: bool = True,
+) -> None:
     """Every check that needs no weights, for the CLI to run before loading gigabytes.
 
     ``images``: content / mask / control images (existence, pixel limit, mask channels and size);
@@ -97,8 +106,9 @@ def precheck(req: GenerateRequest, base: str, max_pixels: int = DEFAULT_MAX_PIXE
 
 def _precheck_images(req: GenerateRequest, max_pixels: int) -> None:
     content = load_image(req.content, what="content image", max_pixels=max_pixels) if req.content else None
-    masks = ([("mask", req.mask)] if req.mask else []) + [(f"style mask {i + 1}", m) for i, m in
-                                                          enumerate(req.style_masks)]
+    masks = ([("mask", req.mask)] if req.mask else []) + [
+        (f"style mask {i + 1}", m) for i, m in enumerate(req.style_masks)
+    ]
     for label, path in masks:
         mask = load_mask(path, what=label, max_pixels=max_pixels)
         if content is not None:
@@ -108,18 +118,31 @@ def _precheck_images(req: GenerateRequest, max_pixels: int) -> None:
             load_image(path, what="control image", max_pixels=max_pixels)
 
 
-def load_inputs(model: InstantStyle, req: GenerateRequest, *, content_image=None, mask_image=None, style_masks=None,
-                control_images=None) -> Inputs:
+def load_inputs(
+    model: InstantStyle,
+    req: GenerateRequest,
+    *,
+    content_image=None,
+    mask_image=None,
+    style_masks=None,
+    control_images=None,
+) -> Inputs:
     """Read and check every image of the request (in-memory images override the request's paths)."""
     max_pixels = model.styles.max_pixels
     content = content_image if content_image is not None else req.content
-    content = load_image(content, what="content image", max_pixels=max_pixels) if content is not None else None
+    content = (
+        load_image(content, what="content image", max_pixels=max_pixels) if content is not None else None
+    )
     mask = mask_image if mask_image is not None else req.mask
     mask = load_mask(mask, what="mask", max_pixels=max_pixels) if mask is not None else None
     regional = list(style_masks) if style_masks is not None else list(req.style_masks)
-    regional = [load_mask(m, what=f"style mask {i + 1}", max_pixels=max_pixels) for i, m in enumerate(regional)]
+    regional = [
+        load_mask(m, what=f"style mask {i + 1}", max_pixels=max_pixels) for i, m in enumerate(regional)
+    ]
     given = list(control_images) if control_images is not None else list(req.control_image)
-    given = [load_image(c, what="control image", max_pixels=max_pixels) if c is not None else None for c in given]
+    given = [
+        load_image(c, what="control image", max_pixels=max_pixels) if c is not None else None for c in given
+    ]
     if content is not None:
         if mask is not None:
             _check_same_size(mask, content, "mask")
@@ -146,7 +169,9 @@ def load_inputs(model: InstantStyle, req: GenerateRequest, *, content_image=None
     hashes = {}
     if content is not None:
         hashes["content_sha256"] = image_hash(content)
-        content = content.resize((width, height), Image.LANCZOS) if content.size != (width, height) else content
+        content = (
+            content.resize((width, height), Image.LANCZOS) if content.size != (width, height) else content
+        )
     if mask is not None:
         hashes["mask_sha256"] = image_hash(mask)
         mask = mask.resize((width, height), Image.NEAREST) if mask.size != (width, height) else mask
@@ -156,5 +181,7 @@ def load_inputs(model: InstantStyle, req: GenerateRequest, *, content_image=None
     controls = control_mod.control_images(specs, content, given, req.canny_low, req.canny_high)
     if given:
         hashes["control_image_sha256"] = [image_hash(g) if g is not None else None for g in given]
-    controls = [c.resize((width, height), Image.LANCZOS) if c.size != (width, height) else c for c in controls]
+    controls = [
+        c.resize((width, height), Image.LANCZOS) if c.size != (width, height) else c for c in controls
+    ]
     return Inputs(width, height, out, content, mask, regional, controls, hashes)

@@ -43,9 +43,14 @@ class Prepared:
         return seeds.generators(self.seed, self.request.num_images)
 
 
-def prepare(model: InstantStyle, req: GenerateRequest, style_images: Sequence[StyleRef] | None = None, *,
-            composition_image: Image.Image | None = None,
-            negative_style_image: Image.Image | None = None) -> Prepared:
+def prepare(
+    model: InstantStyle,
+    req: GenerateRequest,
+    style_images: Sequence[StyleRef] | None = None,
+    *,
+    composition_image: Image.Image | None = None,
+    negative_style_image: Image.Image | None = None,
+) -> Prepared:
     """Steps 1-4 of a generation (see the module docstring).
 
     ``composition_image``/``negative_style_image`` are in-memory images used instead of the
@@ -58,22 +63,26 @@ def prepare(model: InstantStyle, req: GenerateRequest, style_images: Sequence[St
     width, height = req.width or model.native_size, req.height or model.native_size
     sizes.check_size(width, height, model.size_unit)
     seed = seeds.pick_seed(req.seed)
-    prompts.warn_if_truncated(model.pipe.tokenizer, {"prompt": req.prompt, "negative prompt": req.negative_prompt,
-                                                     "content prompt": req.content_prompt})
+    prompts.warn_if_truncated(
+        model.pipe.tokenizer,
+        {"prompt": req.prompt, "negative prompt": req.negative_prompt, "content prompt": req.content_prompt},
+    )
     # 3. Style embedding in CLIP space: encode (cached), combine, subtract content.
     refs = list(style_images or []) + list(req.style)
     style = model.encode_style(refs, req.style_weights)
     cond = embeddings.combine_styles(style.embeds, style.weights, req.style_combine)  # [M, D]
     if req.content_prompt:
-        cond = embeddings.subtract_content(cond, model.content_embedding(req.content_prompt),
-                                           req.effective_content_scale)
+        cond = embeddings.subtract_content(
+            cond, model.content_embedding(req.content_prompt), req.effective_content_scale
+        )
     # 4. Precomputed embeds for diffusers: unconditional = zeros or the negative image, batch 1
     #    (diffusers repeats it); one slot per branch / extra image (see injection.py).
     do_cfg = req.guidance > 1.0
     uncond, extra_hashes = None, {}
     if req.negative_style:
-        negative = model.encode_style([negative_style_image if negative_style_image is not None
-                                       else req.negative_style])
+        negative = model.encode_style(
+            [negative_style_image if negative_style_image is not None else req.negative_style]
+        )
         uncond = embeddings.negative_embedding(negative.embeds, req.effective_negative_style_scale)
         extra_hashes["negative_style_sha256"] = negative.image_hashes
     slots = [("style", embeddings.with_unconditional(cond, do_cfg, uncond), scales)]
@@ -83,22 +92,43 @@ def prepare(model: InstantStyle, req: GenerateRequest, style_images: Sequence[St
     if req.composition:
         comp = model.encode_style([composition_image if composition_image is not None else req.composition])
         comp_cond = embeddings.combine_styles(comp.embeds, comp.weights, "mean")
-        slots.append(("composition", embeddings.with_unconditional(comp_cond, do_cfg, uncond),
-                      model.composition_scales(req)))
+        slots.append(
+            (
+                "composition",
+                embeddings.with_unconditional(comp_cond, do_cfg, uncond),
+                model.composition_scales(req),
+            )
+        )
         extra_hashes["composition_sha256"] = comp.image_hashes
     ip_embeds = [e.to(model.device, model.dtype) for _, e, _ in slots]
-    in_memory = {"style": len(style_images or []), "composition": composition_image is not None,
-                 "negative_style": negative_style_image is not None}
+    in_memory = {
+        "style": len(style_images or []),
+        "composition": composition_image is not None,
+        "negative_style": negative_style_image is not None,
+    }
     params = _params(model, req, seed, width, height, slots, style, extra_hashes, in_memory)
-    return Prepared(req, seed, width, height, ip_embeds, [s for _, _, s in slots], params,
-                    slots=[k for k, _, _ in slots])
+    return Prepared(
+        req, seed, width, height, ip_embeds, [s for _, _, s in slots], params, slots=[k for k, _, _ in slots]
+    )
 
 
-def _params(model: InstantStyle, req: GenerateRequest, seed: int, width: int, height: int, slots: list,
-            style: embeddings.Style, extra_hashes: dict, in_memory: dict) -> dict:
+def _params(
+    model: InstantStyle,
+    req: GenerateRequest,
+    seed: int,
+    width: int,
+    height: int,
+    slots: list,
+    style: embeddings.Style,
+    extra_hashes: dict,
+    in_memory: dict,
+) -> dict:
     """The parameters every output of this generation records (``provenance.output_params``)."""
     params = model.output_params(
-        req, seed=seed, width=width, height=height,
+        req,
+        seed=seed,
+        width=width,
+        height=height,
         content_scale=req.effective_content_scale if req.content_prompt else None,
         active_blocks=blocks.active_modules(model.modules, slots[0][2]),
         **{f"active_blocks_{kind}": blocks.active_modules(model.modules, s) for kind, _, s in slots[1:]},
@@ -106,8 +136,9 @@ def _params(model: InstantStyle, req: GenerateRequest, seed: int, width: int, he
         **extra_hashes,
     )
     # In-memory images are recorded by their hash (a label such as '<upload>' says nothing).
-    params["style"] = [str(s) for s in req.style] + [f"<image {h[:12]}>" for h in
-                                                     style.image_hashes[: in_memory["style"]]]
+    params["style"] = [str(s) for s in req.style] + [
+        f"<image {h[:12]}>" for h in style.image_hashes[: in_memory["style"]]
+    ]
     for name in ("composition", "negative_style"):
         if getattr(req, name) and name + "_sha256" in extra_hashes and in_memory[name]:
             params[name] = f"<image {extra_hashes[name + '_sha256'][0][:12]}>"

@@ -17,12 +17,28 @@ if TYPE_CHECKING:
     from ..model import InstantStyle
 
 
-def run(model: InstantStyle, req: GenerateRequest, *, style_images=None, on_step=None, composition_image=None,
-        negative_style_image=None, **images) -> list:
+def run(
+    model: InstantStyle,
+    req: GenerateRequest,
+    *,
+    style_images=None,
+    on_step=None,
+    composition_image=None,
+    negative_style_image=None,
+    **images,
+) -> list:
     if req.style_masks:  # regional styles
-        return base.stylize(model, req, lambda job: job.run(model.pipe), style_images=style_images,
-                            on_step=on_step, composition_image=composition_image,
-                            negative_style_image=negative_style_image, **images)
-    prep = model.prepare(req, style_images, composition_image=composition_image,
-                         negative_style_image=negative_style_image)
+        return base.stylize(
+            model,
+            req,
+            lambda job: job.run(model.pipe),
+            style_images=style_images,
+            on_step=on_step,
+            composition_image=composition_image,
+            negative_style_image=negative_style_image,
+            **images,
+        )
+    prep = model.prepare(
+        req, style_images, composition_image=composition_image, negative_style_image=negative_style_image
+    )
     return model.run(model.pipe, prep, on_step=on_step)

@@ -25,7 +25,9 @@ def denoise(job: base.Job) -> list:
         job.run_kwargs["control_image"] = job.control_image
     else:
         pipe = model.derived_pipeline("StableDiffusionXLInpaintPipeline")
-    return job.run(pipe, image=job.inputs.content, mask_image=job.inputs.mask, strength=req.effective_strength)
+    return job.run(
+        pipe, image=job.inputs.content, mask_image=job.inputs.mask, strength=req.effective_strength
+    )
 
 
 def run(model: InstantStyle, req: GenerateRequest, **images) -> list:

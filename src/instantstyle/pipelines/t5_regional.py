@@ -46,8 +46,10 @@ def masked_scales(req: GenerateRequest, prep: Prepared, inputs: Inputs) -> tuple
         weights = [1.0] * n_images
         masks = ip_masks([inputs.mask] * n_images, inputs.width, inputs.height)
     styled = [kind != "composition" for kind in prep.slots]
-    scale_maps = [{name: [s * w for w in weights] for name, s in m.items()} if keep else dict(m)
-                  for m, keep in zip(prep.scales, styled, strict=True)]
+    scale_maps = [
+        {name: [s * w for w in weights] for name, s in m.items()} if keep else dict(m)
+        for m, keep in zip(prep.scales, styled, strict=True)
+    ]
     return scale_maps, {"ip_adapter_masks": [masks if keep else None for keep in styled]}
 
 

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
 
 def renoise_settings(req: GenerateRequest) -> dict:
-    return {"renoise_steps": DEFAULT_RENOISE_STEPS if req.renoise_steps is None else req.renoise_steps,
-            "noise_regularization": True if req.noise_regularization is None else req.noise_regularization}
+    return {
+        "renoise_steps": DEFAULT_RENOISE_STEPS if req.renoise_steps is None else req.renoise_steps,
+        "noise_regularization": True if req.noise_regularization is None else req.noise_regularization,
+    }
 
 
 def check_same_timesteps(inversion, scheduler, steps: int) -> None:
@@ -39,9 +41,11 @@ def check_same_timesteps(inversion, scheduler, steps: int) -> None:
     scheduler.set_timesteps(steps)
     forward = [int(t) for t in scheduler.timesteps]
     if forward != inversion.timesteps[::-1]:
-        raise InstantStyleError(f"InstantStyle-Plus: the inversion ran on timesteps {inversion.timesteps[-1]}..."
-                                f"{inversion.timesteps[0]} but the generation would run on {forward[0]}...{forward[-1]}; "
-                                "use the same --steps for both")
+        raise InstantStyleError(
+            f"InstantStyle-Plus: the inversion ran on timesteps {inversion.timesteps[-1]}..."
+            f"{inversion.timesteps[0]} but the generation would run on {forward[0]}...{forward[-1]}; "
+            "use the same --steps for both"
+        )
 
 
 @contextlib.contextmanager
@@ -56,7 +60,9 @@ def shared_second_adapter(unet):
     procs = ip_processors(unet)
     layers = unet.encoder_hid_proj.image_projection_layers
     if len(layers) != 1:
-        raise InstantStyleError(f"InstantStyle-Plus needs exactly one attached IP-Adapter ({len(layers)} found)")
+        raise InstantStyleError(
+            f"InstantStyle-Plus needs exactly one attached IP-Adapter ({len(layers)} found)"
+        )
     layers.append(layers[0])
     for proc in procs.values():
         proc.to_k_ip.append(proc.to_k_ip[0])
@@ -79,22 +85,37 @@ def denoise(job: base.Job) -> list:
     model, prep, inputs = job.model, job.prep, job.inputs
     req = prep.request
     method = req.effective_inversion
-    prep.params.update(content_ip_scale=req.effective_content_ip_scale, inversion_steps=req.steps,
-                       inversion_prompt=req.inversion_prompt or req.prompt, inversion=method,
-                       **(renoise_settings(req) if method == "renoise" else {}))
+    prep.params.update(
+        content_ip_scale=req.effective_content_ip_scale,
+        inversion_steps=req.steps,
+        inversion_prompt=req.inversion_prompt or req.prompt,
+        inversion=method,
+        **(renoise_settings(req) if method == "renoise" else {}),
+    )
     # 4a. Inversion of the content image (adapters at 0, guidance 1 = the authors' 0, content prompt),
     #     on the timesteps the generation uses.
-    inversion = invert(model.pipe, inputs.content, req.inversion_prompt or req.prompt, method=method,
-                       steps=req.steps, guidance=1.0, negative_prompt=None, width=inputs.width,
-                       height=inputs.height, seed=prep.seed,
-                       progress=not getattr(model.pipe, "_progress_bar_config", {}).get("disable", False),
-                       **(renoise_settings(req) if method == "renoise" else {}))
+    inversion = invert(
+        model.pipe,
+        inputs.content,
+        req.inversion_prompt or req.prompt,
+        method=method,
+        steps=req.steps,
+        guidance=1.0,
+        negative_prompt=None,
+        width=inputs.width,
+        height=inputs.height,
+        seed=prep.seed,
+        progress=not getattr(model.pipe, "_progress_bar_config", {}).get("disable", False),
+        **(renoise_settings(req) if method == "renoise" else {}),
+    )
     scheduler = ddim_scheduler(model.pipe)
     check_same_timesteps(inversion, ddim_scheduler(model.pipe), req.steps)
     # 4b. Adapter 2 = the same adapter on the content image, global low scale, every block.
     content_embed = model.encode_style([inputs.content]).embeds  # [1, D]
-    prep.ip_embeds = [prep.ip_embeds[0],
-                      embeddings.with_unconditional(content_embed, req.guidance > 1.0).to(model.device, model.dtype)]
+    prep.ip_embeds = [
+        prep.ip_embeds[0],
+        embeddings.with_unconditional(content_embed, req.guidance > 1.0).to(model.device, model.dtype),
+    ]
     all_procs = {name: req.effective_content_ip_scale for name in ip_processors(model.pipe.unet)}
     job.run_kwargs["scale_maps"] = [job.run_kwargs["scale_maps"][0], all_procs]
     if "cross_attention_kwargs" in job.run_kwargs:  # regional style masks: the content adapter is unmasked

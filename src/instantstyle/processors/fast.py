@@ -27,15 +27,21 @@ class FastAttention:
     holds this layer's text and image-token keys/values, computed once per call outside the graph.
     """
 
-    def __init__(self, ip: tuple = (), qkv: torch.Tensor | None = None, kv: torch.Tensor | None = None,
-                 ctx: ContextSlot | None = None):
+    def __init__(
+        self,
+        ip: tuple = (),
+        qkv: torch.Tensor | None = None,
+        kv: torch.Tensor | None = None,
+        ctx: ContextSlot | None = None,
+    ):
         self.ip = ip
         self.qkv = qkv
         self.kv = kv
         self.ctx = ctx
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         ip_tokens = None
         if isinstance(encoder_hidden_states, tuple):
             encoder_hidden_states, ip_tokens = encoder_hidden_states

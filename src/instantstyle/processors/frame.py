@@ -46,7 +46,9 @@ def merge_heads(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(dtype)
 
 
-def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def attend(
+    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """SDPA over heads: q ``[B, N, C]``, k/v ``[B, M, C]`` -> ``[B, N, C]`` (as ``AttnProcessor2_0``)."""
     q, k, v = split_heads(attn, q, k, v)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)

@@ -45,8 +45,16 @@ def adain_channels(x: torch.Tensor, ref: torch.Tensor, eps: float = EPS) -> torc
     return adain(flat, ref_flat, eps).transpose(1, 2).reshape(x.shape)
 
 
-def shared_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, *,
-                     adain_queries: bool = True, adain_keys: bool = True, score_shift: float = 0.0) -> torch.Tensor:
+def shared_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: int,
+    *,
+    adain_queries: bool = True,
+    adain_keys: bool = True,
+    score_shift: float = 0.0,
+) -> torch.Tensor:
     """StyleAligned's shared self-attention (arXiv 2312.02133, Sec. 3, Eq. 3-4).
 
     ``q, k, v``: ``[G * B, H, L, Dh]`` -> ``[G * B, H, L, Dh]``. Each image's queries and keys are

@@ -27,12 +27,15 @@ class PatchState:
 
 
 class SelfAttentionPatch:
-    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor], state: PatchState):
+    def __init__(
+        self, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor], state: PatchState
+    ):
         self.fn = fn
         self.state = state
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         if encoder_hidden_states is not None or attention_mask is not None:
             raise RuntimeError("SelfAttentionPatch is for self-attention layers (attn1) without masks")
         hidden_states, residual, shape = frame.enter(attn, hidden_states, temb)
@@ -40,7 +43,9 @@ class SelfAttentionPatch:
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)  # [N, L, C]
         q, k, v = frame.split_heads(attn, q, k, v)  # [N, H, L, Dh]
         if batch % self.state.group:
-            raise RuntimeError(f"batch of {batch} rows is not a multiple of the group size {self.state.group}")
+            raise RuntimeError(
+                f"batch of {batch} rows is not a multiple of the group size {self.state.group}"
+            )
         if self.state.active:
             self.state.calls += 1
             out = self.fn(q, k, v, self.state.group)

@@ -33,9 +33,16 @@ from .routes import router
 from .service import GenerationService
 
 
-def create_app(service: GenerationService, *, api_key: str | None = None, ui: bool = True,
-               ui_path: str = "/ui", allowed_hosts: list[str] | None = None,
-               allowed_origins: list[str] | None = None, bind_host: str = "127.0.0.1") -> FastAPI:
+def create_app(
+    service: GenerationService,
+    *,
+    api_key: str | None = None,
+    ui: bool = True,
+    ui_path: str = "/ui",
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
+    bind_host: str = "127.0.0.1",
+) -> FastAPI:
     """The FastAPI app (and, with ``ui``, the Gradio UI mounted at ``ui_path``). Starts the workers.
 
     ``allowed_hosts``: the Host names the server answers to (default: localhost names and
@@ -44,16 +51,24 @@ def create_app(service: GenerationService, *, api_key: str | None = None, ui: bo
     """
     # 1. The workers, and who may call what
     service.start()
-    policy = Policy(api_key=api_key, allowed_hosts=allowed_hosts or default_allowed_hosts(bind_host),
-                    allowed_origins=list(allowed_origins or []), ui_path=ui_path)
+    policy = Policy(
+        api_key=api_key,
+        allowed_hosts=allowed_hosts or default_allowed_hosts(bind_host),
+        allowed_origins=list(allowed_origins or []),
+        ui_path=ui_path,
+    )
     # 2. The app: its state (the routes' dependencies), middleware (policy outermost), errors, routes
     app = FastAPI(
         title="InstantStyle",
         version=__version__,
         description="Style-preserving text-to-image on SDXL (InstantStyle). Upload style images, send a "
-                    "prompt, get PNGs with their parameters embedded. "
-                    + ("An API key is required on every route but `GET /v1/health`: `Authorization: Bearer KEY` "
-                       "or `X-API-Key: KEY`." if api_key else ""),
+        "prompt, get PNGs with their parameters embedded. "
+        + (
+            "An API key is required on every route but `GET /v1/health`: `Authorization: Bearer KEY` "
+            "or `X-API-Key: KEY`."
+            if api_key
+            else ""
+        ),
     )
     app.state.service = service
     app.state.policy = policy

@@ -61,20 +61,25 @@ def params_dict(params: str | bytes | dict) -> dict:
     Nesting deeper than ``MAX_JSON_DEPTH`` and the non-standard ``Infinity``/``NaN`` are refused
     before anything else looks at the value.
     """
-    too_deep = InstantStyleError(f"params is nested more than {MAX_JSON_DEPTH} levels deep; request fields are "
-                                 "flat values and lists")
+    too_deep = InstantStyleError(
+        f"params is nested more than {MAX_JSON_DEPTH} levels deep; request fields are flat values and lists"
+    )
     if isinstance(params, str | bytes):
         if json_depth(params) > MAX_JSON_DEPTH:
             raise too_deep
         try:
             params = json.loads(params or "{}", parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
-            raise InstantStyleError(f"params is not valid JSON ({exc.msg} at character {exc.pos}); "
-                                    'send an object such as {"prompt": "a cat", "seed": 1}') from None
+            raise InstantStyleError(
+                f"params is not valid JSON ({exc.msg} at character {exc.pos}); "
+                'send an object such as {"prompt": "a cat", "seed": 1}'
+            ) from None
     elif _dict_depth(params, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise too_deep
     if not isinstance(params, dict):
-        raise InstantStyleError(f"params must be a JSON object of request fields, got {type(params).__name__}")
+        raise InstantStyleError(
+            f"params must be a JSON object of request fields, got {type(params).__name__}"
+        )
     return params
 
 
@@ -93,8 +98,9 @@ def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateReque
         raise InstantStyleError(format_validation_error(exc, flag_style=False)) from None
 
 
-def check_request(req: GenerateRequest, model, limits: Limits, *, style_images: int = 0,
-                  controlnets: Sequence[str] = ()) -> None:
+def check_request(
+    req: GenerateRequest, model, limits: Limits, *, style_images: int = 0, controlnets: Sequence[str] = ()
+) -> None:
     """Everything about a request that can be refused before it is queued (no model runs).
 
     A request never names a file: ``style`` entries must be ``@name`` of a saved style (the name
@@ -128,12 +134,14 @@ def _check_styles(req: GenerateRequest, directory, style_images: int) -> int:
             )
         if not style_path(ref[1:], directory).is_file():
             known = ", ".join(list_styles(directory)) or "none saved yet"
-            raise InstantStyleError(f"saved style {ref!r} not found (saved styles: {known}); "
-                                    "create it with POST /v1/styles")
+            raise InstantStyleError(
+                f"saved style {ref!r} not found (saved styles: {known}); create it with POST /v1/styles"
+            )
     n_refs = style_images + len(req.style)
     if n_refs == 0:
-        raise InstantStyleError("no style reference: upload at least one style image, or name a saved style "
-                                "in style (\"@name\")")
+        raise InstantStyleError(
+            'no style reference: upload at least one style image, or name a saved style in style ("@name")'
+        )
     return n_refs
 
 
@@ -146,19 +154,29 @@ def check_controlnet_names(controlnets: dict) -> None:
         if not STYLE_NAME.fullmatch(name) or name in KINDS:
             raise InstantStyleError(
                 f"--controlnet {name}={ref}: the name must be 1-64 letters, digits, '_', '-', '.' and not "
-                f"{' or '.join(KINDS)} (requests use canny=NAME to feed it Canny edges)")
+                f"{' or '.join(KINDS)} (requests use canny=NAME to feed it Canny edges)"
+            )
 
 
 def _check_no_paths(req: GenerateRequest, controlnets: Sequence[str]) -> None:
     """No field of ``req`` names a file or a model: image fields hold ``UPLOAD``, controls are names."""
     from ..control import KINDS
 
-    images = [req.content, req.mask, *req.style_masks, *req.control_image, req.composition, req.negative_style]
+    images = [
+        req.content,
+        req.mask,
+        *req.style_masks,
+        *req.control_image,
+        req.composition,
+        req.negative_style,
+    ]
     bad = next((v for v in images if v not in (None, UPLOAD)), None)
     if bad is not None:
-        raise InstantStyleError(f"image field value {bad!r} is not allowed: a request never names a file; "
-                                "upload the image (multipart fields content, mask, style_masks, control_images, "
-                                "composition, negative_style)")
+        raise InstantStyleError(
+            f"image field value {bad!r} is not allowed: a request never names a file; "
+            "upload the image (multipart fields content, mask, style_masks, control_images, "
+            "composition, negative_style)"
+        )
     allowed = [*KINDS, *controlnets]
     for entry in req.control:
         kind, sep, name = entry.partition("=")
@@ -168,11 +186,14 @@ def _check_no_paths(req: GenerateRequest, controlnets: Sequence[str]) -> None:
             raise InstantStyleError(
                 f"control {entry!r} is not allowed: use {' or '.join(KINDS)} (derived from the content image), "
                 f"a ControlNet the server allows by name ({named}; server flag --controlnet NAME=REF), or "
-                "KIND=NAME with one of those; a request never names a path or Hub id")
+                "KIND=NAME with one of those; a request never names a path or Hub id"
+            )
     if req.method == "b-lora":
-        raise InstantStyleError("method 'b-lora' is not served over HTTP: its lora is a directory on the server, "
-                                "and a request never names a file; run it with `instantstyle generate --method "
-                                "b-lora --lora DIR`")
+        raise InstantStyleError(
+            "method 'b-lora' is not served over HTTP: its lora is a directory on the server, "
+            "and a request never names a file; run it with `instantstyle generate --method "
+            "b-lora --lora DIR`"
+        )
 
 
 def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) -> None:
@@ -189,11 +210,16 @@ def check_inputs(req: GenerateRequest, model, limits: Limits, uploads: Uploads) 
         return
     kwargs = uploads.kwargs(req)
     kwargs["style_masks"] = kwargs.pop("style_mask_images")
-    kwargs.pop("composition_image"), kwargs.pop("negative_style_image")  # style-side images: decoded, not resized
+    (
+        kwargs.pop("composition_image"),
+        kwargs.pop("negative_style_image"),
+    )  # style-side images: decoded, not resized
     inputs = load_inputs(model, req, **kwargs)
     for what, value in (("width", inputs.width), ("height", inputs.height)):
         if not limits.min_size <= value <= limits.max_size:
-            raise InstantStyleError(f"{what} is {value} (from the content image's aspect ratio), outside the "
-                                    f"allowed range {limits.min_size}...{limits.max_size}; crop the content image "
-                                    "or give width and height (server flags --min-size/--max-size)")
+            raise InstantStyleError(
+                f"{what} is {value} (from the content image's aspect ratio), outside the "
+                f"allowed range {limits.min_size}...{limits.max_size}; crop the content image "
+                "or give width and height (server flags --min-size/--max-size)"
+            )
     check_cost(req, inputs.width, inputs.height, limits)

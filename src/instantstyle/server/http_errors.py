@@ -23,19 +23,41 @@ from .uploads import UploadTooLargeError
 
 log = logging.getLogger("instantstyle.server")
 
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 413: "too_large", 422: "invalid_request", 429: "queue_full",
-          500: "internal_error", 503: "unavailable", 504: "timeout"}
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_request",
+    429: "queue_full",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
+}
 # A failed or cancelled job, answered to a waiting client: its error type -> HTTP status.
-_JOB_ERROR_STATUS = {"bad_request": 400, "out_of_memory": 503, "internal": 500, "shutdown": 503,
-                     "cancelled": 409, "timeout": 504}
-_DESCRIPTIONS = {400: "bad input (one line naming the field and the fix)", 401: "missing or wrong API key",
-                 403: "cross-origin request refused", 404: "no such job, image or style",
-                 409: "conflict: the style exists, or the job was cancelled or already finished",
-                 413: "an upload or the body is over the byte limit", 422: "a form field is missing or malformed",
-                 429: "the queue is full, or too many failed key attempts; see Retry-After",
-                 503: "the server is shutting down, or the job ran out of memory",
-                 504: "the job ran past the server's time limit"}
+_JOB_ERROR_STATUS = {
+    "bad_request": 400,
+    "out_of_memory": 503,
+    "internal": 500,
+    "shutdown": 503,
+    "cancelled": 409,
+    "timeout": 504,
+}
+_DESCRIPTIONS = {
+    400: "bad input (one line naming the field and the fix)",
+    401: "missing or wrong API key",
+    403: "cross-origin request refused",
+    404: "no such job, image or style",
+    409: "conflict: the style exists, or the job was cancelled or already finished",
+    413: "an upload or the body is over the byte limit",
+    422: "a form field is missing or malformed",
+    429: "the queue is full, or too many failed key attempts; see Retry-After",
+    503: "the server is shutting down, or the job ran out of memory",
+    504: "the job ran past the server's time limit",
+}
 
 
 class ErrorBody(BaseModel):
@@ -67,18 +89,31 @@ def scrub_paths(message: str) -> str:
     import tempfile
     from pathlib import Path
 
-    roots = {os.getcwd(), str(Path.home()), tempfile.gettempdir(), sys.prefix,
-             os.environ.get("INSTANTSTYLE_STYLES") or "", os.environ.get("INSTANTSTYLE_CACHE") or "",
-             os.environ.get("HF_HOME") or ""}
+    roots = {
+        os.getcwd(),
+        str(Path.home()),
+        tempfile.gettempdir(),
+        sys.prefix,
+        os.environ.get("INSTANTSTYLE_STYLES") or "",
+        os.environ.get("INSTANTSTYLE_CACHE") or "",
+        os.environ.get("HF_HOME") or "",
+    }
     for root in sorted((r for r in roots if len(r) > 1), key=len, reverse=True):
         message = message.replace(os.path.realpath(root), "<server>").replace(root, "<server>")
     return message
 
 
-def error_response(status: int, message: str, *, code: str | None = None, headers: dict | None = None,
-                   **extra) -> JSONResponse:
-    body = {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": scrub_paths(message),
-                      **extra}}
+def error_response(
+    status: int, message: str, *, code: str | None = None, headers: dict | None = None, **extra
+) -> JSONResponse:
+    body = {
+        "error": {
+            "status": status,
+            "code": code or _CODES.get(status, "error"),
+            "message": scrub_paths(message),
+            **extra,
+        }
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -88,7 +123,9 @@ def failed_job_response(job: Job) -> JSONResponse:
 
 
 async def _queue_full(_request, exc: QueueFullError):
-    return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after)}, retry_after=exc.retry_after)
+    return error_response(
+        429, str(exc), headers={"Retry-After": str(exc.retry_after)}, retry_after=exc.retry_after
+    )
 
 
 async def _job_failed(_request, exc: JobFailedError):
@@ -126,8 +163,9 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UploadTooLargeError, simple(413))
     app.add_exception_handler(UnknownJobError, simple(404))
     app.add_exception_handler(ShuttingDownError, simple(503, code="shutdown", headers={"Retry-After": "30"}))
-    app.add_exception_handler(StyleExistsError,
-                              simple(409, "that style already exists; send overwrite=true to replace it"))
+    app.add_exception_handler(
+        StyleExistsError, simple(409, "that style already exists; send overwrite=true to replace it")
+    )
     app.add_exception_handler(JobFailedError, _job_failed)
     app.add_exception_handler(InstantStyleError, simple(400))
     app.add_exception_handler(RequestValidationError, _invalid)

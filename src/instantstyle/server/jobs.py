@@ -114,8 +114,11 @@ class Job:
         if self._stop is not None:
             raise self._stop
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobCancelled("the job ran past the server's time limit (--job-timeout); ask for fewer steps, "
-                               "a smaller size or fewer images", "timeout")
+            raise JobCancelled(
+                "the job ran past the server's time limit (--job-timeout); ask for fewer steps, "
+                "a smaller size or fewer images",
+                "timeout",
+            )
 
     def request_stop(self, message: str, reason: str) -> None:
         if self._stop is None:
@@ -155,8 +158,11 @@ class Job:
             "id": self.id,
             "kind": self.kind,
             "status": self.status,
-            "progress": {"step": self.step, "total": self.total,
-                         "fraction": round(self.step / self.total, 4) if self.total else 0.0},
+            "progress": {
+                "step": self.step,
+                "total": self.total,
+                "fraction": round(self.step / self.total, 4) if self.total else 0.0,
+            },
             "created": self.created,
             "started": self.started,
             "finished": self.finished,
@@ -173,8 +179,17 @@ class JobQueue:
     One model per device, one worker per model, so a device never runs two denoising loops at once.
     """
 
-    def __init__(self, models: list, *, queue_size: int = 8, limits: Limits | None = None, keep_jobs: int = 128,
-                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None, drain_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        models: list,
+        *,
+        queue_size: int = 8,
+        limits: Limits | None = None,
+        keep_jobs: int = 128,
+        job_ttl_s: float = 3600.0,
+        cpu_threads: int | None = None,
+        drain_timeout_s: float = 30.0,
+    ):
         if not models:
             raise InstantStyleError("the service needs at least one loaded model")
         if queue_size < 1:
@@ -202,7 +217,9 @@ class JobQueue:
         if self._threads:
             return self
         for i, model in enumerate(self.models):
-            t = threading.Thread(target=self._worker, args=(model,), name=f"instantstyle-worker-{i}", daemon=True)
+            t = threading.Thread(
+                target=self._worker, args=(model,), name=f"instantstyle-worker-{i}", daemon=True
+            )
             t.start()
             self._threads.append(t)
         return self
@@ -249,7 +266,9 @@ class JobQueue:
 
     # ------------------------------------------------------------ submitting
 
-    def submit(self, work: Callable, *, kind: str = "generate", request: GenerateRequest | None = None) -> Job:
+    def submit(
+        self, work: Callable, *, kind: str = "generate", request: GenerateRequest | None = None
+    ) -> Job:
         """Queue ``work(model, job)``; never blocks. Raises ``QueueFullError`` when the queue is full."""
         if self._stopping.is_set():
             raise ShuttingDownError("the server is shutting down; try again later")
@@ -264,8 +283,9 @@ class JobQueue:
                 self._jobs.pop(job.id, None)
                 self.counts["refused"] += 1
             wait = self.retry_after()
-            raise QueueFullError(f"the queue is full ({self.queue_size} jobs waiting); retry in {wait} s",
-                                 wait) from None
+            raise QueueFullError(
+                f"the queue is full ({self.queue_size} jobs waiting); retry in {wait} s", wait
+            ) from None
         with self._lock:
             self.counts["accepted"] += 1
         return job
@@ -276,13 +296,20 @@ class JobQueue:
         timeout = timeout if timeout is not None else self.limits.max_wait_s
         if not job.wait(timeout):
             self.cancel(job, "the caller stopped waiting")
-            raise JobFailedError(job) if job.done and job.status != DONE else InstantStyleError(
-                f"{kind} job {job.id} did not finish within {timeout:g} s; the server is busy, try again later")
+            raise (
+                JobFailedError(job)
+                if job.done and job.status != DONE
+                else InstantStyleError(
+                    f"{kind} job {job.id} did not finish within {timeout:g} s; the server is busy, try again later"
+                )
+            )
         if job.status in (FAILED, CANCELLED):
             raise JobFailedError(job)
         return job.value
 
-    def cancel(self, job: Job | str, message: str = "cancelled by the client", reason: str = "cancelled") -> Job:
+    def cancel(
+        self, job: Job | str, message: str = "cancelled by the client", reason: str = "cancelled"
+    ) -> Job:
         """Cancel a job: a queued one is dropped now (its slot frees); a running one stops at its next
         denoising step. A finished job is left as it is. Returns the job."""
         job = self.get(job) if isinstance(job, str) else job
@@ -312,8 +339,10 @@ class JobQueue:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise UnknownJobError(f"no job {job_id!r}: it never existed or finished over "
-                                  f"{int(self.job_ttl_s)} s ago / {self.keep_jobs} jobs ago")
+            raise UnknownJobError(
+                f"no job {job_id!r}: it never existed or finished over "
+                f"{int(self.job_ttl_s)} s ago / {self.keep_jobs} jobs ago"
+            )
         return job
 
     def position(self, job: Job) -> int | None:
@@ -376,13 +405,15 @@ class JobQueue:
             job.status, job.error, job.error_type = CANCELLED, str(exc), exc.reason
         except InstantStyleError as exc:
             job.status, job.error, job.error_type = FAILED, str(exc), "bad_request"
-        except Exception as exc:  # noqa: BLE001 - one job's failure must never stop the worker
+        except Exception as exc:
             job.status = FAILED
             first = first_line(exc)
             if _is_out_of_memory(exc):
                 job.error_type = "out_of_memory"
-                job.error = (f"out of memory on {job.device} ({type(exc).__name__}: {first}); "
-                             "try a smaller size, fewer images or fewer steps")
+                job.error = (
+                    f"out of memory on {job.device} ({type(exc).__name__}: {first}); "
+                    "try a smaller size, fewer images or fewer steps"
+                )
                 _free_device_memory()
             else:
                 job.error_type = "internal"
@@ -427,5 +458,5 @@ def _free_device_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort
+    except Exception:
         pass

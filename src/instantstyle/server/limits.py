@@ -63,31 +63,45 @@ class Limits:
 
 
 def check_prompt_lengths(req: GenerateRequest, limits: Limits) -> None:
-    for what, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt),
-                       ("content_prompt", req.content_prompt), ("reference_prompt", req.reference_prompt),
-                       ("inversion_prompt", req.inversion_prompt)):
+    for what, text in (
+        ("prompt", req.prompt),
+        ("negative_prompt", req.negative_prompt),
+        ("content_prompt", req.content_prompt),
+        ("reference_prompt", req.reference_prompt),
+        ("inversion_prompt", req.inversion_prompt),
+    ):
         if text is not None and len(text) > limits.max_prompt_length:
-            raise InstantStyleError(f"{what} is {len(text)} characters, over the limit of "
-                                    f"{limits.max_prompt_length}; shorten it (server flag --max-prompt-length)")
+            raise InstantStyleError(
+                f"{what} is {len(text)} characters, over the limit of "
+                f"{limits.max_prompt_length}; shorten it (server flag --max-prompt-length)"
+            )
 
 
 def check_amounts(req: GenerateRequest, n_refs: int, native_size: int, limits: Limits) -> None:
     """Style references, images, steps, size and cost against the limits (``native_size``: the
     model's size, used where the request leaves width/height to the model)."""
     if n_refs > limits.max_style_images:
-        raise InstantStyleError(f"{n_refs} style references, over the limit of {limits.max_style_images}; "
-                                "send fewer (server flag --max-style-images)")
+        raise InstantStyleError(
+            f"{n_refs} style references, over the limit of {limits.max_style_images}; "
+            "send fewer (server flag --max-style-images)"
+        )
     if req.num_images > limits.max_num_images:
-        raise InstantStyleError(f"num_images is {req.num_images}, over the limit of {limits.max_num_images}; "
-                                "ask for fewer (server flag --max-images)")
+        raise InstantStyleError(
+            f"num_images is {req.num_images}, over the limit of {limits.max_num_images}; "
+            "ask for fewer (server flag --max-images)"
+        )
     for what, steps in (("steps", req.steps), ("inversion_steps", req.inversion_steps)):
         if steps is not None and steps > limits.max_steps:
-            raise InstantStyleError(f"{what} is {steps}, over the limit of {limits.max_steps}; "
-                                    "use fewer (server flag --max-steps)")
+            raise InstantStyleError(
+                f"{what} is {steps}, over the limit of {limits.max_steps}; "
+                "use fewer (server flag --max-steps)"
+            )
     for what, value in (("width", req.width or native_size), ("height", req.height or native_size)):
         if not limits.min_size <= value <= limits.max_size:
-            raise InstantStyleError(f"{what} is {value}, outside the allowed range {limits.min_size}..."
-                                    f"{limits.max_size} (server flags --min-size/--max-size)")
+            raise InstantStyleError(
+                f"{what} is {value}, outside the allowed range {limits.min_size}..."
+                f"{limits.max_size} (server flags --min-size/--max-size)"
+            )
     check_cost(req, req.width or native_size, req.height or native_size, limits)
 
 
@@ -103,7 +117,8 @@ def check_cost(req: GenerateRequest, width: int, height: int, limits: Limits) ->
         raise InstantStyleError(
             f"this request costs {cost:.4g} (steps x width x height x images, in 1024x1024-image steps: "
             f"{req.steps} steps, {width}x{height}, {req.num_images} images), over the limit of {limits.max_cost:g}; "
-            "ask for fewer steps, a smaller size or fewer images (server flag --max-cost)")
+            "ask for fewer steps, a smaller size or fewer images (server flag --max-cost)"
+        )
 
 
 @dataclass

@@ -19,8 +19,9 @@ def document_schema(app: FastAPI, *, api_key_required: bool) -> None:
         if app.openapi_schema is None:
             schema = build()
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {})["GenerateRequest"] = \
-                GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.setdefault("schemas", {})["GenerateRequest"] = GenerateRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -46,10 +46,28 @@ UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 HEALTH_PATH = "/v1/health"
 MAX_UI_JSON_BYTES = 4 * 1024 * 1024  # a UI event's JSON (values and file descriptors, never file bytes)
 # What the UI's login page loads before anyone has logged in (GET, under the UI's path).
-_UI_LOGIN_PAGES = ("", "/", "/login", "/login/", "/config", "/config/", "/theme.css", "/favicon.ico",
-                   "/manifest.json", "/robots.txt", "/gradio_api/theme.css")
+_UI_LOGIN_PAGES = (
+    "",
+    "/",
+    "/login",
+    "/login/",
+    "/config",
+    "/config/",
+    "/theme.css",
+    "/favicon.ico",
+    "/manifest.json",
+    "/robots.txt",
+    "/gradio_api/theme.css",
+)
 _UI_LOGIN_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
-_UI_FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/", "/gradio_api/proxy=", "/proxy=")
+_UI_FILE_ROUTES = (
+    "/gradio_api/file=",
+    "/gradio_api/file/",
+    "/file=",
+    "/file/",
+    "/gradio_api/proxy=",
+    "/proxy=",
+)
 
 
 def api_key_ok(headers, api_key: str) -> bool:
@@ -100,7 +118,9 @@ class Policy:
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))  # "*" allows any
     allowed_origins: list[str] = field(default_factory=list)  # cross-origin callers (CORS); none by default
     ui_path: str = "/ui"
-    upload_dirs: list[str] = field(default_factory=list)  # where UI file descriptors may point (Gradio's uploads)
+    upload_dirs: list[str] = field(
+        default_factory=list
+    )  # where UI file descriptors may point (Gradio's uploads)
     limiter: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
     # Set by ``mount_ui``: the UI's login cookie names and its live login tokens (Gradio's app.tokens).
     ui_cookie_names: tuple[str, ...] = ()
@@ -114,11 +134,14 @@ class Policy:
             if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
                 from ..errors import InstantStyleError
 
-                raise InstantStyleError(f"--allowed-origin {origin!r}: give scheme://host[:port], e.g. "
-                                        "https://app.example.com")
+                raise InstantStyleError(
+                    f"--allowed-origin {origin!r}: give scheme://host[:port], e.g. https://app.example.com"
+                )
 
     def host_allowed(self, host_header: str | None) -> bool:
-        return "*" in self.allowed_hosts or (host_header is not None and host_name(host_header) in self.allowed_hosts)
+        return "*" in self.allowed_hosts or (
+            host_header is not None and host_name(host_header) in self.allowed_hosts
+        )
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin.rstrip("/").lower() in self.allowed_origins
@@ -126,7 +149,11 @@ class Policy:
 
 def same_origin(origin: str, host_header: str | None) -> bool:
     parts = urlsplit(origin)
-    return bool(host_header) and parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.lower()
+    return (
+        bool(host_header)
+        and parts.scheme in ("http", "https")
+        and parts.netloc.lower() == host_header.lower()
+    )
 
 
 def inside(path: str, directories: Iterable[str]) -> bool:
@@ -155,7 +182,11 @@ def check_upload_descriptors(data, upload_dirs: list[str]) -> bool:
         if seen > 100_000:
             return False
         if isinstance(value, dict):
-            if "path" in value and value.get("path") is not None and not inside(value.get("path"), upload_dirs):
+            if (
+                "path" in value
+                and value.get("path") is not None
+                and not inside(value.get("path"), upload_dirs)
+            ):
                 return False
             stack.extend(value.values())
         elif isinstance(value, list):
@@ -185,43 +216,67 @@ class RequestPolicy:
 
         # 1. Host: the name the client used must be this server's
         if not p.host_allowed(headers.get("host")):
-            return await refuse(400, "bad_host", "this server does not answer to that Host name; if it is yours "
-                                "(a reverse proxy's public name), start the server with --allowed-host NAME")
+            return await refuse(
+                400,
+                "bad_host",
+                "this server does not answer to that Host name; if it is yours "
+                "(a reverse proxy's public name), start the server with --allowed-host NAME",
+            )
         # 2. Origin: cross-site requests change nothing, unless the operator allowed their origin
         origin = headers.get("origin")
         cross = (origin is not None and not same_origin(origin, headers.get("host"))) or (
-            origin is None and headers.get("sec-fetch-site") == "cross-site")
+            origin is None and headers.get("sec-fetch-site") == "cross-site"
+        )
         allowed_origin = origin is not None and p.origin_allowed(origin)
         preflight = method == "OPTIONS" and "access-control-request-method" in headers
-        if cross and not allowed_origin and (method in UNSAFE_METHODS or preflight or scope["type"] == "websocket"):
-            return await refuse(403, "cross_origin", "cross-origin request refused: this server only takes "
-                                "state-changing requests from its own pages (operators: --allowed-origin ORIGIN)")
+        if (
+            cross
+            and not allowed_origin
+            and (method in UNSAFE_METHODS or preflight or scope["type"] == "websocket")
+        ):
+            return await refuse(
+                403,
+                "cross_origin",
+                "cross-origin request refused: this server only takes "
+                "state-changing requests from its own pages (operators: --allowed-origin ORIGIN)",
+            )
         if preflight and cross and allowed_origin:
             return await self._preflight(scope, receive, send, origin, headers)
 
         # 3. The API key (or the UI's login cookie) on everything but the health check and the login page
         client = (scope.get("client") or ("?", 0))[0]
         in_ui = path == p.ui_path or path.startswith(p.ui_path + "/")
-        sub = path[len(p.ui_path):] if in_ui else None
+        sub = path[len(p.ui_path) :] if in_ui else None
         login_post = in_ui and method == "POST" and sub in ("/login", "/login/")
         if p.api_key:
             wait = p.limiter.blocked_for(client)
             if wait and (login_post or presented_key(headers) is not None):
-                return await refuse(429, "too_many_attempts", f"too many failed key or login attempts from this "
-                                    f"address; wait {wait} s", {"Retry-After": str(wait)})
+                return await refuse(
+                    429,
+                    "too_many_attempts",
+                    f"too many failed key or login attempts from this address; wait {wait} s",
+                    {"Retry-After": str(wait)},
+                )
             if not self._authorised(headers, in_ui, sub, method, path, login_post):
                 if presented_key(headers) is not None:
                     p.limiter.fail(client)
-                return await refuse(401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer "
-                                    "KEY' or 'X-API-Key: KEY' (the web UI asks for it as its password)",
-                                    {"WWW-Authenticate": "Bearer"})
+                return await refuse(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key; send 'Authorization: Bearer "
+                    "KEY' or 'X-API-Key: KEY' (the web UI asks for it as its password)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         # 4. UI requests: file descriptors only into the upload folder; file routes only from it
         if in_ui and scope["type"] == "http":
             route = next((r for r in _UI_FILE_ROUTES if sub.startswith(r)), None)
-            if route is not None and ("proxy" in route or not inside(sub[len(route):], p.upload_dirs)):
+            if route is not None and ("proxy" in route or not inside(sub[len(route) :], p.upload_dirs)):
                 # (the ASGI path is already percent-decoded, as Gradio's route sees it)
-                return await refuse(403, "forbidden", "file not available: the UI serves only this server's "
-                                    "uploads and results")
+                return await refuse(
+                    403,
+                    "forbidden",
+                    "file not available: the UI serves only this server's uploads and results",
+                )
             if method in UNSAFE_METHODS and "json" in (headers.get("content-type") or ""):
                 body = await _read_body(receive, MAX_UI_JSON_BYTES)
                 if body is None:
@@ -231,13 +286,19 @@ class RequestPolicy:
                 except ValueError:
                     data = None  # Gradio answers malformed JSON itself
                 if not check_upload_descriptors(data, p.upload_dirs):
-                    return await refuse(400, "bad_request", "a file in this request is not one uploaded to this "
-                                        "server; upload the image (a request never names a server file)")
+                    return await refuse(
+                        400,
+                        "bad_request",
+                        "a file in this request is not one uploaded to this "
+                        "server; upload the image (a request never names a server file)",
+                    )
                 receive = _replay(body, receive)
         send = self._wrap_send(send, origin if cross and allowed_origin else None, login_post, client)
         return await self.app(scope, receive, send)
 
-    def _authorised(self, headers, in_ui: bool, sub: str | None, method: str, path: str, login_post: bool) -> bool:
+    def _authorised(
+        self, headers, in_ui: bool, sub: str | None, method: str, path: str, login_post: bool
+    ) -> bool:
         p = self.policy
         if api_key_ok(headers, p.api_key):
             return True
@@ -245,7 +306,9 @@ class RequestPolicy:
             return True  # the route itself answers only its status without the key
         if not in_ui:
             return False
-        if login_post or (method in ("GET", "HEAD") and (sub in _UI_LOGIN_PAGES or sub.startswith(_UI_LOGIN_PREFIXES))):
+        if login_post or (
+            method in ("GET", "HEAD") and (sub in _UI_LOGIN_PAGES or sub.startswith(_UI_LOGIN_PREFIXES))
+        ):
             return True  # the login page and its assets (Gradio answers /config with 401 until logged in)
         cookies = _cookies(headers)
         return any(cookies.get(name) in p.ui_tokens for name in p.ui_cookie_names)
@@ -256,8 +319,12 @@ class RequestPolicy:
         async def wrapped(message):
             if message["type"] == "http.response.start":
                 h = MutableHeaders(scope=message)
-                for name in ("access-control-allow-origin", "access-control-allow-credentials",
-                             "access-control-allow-methods", "access-control-allow-headers"):
+                for name in (
+                    "access-control-allow-origin",
+                    "access-control-allow-credentials",
+                    "access-control-allow-methods",
+                    "access-control-allow-headers",
+                ):
                     if name in h:
                         del h[name]  # Gradio's CORS allows any localhost origin with credentials; we decide
                 if cors_origin:
@@ -272,13 +339,16 @@ class RequestPolicy:
     async def _preflight(self, scope, receive, send, origin: str, headers):
         from starlette.responses import Response
 
-        response = Response(status_code=204, headers={
-            "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, X-API-Key, Content-Type",
-            "Access-Control-Max-Age": "600",
-            "Vary": "Origin",
-        })
+        response = Response(
+            status_code=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, X-API-Key, Content-Type",
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
         await response(scope, receive, send)
 
 
@@ -334,9 +404,12 @@ class BodySizeLimit:
                 await self._too_large(scope, receive, send, state["seen"])
 
     async def _too_large(self, scope, receive, send, size: int):
-        response = error_response(413, f"request body is {size}+ bytes, over the limit of {self.max_body_bytes} "
-                                       "bytes; send fewer or smaller images (server flags --max-upload-bytes, "
-                                       "--max-style-images)")
+        response = error_response(
+            413,
+            f"request body is {size}+ bytes, over the limit of {self.max_body_bytes} "
+            "bytes; send fewer or smaller images (server flags --max-upload-bytes, "
+            "--max-style-images)",
+        )
         await response(scope, receive, send)
 
 
@@ -346,7 +419,7 @@ def _cookies(headers) -> dict[str, str]:
     jar = SimpleCookie()
     try:
         jar.load(headers.get("cookie") or "")
-    except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookie
+    except Exception:
         return {}
     return {k: v.value for k, v in jar.items()}
 
@@ -380,5 +453,12 @@ def _replay(body: bytes, receive):
     return replay
 
 
-__all__ = ["Policy", "RequestPolicy", "BodySizeLimit", "api_key_ok", "default_allowed_hosts",
-           "check_upload_descriptors", "inside"]
+__all__ = [
+    "Policy",
+    "RequestPolicy",
+    "BodySizeLimit",
+    "api_key_ok",
+    "default_allowed_hosts",
+    "check_upload_descriptors",
+    "inside",
+]

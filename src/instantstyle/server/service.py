@@ -19,19 +19,46 @@ from .limits import Limits
 from .uploads import Uploads, decode_upload, fill_image_fields
 
 # The web UI imports these from here.
-__all__ = ["GenerationService", "Limits", "check_controlnet_names", "latent_preview", "CANCELLED", "DONE",
-           "FAILED", "QUEUED", "Uploads", "decode_upload", "fill_image_fields", "parse_request"]
+__all__ = [
+    "GenerationService",
+    "Limits",
+    "check_controlnet_names",
+    "latent_preview",
+    "CANCELLED",
+    "DONE",
+    "FAILED",
+    "QUEUED",
+    "Uploads",
+    "decode_upload",
+    "fill_image_fields",
+    "parse_request",
+]
 
 
 class GenerationService(JobQueue):
     """Loaded models + one worker thread each + one bounded FIFO queue + finished jobs kept a while."""
 
-    def __init__(self, models, *, queue_size: int = 8, limits: Limits | None = None, keep_jobs: int = 128,
-                 job_ttl_s: float = 3600.0, cpu_threads: int | None = None, controlnets: dict | None = None,
-                 drain_timeout_s: float = 30.0):
-        super().__init__(list(models) if isinstance(models, list | tuple) else [models], queue_size=queue_size,
-                         limits=limits, keep_jobs=keep_jobs, job_ttl_s=job_ttl_s, cpu_threads=cpu_threads,
-                         drain_timeout_s=drain_timeout_s)
+    def __init__(
+        self,
+        models,
+        *,
+        queue_size: int = 8,
+        limits: Limits | None = None,
+        keep_jobs: int = 128,
+        job_ttl_s: float = 3600.0,
+        cpu_threads: int | None = None,
+        controlnets: dict | None = None,
+        drain_timeout_s: float = 30.0,
+    ):
+        super().__init__(
+            list(models) if isinstance(models, list | tuple) else [models],
+            queue_size=queue_size,
+            limits=limits,
+            keep_jobs=keep_jobs,
+            job_ttl_s=job_ttl_s,
+            cpu_threads=cpu_threads,
+            drain_timeout_s=drain_timeout_s,
+        )
         self.controlnets = dict(controlnets or {})  # name a request may use -> model reference
         self._registered: list[tuple[object, str]] = []
         self._register_controlnets()
@@ -66,7 +93,9 @@ class GenerationService(JobQueue):
         self._unregister_controlnets()
 
     def check(self, req: GenerateRequest, *, style_images: int = 0) -> None:
-        check_request(req, self.model, self.limits, style_images=style_images, controlnets=list(self.controlnets))
+        check_request(
+            req, self.model, self.limits, style_images=style_images, controlnets=list(self.controlnets)
+        )
 
     def check_inputs(self, req: GenerateRequest, uploads: Uploads) -> None:
         check_inputs(req, self.model, self.limits, uploads)
@@ -77,8 +106,14 @@ class GenerationService(JobQueue):
 
         return [*KINDS, *self.controlnets]
 
-    def submit_generate(self, req: GenerateRequest, style_images: Sequence = (), *, previews: bool = True,
-                        uploads: Uploads | None = None) -> Job:
+    def submit_generate(
+        self,
+        req: GenerateRequest,
+        style_images: Sequence = (),
+        *,
+        previews: bool = True,
+        uploads: Uploads | None = None,
+    ) -> Job:
         """Queue one generation; ``style_images`` are decoded PIL images (see ``decode_upload``),
         ``uploads`` the content / mask / style-mask / control images the request's ``UPLOAD`` labels mean.
 
@@ -120,7 +155,9 @@ class GenerationService(JobQueue):
         }
 
 
-def _generate(model, job: Job, req: GenerateRequest, images: list, in_memory: dict, *, previews: bool) -> list:
+def _generate(
+    model, job: Job, req: GenerateRequest, images: list, in_memory: dict, *, previews: bool
+) -> list:
     """Run one generation on ``model`` with ``job``'s step callback (progress, cancel, timeout)."""
     from ..pipelines import needs_stylize
 
@@ -132,10 +169,19 @@ def _generate(model, job: Job, req: GenerateRequest, images: list, in_memory: di
             job.preview = latent_preview(tensors["latents"][0])
         return tensors
 
-    prep = model.prepare(req, images, composition_image=in_memory["composition_image"],
-                         negative_style_image=in_memory["negative_style_image"])
-    return model.run(model.pipe, prep, on_step=job.on_step, callback_on_step_end=preview,
-                     callback_on_step_end_tensor_inputs=["latents"])
+    prep = model.prepare(
+        req,
+        images,
+        composition_image=in_memory["composition_image"],
+        negative_style_image=in_memory["negative_style_image"],
+    )
+    return model.run(
+        model.pipe,
+        prep,
+        on_step=job.on_step,
+        callback_on_step_end=preview,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
 
 
 def latent_preview(latents):

@@ -68,8 +68,9 @@ def _read(paths: list[str], limits, what: str, mask: bool = False) -> list:
     allowed = upload_dirs()
     for p in paths:
         if not inside(p, allowed):
-            raise InstantStyleError(f"a {what} is not an upload; upload the image file (a request never names a "
-                                    "server file)")
+            raise InstantStyleError(
+                f"a {what} is not an upload; upload the image file (a request never names a server file)"
+            )
     return [decode_upload(Path(p).read_bytes(), Path(p).name, limits, what=what, mask=mask) for p in paths]
 
 
@@ -101,18 +102,30 @@ def _build_request(service, form: Form, values: list):
     paths = _paths(files)
     inputs = {name: _paths(v[name]) for name in IMAGE_FIELDS}
     params = request_params(service.model, saved, v, block_values)
-    params = fill_image_fields(params, content=bool(inputs["content"]), mask=bool(inputs["mask"]),
-                               style_masks=len(inputs["style_masks"]), control_images=len(inputs["control_image"]),
-                               composition=bool(inputs["composition"]), negative_style=bool(inputs["negative_style"]))
+    params = fill_image_fields(
+        params,
+        content=bool(inputs["content"]),
+        mask=bool(inputs["mask"]),
+        style_masks=len(inputs["style_masks"]),
+        control_images=len(inputs["control_image"]),
+        composition=bool(inputs["composition"]),
+        negative_style=bool(inputs["negative_style"]),
+    )
     req = parse_request(params, style_images=len(paths))
     service.check(req, style_images=len(paths))
     images = _read(paths, limits, "style image")
-    read = {name: _read(inputs[name], limits, what, mask=name in ("mask", "style_masks"))
-            for name, what in IMAGE_FIELDS.items()}
-    uploads = Uploads(content=next(iter(read["content"]), None), mask=next(iter(read["mask"]), None),
-                      style_masks=read["style_masks"], control_images=read["control_image"],
-                      composition=next(iter(read["composition"]), None),
-                      negative_style=next(iter(read["negative_style"]), None))
+    read = {
+        name: _read(inputs[name], limits, what, mask=name in ("mask", "style_masks"))
+        for name, what in IMAGE_FIELDS.items()
+    }
+    uploads = Uploads(
+        content=next(iter(read["content"]), None),
+        mask=next(iter(read["mask"]), None),
+        style_masks=read["style_masks"],
+        control_images=read["control_image"],
+        composition=next(iter(read["composition"]), None),
+        negative_style=next(iter(read["negative_style"]), None),
+    )
     service.check_inputs(req, uploads)
     return req, images, paths, uploads, inputs
 
@@ -121,7 +134,9 @@ def _build_request(service, form: Form, values: list):
 
 
 def _gallery(hist):
-    return [(h["path"], f"seed {h['params'].get('seed')} · {h['params'].get('prompt', '')[:40]}") for h in hist]
+    return [
+        (h["path"], f"seed {h['params'].get('seed')} · {h['params'].get('prompt', '')[:40]}") for h in hist
+    ]
 
 
 def _generate_handler(gr, service: GenerationService, form: Form, out_dir: Path):
@@ -130,8 +145,9 @@ def _generate_handler(gr, service: GenerationService, form: Form, out_dir: Path)
         # and the finally below cancels the job, so the worker is freed for the next one.
         hist = values[-1]
         try:
-            req, images, paths, uploads, inputs = await asyncio.to_thread(_build_request, service, form,
-                                                                          list(values[:-1]))
+            req, images, paths, uploads, inputs = await asyncio.to_thread(
+                _build_request, service, form, list(values[:-1])
+            )
             job = service.submit_generate(req, images, uploads=uploads)
         except InstantStyleError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
@@ -188,10 +204,21 @@ def _save_style_handler(gr, service: GenerationService, styles_dir):
 
 
 def _results_column(gr) -> dict:
-    preview = gr.Image(label="Step preview (latents, rough colours)", elem_id="preview", interactive=False,
-                       height=160, visible=True, show_label=True)
-    gallery = gr.Gallery(label="Results (click one for its parameters)", elem_id="gallery", columns=2, height=480,
-                         interactive=False)
+    preview = gr.Image(
+        label="Step preview (latents, rough colours)",
+        elem_id="preview",
+        interactive=False,
+        height=160,
+        visible=True,
+        show_label=True,
+    )
+    gallery = gr.Gallery(
+        label="Results (click one for its parameters)",
+        elem_id="gallery",
+        columns=2,
+        height=480,
+        interactive=False,
+    )
     params_view = gr.JSON(label="Parameters of the selected image", elem_id="params")
     reuse_btn = gr.Button("Re-use these parameters", elem_id="reuse")
     return {"preview": preview, "gallery": gallery, "params": params_view, "reuse": reuse_btn}
@@ -225,9 +252,11 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
     # delete_cache: Gradio removes this app's uploads and result copies older than an hour, every
     # 10 minutes (and all of them when the server stops), so its cache stays bounded.
     with gr.Blocks(title="InstantStyle", analytics_enabled=False, delete_cache=(600, RESULT_TTL_S)) as demo:
-        gr.Markdown("## InstantStyle\nStyle from reference images, content from your prompt. "
-                    f"Models: `{model.ids.get('base')}` + `{model.ids.get('adapter')}`. "
-                    "The same service is an HTTP API: see [/docs](/docs).")
+        gr.Markdown(
+            "## InstantStyle\nStyle from reference images, content from your prompt. "
+            f"Models: `{model.ids.get('base')}` + `{model.ids.get('adapter')}`. "
+            "The same service is an HTTP API: see [/docs](/docs)."
+        )
         history = gr.State([])
         selected = gr.State(None)
         with gr.Row():
@@ -248,20 +277,28 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
                 raise gr.Error("select an image in the gallery first", print_exception=False)
             return form_values(model, item)
 
-        run_event = run_btn.click(_generate_handler(gr, service, form, out_dir), inputs=[*form.inputs, history],
-                                  outputs=[res["preview"], res["gallery"], history, res["params"], selected],
-                                  concurrency_limit=service.queue_size + len(service.models))
+        run_event = run_btn.click(
+            _generate_handler(gr, service, form, out_dir),
+            inputs=[*form.inputs, history],
+            outputs=[res["preview"], res["gallery"], history, res["params"], selected],
+            concurrency_limit=service.queue_size + len(service.models),
+        )
         stop_btn.click(None, cancels=[run_event])
         res["gallery"].select(on_select, inputs=[history], outputs=[res["params"], selected])
         res["reuse"].click(reuse, inputs=[selected], outputs=form.inputs)
         mode = form.fields["mode"]
         mode.change(lambda m: block_slider_values(model, m or "style"), inputs=[mode], outputs=form.sliders)
         task_fields = [form.fields[n] for n in TASK_FIELDS]
-        form.fields["task"].change(task_changed, inputs=[form.fields["task"], *task_fields], outputs=task_fields)
+        form.fields["task"].change(
+            task_changed, inputs=[form.fields["task"], *task_fields], outputs=task_fields
+        )
         form.refresh.click(lambda: gr.update(choices=list_styles(styles_dir)), outputs=[form.saved])
-        form.save_btn.click(_save_style_handler(gr, service, styles_dir),
-                            inputs=[form.files, form.style_name, form.fields["style_weights"]],
-                            outputs=[form.save_status, form.saved], api_name="save_style")
+        form.save_btn.click(
+            _save_style_handler(gr, service, styles_dir),
+            inputs=[form.files, form.style_name, form.fields["style_weights"]],
+            outputs=[form.save_status, form.saved],
+            api_name="save_style",
+        )
         demo.load(lambda: gr.update(choices=list_styles(styles_dir)), outputs=[form.saved])
     return demo
 
@@ -282,8 +319,15 @@ def _blocked_paths(service: GenerationService, keep: list[str]) -> list[str]:
     return sorted(set(out))
 
 
-def mount_ui(app, service: GenerationService, *, path: str = "/ui", api_key: str | None = None,
-             output_dir: str | os.PathLike | None = None, policy=None):
+def mount_ui(
+    app,
+    service: GenerationService,
+    *,
+    path: str = "/ui",
+    api_key: str | None = None,
+    output_dir: str | os.PathLike | None = None,
+    policy=None,
+):
     """Mount the UI on ``app`` at ``path``; with an API key, the UI asks for it (any user name).
 
     ``policy`` (the app's ``policy.Policy``) learns the UI's upload folder and login cookies.
@@ -294,14 +338,22 @@ def mount_ui(app, service: GenerationService, *, path: str = "/ui", api_key: str
     demo = build_ui(service, output_dir=output_dir)
     auth = None
     if api_key:
+
         def auth(_user: str, password: str) -> bool:
             return hmac.compare_digest(password.encode(), api_key.encode())
 
     uploads = upload_dirs()
-    gr.mount_gradio_app(app, demo, path=path, auth=auth, max_file_size=service.limits.max_upload_bytes,
-                        auth_message="Enter the server's API key as the password (any user name)."
-                        if api_key else None, footer_links=["api"], allowed_paths=[],
-                        blocked_paths=_blocked_paths(service, uploads))
+    gr.mount_gradio_app(
+        app,
+        demo,
+        path=path,
+        auth=auth,
+        max_file_size=service.limits.max_upload_bytes,
+        auth_message="Enter the server's API key as the password (any user name)." if api_key else None,
+        footer_links=["api"],
+        allowed_paths=[],
+        blocked_paths=_blocked_paths(service, uploads),
+    )
     # Gradio checks the files a client names only once an app has "launched" (Blocks.launch sets
     # this; mount_gradio_app does not, as of gradio 6.31): without it, a descriptor naming any server
     # file is copied into the cache and served. is_running also stops it marking client SVG paths static.
@@ -310,7 +362,9 @@ def mount_ui(app, service: GenerationService, *, path: str = "/ui", api_key: str
     if policy is not None:
         gradio_app = next(r.app for r in app.routes if isinstance(r, Mount) and r.path == path.rstrip("/"))
         policy.upload_dirs = uploads
-        policy.ui_cookie_names = (f"access-token-{gradio_app.cookie_id}",
-                                  f"access-token-unsecure-{gradio_app.cookie_id}")
+        policy.ui_cookie_names = (
+            f"access-token-{gradio_app.cookie_id}",
+            f"access-token-unsecure-{gradio_app.cookie_id}",
+        )
         policy.ui_tokens = gradio_app.tokens
     return app

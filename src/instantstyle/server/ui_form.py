@@ -17,18 +17,67 @@ LAYOUT = [
     (None, True, None, ["style_weights", "style_combine", "prompt", "negative_prompt", "mode", "scale"]),
     ("Per-block scales", False, "blocks-accordion", ["blocks"]),
     ("Content subtraction", False, None, ["content_prompt", "content_scale"]),
-    ("Leakage controls (precise, composition image, negative image, step window)", False, "leakage-accordion",
-     ["layout_boost", "composition", "negative_style", "composition_scale", "negative_style_scale", "style_window"]),
-    ("Content image (ControlNet, img2img, inpainting, InstantStyle-Plus)", False, "content-accordion",
-     ["content", "mask", "task", "control", "control_image", "control_scale", "strength", "canny_low",
-      "canny_high", "inpaint_style"]),
-    ("InstantStyle-Plus", False, "plus-accordion",
-     ["content_ip_scale", "inversion_steps", "inversion", "renoise_steps", "noise_regularization",
-      "inversion_prompt"]),
+    (
+        "Leakage controls (precise, composition image, negative image, step window)",
+        False,
+        "leakage-accordion",
+        [
+            "layout_boost",
+            "composition",
+            "negative_style",
+            "composition_scale",
+            "negative_style_scale",
+            "style_window",
+        ],
+    ),
+    (
+        "Content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
+        False,
+        "content-accordion",
+        [
+            "content",
+            "mask",
+            "task",
+            "control",
+            "control_image",
+            "control_scale",
+            "strength",
+            "canny_low",
+            "canny_high",
+            "inpaint_style",
+        ],
+    ),
+    (
+        "InstantStyle-Plus",
+        False,
+        "plus-accordion",
+        [
+            "content_ip_scale",
+            "inversion_steps",
+            "inversion",
+            "renoise_steps",
+            "noise_regularization",
+            "inversion_prompt",
+        ],
+    ),
     ("Regional styles", False, None, ["style_masks"]),
-    ("Method", False, "method-accordion",
-     ["method", "reference_prompt", "attention_layers", "share_group_norm", "shared_score_shift",
-      "inversion_offset", "style_description", "swap_start", "swap_end", "color_calibration"]),
+    (
+        "Method",
+        False,
+        "method-accordion",
+        [
+            "method",
+            "reference_prompt",
+            "attention_layers",
+            "share_group_norm",
+            "shared_score_shift",
+            "inversion_offset",
+            "style_description",
+            "swap_start",
+            "swap_end",
+            "color_calibration",
+        ],
+    ),
     ("Sampling", True, None, ["seed", "steps", "guidance", "width", "height", "num_images", "scheduler"]),
 ]
 # Fields a task brings defaults for (config.task_defaults): picking the task sets their widgets.
@@ -39,7 +88,9 @@ def layout() -> list:
     """``LAYOUT``, plus an "Other settings" section for any field placed nowhere (a new field gets
     its widget from the schema without an edit here)."""
     placed = {n for *_, names in LAYOUT for n in names} | {"style"}
-    rest = [n for n, f in GenerateRequest.model_fields.items() if n not in placed and "not_in_ui" not in meta(f)]
+    rest = [
+        n for n, f in GenerateRequest.model_fields.items() if n not in placed and "not_in_ui" not in meta(f)
+    ]
     return LAYOUT + ([("Other settings", False, "other-accordion", rest)] if rest else [])
 
 
@@ -47,9 +98,23 @@ def server_bounds(limits) -> dict:
     """The server's limits as (lo, hi) per field: they narrow the schema's ranges."""
     size = (limits.min_size, limits.max_size)
     text = (0, limits.max_prompt_length)
-    return {"steps": (1, limits.max_steps), "width": size, "height": size, "num_images": (1, limits.max_num_images),
-            **{n: text for n in ("prompt", "negative_prompt", "content_prompt", "reference_prompt",
-                                 "inversion_prompt", "style_description")}}
+    return {
+        "steps": (1, limits.max_steps),
+        "width": size,
+        "height": size,
+        "num_images": (1, limits.max_num_images),
+        **{
+            n: text
+            for n in (
+                "prompt",
+                "negative_prompt",
+                "content_prompt",
+                "reference_prompt",
+                "inversion_prompt",
+                "style_description",
+            )
+        },
+    }
 
 
 def field_widgets(limits, *, control_choices: list[str], methods: list[str], native: int = 1024) -> dict:
@@ -62,12 +127,22 @@ def field_widgets(limits, *, control_choices: list[str], methods: list[str], nat
     for _, _, _, names in layout():
         for name in names:
             if name == "blocks":
-                out[name] = ("blocks", {"label": "Use these per-block scales (replaces the mode)", "value": False})
+                out[name] = (
+                    "blocks",
+                    {"label": "Use these per-block scales (replaces the mode)", "value": False},
+                )
                 continue
             kind, kw = widget(name, GenerateRequest.model_fields[name], limits=bounds)
             out[name] = (kind, kw)
-    out["method"] = ("dropdown", {**out["method"][1], "choices": methods, "value": "instantstyle",
-                                  "info": "; ".join(f"{m}: {METHODS[m].summary}" for m in methods)})
+    out["method"] = (
+        "dropdown",
+        {
+            **out["method"][1],
+            "choices": methods,
+            "value": "instantstyle",
+            "info": "; ".join(f"{m}: {METHODS[m].summary}" for m in methods),
+        },
+    )
     out["control"] = ("checkboxgroup", {**out["control"][1], "choices": control_choices, "value": []})
     for name in ("width", "height"):
         out[name][1]["label"] += f" (empty: the model's, {native})"
@@ -81,18 +156,32 @@ def _component(gr, kind: str, kw: dict):
     if kind in ("image", "mask", "images", "masks"):
         kw = {k: v for k, v in kw.items() if k != "info"}  # uploads take no help text
     if kind in ("image", "mask"):
-        return gr.Image(type="filepath", sources=["upload"], height=160, **({"image_mode": "L"} if kind == "mask"
-                                                                           else {}), **kw)
+        return gr.Image(
+            type="filepath",
+            sources=["upload"],
+            height=160,
+            **({"image_mode": "L"} if kind == "mask" else {}),
+            **kw,
+        )
     if kind in ("images", "masks"):
         return gr.File(file_count="multiple", file_types=["image"], **kw)
     if kind == "number":  # "empty" must mean "not given": Gradio's number box sends 0 for it
         lo, hi = kw.get("minimum"), kw.get("maximum")
         rng = f" in [{lo:g}, {hi:g}]" if lo is not None and hi is not None else ""
-        return gr.Textbox(value="" if kw["value"] is None else str(kw["value"]), max_lines=1,
-                          placeholder=f"{kw['placeholder']} (or a number{rng})",
-                          **{k: v for k, v in kw.items() if k in ("label", "info", "elem_id")})
-    make = {"slider": gr.Slider, "dropdown": gr.Dropdown, "radio": gr.Radio,
-            "checkbox": gr.Checkbox, "textbox": gr.Textbox, "checkboxgroup": gr.CheckboxGroup}[kind]
+        return gr.Textbox(
+            value="" if kw["value"] is None else str(kw["value"]),
+            max_lines=1,
+            placeholder=f"{kw['placeholder']} (or a number{rng})",
+            **{k: v for k, v in kw.items() if k in ("label", "info", "elem_id")},
+        )
+    make = {
+        "slider": gr.Slider,
+        "dropdown": gr.Dropdown,
+        "radio": gr.Radio,
+        "checkbox": gr.Checkbox,
+        "textbox": gr.Textbox,
+        "checkboxgroup": gr.CheckboxGroup,
+    }[kind]
     return make(**kw)
 
 
@@ -115,11 +204,20 @@ class Form:
         from ..embeddings import list_styles
 
         self.model, self.fields, self.sliders = model, {}, []
-        self.files = gr.File(label="Style images (drop one or several)", file_count="multiple",
-                             file_types=["image"], elem_id="style-files")
+        self.files = gr.File(
+            label="Style images (drop one or several)",
+            file_count="multiple",
+            file_types=["image"],
+            elem_id="style-files",
+        )
         with gr.Row():
-            self.saved = gr.Dropdown(choices=list_styles(styles_dir), multiselect=True, label="Saved styles",
-                                     elem_id="saved-styles", scale=5)
+            self.saved = gr.Dropdown(
+                choices=list_styles(styles_dir),
+                multiselect=True,
+                label="Saved styles",
+                elem_id="saved-styles",
+                scale=5,
+            )
             self.refresh = gr.Button("Refresh", scale=1, size="sm")
         with gr.Accordion("Save the uploaded images as a style", open=False):
             with gr.Row():
@@ -138,9 +236,10 @@ class Form:
             kind, kw = specs[name]
             if kind == "blocks":
                 self.fields[name] = gr.Checkbox(kw["value"], label=kw["label"], elem_id="custom-blocks")
-                self.sliders = [gr.Slider(0.0, 2.0, value=v, step=0.05, label=f"{m.name} ({m.level}, /{m.downsample})")
-                                for m, v in zip(self.model.modules, block_slider_values(self.model, "style"),
-                                                strict=True)]
+                self.sliders = [
+                    gr.Slider(0.0, 2.0, value=v, step=0.05, label=f"{m.name} ({m.level}, /{m.downsample})")
+                    for m, v in zip(self.model.modules, block_slider_values(self.model, "style"), strict=True)
+                ]
             else:
                 self.fields[name] = _component(gr, kind, kw)
 
@@ -151,20 +250,28 @@ class Form:
     def split(self, values: list) -> tuple[list, list, dict, list]:
         """Form values -> (style files, saved names, field values by name, block slider values)."""
         n = len(self.fields)
-        return values[0], values[1], dict(zip(self.fields, values[2:2 + n], strict=True)), values[2 + n:]
+        return values[0], values[1], dict(zip(self.fields, values[2 : 2 + n], strict=True)), values[2 + n :]
 
 
-IMAGE_FIELDS = {"content": "content image", "mask": "mask", "style_masks": "style mask",
-                "control_image": "control image", "composition": "composition image",
-                "negative_style": "negative style image"}
+IMAGE_FIELDS = {
+    "content": "content image",
+    "mask": "mask",
+    "style_masks": "style mask",
+    "control_image": "control image",
+    "composition": "composition image",
+    "negative_style": "negative style image",
+}
 
 
 def request_params(model, saved, v: dict, block_values: list) -> dict:
     """Field widget values -> request parameters (unset ones left out: the schema's defaults
     and rules apply, as for the CLI and the API). Image fields are filled by the caller."""
     fields = GenerateRequest.model_fields
-    params = {name: from_widget(name, fields[name], value) for name, value in v.items()
-              if name not in IMAGE_FIELDS and name != "blocks"}
+    params = {
+        name: from_widget(name, fields[name], value)
+        for name, value in v.items()
+        if name not in IMAGE_FIELDS and name != "blocks"
+    }
     params["style"] = [f"@{n}" for n in (saved or [])]
     if v.get("blocks"):  # the per-block sliders replace the mode
         params["blocks"] = _blocks_spec(model, block_values)
@@ -182,7 +289,9 @@ def form_values(model, item: dict) -> list:
         for name in names:
             if name in IMAGE_FIELDS:
                 got = inputs.get(name) or []
-                values.append((got or None) if name in ("style_masks", "control_image") else next(iter(got), None))
+                values.append(
+                    (got or None) if name in ("style_masks", "control_image") else next(iter(got), None)
+                )
             elif name == "blocks":
                 values.append(bool(p.get("blocks")))
             else:

@@ -50,8 +50,16 @@ def decode_upload(data: bytes, name: str, limits: Limits, *, what: str = "style 
     return load_mask(raw, what=label, max_pixels=limits.max_pixels)
 
 
-def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False, style_masks: int = 0,
-                      control_images: int = 0, composition: bool = False, negative_style: bool = False) -> dict:
+def fill_image_fields(
+    params: dict,
+    *,
+    content: bool = False,
+    mask: bool = False,
+    style_masks: int = 0,
+    control_images: int = 0,
+    composition: bool = False,
+    negative_style: bool = False,
+) -> dict:
     """Set the request's image fields to ``UPLOAD`` labels for the files that came with it.
 
     A client may leave them out (the server fills them) or send the ``UPLOAD`` label itself; any
@@ -61,17 +69,25 @@ def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False
     ``control`` entry, in order.
     """
     params = dict(params)
-    for name, given in (("content", content), ("mask", mask), ("composition", composition),
-                        ("negative_style", negative_style)):
+    for name, given in (
+        ("content", content),
+        ("mask", mask),
+        ("composition", composition),
+        ("negative_style", negative_style),
+    ):
         value = params.get(name)
         if value not in (None, UPLOAD):
-            raise InstantStyleError(f"{name} {value!r} is not allowed: a request never names a file; upload the "
-                                    f"image as the multipart file field '{name}'")
+            raise InstantStyleError(
+                f"{name} {value!r} is not allowed: a request never names a file; upload the "
+                f"image as the multipart file field '{name}'"
+            )
         if value == UPLOAD and not given:
             raise InstantStyleError(f"{name} is {UPLOAD!r} but no file '{name}' was uploaded")
         params[name] = UPLOAD if given else None
-    for name, n, part in (("style_masks", style_masks, "style_masks"), ("control_image", control_images,
-                                                                          "control_images")):
+    for name, n, part in (
+        ("style_masks", style_masks, "style_masks"),
+        ("control_image", control_images, "control_images"),
+    ):
         value = params.get(name)
         if value is None or value == []:
             params[name] = [UPLOAD] * n
@@ -80,11 +96,14 @@ def fill_image_fields(params: dict, *, content: bool = False, mask: bool = False
         if not isinstance(value, list) or any(v not in allowed for v in value):
             raise InstantStyleError(
                 f"{name} {value!r} is not allowed: a request never names a file; upload the images as the "
-                f"multipart file field '{part}'" + (" (entries may be null or \"<upload>\")"
-                                                    if name == "control_image" else ""))
+                f"multipart file field '{part}'"
+                + (' (entries may be null or "<upload>")' if name == "control_image" else "")
+            )
         if sum(v == UPLOAD for v in value) != n:
-            raise InstantStyleError(f"{name} has {sum(v == UPLOAD for v in value)} {UPLOAD!r} entries but {n} "
-                                    f"file(s) were uploaded as '{part}'")
+            raise InstantStyleError(
+                f"{name} has {sum(v == UPLOAD for v in value)} {UPLOAD!r} entries but {n} "
+                f"file(s) were uploaded as '{part}'"
+            )
     return params
 
 
@@ -105,6 +124,11 @@ class Uploads:
         if req.control_image:
             it = iter(self.control_images)
             control = [next(it) if v == UPLOAD else None for v in req.control_image]
-        return {"content_image": self.content, "mask_image": self.mask,
-                "style_mask_images": list(self.style_masks) or None, "control_images": control,
-                "composition_image": self.composition, "negative_style_image": self.negative_style}
+        return {
+            "content_image": self.content,
+            "mask_image": self.mask,
+            "style_mask_images": list(self.style_masks) or None,
+            "control_images": control,
+            "composition_image": self.composition,
+            "negative_style_image": self.negative_style,
+        }

@@ -15,11 +15,23 @@ from __future__ import annotations
 
 import torch
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
 
 
 def unet_prefixes(config) -> dict[str, str]:
@@ -48,7 +60,7 @@ def unet_prefixes(config) -> dict[str, str]:
 def _rename(key: str, prefixes: dict[str, str], inner: dict[str, str] | None = None) -> str:
     for hf, ldm in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):  # longest prefix first
         if key.startswith(hf + "."):
-            rest = key[len(hf) + 1:]
+            rest = key[len(hf) + 1 :]
             if inner and ".resnets." in hf:
                 head, _, tail = rest.partition(".")
                 rest = f"{inner.get(head, head)}.{tail}"
@@ -80,7 +92,7 @@ def vae_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.T
         new = key
         for hf, ldm in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
             if key.startswith(hf + "."):
-                new = ldm + key[len(hf):]
+                new = ldm + key[len(hf) :]
                 break
         new = new.replace("conv_shortcut", "nin_shortcut")
         if ".mid.attn_1." in new:
@@ -94,10 +106,12 @@ def vae_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.T
 
 def openclip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """A ``CLIPTextModelWithProjection`` state dict in OpenCLIP's layout (fused in_proj, c_fc/c_proj)."""
-    top = {"text_model.embeddings.position_embedding.weight": "positional_embedding",
-           "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-           "text_model.final_layer_norm.weight": "ln_final.weight",
-           "text_model.final_layer_norm.bias": "ln_final.bias"}
+    top = {
+        "text_model.embeddings.position_embedding.weight": "positional_embedding",
+        "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+        "text_model.final_layer_norm.weight": "ln_final.weight",
+        "text_model.final_layer_norm.bias": "ln_final.bias",
+    }
     out = {prefix + ldm: state_dict[hf] for hf, ldm in top.items()}
     out[prefix + "text_projection"] = state_dict["text_projection.weight"].T.contiguous()
     layers = sorted({int(k.split(".")[3]) for k in state_dict if k.startswith("text_model.encoder.layers.")})
@@ -105,7 +119,8 @@ def openclip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[st
         hf, ldm = f"text_model.encoder.layers.{n}.", f"{prefix}transformer.resblocks.{n}."
         for kind in ("weight", "bias"):
             out[f"{ldm}attn.in_proj_{kind}"] = torch.cat(
-                [state_dict[f"{hf}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")])
+                [state_dict[f"{hf}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
             out[f"{ldm}attn.out_proj.{kind}"] = state_dict[f"{hf}self_attn.out_proj.{kind}"]
             out[f"{ldm}ln_1.{kind}"] = state_dict[f"{hf}layer_norm1.{kind}"]
             out[f"{ldm}ln_2.{kind}"] = state_dict[f"{hf}layer_norm2.{kind}"]
@@ -119,8 +134,11 @@ def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
     sd = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     sd.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
     # The original files hold CLIP-L under ``text_model.*`` (transformers 5 names CLIPTextModel's keys without it).
-    clip_l = {(k if k.startswith("text_model.") else f"text_model.{k}"): v
-              for k, v in pipe.text_encoder.state_dict().items() if not k.endswith("position_ids")}
+    clip_l = {
+        (k if k.startswith("text_model.") else f"text_model.{k}"): v
+        for k, v in pipe.text_encoder.state_dict().items()
+        if not k.endswith("position_ids")
+    }
     if getattr(pipe, "text_encoder_2", None) is not None:
         sd.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in clip_l.items()})
         sd.update(openclip_to_ldm(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))

@@ -58,9 +58,7 @@ def _tokenizer(directory: Path):
         vocab.setdefault(c + "</w>", len(vocab))
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(
-        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77
-    )
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
 
 
 def _text_config(vocab_size: int, hidden: int = 32):
@@ -221,12 +219,16 @@ def tiny_controlnet(seed: int = TINY_SEED + 6):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config())
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32),
-                                           load_weights_from_unet=False)
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(16, 32), load_weights_from_unet=False
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out]
+        zero_convs = [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ]
         for conv in zero_convs:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
     return controlnet.eval()
@@ -293,8 +295,17 @@ def write_single_file(directory: str | Path, seed: int = TINY_SEED) -> dict[str,
         weights.unlink()
     save_file(pipeline_to_ldm(pipe), directory / "tiny-sdxl.safetensors")
     torch.manual_seed(seed + 9)
-    other = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=16,
-                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    other = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
     other.save_pretrained(directory / "vae-16ch", safe_serialization=True)
-    return {"single_file": directory / "tiny-sdxl.safetensors", "single_file_config": config,
-            "vae_other_family": directory / "vae-16ch"}
+    return {
+        "single_file": directory / "tiny-sdxl.safetensors",
+        "single_file_config": config,
+        "vae_other_family": directory / "vae-16ch",
+    }

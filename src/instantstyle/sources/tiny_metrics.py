@@ -23,8 +23,14 @@ CSD_WIDTH, CSD_LAYERS, CSD_EMBED = 128, 2, 16
 _TMP: dict[str, object] = {}
 
 
-def tiny_csd_state_dict(seed: int = 0, width: int = CSD_WIDTH, layers: int = CSD_LAYERS, patch: int = 14,
-                        image_size: int = 224, embed_dim: int = CSD_EMBED) -> dict[str, torch.Tensor]:
+def tiny_csd_state_dict(
+    seed: int = 0,
+    width: int = CSD_WIDTH,
+    layers: int = CSD_LAYERS,
+    patch: int = 14,
+    image_size: int = 224,
+    embed_dim: int = CSD_EMBED,
+) -> dict[str, torch.Tensor]:
     """Random weights with exactly the keys of the published CSD checkpoint (``module.`` prefixed)."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -35,9 +41,11 @@ def tiny_csd_state_dict(seed: int = 0, width: int = CSD_WIDTH, layers: int = CSD
         return 1.0 + 0.1 * torch.randn(n, generator=gen), 0.1 * torch.randn(n, generator=gen)
 
     tokens = (image_size // patch) ** 2 + 1
-    sd = {"backbone.conv1.weight": lin(width, 3, patch, patch, fan_in=3 * patch * patch),
-          "backbone.class_embedding": lin(width, fan_in=width),
-          "backbone.positional_embedding": lin(tokens, width, fan_in=width)}
+    sd = {
+        "backbone.conv1.weight": lin(width, 3, patch, patch, fan_in=3 * patch * patch),
+        "backbone.class_embedding": lin(width, fan_in=width),
+        "backbone.positional_embedding": lin(tokens, width, fan_in=width),
+    }
     for name in ("ln_pre", "ln_post"):
         sd[f"backbone.{name}.weight"], sd[f"backbone.{name}.bias"] = norm(width)
     for i in range(layers):
@@ -63,8 +71,12 @@ def write_tiny_csd(path: str | Path, state: dict[str, torch.Tensor] | None = Non
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {"model_state_dict": state if state is not None else tiny_csd_state_dict(),
-                  "args": argparse.Namespace(arch="vit_large", lam=0.0), "epoch": 0, "best_acc": np.float64(0.5)}
+    checkpoint = {
+        "model_state_dict": state if state is not None else tiny_csd_state_dict(),
+        "args": argparse.Namespace(arch="vit_large", lam=0.0),
+        "epoch": 0,
+        "best_acc": np.float64(0.5),
+    }
     torch.save(checkpoint, path)
     return path
 
@@ -88,7 +100,9 @@ def tiny_dino(seed: int = 0):
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=14)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=14
+    )
     return Dinov2Model(config).eval()
 
 

@@ -18,13 +18,23 @@ import torch
 
 # stabilityai/stable-diffusion-xl-base-1.0/unet/config.json
 SDXL_UNET_CONFIG = dict(
-    sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32, norm_eps=1e-5,
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    norm_eps=1e-5,
 )
 IMAGE_ENCODER_DIM = 1280  # ViT-bigG projection, the input of ip-adapter_sdxl's image projection
 
@@ -50,8 +60,14 @@ class FullModels:
     controlnet: object | None = None
 
 
-def build_full_sdxl(device: torch.device | str, dtype: torch.dtype = torch.float16, *, controlnet: bool = False,
-                    image_encoder: bool = True, text_encoders: bool = True) -> FullModels:
+def build_full_sdxl(
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float16,
+    *,
+    controlnet: bool = False,
+    image_encoder: bool = True,
+    text_encoders: bool = True,
+) -> FullModels:
     """SDXL base parts (+ optionally a ControlNet from the UNet's config) with random weights on ``device``."""
     from diffusers import (
         AutoencoderKL,
@@ -79,31 +95,77 @@ def build_full_sdxl(device: torch.device | str, dtype: torch.dtype = torch.float
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
         cnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False) if controlnet else None
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, layers_per_block=2,
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025, force_upcast=True,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=1024,
+            layers_per_block=2,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            scaling_factor=0.13025,
+            force_upcast=True,
         )
         text_encoder = text_encoder_2 = encoder = None
-        common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        common = dict(
+            vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1
+        )
         if text_encoders:
-            text_encoder = CLIPTextModel(CLIPTextConfig(
-                hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                hidden_act="quick_gelu", projection_dim=768, **common))
-            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
-                hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                hidden_act="gelu", projection_dim=1280, **common))
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    hidden_size=768,
+                    intermediate_size=3072,
+                    num_hidden_layers=12,
+                    num_attention_heads=12,
+                    hidden_act="quick_gelu",
+                    projection_dim=768,
+                    **common,
+                )
+            )
+            text_encoder_2 = CLIPTextModelWithProjection(
+                CLIPTextConfig(
+                    hidden_size=1280,
+                    intermediate_size=5120,
+                    num_hidden_layers=32,
+                    num_attention_heads=20,
+                    hidden_act="gelu",
+                    projection_dim=1280,
+                    **common,
+                )
+            )
         if image_encoder:
-            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-                hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
-                patch_size=14, image_size=224, projection_dim=IMAGE_ENCODER_DIM, hidden_act="gelu",
-                layer_norm_eps=1e-5))
+            encoder = CLIPVisionModelWithProjection(
+                CLIPVisionConfig(
+                    hidden_size=1664,
+                    intermediate_size=8192,
+                    num_hidden_layers=48,
+                    num_attention_heads=16,
+                    patch_size=14,
+                    image_size=224,
+                    projection_dim=IMAGE_ENCODER_DIM,
+                    hidden_act="gelu",
+                    layer_norm_eps=1e-5,
+                )
+            )
     for m in (unet, cnet, vae, text_encoder, text_encoder_2, encoder):
         if m is not None:
             m.eval().requires_grad_(False)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
     return FullModels(pipe, encoder, image_processor(224), random_adapter(unet, device, dtype), cnet)
 
 
@@ -116,9 +178,12 @@ def random_adapter(unet, device, dtype, clip_dim: int = IMAGE_ENCODER_DIM, token
     def rnd(*shape, std):
         return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * std).to(dtype)
 
-    image_proj = {"proj.weight": rnd(tokens * cross, clip_dim, std=clip_dim**-0.5),
-                  "proj.bias": rnd(tokens * cross, std=0.1),
-                  "norm.weight": 1 + rnd(cross, std=0.1), "norm.bias": rnd(cross, std=0.1)}
+    image_proj = {
+        "proj.weight": rnd(tokens * cross, clip_dim, std=clip_dim**-0.5),
+        "proj.bias": rnd(tokens * cross, std=0.1),
+        "norm.weight": 1 + rnd(cross, std=0.1),
+        "norm.bias": rnd(cross, std=0.1),
+    }
     ip_adapter = {}
     for idx, name in enumerate(unet.attn_processors):
         if name.endswith("attn2.processor"):
@@ -128,8 +193,13 @@ def random_adapter(unet, device, dtype, clip_dim: int = IMAGE_ENCODER_DIM, token
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def full_instantstyle(device: torch.device | str = "cuda", dtype: torch.dtype = torch.float16, *,
-                      controlnet: bool = False, speed="auto"):
+def full_instantstyle(
+    device: torch.device | str = "cuda",
+    dtype: torch.dtype = torch.float16,
+    *,
+    controlnet: bool = False,
+    speed="auto",
+):
     """``(InstantStyle, controlnet or None)`` on full-size random SDXL, everything on ``device``."""
     from .. import adapter as adapter_mod
     from ..embeddings import EmbeddingCache
@@ -141,6 +211,13 @@ def full_instantstyle(device: torch.device | str = "cuda", dtype: torch.dtype = 
     full.pipe.to(device)
     full.pipe.set_progress_bar_config(disable=True)
     ids = {"base": "random-sdxl", "adapter": "random-ip-adapter", "image_encoder": "random-bigG"}
-    model = InstantStyle(full.pipe, full.image_encoder, full.feature_extractor, info, ids=ids,
-                         cache=EmbeddingCache(None), speed=speed)
+    model = InstantStyle(
+        full.pipe,
+        full.image_encoder,
+        full.feature_extractor,
+        info,
+        ids=ids,
+        cache=EmbeddingCache(None),
+        speed=speed,
+    )
     return model, full.controlnet

@@ -68,7 +68,9 @@ class TrainResult:
 class AdapterTrainer:
     """One training run. ``AdapterTrainer(config).train()``; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = None):
+    def __init__(
+        self, config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
+    ):
         self.config = config
         self.progress = progress
         self._log = log
@@ -90,15 +92,19 @@ class AdapterTrainer:
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             project_config=ProjectConfiguration(project_dir=str(self.out)),
         )
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            cfg.mixed_precision, torch.float32
+        )
         if acc.is_main_process:
             checkpoints.check_out(self.out, cfg.resume, cfg.max_steps)
         acc.wait_for_everyone()
 
         # 1. Data first: an empty or missing dataset stops before any model loads.
         self.source = data_mod.open_source(cfg.data)
-        self.log(f"data: {self.source.description}"
-                 + (f" ({self.source.stats.summary()})" if self.source.stats.skipped else ""))
+        self.log(
+            f"data: {self.source.description}"
+            + (f" ({self.source.stats.summary()})" if self.source.stats.skipped else "")
+        )
 
         # 2. Frozen models; the training size defaults to the base model's native size.
         set_seed(cfg.seed, device_specific=True)
@@ -106,8 +112,9 @@ class AdapterTrainer:
         if cfg.resolution is None:
             native = self.pipe.default_sample_size * self.pipe.vae_scale_factor
             self.config = cfg = cfg.model_copy(update={"resolution": native})  # recorded in train_config.json
-        self.stream = data_mod.SampleStream(self.source, cfg.resolution, cfg.seed, acc.process_index,
-                                            acc.num_processes, log=self.log)
+        self.stream = data_mod.SampleStream(
+            self.source, cfg.resolution, cfg.seed, acc.process_index, acc.num_processes, log=self.log
+        )
 
         # 3. Trainable layers on the chosen blocks.
         unet = self.unet
@@ -118,12 +125,18 @@ class AdapterTrainer:
 
             init_sd = adapter_mod.load_state_dict(models.resolve_file(cfg.init, "IP-Adapter (--init)"))
         clip_dim = self.image_encoder.config.projection_dim
-        proj, kv, self.tokens = layers.initial_weights(unet, self.chosen, clip_dim, cfg.tokens, init_sd, cfg.seed)
+        proj, kv, self.tokens = layers.initial_weights(
+            unet, self.chosen, clip_dim, cfg.tokens, init_sd, cfg.seed
+        )
         self.params = layers.install(unet, self.chosen, proj, kv, self.tokens)
-        self.initial_trainable = {k: v.detach().clone() for k, v in layers.trainable_state(unet, self.chosen).items()}
+        self.initial_trainable = {
+            k: v.detach().clone() for k, v in layers.trainable_state(unet, self.chosen).items()
+        }
         n_train = sum(p.numel() for p in self.params)
-        self.log(f"training {len(self.chosen)} cross-attention layers + the image projection "
-                 f"({n_train / 1e6:.2f} M parameters); everything else frozen")
+        self.log(
+            f"training {len(self.chosen)} cross-attention layers + the image projection "
+            f"({n_train / 1e6:.2f} M parameters); everything else frozen"
+        )
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -132,8 +145,9 @@ class AdapterTrainer:
         self.optimizer = self._optimizer()
         from diffusers.optimization import get_scheduler
 
-        self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
-                                          num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes)
+        self.lr_scheduler = get_scheduler(
+            "constant_with_warmup", self.optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes
+        )
         self.ema = None
         if cfg.ema:
             from diffusers.training_utils import EMAModel
@@ -150,7 +164,9 @@ class AdapterTrainer:
 
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.empty_prompt, self.empty_pooled = self._encode_text([""])
-        model_key = f"{models.canonical_id(cfg.base)}|{models.canonical_id(self.encoder_spec)}|{self.weight_dtype}"
+        model_key = (
+            f"{models.canonical_id(cfg.base)}|{models.canonical_id(self.encoder_spec)}|{self.weight_dtype}"
+        )
         self.cache = TrainCache(cfg.cache_dir, model_key) if cfg.cache_dir else None
         self.global_step = 0
 
@@ -158,12 +174,21 @@ class AdapterTrainer:
         cfg, acc = self.config, self.accelerator
         self.pipe = models.load_base_pipeline(cfg.base, self.weight_dtype)  # any source, 'tiny' included
         self.encoder_spec = encoder_spec = cfg.image_encoder or models.default_image_encoder(cfg.base)
-        self.image_encoder, self.feature_extractor = models.load_image_encoder(encoder_spec, self.weight_dtype)
+        self.image_encoder, self.feature_extractor = models.load_image_encoder(
+            encoder_spec, self.weight_dtype
+        )
         self.unet = self.pipe.unet
-        vae_dtype = torch.float32 if (self.weight_dtype == torch.float16 and self.pipe.vae.config.force_upcast) \
+        vae_dtype = (
+            torch.float32
+            if (self.weight_dtype == torch.float16 and self.pipe.vae.config.force_upcast)
             else self.weight_dtype
-        for m, dt in ((self.pipe.vae, vae_dtype), (self.pipe.text_encoder, self.weight_dtype),
-                      (self.pipe.text_encoder_2, self.weight_dtype), (self.image_encoder, self.weight_dtype)):
+        )
+        for m, dt in (
+            (self.pipe.vae, vae_dtype),
+            (self.pipe.text_encoder, self.weight_dtype),
+            (self.pipe.text_encoder_2, self.weight_dtype),
+            (self.image_encoder, self.weight_dtype),
+        ):
             m.requires_grad_(False)
             m.eval()
             m.to(acc.device, dt)
@@ -191,8 +216,10 @@ class AdapterTrainer:
             from safetensors.torch import save_file
 
             state = layers.trainable_state(self.accelerator.unwrap_model(self.unet), self.chosen)
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()},
-                      str(Path(output_dir) / "trainable.safetensors"))
+            save_file(
+                {k: v.detach().float().cpu().contiguous() for k, v in state.items()},
+                str(Path(output_dir) / "trainable.safetensors"),
+            )
 
     def _load_hook(self, models_list, input_dir) -> None:
         from safetensors.torch import load_file
@@ -205,8 +232,10 @@ class AdapterTrainer:
         acc = self.accelerator
         directory = self.out / CHECKPOINTS / f"checkpoint-{self.global_step:07d}"
         acc.save_state(str(directory))
-        atomic_write_text(directory / f"data_state_{acc.process_index}.json",
-                          json.dumps({**self.stream.state_dict(), "stats": self.stream.stats.as_dict()}))
+        atomic_write_text(
+            directory / f"data_state_{acc.process_index}.json",
+            json.dumps({**self.stream.state_dict(), "stats": self.stream.stats.as_dict()}),
+        )
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"global_step": self.global_step, "num_processes": acc.num_processes}
@@ -222,8 +251,10 @@ class AdapterTrainer:
             self.log(f"--resume latest: no checkpoint in {self.out / CHECKPOINTS}; starting from step 0")
             return
         if not (directory / DONE_MARKER).is_file():
-            raise InstantStyleError(f"--resume '{directory}' is not a complete checkpoint (no {DONE_MARKER}); "
-                                    "give another one or 'latest'")
+            raise InstantStyleError(
+                f"--resume '{directory}' is not a complete checkpoint (no {DONE_MARKER}); "
+                "give another one or 'latest'"
+            )
         state = json.loads((directory / DONE_MARKER).read_text())
         if state.get("num_processes", 1) != acc.num_processes:
             raise InstantStyleError(
@@ -243,7 +274,10 @@ class AdapterTrainer:
     @torch.no_grad()
     def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         prompt_embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=captions, device=self.accelerator.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompt=captions,
+            device=self.accelerator.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         if len(captions) == 1 and captions == [""]:
             return prompt_embeds[0], pooled[0]
@@ -255,12 +289,20 @@ class AdapterTrainer:
         pixels = torch.stack([s.pixels for s in samples]).to(dev, vae.dtype)
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # [B, 4, R/8, R/8]
         prompt_embeds, pooled = self._encode_text([s.caption for s in samples])
-        clip_pixels = self.feature_extractor(images=[s.image for s in samples], return_tensors="pt").pixel_values
-        image_embeds = self.image_encoder(clip_pixels.to(dev, self.image_encoder.dtype)).image_embeds  # [B, D]
+        clip_pixels = self.feature_extractor(
+            images=[s.image for s in samples], return_tensors="pt"
+        ).pixel_values
+        image_embeds = self.image_encoder(
+            clip_pixels.to(dev, self.image_encoder.dtype)
+        ).image_embeds  # [B, D]
         time_ids = torch.tensor([s.time_ids(self.config.resolution) for s in samples], dtype=torch.float32)
-        return {"latents": latents.to(self.weight_dtype), "prompt_embeds": prompt_embeds.to(self.weight_dtype),
-                "pooled": pooled.to(self.weight_dtype), "image_embeds": image_embeds.to(self.weight_dtype),
-                "time_ids": time_ids}
+        return {
+            "latents": latents.to(self.weight_dtype),
+            "prompt_embeds": prompt_embeds.to(self.weight_dtype),
+            "pooled": pooled.to(self.weight_dtype),
+            "image_embeds": image_embeds.to(self.weight_dtype),
+            "time_ids": time_ids,
+        }
 
     def _decode_or_cached(self, record: data_mod.Record):
         res = self.config.resolution
@@ -308,14 +350,24 @@ class AdapterTrainer:
         u = torch.rand(bsz)
         drop_text, drop_image = dropout_masks(u, cfg.text_dropout, cfg.image_dropout, cfg.both_dropout)
         prompt_embeds, pooled, image_embeds = apply_dropout(
-            batch["prompt_embeds"], batch["pooled"], batch["image_embeds"], self.empty_prompt, self.empty_pooled,
-            drop_text, drop_image,
+            batch["prompt_embeds"],
+            batch["pooled"],
+            batch["image_embeds"],
+            self.empty_prompt,
+            self.empty_pooled,
+            drop_text,
+            drop_image,
         )
         wd = self.weight_dtype
         pred = self.unet(
-            noisy.to(wd), timesteps, encoder_hidden_states=prompt_embeds.to(wd),
-            added_cond_kwargs={"text_embeds": pooled.to(wd), "time_ids": batch["time_ids"].to(dev, wd),
-                               "image_embeds": [image_embeds.float()[:, None, :]]},  # [B, 1 image, D]
+            noisy.to(wd),
+            timesteps,
+            encoder_hidden_states=prompt_embeds.to(wd),
+            added_cond_kwargs={
+                "text_embeds": pooled.to(wd),
+                "time_ids": batch["time_ids"].to(dev, wd),
+                "image_embeds": [image_embeds.float()[:, None, :]],
+            },  # [B, 1 image, D]
         ).sample
         return F.mse_loss(pred.float(), target.float())
 
@@ -330,10 +382,18 @@ class AdapterTrainer:
             cfg.model_copy(update={"resume": None}).save(self.out)
         if cfg.resume:
             self.resume()
-        self.val_refs = validation.references(self) if (cfg.validate_every or cfg.validation_prompts) else None
+        self.val_refs = (
+            validation.references(self) if (cfg.validate_every or cfg.validation_prompts) else None
+        )
         world_batch = cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes
-        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train-adapter", unit="step",
-                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.global_step,
+            desc="train-adapter",
+            unit="step",
+            disable=not (self.progress and acc.is_main_process),
+            dynamic_ncols=True,
+        )
         losses: list[float] = []
         start = self.global_step
         log_path = self.out / "train_log.jsonl"
@@ -354,7 +414,9 @@ class AdapterTrainer:
                         self.optimizer.zero_grad(set_to_none=True)
                     step_loss += loss.detach() / cfg.gradient_accumulation_steps
                 if not acc.sync_gradients:
-                    raise RuntimeError("gradient accumulation out of step")  # cannot happen: one sync per step
+                    raise RuntimeError(
+                        "gradient accumulation out of step"
+                    )  # cannot happen: one sync per step
                 if self.ema is not None:
                     self.ema.step(self.params)
                 self.global_step += 1
@@ -364,10 +426,21 @@ class AdapterTrainer:
                 ips = world_batch / dt if ips is None else 0.9 * ips + 0.1 * world_batch / dt
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
                 bar.update(1)
-                if acc.is_main_process and (self.global_step % cfg.log_every == 0 or self.global_step == cfg.max_steps):
+                if acc.is_main_process and (
+                    self.global_step % cfg.log_every == 0 or self.global_step == cfg.max_steps
+                ):
                     with log_path.open("a") as f:
-                        f.write(json.dumps({"step": self.global_step, "loss": mean_loss,
-                                            "lr": self.lr_scheduler.get_last_lr()[0], "images_per_s": ips}) + "\n")
+                        f.write(
+                            json.dumps(
+                                {
+                                    "step": self.global_step,
+                                    "loss": mean_loss,
+                                    "lr": self.lr_scheduler.get_last_lr()[0],
+                                    "images_per_s": ips,
+                                }
+                            )
+                            + "\n"
+                        )
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if cfg.validate_every and self.global_step % cfg.validate_every == 0:
@@ -425,11 +498,17 @@ class AdapterTrainer:
             return None
         unet = acc.unwrap_model(self.unet)
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.config.save_dtype]
-        meta = {"format": "instantstyle.trained-adapter/1", "blocks": self.config.blocks,
-                "trained_layers": str(len(self.chosen)), "steps": str(self.global_step),
-                "untrained_layers": "zeros (no image branch)"}
+        meta = {
+            "format": "instantstyle.trained-adapter/1",
+            "blocks": self.config.blocks,
+            "trained_layers": str(len(self.chosen)),
+            "steps": str(self.global_step),
+            "untrained_layers": "zeros (no image branch)",
+        }
         if self.ema is not None:
-            layers.save_h94(layers.export_h94(unet, self.chosen, dtype), self.out / "adapter_noema.safetensors", meta)
+            layers.save_h94(
+                layers.export_h94(unet, self.chosen, dtype), self.out / "adapter_noema.safetensors", meta
+            )
         with self.ema_weights():
             return layers.save_h94(layers.export_h94(unet, self.chosen, dtype), self.out / ADAPTER_NAME, meta)
 

@@ -64,10 +64,10 @@ INIT_LOSS_SCALE = 2.0**16  # torch.amp.GradScaler's default initial scale
 def _peft_state(unet, adapter_name: str) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().contiguous() for k, v in
-            get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
-
-
+    return {
+        k: v.detach().float().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()
+    }
 
 
 @dataclass
@@ -144,18 +144,27 @@ def _loss_function(unet, noise_sched, latents, text, added):
     def loss_at(t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         x0, noise = latents.expand(len(t), -1, -1, -1), noise.to(latents.device)
         noisy = noise_sched.add_noise(x0, noise, t.to(latents.device))
-        target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+        target = (
+            noise
+            if noise_sched.config.prediction_type == "epsilon"
+            else noise_sched.get_velocity(x0, noise, t)
+        )
         n = len(t)
         cond = {k: (v.expand(n, *v.shape[1:]) if torch.is_tensor(v) else v) for k, v in added.items()}
-        pred = unet(noisy.to(unet.dtype), t.to(latents.device), encoder_hidden_states=text.expand(n, -1, -1),
-                    added_cond_kwargs=cond).sample
+        pred = unet(
+            noisy.to(unet.dtype),
+            t.to(latents.device),
+            encoder_hidden_states=text.expand(n, -1, -1),
+            added_cond_kwargs=cond,
+        ).sample
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     return loss_at
 
 
-def lora_gradients(pipe, image, *, resolution: int, rank: int, lora_state: dict, timestep: int = 500,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
+def lora_gradients(
+    pipe, image, *, resolution: int, rank: int, lora_state: dict, timestep: int = 500, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """The LoRA gradients of one training loss (fixed timestep and seeded noise), as ``train`` computes them.
 
     Same inputs, loss and ``Backprop`` as ``train`` at the pipe's precision, from the LoRA weights
@@ -187,22 +196,29 @@ def lora_gradients(pipe, image, *, resolution: int, rank: int, lora_state: dict,
     return grads
 
 
-def _check_settings(steps: int, rank: int, lr: float, checkpoint_every: int, weight_decay: float,
-                    max_grad_norm: float) -> None:
+def _check_settings(
+    steps: int, rank: int, lr: float, checkpoint_every: int, weight_decay: float, max_grad_norm: float
+) -> None:
     if steps < 1 or rank < 1 or not (lr > 0) or checkpoint_every < 1:
-        raise InstantStyleError(f"--steps {steps}, --rank {rank}, --lr {lr}, --checkpoint-every {checkpoint_every}: "
-                                "all must be positive")
+        raise InstantStyleError(
+            f"--steps {steps}, --rank {rank}, --lr {lr}, --checkpoint-every {checkpoint_every}: "
+            "all must be positive"
+        )
     if not (weight_decay >= 0) or not (max_grad_norm >= 0):
-        raise InstantStyleError(f"--weight-decay {weight_decay}, --max-grad-norm {max_grad_norm}: must be >= 0 "
-                                "(0 turns clipping off)")
+        raise InstantStyleError(
+            f"--weight-decay {weight_decay}, --max-grad-norm {max_grad_norm}: must be >= 0 "
+            "(0 turns clipping off)"
+        )
 
 
 def _checkpoint_to_resume(out: Path, settings: dict, steps: int, resume: bool) -> dict | None:
     """The checkpoint ``resume`` continues from (checked against ``settings``), or None for a fresh run."""
     if not resume:
         if out.exists() and any(out.iterdir()):
-            raise InstantStyleError(f"--out '{out}' is not empty; pass --resume to continue its training or "
-                                    "choose a new directory")
+            raise InstantStyleError(
+                f"--out '{out}' is not empty; pass --resume to continue its training or "
+                "choose a new directory"
+            )
         return None
     if not (out / CHECKPOINT_FILE).is_file():
         raise InstantStyleError(f"--resume: '{out}' has no {CHECKPOINT_FILE}; train without --resume first")
@@ -210,10 +226,14 @@ def _checkpoint_to_resume(out: Path, settings: dict, steps: int, resume: bool) -
     saved = json.loads(checkpoint["settings"])
     changed = [k for k in settings if saved.get(k) != settings[k] and k != "base"]
     if changed:
-        raise InstantStyleError(f"--resume: the checkpoint in '{out}' was made with different {', '.join(changed)}; "
-                                "use the same image, base and settings (only --steps may change)")
+        raise InstantStyleError(
+            f"--resume: the checkpoint in '{out}' was made with different {', '.join(changed)}; "
+            "use the same image, base and settings (only --steps may change)"
+        )
     if checkpoint["step"] > steps:
-        raise InstantStyleError(f"--resume: the checkpoint is at step {checkpoint['step']}, past --steps {steps}")
+        raise InstantStyleError(
+            f"--resume: the checkpoint is at step {checkpoint['step']}, past --steps {steps}"
+        )
     return checkpoint
 
 
@@ -241,10 +261,17 @@ class _Loop:
         self.skipped = int(checkpoint.get("skipped_steps", 0))
 
     def state(self, unet, step: int, settings: dict) -> dict:
-        return {"step": step, "lora": _peft_state(unet, "blora"), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.backprop.scaler.state_dict(), "generator": self.gen.get_state(),
-                "losses": self.losses, "eval_before": self.before, "skipped_steps": self.skipped,
-                "settings": json.dumps(settings)}
+        return {
+            "step": step,
+            "lora": _peft_state(unet, "blora"),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.backprop.scaler.state_dict(),
+            "generator": self.gen.get_state(),
+            "losses": self.losses,
+            "eval_before": self.before,
+            "skipped_steps": self.skipped,
+            "settings": json.dumps(settings),
+        }
 
     def step(self, loss_at, n_train: int, shape, step: int) -> float:
         """One optimisation step on a fresh (timestep, noise) draw; returns its loss."""
@@ -252,7 +279,9 @@ class _Loop:
         noise = torch.randn(shape, generator=self.gen)
         loss = loss_at(t, noise)
         if not math.isfinite(loss.item()):
-            raise InstantStyleError(f"B-LoRA training diverged at step {step} (loss {loss.item()}); lower --lr")
+            raise InstantStyleError(
+                f"B-LoRA training diverged at step {step} (loss {loss.item()}); lower --lr"
+            )
         backprop = self.backprop
         backprop.gradients(loss)
         scale = backprop.scaler.get_scale() if backprop.scaler.is_enabled() else 1.0
@@ -263,10 +292,23 @@ class _Loop:
         return loss.item()
 
 
-def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64, lr: float = 5e-5,
-          weight_decay: float = WEIGHT_DECAY, max_grad_norm: float = MAX_GRAD_NORM,
-          resolution: int | None = None, seed: int = 0, checkpoint_every: int = 100, resume: bool = False,
-          base_id: str = "unknown", progress: bool = True) -> TrainResult:
+def train(
+    pipe,
+    image,
+    out_dir: str | Path,
+    *,
+    steps: int = 1000,
+    rank: int = 64,
+    lr: float = 5e-5,
+    weight_decay: float = WEIGHT_DECAY,
+    max_grad_norm: float = MAX_GRAD_NORM,
+    resolution: int | None = None,
+    seed: int = 0,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    base_id: str = "unknown",
+    progress: bool = True,
+) -> TrainResult:
     """Train a B-LoRA on one image with ``pipe`` (an SDXL pipeline); write it to ``out_dir``.
 
     The base trains at its own dtype (``precision``; fp16 always with loss scaling), the LoRA in
@@ -286,12 +328,24 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
     if size % unit:
         raise InstantStyleError(f"--resolution {size}: must be a multiple of {unit} for this model")
     out = Path(out_dir)
-    settings = {"rank": rank, "lora_alpha": rank, "lr": lr, "weight_decay": weight_decay,
-                "max_grad_norm": max_grad_norm, "resolution": size, "seed": seed,
-                "prompt": TRAIN_PROMPT, "trigger": TRIGGER, "image_sha256": image_hash(image),
-                "base": base_id, "architecture": architecture_fingerprint(unet.config),
-                "weights": weights_fingerprint(unet), "precision": precision(unet),
-                "content_block": blocks.BLORA_CONTENT_BLOCK, "style_block": blocks.BLORA_STYLE_BLOCK}
+    settings = {
+        "rank": rank,
+        "lora_alpha": rank,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "max_grad_norm": max_grad_norm,
+        "resolution": size,
+        "seed": seed,
+        "prompt": TRAIN_PROMPT,
+        "trigger": TRIGGER,
+        "image_sha256": image_hash(image),
+        "base": base_id,
+        "architecture": architecture_fingerprint(unet.config),
+        "weights": weights_fingerprint(unet),
+        "precision": precision(unet),
+        "content_block": blocks.BLORA_CONTENT_BLOCK,
+        "style_block": blocks.BLORA_STYLE_BLOCK,
+    }
     checkpoint = _checkpoint_to_resume(out, settings, steps, resume)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -314,12 +368,16 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
         for p in params:
             p.data = p.data.float()  # LoRA weights train in fp32 even on an fp16 base
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        loop = _Loop(optimizer, Backprop(unet, optimizer, params, max_grad_norm), torch.Generator().manual_seed(seed))
+        loop = _Loop(
+            optimizer, Backprop(unet, optimizer, params, max_grad_norm), torch.Generator().manual_seed(seed)
+        )
         if checkpoint is not None:
             loop.restore(unet, checkpoint)
         else:
             loop.before = eval_loss()
-        bar = tqdm(range(loop.start, steps), desc="B-LoRA", initial=loop.start, total=steps, disable=not progress)
+        bar = tqdm(
+            range(loop.start, steps), desc="B-LoRA", initial=loop.start, total=steps, disable=not progress
+        )
         loop_start = time.perf_counter()
         for step in bar:
             bar.set_postfix(loss=f"{loop.step(loss_at, n_train, latents.shape, step):.4f}")
@@ -334,8 +392,14 @@ def train(pipe, image, out_dir: str | Path, *, steps: int = 1000, rank: int = 64
     with atomic_write(out / WEIGHTS_FILE) as tmp:
         save_file(weights, str(tmp))
     losses = loop.losses
-    info = {**settings, "steps": steps, "eval_loss_before": loop.before, "eval_loss_after": after,
-            "final_loss": losses[-1] if losses else None, "skipped_steps": loop.skipped,
-            "format": "instantstyle-blora/1"}
+    info = {
+        **settings,
+        "steps": steps,
+        "eval_loss_before": loop.before,
+        "eval_loss_after": after,
+        "final_loss": losses[-1] if losses else None,
+        "skipped_steps": loop.skipped,
+        "format": "instantstyle-blora/1",
+    }
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2))
     return TrainResult(out, steps, loop.before, after, losses, time.perf_counter() - t0, step_seconds)

@@ -21,7 +21,9 @@ class TrainCache:
         self.misses = 0
 
     def key(self, digest: str, caption: str, resolution: int) -> str:
-        return hashlib.sha256(f"{self.model_key}\0{digest}\0{caption}\0{resolution}".encode()).hexdigest()[:40]
+        return hashlib.sha256(f"{self.model_key}\0{digest}\0{caption}\0{resolution}".encode()).hexdigest()[
+            :40
+        ]
 
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.safetensors"

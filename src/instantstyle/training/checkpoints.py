@@ -32,7 +32,6 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-
 def check_out(out: Path, resume: str | None, max_steps: int) -> None:
     """Never lose work: a finished or started run in ``out`` is continued or refused, not overwritten."""
     ck = out / CHECKPOINTS
@@ -46,20 +45,22 @@ def check_out(out: Path, resume: str | None, max_steps: int) -> None:
         return
     latest = latest_checkpoint(out)
     if latest is None:
-        leftovers = sorted(p.name for p in out.iterdir() if p.name not in _RESTARTABLE) \
-            if out.is_dir() else []
+        leftovers = (
+            sorted(p.name for p in out.iterdir() if p.name not in _RESTARTABLE) if out.is_dir() else []
+        )
         if adapter.exists() or leftovers:
             raise InstantStyleError(
                 f"resume='latest': out '{out}' holds no complete checkpoint to resume from but "
                 f"{'a finished adapter' if adapter.exists() else ', '.join(leftovers[:3])}; nothing was "
-                "changed: choose another out to train again")
+                "changed: choose another out to train again"
+            )
         return
     step = int(json.loads((latest / DONE_MARKER).read_text())["global_step"])
     if step >= max_steps and adapter.exists():
         raise InstantStyleError(
             f"resume='latest': the run in '{out}' is finished (step {step} of max_steps "
-            f"{max_steps}); nothing was changed: raise max_steps to train further")
-
+            f"{max_steps}); nothing was changed: raise max_steps to train further"
+        )
 
 
 def prune(out: Path, keep: int | None) -> None:

@@ -91,15 +91,23 @@ class DataStats:
     def summary(self) -> str:
         parts = [f"{self.used} samples used"]
         if self.missing_caption:
-            parts.append(f"{self.missing_caption} skipped for a missing or empty caption "
-                         f"(e.g. {', '.join(self.examples['missing_caption'])})")
+            parts.append(
+                f"{self.missing_caption} skipped for a missing or empty caption "
+                f"(e.g. {', '.join(self.examples['missing_caption'])})"
+            )
         if self.unreadable:
-            parts.append(f"{self.unreadable} skipped as unreadable images (e.g. {', '.join(self.examples['unreadable'])})")
+            parts.append(
+                f"{self.unreadable} skipped as unreadable images (e.g. {', '.join(self.examples['unreadable'])})"
+            )
         return "; ".join(parts)
 
     def as_dict(self) -> dict:
-        return {"used": self.used, "missing_caption": self.missing_caption, "unreadable": self.unreadable,
-                "examples": self.examples}
+        return {
+            "used": self.used,
+            "missing_caption": self.missing_caption,
+            "unreadable": self.unreadable,
+            "examples": self.examples,
+        }
 
 
 # ---------------------------------------------------------------------- sources
@@ -122,7 +130,9 @@ class IndexedSource:
     def epoch(self, epoch: int, seed: int, rank: int, world: int) -> Iterator[Record]:
         order = list(range(len(self.records)))
         random.Random(_mix(seed, epoch)).shuffle(order)
-        per_rank = len(order) // world if len(order) >= world else len(order)  # equal shares: same steps on every rank
+        per_rank = (
+            len(order) // world if len(order) >= world else len(order)
+        )  # equal shares: same steps on every rank
         mine = order[rank::world][:per_rank] if len(order) >= world else order
         for i in mine:
             yield self.records[i]
@@ -149,8 +159,14 @@ class ShardSource:
             self.stats.skip("unreadable", f"{type(exc).__name__}: {str(exc)[:80]}")
             return True
 
-        dataset = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None,
-                                 empty_check=False, handler=handler)
+        dataset = wds.WebDataset(
+            mine,
+            shardshuffle=False,
+            nodesplitter=None,
+            workersplitter=None,
+            empty_check=False,
+            handler=handler,
+        )
         for i, sample in enumerate(dataset):
             if not split_shards and i % world != rank:
                 continue
@@ -185,7 +201,9 @@ def open_source(spec: str) -> IndexedSource | ShardSource:
             f"--data '{spec}' is not a folder, a .jsonl/.csv manifest or .tar shards; see `instantstyle train-adapter --help`"
         )
     else:
-        raise InstantStyleError(f"--data '{spec}' does not exist; give an image folder, a manifest or .tar shards")
+        raise InstantStyleError(
+            f"--data '{spec}' does not exist; give an image folder, a manifest or .tar shards"
+        )
     if not records:
         raise InstantStyleError(
             f"--data {kind} holds no usable samples ({_empty_reason(stats)}); every image needs a caption "
@@ -204,7 +222,11 @@ def _folder_records(root: Path, stats: DataStats) -> list[Record]:
     records = []
     for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
         caption_file = image.with_suffix(".txt")
-        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else ""
+        caption = (
+            caption_file.read_text(encoding="utf-8", errors="replace").strip()
+            if caption_file.is_file()
+            else ""
+        )
         if not caption:
             stats.skip("missing_caption", str(image.relative_to(root)))
             continue
@@ -221,8 +243,10 @@ def _manifest_records(path: Path, stats: DataStats) -> list[Record]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise InstantStyleError(f"manifest '{path}' line {n} is not JSON; each line must be "
-                                        '{"image": "path.jpg", "caption": "..."}') from None
+                raise InstantStyleError(
+                    f"manifest '{path}' line {n} is not JSON; each line must be "
+                    '{"image": "path.jpg", "caption": "..."}'
+                ) from None
             rows.append(row if isinstance(row, dict) else {})
     else:
         with path.open(newline="", encoding="utf-8") as f:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def dropout_masks(u: torch.Tensor, p_text: float, p_image: float, p_both: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dropout_masks(
+    u: torch.Tensor, p_text: float, p_image: float, p_both: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditioning dropout from uniform draws ``u [B]`` in [0, 1).
 
     ``[0, p_text)`` drops the caption only, the next ``p_image`` the image only, the next ``p_both``

@@ -28,8 +28,12 @@ from ..errors import InstantStyleError
 from ..files import atomic_write
 from ..processors.text_only import TextOnlyProcessor
 
-H94_PROJ = {"proj.weight": "image_embeds.weight", "proj.bias": "image_embeds.bias",
-            "norm.weight": "norm.weight", "norm.bias": "norm.bias"}
+H94_PROJ = {
+    "proj.weight": "image_embeds.weight",
+    "proj.bias": "image_embeds.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+}
 
 
 def chosen_processors(unet, spec: str) -> list[str]:
@@ -44,7 +48,9 @@ def chosen_processors(unet, spec: str) -> list[str]:
     scales = blocks.resolve(blocks.discover(unet), parsed)
     chosen = [p for p, s in scales.items() if s > 0]
     if not chosen:
-        raise InstantStyleError(f"--blocks '{spec}' selects no cross-attention layer; nothing would be trained")
+        raise InstantStyleError(
+            f"--blocks '{spec}' selects no cross-attention layer; nothing would be trained"
+        )
     return chosen
 
 
@@ -73,13 +79,20 @@ def initial_weights(unet, chosen: list[str], clip_dim: int, tokens: int, init_sd
             )
         proj = {H94_PROJ[k]: v.float().clone() for k, v in init_sd["image_proj"].items()}
         ip = init_sd["ip_adapter"]
-        kv = {p: (ip[f"{ids[p]}.to_k_ip.weight"].float().clone(), ip[f"{ids[p]}.to_v_ip.weight"].float().clone())
-              for p in chosen}
+        kv = {
+            p: (
+                ip[f"{ids[p]}.to_k_ip.weight"].float().clone(),
+                ip[f"{ids[p]}.to_v_ip.weight"].float().clone(),
+            )
+            for p in chosen
+        }
         return proj, kv, info.tokens
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        proj = {k: v.float().clone() for k, v in ImageProjection(clip_dim, cross, tokens).state_dict().items()}
+        proj = {
+            k: v.float().clone() for k, v in ImageProjection(clip_dim, cross, tokens).state_dict().items()
+        }
     finally:
         torch.random.set_rng_state(gen_state)
     kv = {}
@@ -107,12 +120,17 @@ def install(unet, chosen: list[str], proj_sd: Mapping, kv: Mapping, tokens: int)
             procs[name] = TextOnlyProcessor(procs[name])
     for name in chosen:
         k, v = kv[name]
-        proc = IPAdapterAttnProcessor2_0(hidden_size=k.shape[0], cross_attention_dim=cross, num_tokens=(tokens,), scale=1.0)
+        proc = IPAdapterAttnProcessor2_0(
+            hidden_size=k.shape[0], cross_attention_dim=cross, num_tokens=(tokens,), scale=1.0
+        )
         proc.load_state_dict({"to_k_ip.0.weight": k, "to_v_ip.0.weight": v})
         procs[name] = proc.to(device, torch.float32)
     unet.set_attn_processor(procs)
-    proj = ImageProjection(image_embed_dim=proj_sd["image_embeds.weight"].shape[1], cross_attention_dim=cross,
-                           num_image_text_embeds=tokens)
+    proj = ImageProjection(
+        image_embed_dim=proj_sd["image_embeds.weight"].shape[1],
+        cross_attention_dim=cross,
+        num_image_text_embeds=tokens,
+    )
     proj.load_state_dict(dict(proj_sd))
     unet.encoder_hid_proj = MultiIPAdapterImageProjection([proj]).to(device, torch.float32)
     unet.register_to_config(encoder_hid_dim_type="ip_image_proj")
@@ -141,8 +159,10 @@ def trainable_state(unet, chosen: list[str]) -> dict[str, torch.Tensor]:
 def load_trainable_state(unet, chosen: list[str], state: Mapping[str, torch.Tensor]) -> None:
     current = trainable_state(unet, chosen)
     if set(current) != set(state):
-        raise InstantStyleError("checkpoint holds other trained layers than this run (different --blocks?); "
-                                "resume with the same configuration")
+        raise InstantStyleError(
+            "checkpoint holds other trained layers than this run (different --blocks?); "
+            "resume with the same configuration"
+        )
     with torch.no_grad():
         for k, v in current.items():
             v.copy_(state[k])

@@ -19,8 +19,10 @@ def references(trainer) -> list[tuple[torch.Tensor, str]]:
         from ..embeddings import encode_images
         from ..images import load_image
 
-        ims = [data_mod.center_crop(load_image(p, what="validation image"), cfg.resolution)[0]
-               for p in cfg.validation_images]
+        ims = [
+            data_mod.center_crop(load_image(p, what="validation image"), cfg.resolution)[0]
+            for p in cfg.validation_images
+        ]
         embeds = encode_images(trainer.image_encoder, trainer.feature_extractor, ims, "train-validation")
         prompts = cfg.validation_prompts or ["a picture"]
         return [(e, p) for e in embeds for p in prompts]
@@ -48,8 +50,12 @@ def validate(trainer) -> Path | None:
 
     unet = acc.unwrap_model(trainer.unet)
     pipe = StableDiffusionXLPipeline(
-        vae=trainer.pipe.vae, text_encoder=trainer.pipe.text_encoder, text_encoder_2=trainer.pipe.text_encoder_2,
-        tokenizer=trainer.pipe.tokenizer, tokenizer_2=trainer.pipe.tokenizer_2, unet=unet,
+        vae=trainer.pipe.vae,
+        text_encoder=trainer.pipe.text_encoder,
+        text_encoder_2=trainer.pipe.text_encoder_2,
+        tokenizer=trainer.pipe.tokenizer,
+        tokenizer_2=trainer.pipe.tokenizer_2,
+        unet=unet,
         scheduler=EulerDiscreteScheduler.from_config(trainer.pipe.scheduler.config),
     )
     pipe.set_progress_bar_config(disable=True)
@@ -63,9 +69,17 @@ def validate(trainer) -> Path | None:
             ip = torch.cat([torch.zeros_like(cond), cond]) if cfg.validation_guidance > 1 else cond
             row = []
             for seed in cfg.validation_seeds:
-                row.append(pipe(prompt=prompt, ip_adapter_image_embeds=[ip], num_inference_steps=cfg.validation_steps,
-                                guidance_scale=cfg.validation_guidance, width=cfg.resolution, height=cfg.resolution,
-                                generator=torch.Generator("cpu").manual_seed(seed)).images[0])
+                row.append(
+                    pipe(
+                        prompt=prompt,
+                        ip_adapter_image_embeds=[ip],
+                        num_inference_steps=cfg.validation_steps,
+                        guidance_scale=cfg.validation_guidance,
+                        width=cfg.resolution,
+                        height=cfg.resolution,
+                        generator=torch.Generator("cpu").manual_seed(seed),
+                    ).images[0]
+                )
             rows.append(row)
     unet.train(was_training)
     path = trainer.out / "validation" / f"step-{trainer.global_step:07d}.png"

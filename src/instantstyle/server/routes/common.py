@@ -32,23 +32,33 @@ def files_of(files) -> list[UploadFile]:
     return [f for f in (files if isinstance(files, list) else [files]) if f is not None]
 
 
-async def read_uploads(files, service: GenerationService, *, what: str = "style image", mask: bool = False,
-                       max_count: int | None = None, field: str = "images") -> list:
+async def read_uploads(
+    files,
+    service: GenerationService,
+    *,
+    what: str = "style image",
+    mask: bool = False,
+    max_count: int | None = None,
+    field: str = "images",
+) -> list:
     """Uploaded files -> decoded PIL images: count, then bytes (read at most limit+1), then pixels."""
     files = files_of(files)
     limits = service.limits
     max_count = limits.max_style_images if max_count is None else max_count
     if len(files) > max_count:
-        raise InstantStyleError(f"{len(files)} files uploaded as '{field}', over the limit of {max_count}; "
-                                "send fewer" + (" (server flag --max-style-images)" if field in
-                                                ("images", "style_masks") else ""))
+        raise InstantStyleError(
+            f"{len(files)} files uploaded as '{field}', over the limit of {max_count}; "
+            "send fewer" + (" (server flag --max-style-images)" if field in ("images", "style_masks") else "")
+        )
     images = []
     for i, f in enumerate(files):
         name = f.filename or f"upload {i}"
         if f.size is not None and f.size > limits.max_upload_bytes:
-            raise UploadTooLargeError(f"{what} {name!r} is {f.size} bytes, over the limit of "
-                                      f"{limits.max_upload_bytes} bytes; send a smaller file "
-                                      "(server flag --max-upload-bytes)")
+            raise UploadTooLargeError(
+                f"{what} {name!r} is {f.size} bytes, over the limit of "
+                f"{limits.max_upload_bytes} bytes; send a smaller file "
+                "(server flag --max-upload-bytes)"
+            )
         data = await f.read(limits.max_upload_bytes + 1)
         images.append(await run_in_threadpool(decode_upload, data, name, limits, what=what, mask=mask))
     return images

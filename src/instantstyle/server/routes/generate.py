@@ -28,15 +28,14 @@ router = APIRouter()
 PARAMS_HELP = (
     "JSON object of request fields (the GenerateRequest schema below), e.g. "
     '{"prompt": "a cat", "seed": 1, "mode": "style", "content_prompt": "a dog"}. '
-    "`style` may only hold saved styles as \"@name\"; images are sent as files. "
+    '`style` may only hold saved styles as "@name"; images are sent as files. '
     "`style_weights` has one weight per uploaded image, then one per saved style. "
     "To stylize a content image, upload it as `content` and set `task` (controlnet, img2img, inpaint, plus) "
-    "or `control` ([\"canny\"], [\"tile\"] or a ControlNet the server allows by name, see GET /v1/health "
+    'or `control` (["canny"], ["tile"] or a ControlNet the server allows by name, see GET /v1/health '
     "`controls`); `content`, `mask`, `style_masks` and `control_image` are filled in by the server from the "
-    "uploads (leave them out, or send \"<upload>\"). `method`: instantstyle, ip-adapter, style-aligned, "
+    'uploads (leave them out, or send "<upload>"). `method`: instantstyle, ip-adapter, style-aligned, '
     "visual-style-prompting (b-lora is CLI-only)."
 )
-
 
 
 async def _disconnected(request: Request) -> None:
@@ -45,8 +44,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def wait_for_job(job: Job, timeout: float, request: Request | None = None,
-                       service: GenerationService | None = None) -> bool:
+async def wait_for_job(
+    job: Job, timeout: float, request: Request | None = None, service: GenerationService | None = None
+) -> bool:
     """Await a job from the event loop without holding a thread; False on timeout.
 
     With ``request``, a client that disconnects while waiting has its job cancelled (``service``):
@@ -68,8 +68,9 @@ async def wait_for_job(job: Job, timeout: float, request: Request | None = None,
     job.add_done_callback(_done)
     gone = asyncio.ensure_future(_disconnected(request)) if request is not None else None
     try:
-        done, _ = await asyncio.wait([finished] + ([gone] if gone else []), timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [finished] + ([gone] if gone else []), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         if gone is not None:
             gone.cancel()
@@ -80,41 +81,68 @@ async def wait_for_job(job: Job, timeout: float, request: Request | None = None,
     return False
 
 
-_QUEUED = {202: {"description": "queued (or still running at the wait's end); poll GET /v1/jobs/{id}",
-                 "content": {"application/json": {}}}}
+_QUEUED = {
+    202: {
+        "description": "queued (or still running at the wait's end); poll GET /v1/jobs/{id}",
+        "content": {"application/json": {}},
+    }
+}
 
 
-@router.post("/generate", status_code=200, summary="Generate images in the style of uploaded images",
-         responses={**_QUEUED, **error_docs(409, 504)})
+@router.post(
+    "/generate",
+    status_code=200,
+    summary="Generate images in the style of uploaded images",
+    responses={**_QUEUED, **error_docs(409, 504)},
+)
 async def generate(
     request: Request,
     service: ServiceDep,
-    params: Annotated[str, Form(min_length=1, description=PARAMS_HELP,
-                                examples=['{"prompt": "a lighthouse at dusk", "seed": 1}'])],
-    images: Annotated[list[UploadFile] | None, File(description="style reference images (PNG, JPEG, WebP...)")]
-    = None,
+    params: Annotated[
+        str,
+        Form(
+            min_length=1, description=PARAMS_HELP, examples=['{"prompt": "a lighthouse at dusk", "seed": 1}']
+        ),
+    ],
+    images: Annotated[
+        list[UploadFile] | None, File(description="style reference images (PNG, JPEG, WebP...)")
+    ] = None,
     content: Annotated[UploadFile | None, File(description="content image to stylize (sets content)")] = None,
-    mask: Annotated[UploadFile | None, File(description="inpainting mask, single-channel, the content's size")]
-    = None,
-    style_masks: Annotated[list[UploadFile] | None, File(
-        description="regional styles: one single-channel mask per style image, in the same order")] = None,
-    control_images: Annotated[list[UploadFile] | None, File(
-        description="control images, one per control entry (or per \"<upload>\" entry of control_image)")]
-    = None,
-    composition: Annotated[UploadFile | None, File(
-        description="a second reference whose layout goes into the layout block (sets composition)")] = None,
-    negative_style: Annotated[UploadFile | None, File(
-        description="negative style image for the unconditional branch (sets negative_style)")] = None,
+    mask: Annotated[
+        UploadFile | None, File(description="inpainting mask, single-channel, the content's size")
+    ] = None,
+    style_masks: Annotated[
+        list[UploadFile] | None,
+        File(description="regional styles: one single-channel mask per style image, in the same order"),
+    ] = None,
+    control_images: Annotated[
+        list[UploadFile] | None,
+        File(description='control images, one per control entry (or per "<upload>" entry of control_image)'),
+    ] = None,
+    composition: Annotated[
+        UploadFile | None,
+        File(description="a second reference whose layout goes into the layout block (sets composition)"),
+    ] = None,
+    negative_style: Annotated[
+        UploadFile | None,
+        File(description="negative style image for the unconditional branch (sets negative_style)"),
+    ] = None,
     wait: Annotated[bool, Query(description="answer with the images when done instead of a job id")] = False,
-    timeout: Annotated[float | None, Query(gt=0, description="longest wait in seconds (default: server's)")]
-    = None,
+    timeout: Annotated[
+        float | None, Query(gt=0, description="longest wait in seconds (default: server's)")
+    ] = None,
 ):
     # 1. The params JSON, with the image fields filled from the files that came
     n_uploads = len(files_of(images))
-    fields = fill_image_fields(params_dict(params), content=bool(files_of(content)), mask=bool(files_of(mask)),
-                               style_masks=len(files_of(style_masks)),
-                               control_images=len(files_of(control_images)),
-                               composition=bool(files_of(composition)), negative_style=bool(files_of(negative_style)))
+    fields = fill_image_fields(
+        params_dict(params),
+        content=bool(files_of(content)),
+        mask=bool(files_of(mask)),
+        style_masks=len(files_of(style_masks)),
+        control_images=len(files_of(control_images)),
+        composition=bool(files_of(composition)),
+        negative_style=bool(files_of(negative_style)),
+    )
     # 2. The request against the schema, then against the server's rules (nothing decoded yet)
     req = parse_request(fields, style_images=n_uploads)
     await run_in_threadpool(service.check, req, style_images=n_uploads)
@@ -123,17 +151,29 @@ async def generate(
     uploads = Uploads(
         content=await read_upload(content, service, what="content image", field="content"),
         mask=await read_upload(mask, service, what="mask", mask=True, field="mask"),
-        style_masks=await read_uploads(style_masks, service, what="style mask", mask=True, field="style_masks"),
-        control_images=await read_uploads(control_images, service, what="control image",
-                                          max_count=MAX_CONTROL_IMAGES, field="control_images"),
+        style_masks=await read_uploads(
+            style_masks, service, what="style mask", mask=True, field="style_masks"
+        ),
+        control_images=await read_uploads(
+            control_images,
+            service,
+            what="control image",
+            max_count=MAX_CONTROL_IMAGES,
+            field="control_images",
+        ),
         composition=await read_upload(composition, service, what="composition image", field="composition"),
-        negative_style=await read_upload(negative_style, service, what="negative style image",
-                                         field="negative_style"),
+        negative_style=await read_upload(
+            negative_style, service, what="negative style image", field="negative_style"
+        ),
     )
     await run_in_threadpool(service.check_inputs, req, uploads)
     # 4. Queued: the job id at once, or (wait=true) the images when done
     job = service.submit_generate(req, style_images, uploads=uploads)
     limits = service.limits
-    if wait and await wait_for_job(job, min(timeout or limits.max_wait_s, limits.max_wait_s), request, service):
+    if wait and await wait_for_job(
+        job, min(timeout or limits.max_wait_s, limits.max_wait_s), request, service
+    ):
         return failed_job_response(job) if job.status in (FAILED, CANCELLED) else job_payload(service, job)
-    return JSONResponse(job_payload(service, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse(
+        job_payload(service, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+    )

@@ -19,15 +19,25 @@ async def get_blocks(service: ServiceDep):
 
     model = service.model
     sample_size = model.pipe.unet.config.sample_size
-    return {"base": model.ids.get("base"), "modules": describe(model.modules, sample_size),
-            "presets": preset_table(), "modes": list(MODES)}
+    return {
+        "base": model.ids.get("base"),
+        "modules": describe(model.modules, sample_size),
+        "presets": preset_table(),
+        "modes": list(MODES),
+    }
 
 
-@router.get("/health", summary="Workers, queue and model identifiers (open without the key: then only status)")
+@router.get(
+    "/health", summary="Workers, queue and model identifiers (open without the key: then only status)"
+)
 async def health(request: Request, service: ServiceDep, policy: PolicyDep):
     api_key = policy.api_key
-    info = {**service.health(), "version": __version__, "limits": service.limits.as_dict(),
-            "api_key_required": bool(api_key)}
+    info = {
+        **service.health(),
+        "version": __version__,
+        "limits": service.limits.as_dict(),
+        "api_key_required": bool(api_key),
+    }
     if api_key and not api_key_ok(request.headers, api_key):
         info = {"status": info["status"], "api_key_required": True}
     return JSONResponse(info, status_code=200 if info["status"] == "ok" else 503)

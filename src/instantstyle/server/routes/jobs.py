@@ -19,8 +19,14 @@ router = APIRouter()
 
 def _image_entry(job: Job, result, with_data: bool) -> dict:
     p = result.params
-    entry = {"index": result.index, "seed": p.get("seed"), "width": p.get("width"), "height": p.get("height"),
-             "url": f"/v1/jobs/{job.id}/images/{result.index}.png", "metadata": p}
+    entry = {
+        "index": result.index,
+        "seed": p.get("seed"),
+        "width": p.get("width"),
+        "height": p.get("height"),
+        "url": f"/v1/jobs/{job.id}/images/{result.index}.png",
+        "metadata": p,
+    }
     if with_data:
         entry["png_base64"] = base64.b64encode(result.png).decode("ascii")
     return entry
@@ -40,13 +46,19 @@ def job_payload(service: GenerationService, job: Job, *, images: bool = True) ->
 
 
 @router.get("/jobs/{job_id}", summary="A job's status, progress and results", responses=error_docs(404))
-async def get_job(service: ServiceDep, job_id: str,
-                  images: Annotated[bool, Query(description="include base64 PNG data")] = True):
+async def get_job(
+    service: ServiceDep,
+    job_id: str,
+    images: Annotated[bool, Query(description="include base64 PNG data")] = True,
+):
     return job_payload(service, service.get(job_id), images=images)
 
 
-@router.delete("/jobs/{job_id}", summary="Cancel a job: a queued one is dropped, a running one stops at its "
-               "next denoising step", responses=error_docs(404, 409))
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Cancel a job: a queued one is dropped, a running one stops at its next denoising step",
+    responses=error_docs(404, 409),
+)
 async def cancel_job(service: ServiceDep, job_id: str):
     job = service.get(job_id)
     if job.status in (DONE, FAILED):
@@ -55,8 +67,12 @@ async def cancel_job(service: ServiceDep, job_id: str):
     return job_payload(service, job, images=False)
 
 
-@router.get("/jobs/{job_id}/images/{index}.png", summary="One result as a PNG file (parameters embedded)",
-            response_class=Response, responses={200: {"content": {"image/png": {}}}, **error_docs(404)})
+@router.get(
+    "/jobs/{job_id}/images/{index}.png",
+    summary="One result as a PNG file (parameters embedded)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_docs(404)},
+)
 async def get_job_image(service: ServiceDep, job_id: str, index: Annotated[int, Path(ge=0)]):
     job = service.get(job_id)
     if job.status != DONE:
@@ -66,8 +82,12 @@ async def get_job_image(service: ServiceDep, job_id: str, index: Annotated[int, 
     return Response(job.results[index].png, media_type="image/png")
 
 
-@router.get("/jobs/{job_id}/preview.png", summary="The latest denoising-step preview of a running job",
-            response_class=Response, responses={200: {"content": {"image/png": {}}}, **error_docs(404)})
+@router.get(
+    "/jobs/{job_id}/preview.png",
+    summary="The latest denoising-step preview of a running job",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_docs(404)},
+)
 async def get_job_preview(service: ServiceDep, job_id: str):
     job = service.get(job_id)
     if job.preview is None:

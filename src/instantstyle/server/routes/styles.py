@@ -17,13 +17,17 @@ from .common import ServiceDep, read_uploads
 router = APIRouter()
 
 
-@router.get("/styles", summary="Saved styles (use them as \"@name\" in style)")
+@router.get("/styles", summary='Saved styles (use them as "@name" in style)')
 async def get_styles(service: ServiceDep):
     return {"styles": await run_in_threadpool(_list_styles, service)}
 
 
-@router.post("/styles", status_code=201, summary="Encode uploaded images once and save them as a style",
-             responses=error_docs(409))
+@router.post(
+    "/styles",
+    status_code=201,
+    summary="Encode uploaded images once and save them as a style",
+    responses=error_docs(409),
+)
 async def post_style(
     service: ServiceDep,
     name: Annotated[str, Form(description="1-64 letters, digits, '_', '-', '.'")],
@@ -63,8 +67,13 @@ async def delete_style_route(service: ServiceDep, name: str):
 
 
 def _style_entry(style) -> dict:
-    return {"name": style.name, "images": len(style.weights), "weights": style.weights,
-            "encoder_id": style.encoder_id, "created": style.created}
+    return {
+        "name": style.name,
+        "images": len(style.weights),
+        "weights": style.weights,
+        "encoder_id": style.encoder_id,
+        "created": style.created,
+    }
 
 
 def _list_styles(service: GenerationService) -> list[dict]:
