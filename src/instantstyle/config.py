@@ -48,12 +48,17 @@ INVERSIONS = ("renoise", "ddim")
 DEFAULT_RENOISE_STEPS = 1  # InstantStyle-Plus's RunConfig(num_renoise_steps=1)
 INPAINT_STYLE_REGIONS = ("everywhere", "mask")
 # Front ends group the fields by these keys (``frontend(group=...)``): argument groups, accordions.
-GROUPS = {"style": "style", "leakage": "leakage controls (see docs/leakage.md)",
-          "method": "baseline methods (--method style-aligned | visual-style-prompting | b-lora)",
-          "content": "content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
-          "sampling": "prompt and sampling"}
-NOT_SERVED = ("b-lora reads a LoRA directory on the server, and a served request never names a server file "
-              "(the HTTP API refuses method b-lora); CLI and Python only")
+GROUPS = {
+    "style": "style",
+    "leakage": "leakage controls (see docs/leakage.md)",
+    "method": "baseline methods (--method style-aligned | visual-style-prompting | b-lora)",
+    "content": "content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
+    "sampling": "prompt and sampling",
+}
+NOT_SERVED = (
+    "b-lora reads a LoRA directory on the server, and a served request never names a server file "
+    "(the HTTP API refuses method b-lora); CLI and Python only"
+)
 
 
 class GenerateRequest(BaseModel):
@@ -62,175 +67,329 @@ class GenerateRequest(BaseModel):
     # allow_inf_nan=False: Infinity/NaN are refused in every float field (and list of floats), present or future.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    prompt: str = Field(..., min_length=1, max_length=2000, description="What to draw.", json_schema_extra=frontend(group="sampling", metavar="TEXT", label="Prompt", placeholder="a cat, masterpiece", lines=2))
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=2000,
+        description="What to draw.",
+        json_schema_extra=frontend(
+            group="sampling", metavar="TEXT", label="Prompt", placeholder="a cat, masterpiece", lines=2
+        ),
+    )
     negative_prompt: str | None = Field(
-        None, max_length=2000, description="What to avoid. None behaves as diffusers' negative_prompt=None.",
+        default=None,
+        max_length=2000,
+        description="What to avoid. None behaves as diffusers' negative_prompt=None.",
         json_schema_extra=frontend(group="sampling", metavar="TEXT"),
     )
     style: list[str] = Field(
         default_factory=list,
         max_length=16,
         description="Style references: image paths or @name of a saved style (the Python API also takes PIL images).",
-        json_schema_extra=frontend(group="style", repeat=True, metavar="IMG|@NAME", widget="style", cli_help="Repeat for several."),
+        json_schema_extra=frontend(
+            group="style", repeat=True, metavar="IMG|@NAME", widget="style", cli_help="Repeat for several."
+        ),
     )
     style_weights: list[float] | None = Field(
-        None, description="One weight per style reference (>= 0); references are averaged in CLIP space.",
+        default=None,
+        description="One weight per style reference (>= 0); references are averaged in CLIP space.",
         json_schema_extra=frontend(group="style", metavar="W", label="Style weights (optional)"),
     )
     style_combine: Literal["mean", "concat"] = Field(
-        "mean", description="mean: weighted mean of the image embeddings; concat: one token set per image.",
+        default="mean",
+        description="mean: weighted mean of the image embeddings; concat: one token set per image.",
         json_schema_extra=frontend(group="style"),
     )
-    method: str = Field("instantstyle", description="Generation method (see `instantstyle generate --help`).", json_schema_extra=frontend(group="style", widget="method"))
+    method: str = Field(
+        default="instantstyle",
+        description="Generation method (see `instantstyle generate --help`).",
+        json_schema_extra=frontend(group="style", widget="method"),
+    )
     mode: Literal[MODES] = Field(  # type: ignore[valid-type]
-        "style",
+        default="style",
         description="Blocks that get the style: style = up_blocks.0.attentions.1, layout = down_blocks.2.attentions.1, "
         "style+layout = both, full = every block (plain IP-Adapter), strong = every block but the layout one, "
         "composition = the layout block only (= layout), precise = style + the layout block in the unconditional "
         "branch only (guidance then pushes away from the reference's layout; see --layout-boost).",
         json_schema_extra=frontend(group="style", widget="radio", label="Mode (blocks that get the style)"),
     )
-    scale: float = Field(1.0, ge=0.0, le=10.0, description="IP-Adapter strength, multiplies every block scale.", json_schema_extra=frontend(group="style", label="Style strength"))
+    scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        description="IP-Adapter strength, multiplies every block scale.",
+        json_schema_extra=frontend(group="style", label="Style strength"),
+    )
     blocks: str | None = Field(
-        None,
+        default=None,
         max_length=4000,
         description="Custom per-block scales, replacing --mode: 'up_blocks.0.attentions.1=1.0,down_blocks.2.attentions.1=0.5'; "
         "layers too: 'up_blocks.0.attentions.1.transformer_blocks.3=0'.",
-        json_schema_extra=frontend(group="style", metavar="SPEC", widget="blocks", cli_help="See `instantstyle blocks`."),
+        json_schema_extra=frontend(
+            group="style", metavar="SPEC", widget="blocks", cli_help="See `instantstyle blocks`."
+        ),
     )
     content_prompt: str | None = Field(
-        None, max_length=2000, description="Names the reference's content (e.g. 'a dog') to subtract it from the style.",
-        json_schema_extra=frontend(group="style", metavar="TEXT", label="Content of the reference to remove (e.g. 'a dog')"),
+        default=None,
+        max_length=2000,
+        description="Names the reference's content (e.g. 'a dog') to subtract it from the style.",
+        json_schema_extra=frontend(
+            group="style", metavar="TEXT", label="Content of the reference to remove (e.g. 'a dog')"
+        ),
     )
     content_scale: float | None = Field(
-        None, ge=0.0, le=10.0, description="How much of the content prompt to subtract (default 0.5 with a content prompt).",
+        default=None,
+        ge=0.0,
+        le=10.0,
+        description="How much of the content prompt to subtract (default 0.5 with a content prompt).",
         json_schema_extra=frontend(group="style"),
     )
     layout_boost: float | None = Field(
-        None, ge=0.0, le=10.0,
+        default=None,
+        ge=0.0,
+        le=10.0,
         description="precise: scale of the layout block's unconditional-branch reference, times --scale (default 1).",
         json_schema_extra=frontend(group="leakage"),
     )
     composition: str | None = Field(
-        None, max_length=4096,
+        default=None,
+        max_length=4096,
         description="A second reference whose layout goes into the layout block (down_blocks.2.attentions.1) while "
         "--style goes into the style blocks (same weights, one image encoder).",
-        json_schema_extra=frontend(group="leakage", metavar="IMAGE", widget="image", elem_id="composition-image", label="Composition image (its layout, into the layout block)"),
+        json_schema_extra=frontend(
+            group="leakage",
+            metavar="IMAGE",
+            widget="image",
+            elem_id="composition-image",
+            label="Composition image (its layout, into the layout block)",
+        ),
     )
     composition_scale: float | None = Field(
-        None, ge=0.0, le=10.0, description="Layout-block scale of the --composition image (default 1.0; not times --scale).",
+        default=None,
+        ge=0.0,
+        le=10.0,
+        description="Layout-block scale of the --composition image (default 1.0; not times --scale).",
         json_schema_extra=frontend(group="leakage"),
     )
     negative_style: str | None = Field(
-        None, max_length=4096,
+        default=None,
+        max_length=4096,
         description="An image whose embedding replaces the zeros of the unconditional branch (e.g. the content "
         "photo): guidance steers away from what it shows.",
-        json_schema_extra=frontend(group="leakage", metavar="IMAGE", widget="image", elem_id="negative-style-image", label="Negative style image (steer away from it)"),
+        json_schema_extra=frontend(
+            group="leakage",
+            metavar="IMAGE",
+            widget="image",
+            elem_id="negative-style-image",
+            label="Negative style image (steer away from it)",
+        ),
     )
     negative_style_scale: float | None = Field(
-        None, ge=0.0, le=10.0,
+        default=None,
+        ge=0.0,
+        le=10.0,
         description="Multiplies the --negative-style embedding in CLIP space (default 1.0; 0 = zeros, no effect).",
         json_schema_extra=frontend(group="leakage"),
     )
     style_window: tuple[float, float] = Field(
-        (0.0, 1.0),
+        default=(0.0, 1.0),
         description="START:END fractions of the denoising steps that get the style; step i of N gets it when "
         "START <= i/N < END (e.g. 0:0.8 lets the prompt finish the details).",
         json_schema_extra=frontend(group="leakage", metavar="START:END"),
     )
-    steps: int = Field(30, ge=1, le=500, description="Denoising steps.", json_schema_extra=frontend(group="sampling"))
+    steps: int = Field(
+        default=30, ge=1, le=500, description="Denoising steps.", json_schema_extra=frontend(group="sampling")
+    )
     guidance: float | None = Field(
-        None, ge=0.0, le=50.0,
-        description="Classifier-free guidance scale (<= 1 disables CFG); None: the method's default (its authors').", json_schema_extra=frontend(group="sampling"))
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (torch.Generator('cpu')); None picks one.", json_schema_extra=frontend(group="sampling", label="Seed (empty: random)", placeholder="random"))
-    width: int | None = Field(None, ge=64, le=4096, description="Width in pixels (multiple of 8); default: the model's.", json_schema_extra=frontend(group="sampling", metavar="W", step=8))
-    height: int | None = Field(None, ge=64, le=4096, description="Height in pixels (multiple of 8); default: the model's.", json_schema_extra=frontend(group="sampling", metavar="H", step=8))
-    num_images: int = Field(1, ge=1, le=16, description="Images per call (one seed, one batch, as diffusers).", json_schema_extra=frontend(group="sampling", label="Images"))
-    scheduler: Literal[SCHEDULERS] = Field("euler", description="Sampler.", json_schema_extra=frontend(group="sampling", label="Sampler"))  # type: ignore[valid-type]
+        default=None,
+        ge=0.0,
+        le=50.0,
+        description="Classifier-free guidance scale (<= 1 disables CFG); None: the method's default (its authors').",
+        json_schema_extra=frontend(group="sampling"),
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed (torch.Generator('cpu')); None picks one.",
+        json_schema_extra=frontend(group="sampling", label="Seed (empty: random)", placeholder="random"),
+    )
+    width: int | None = Field(
+        default=None,
+        ge=64,
+        le=4096,
+        description="Width in pixels (multiple of 8); default: the model's.",
+        json_schema_extra=frontend(group="sampling", metavar="W", step=8),
+    )
+    height: int | None = Field(
+        default=None,
+        ge=64,
+        le=4096,
+        description="Height in pixels (multiple of 8); default: the model's.",
+        json_schema_extra=frontend(group="sampling", metavar="H", step=8),
+    )
+    num_images: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Images per call (one seed, one batch, as diffusers).",
+        json_schema_extra=frontend(group="sampling", label="Images"),
+    )
+    scheduler: Literal[SCHEDULERS] = Field(
+        default="euler", description="Sampler.", json_schema_extra=frontend(group="sampling", label="Sampler")
+    )  # type: ignore[valid-type]
 
     # ---- stylizing a content image (ControlNet, img2img, inpainting, regional styles, Plus)
     task: Literal[TASKS] | None = Field(  # type: ignore[valid-type]
-        None,
+        default=None,
         description="txt2img, controlnet, img2img, inpaint or plus (InstantStyle-Plus); default: inferred "
         "(--mask -> inpaint, --strength -> img2img, --control -> controlnet, else txt2img).",
         json_schema_extra=frontend(group="content", widget="radio"),
     )
     content: str | None = Field(
-        None, max_length=4096,
+        default=None,
+        max_length=4096,
         description="Content image to stylize (its structure is kept); the output takes its aspect ratio, "
         "short side at the model's native size.",
-        json_schema_extra=frontend(group="content", metavar="IMAGE", widget="image", elem_id="content-image", label="Content image (used by every task but txt2img)"),
+        json_schema_extra=frontend(
+            group="content",
+            metavar="IMAGE",
+            widget="image",
+            elem_id="content-image",
+            label="Content image (used by every task but txt2img)",
+        ),
     )
     control: list[str] = Field(
-        default_factory=list, max_length=4,
+        default_factory=list,
+        max_length=4,
         description="ControlNet(s): canny (edges of --content), tile (--content itself), KIND=MODEL to use another "
         "ControlNet for that kind, or any SDXL ControlNet path / Hub id fed its --control-image.",
-        json_schema_extra=frontend(group="content", repeat=True, metavar="KIND|KIND=MODEL|MODEL", widget="control", label="ControlNets", cli_help="Repeat for several ControlNets."),
+        json_schema_extra=frontend(
+            group="content",
+            repeat=True,
+            metavar="KIND|KIND=MODEL|MODEL",
+            widget="control",
+            label="ControlNets",
+            cli_help="Repeat for several ControlNets.",
+        ),
     )
     control_image: list[str | None] = Field(
-        default_factory=list, max_length=4,
+        default_factory=list,
+        max_length=4,
         description="Control image per --control (None: derived from --content for canny/tile).",
-        json_schema_extra=frontend(group="content", repeat=True, flag="--control-image", metavar="IMAGE", widget="images", elem_id="control-files", label="Control images (one per ControlNet; none: canny/tile derive theirs from the content image)", cli_help="Give it right after the --control it belongs to (e.g. a depth map); canny/tile derive theirs from --content."),
+        json_schema_extra=frontend(
+            group="content",
+            repeat=True,
+            flag="--control-image",
+            metavar="IMAGE",
+            widget="images",
+            elem_id="control-files",
+            label="Control images (one per ControlNet; none: canny/tile derive theirs from the content image)",
+            cli_help="Give it right after the --control it belongs to (e.g. a depth map); canny/tile derive theirs from --content.",
+        ),
     )
     control_scale: list[float] = Field(
-        default_factory=list, max_length=4,
+        default_factory=list,
+        max_length=4,
         description="ControlNet conditioning scale: one for all or one per --control, each in [0, 2] "
         "(default: canny 0.6, tile 0.4, other 0.6).",
         json_schema_extra=frontend(group="content"),
     )
-    canny_low: int = Field(50, ge=0, le=1000, description="Canny lower hysteresis threshold.", json_schema_extra=frontend(group="content"))
-    canny_high: int = Field(200, ge=1, le=1000, description="Canny upper hysteresis threshold.", json_schema_extra=frontend(group="content"))
+    canny_low: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        description="Canny lower hysteresis threshold.",
+        json_schema_extra=frontend(group="content"),
+    )
+    canny_high: int = Field(
+        default=200,
+        ge=1,
+        le=1000,
+        description="Canny upper hysteresis threshold.",
+        json_schema_extra=frontend(group="content"),
+    )
     strength: float | None = Field(
-        None, gt=0.0, le=1.0,
+        default=None,
+        gt=0.0,
+        le=1.0,
         description="img2img / inpainting: how much of the content is repainted, 0 < F <= 1 "
         "(default: 0.8 img2img, 0.99 inpainting).",
         json_schema_extra=frontend(group="content"),
     )
     mask: str | None = Field(
-        None, max_length=4096,
+        default=None,
+        max_length=4096,
         description="Inpainting mask: single-channel image the size of --content; white = repaint (and style), "
         "black = keep.",
-        json_schema_extra=frontend(group="content", metavar="MASK", widget="mask", elem_id="mask-image", label="Inpainting mask (white = repaint)"),
+        json_schema_extra=frontend(
+            group="content",
+            metavar="MASK",
+            widget="mask",
+            elem_id="mask-image",
+            label="Inpainting mask (white = repaint)",
+        ),
     )
     style_masks: list[str] = Field(
-        default_factory=list, max_length=16,
+        default_factory=list,
+        max_length=16,
         description="Regional styles: one single-channel mask per --style (white = that style's region), "
         "the size of --content (any size without --content).",
-        json_schema_extra=frontend(group="style", repeat=True, flag="--style-mask", metavar="MASK", widget="masks", elem_id="style-mask-files", label="Style masks: one per style image, same order (white = that style's region)", cli_help="Repeat once per --style, in the same order."),
+        json_schema_extra=frontend(
+            group="style",
+            repeat=True,
+            flag="--style-mask",
+            metavar="MASK",
+            widget="masks",
+            elem_id="style-mask-files",
+            label="Style masks: one per style image, same order (white = that style's region)",
+            cli_help="Repeat once per --style, in the same order.",
+        ),
     )
     content_ip_scale: float | None = Field(
-        None, ge=0.0, le=10.0,
+        default=None,
+        ge=0.0,
+        le=10.0,
         description="plus: global IP-Adapter scale of the content image, every block (default 0.2).",
         json_schema_extra=frontend(group="content"),
     )
     inversion_steps: int | None = Field(
-        None, ge=1, le=1000,
+        default=None,
+        ge=1,
+        le=1000,
         description="plus: inversion steps; must equal --steps (the generation retraces the inversion's timesteps), "
         "so it is only a check.",
         json_schema_extra=frontend(group="content"),
     )
     inversion: Literal[INVERSIONS] | None = Field(  # type: ignore[valid-type]
-        None, description="plus: how the content image is inverted: renoise (the authors', ReNoise) or ddim (plain "
+        default=None,
+        description="plus: how the content image is inverted: renoise (the authors', ReNoise) or ddim (plain "
         "DDIM inversion); default renoise.",
         json_schema_extra=frontend(group="content"),
     )
     renoise_steps: int | None = Field(
-        None, ge=0, le=20, description="plus with --inversion renoise: renoise iterations per inversion step "
+        default=None,
+        ge=0,
+        le=20,
+        description="plus with --inversion renoise: renoise iterations per inversion step "
         "(default 1, the authors'; 0 = plain DDIM steps).",
         json_schema_extra=frontend(group="content"),
     )
     noise_regularization: bool | None = Field(
-        None, description="plus with --inversion renoise: the KL and auto-correlation noise regularisation in the "
+        default=None,
+        description="plus with --inversion renoise: the KL and auto-correlation noise regularisation in the "
         "last steps (t < 250), as the authors (default on).",
         json_schema_extra=frontend(group="content"),
     )
     inpaint_style: Literal[INPAINT_STYLE_REGIONS] = Field(  # type: ignore[valid-type]
-        "everywhere", description="inpaint: where the style is injected: everywhere (the InstantStyle inpainting "
+        default="everywhere",
+        description="inpaint: where the style is injected: everywhere (the InstantStyle inpainting "
         "script) or mask (only where the image is repainted).",
         json_schema_extra=frontend(group="content"),
     )
     inversion_prompt: str | None = Field(
-        None, max_length=2000,
+        default=None,
+        max_length=2000,
         description="plus: prompt describing the content image, conditions the inversion (default: --prompt).",
         json_schema_extra=frontend(group="content", metavar="TEXT"),
     )
@@ -238,59 +397,79 @@ class GenerateRequest(BaseModel):
     # ---- baselines (instantstyle.methods). Each field is read by the methods listed in
     # ``methods.METHODS[name].options``; a non-default value for another method is an error.
     reference_prompt: str | None = Field(
-        None, max_length=2000,
+        default=None,
+        max_length=2000,
         description="style-aligned, visual-style-prompting: a description of the style image "
         "(e.g. 'a watercolour painting of a harbour'); StyleAligned inverts the image with it.",
         json_schema_extra=frontend(group="method", metavar="TEXT"),
     )
     attention_layers: str | None = Field(
-        None, max_length=4000,
+        default=None,
+        max_length=4000,
         description="style-aligned, visual-style-prompting: self-attention layers to patch, comma-separated "
         "blocks/modules/layers or '*' (default: '*' for style-aligned, up_blocks.1 for visual-style-prompting).",
         json_schema_extra=frontend(group="method", metavar="NAMES"),
     )
     share_group_norm: bool = Field(
-        True, description="style-aligned: GroupNorm statistics over [own | reference] features (the authors' "
+        default=True,
+        description="style-aligned: GroupNorm statistics over [own | reference] features (the authors' "
         "real-image setting; off = their generated-reference demo).",
         json_schema_extra=frontend(group="method"),
     )
     shared_score_shift: float = Field(
-        0.6931471805599453, ge=-10.0, le=10.0,
+        default=0.6931471805599453,
+        ge=-10.0,
+        le=10.0,
         description="style-aligned: added to the attention logits of the reference's tokens (default log 2, the "
         "authors' real-image setting; 0 = their demo; > 0 strengthens the style).",
         json_schema_extra=frontend(group="method"),
     )
     inversion_offset: int | None = Field(
-        None, ge=0, le=500,
+        default=None,
+        ge=0,
+        le=500,
         description="style-aligned: the reference row starts this many steps ahead on its inverted trajectory "
         "(default: 5 per 50 steps, the authors'; 0 = none).",
         json_schema_extra=frontend(group="method"),
     )
     style_description: str | None = Field(
-        None, max_length=2000,
+        default=None,
+        max_length=2000,
         description="style-aligned: style words appended to the prompt (', WORDS.'), as the authors' notebook "
         "(default: the --reference-prompt's text after its last comma, if any; '' = append nothing).",
         json_schema_extra=frontend(group="method", metavar="TEXT"),
     )
     swap_start: float = Field(
-        0.0, ge=0.0, le=1.0, description="visual-style-prompting: first fraction of the steps that swaps (0 = from the start).",
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="visual-style-prompting: first fraction of the steps that swaps (0 = from the start).",
         json_schema_extra=frontend(group="method"),
     )
     swap_end: float = Field(
-        1.0, ge=0.0, le=1.0, description="visual-style-prompting: fraction of the steps after which swapping stops (1 = to the end).",
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="visual-style-prompting: fraction of the steps after which swapping stops (1 = to the end).",
         json_schema_extra=frontend(group="method"),
     )
     color_calibration: bool = Field(
-        True, description="visual-style-prompting: AdaIN the predicted x0 toward the reference latent for 100 < t < 150.",
-        json_schema_extra=frontend(group="method", flag="--no-color-calibration",
-                                  cli_help="--no-color-calibration skips it."),
+        default=True,
+        description="visual-style-prompting: AdaIN the predicted x0 toward the reference latent for 100 < t < 150.",
+        json_schema_extra=frontend(
+            group="method", flag="--no-color-calibration", cli_help="--no-color-calibration skips it."
+        ),
     )
     lora: str | None = Field(
-        None, max_length=4000, description="b-lora: directory written by `instantstyle train-blora`.",
+        default=None,
+        max_length=4000,
+        description="b-lora: directory written by `instantstyle train-blora`.",
         json_schema_extra=frontend(group="method", metavar="DIR", not_in_ui=NOT_SERVED),
     )
     lora_scale: float = Field(
-        1.0, ge=0.0, le=4.0,
+        default=1.0,
+        ge=0.0,
+        le=4.0,
         description="b-lora: strength of the style LoRA (multiplies its update; the B-LoRA repo's alpha 1.1 = 1.21).",
         json_schema_extra=frontend(group="method", not_in_ui=NOT_SERVED),
     )
@@ -310,8 +489,10 @@ class GenerateRequest(BaseModel):
     def _scheduler_installed(cls, v: str) -> str:
         module, package = SCHEDULER_NEEDS.get(v, (None, None))
         if module and importlib.util.find_spec(module) is None:
-            raise ValueError(f"sampler {v!r} needs the package {package!r}: pip install {package} "
-                             "(or pick another sampler)")
+            raise ValueError(
+                f"sampler {v!r} needs the package {package!r}: pip install {package} "
+                "(or pick another sampler)"
+            )
         return v
 
     @field_validator("method")
