@@ -92,7 +92,7 @@ demo: setup-demo
 
 # The lint checks, then the README's test command.
 test: lint
-	OMP_NUM_THREADS=1 python -m pytest -q -n 2
+	OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist worksteal
 
 lint: setup-test
 	ruff format --check --output-format concise .

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
-TEST_COMMAND = "OMP_NUM_THREADS=1 python -m pytest -q -n 2"
+TEST_COMMAND = "OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist worksteal"
 
 
 def _recipe(target: str) -> str:
