@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InstantStyleError
+from ..fast.options import SPEEDS
 
 DTYPES = ["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]  # models.device_and_dtype reads each
 
@@ -69,21 +70,7 @@ def _add_speed_args(g) -> None:
     g.add_argument(
         "--speed",
         default="auto",
-        choices=[
-            "auto",
-            "plain",
-            "exact",
-            "graphs",
-            "fast",
-            "max",
-            "max-tuned",
-            "max-autotune",
-            "fp8",
-            "fp8-max",
-            "cfg-trunc",
-            "deepcache",
-            "turbo",
-        ],
+        choices=list(SPEEDS),
         help="fast path (see docs/performance.md): auto = graphs on CUDA for generate/stylize/"
         "compare, max for serve, exact on CPU; plain = stock diffusers; exact = image branch only "
         "in active blocks; graphs = exact + CUDA graphs, no compilation (0.69x stock diffusers' "
