@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import request_rules
+from . import request_rules, schedulers
 from .errors import InstantStyleError
 from .request_rules import (  # noqa: F401 - the schema's names
     DEFAULT_GUIDANCE,
@@ -37,7 +37,8 @@ from .request_rules import (  # noqa: F401 - the schema's names
 )
 from .schema_flags import frontend
 
-SCHEDULERS = ("euler", "euler-a", "ddim", "dpm++2m", "dpm++2m-karras", "unipc", "heun", "lms")
+SCHEDULERS = tuple(schedulers.SAMPLERS)  # euler, euler-a, ddim, dpm++2m(-karras), unipc, heun, lms, lcm, tcd
+SAMPLING_PRESETS = tuple(schedulers.PRESETS)  # lightning-4step, dmd2-4step, ... (docs/few-step.md)
 # Samplers whose diffusers class needs a package of its own: scheduler -> (module, pip package).
 SCHEDULER_NEEDS = {"lms": ("scipy", "scipy")}
 MODES = ("style", "layout", "style+layout", "full", "strong", "composition", "precise")
@@ -236,8 +237,39 @@ class GenerateRequest(BaseModel):
         json_schema_extra=frontend(group="sampling", label="Images"),
     )
     scheduler: Literal[SCHEDULERS] = Field(
-        default="euler", description="Sampler.", json_schema_extra=frontend(group="sampling", label="Sampler")
+        default="euler",
+        description="Sampler (lcm and tcd: for models distilled for them, e.g. LCM-LoRA, DMD2, Hyper-SD).",
+        json_schema_extra=frontend(group="sampling", label="Sampler"),
     )  # type: ignore[valid-type]
+    sampling: Literal[SAMPLING_PRESETS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="A few-step model's published settings (sampler, steps, guidance, spacing, timesteps; "
+        "see docs/few-step.md): lightning-2/4/8step, turbo-1/4step, hyper-sd-1/2/4/8step, hyper-sd-1step-unet, "
+        "hyper-sd-8/12step-cfg, dmd2-4step, lcm-lora-4/8step. A value given with its own flag wins.",
+        json_schema_extra=frontend(group="sampling", label="Few-step preset"),
+    )
+    timestep_spacing: Literal[schedulers.SPACINGS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="How the steps spread over the 1000 training timesteps: leading (SDXL's own), linspace, or "
+        "trailing (starts at 999, what few-step models need); default: the scheduler's config. Read by euler, "
+        "euler-a, ddim, dpm++2m, unipc, heun and lms (LCM's and TCD's schedules are fixed).",
+        json_schema_extra=frontend(group="sampling"),
+    )
+    timesteps: list[int] | None = Field(
+        default=None,
+        max_length=50,
+        description="Custom timesteps, descending, each in [0, 999] (e.g. DMD2's 999 749 499 249); --steps "
+        "follows their count. Samplers: euler, dpm++2m, heun, lcm, tcd.",
+        json_schema_extra=frontend(group="sampling", metavar="T", placeholder="999, 749, 499, 249"),
+    )
+    eta: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="ddim: eta; tcd: gamma, each step's stochasticity (0 = deterministic, the default as in "
+        "diffusers' pipelines; Hyper-SD's 1-step LoRA uses 1.0, lower for more steps).",
+        json_schema_extra=frontend(group="sampling"),
+    )
 
     # ---- stylizing a content image (ControlNet, img2img, inpainting, regional styles, Plus)
     task: Literal[TASKS] | None = Field(  # type: ignore[valid-type]
@@ -495,6 +527,11 @@ class GenerateRequest(BaseModel):
             )
         return v
 
+    @field_validator("timesteps", mode="before")
+    @classmethod
+    def _parse_timesteps(cls, v):
+        return schedulers.parse_timesteps(v)  # a form's text box: "999, 749, 499, 249"
+
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
@@ -578,6 +615,7 @@ class GenerateRequest(BaseModel):
             data["task"] = task
         if data.get("mode") is not None and data.get("blocks") is not None:
             raise ValueError("give --mode or --blocks, not both (--blocks replaces the preset)")
+        data = schedulers.apply_preset(data, text_to_image=task == "txt2img")  # --sampling, custom timesteps
         if data.get("guidance") is None:
             data["guidance"] = default_for("guidance", method=data.get("method"))
         if task == "plus":
@@ -600,6 +638,7 @@ class GenerateRequest(BaseModel):
             )
         if self.content_scale is not None and not self.content_prompt:
             raise ValueError("content_scale needs a content_prompt")
+        schedulers.check_request(self)  # sampler, spacing, timesteps, eta, presets (before Plus's DDIM rule)
         request_rules.check_stylize(self, n_refs)
         request_rules.check_controls(self)
         if self.swap_start >= self.swap_end:

@@ -8,7 +8,7 @@ the picture of every long prompt and the text embedding that content subtraction
 would be an opt-in mode of its own; until then, the warning says exactly what is lost.
 
 A server hands these messages to its clients: ``collected_warnings()`` gathers the ones raised
-in this thread (``warnings.catch_warnings`` is process-wide and cannot tell two workers apart).
+through ``notify`` (this module's and others', e.g. ``schedulers``' guidance warning) in this thread (``warnings.catch_warnings`` is process-wide and cannot tell two workers apart).
 """
 
 from __future__ import annotations
@@ -54,16 +54,22 @@ def warn_if_truncated(tokenizer, prompts: dict[str, str | None]) -> list[str]:
             f"{name} has {tokens} tokens; the text encoders read the first {limit - 2}, so this part is "
             f"ignored: '{shown}' (shorten it, or move what matters to the front)"
         )
-        warnings.warn(msg, PromptTruncatedWarning, stacklevel=3)
+        notify(msg, PromptTruncatedWarning, stacklevel=4)
         messages.append(msg)
-        if getattr(_collecting, "messages", None) is not None:
-            _collecting.messages.append(msg)
     return messages
+
+
+def notify(msg: str, category: type[Warning] = InstantStyleWarning, stacklevel: int = 3) -> None:
+    """Warn ``msg`` and add it to this thread's ``collected_warnings`` list, if one is open
+    (the one channel for what a generation warns about: a cut prompt, guidance for few steps)."""
+    warnings.warn(msg, category, stacklevel=stacklevel)
+    if getattr(_collecting, "messages", None) is not None:
+        _collecting.messages.append(msg)
 
 
 @contextlib.contextmanager
 def collected_warnings() -> Iterator[list[str]]:
-    """The prompt warnings raised in this thread inside the block, in a list (they are still warned)."""
+    """The warnings ``notify`` raised in this thread inside the block, in a list (they are still warned)."""
     outer = getattr(_collecting, "messages", None)
     _collecting.messages = messages = []
     try:

@@ -73,6 +73,8 @@ A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
     "unipc": ("UniPC", None),
     "heun": ("Heun", None),
     "lms": ("LMS", None),
+    "lcm": ("LCM", None),
+    "tcd": ("TCD", None),
 }
 IP_ADAPTER_METHODS = ("instantstyle", "ip-adapter")  # methods that run the IP-Adapter
 
@@ -143,6 +145,8 @@ def a1111_parameters(params: dict) -> str:
         "Steps": params.get("steps"),
         "Sampler": sampler,
         "Schedule type": schedule,
+        "Timestep spacing": params.get("timestep_spacing"),  # given; else the scheduler's own
+        "Few-step preset": params.get("sampling"),
         "CFG scale": params.get("guidance"),
         "Seed": own_seed if own_seed is not None else params.get("seed"),
         "Size": f"{params.get('width')}x{params.get('height')}" if params.get("width") else None,

@@ -287,6 +287,8 @@ def to_widget(name: str, field, value):
         return "" if k in ("str", "tuple", "list") else None
     if k == "list" and item_kind(field) == "float":
         return ", ".join(f"{float(v):g}" for v in value)
+    if k == "list" and item_kind(field) == "int":  # e.g. custom timesteps: "999, 749, 499, 249"
+        return ", ".join(str(int(v)) for v in value)
     if k == "tuple":
         return ":".join(f"{float(v):g}" for v in value)
     return value

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 from ..errors import InstantStyleError
 
+# The sampling fields beyond --scheduler (few-step presets, spacing, timesteps, eta): read by the
+# methods that sample through pipelines.denoise.
+SAMPLING_OPTIONS = ("sampling", "timestep_spacing", "timesteps", "eta")
+
 
 @dataclass(frozen=True)
 class Method:
@@ -51,6 +55,7 @@ METHODS: dict[str, Method] = {
                 "style_weights",
                 "style_combine",
                 "scheduler",
+                *SAMPLING_OPTIONS,
                 "layout_boost",
                 "composition",
                 "composition_scale",
@@ -70,6 +75,7 @@ METHODS: dict[str, Method] = {
                 "style_weights",
                 "style_combine",
                 "scheduler",
+                *SAMPLING_OPTIONS,
                 "negative_style",
                 "negative_style_scale",
                 "style_window",

@@ -3,8 +3,9 @@
 ``pipe`` is the loaded model's own ``StableDiffusionXLPipeline`` or one derived from it
 (``InstantStyle.derived_pipeline``); the call runs with, all scoped to it and undone afterwards:
 the IP-Adapter's per-block scales (``adapter.scoped_scales``), the slots sharing its weights
-(``injection.shared_slots``), the request's sampler (``schedulers.scoped_scheduler``), the fast
-path (``fast.scope``) and the style's step window. Each PIL output gets its parameters.
+(``injection.shared_slots``), the request's sampler (``schedulers.scoped_scheduler``, with its
+timestep spacing; custom timesteps and eta go to the call), the fast path (``fast.scope``) and the
+style's step window. Each PIL output gets its parameters, and the sampler it really ran.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import torch
 
 from .. import adapter as adapter_mod
 from .. import fast as fast_path
-from .. import injection, steps
+from .. import injection, schedulers, steps
 from ..errors import InstantStyleError
 from ..fast import cfg as fast_cfg
 from ..images import attach_metadata
-from ..schedulers import scoped_scheduler
 
 if TYPE_CHECKING:
     from ..model import InstantStyle
@@ -38,6 +38,7 @@ def run(
     """The denoising loop of ``pipe`` for ``prep``; ``pipe_kwargs`` go to the pipeline call."""
     req = prep.request
     model.lay_out(pipe)
+    schedulers.warn_if_high_guidance(req, model.ids)  # guidance > 2 on a few-step model
     kwargs = dict(
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
@@ -48,6 +49,10 @@ def run(
         height=prep.height,
         num_images_per_prompt=req.num_images,
         generator=prep.generator(),
+        # Few-step sampling (schedulers.SAMPLERS says who reads what): custom timesteps replace
+        # num_inference_steps' schedule (the request checked they agree); eta reaches DDIM/TCD.
+        **({"timesteps": list(req.timesteps)} if req.timesteps else {}),
+        **({"eta": req.eta} if req.eta is not None else {}),
     )
     window = injection.StepWindow(req.style_window)  # the style only inside --style-window
     callback, tensor_inputs = _step_callbacks(model, pipe, prep, on_step, window, pipe_kwargs)
@@ -67,7 +72,7 @@ def run(
     with (
         injection.shared_slots(pipe.unet, slots[n_loaded:]),
         adapter_mod.scoped_scales(pipe.unet, scales),
-        scoped_scheduler(pipe, req.scheduler),
+        schedulers.scoped_scheduler(pipe, req.scheduler, timestep_spacing=req.timestep_spacing) as sampler,
     ):
         with (
             torch.inference_mode(),
@@ -81,6 +86,7 @@ def run(
             images = pipe(**kwargs).images
             if decoder is not None:
                 images = fast_path.decode_latents(pipe, images, decoder, used, output_type)
+        ran = schedulers.used(sampler, req.scheduler)  # the class, spacing and timesteps really run
     if output_type == "pil":
         approx = model.speed.approximations()
         for i, image in enumerate(images):
@@ -89,6 +95,7 @@ def run(
                 {
                     **prep.params,
                     **({"approximations": approx} if approx else {}),
+                    "sampler_used": ran,
                     "index": i,
                     "image_seed": prep.seed + i,
                 },
