@@ -32,6 +32,14 @@ examples:
   instantstyle compare --style ref.png --prompt "a lighthouse" --prompt "a cat" \\
       --reference-prompt "a watercolour harbour" --out cmp/
 
+  # few-step models (see docs/few-step.md): a preset fills sampler, steps, guidance, spacing
+  instantstyle generate --base my-lightning-finetune.safetensors --style ref.png --prompt "a cat" \\
+      --sampling lightning-4step --out cat.png
+  instantstyle generate --style ref.png --prompt "a cat" --scheduler euler --timestep-spacing trailing \\
+      --steps 4 --guidance 0 --out cat.png
+  instantstyle generate --style ref.png --prompt "a cat" --scheduler lcm --timesteps 999 749 499 249 \\
+      --guidance 0 --out cat.png
+
   # two references mixed 70/30, saved once and reused
   instantstyle style save watercolour a.png b.png --weights 0.7 0.3
   instantstyle generate --style @watercolour --prompt "a lighthouse" --out l.png
@@ -82,8 +90,18 @@ class _ControlImage(argparse.Action):
         setattr(namespace, self.dest, images)
 
 
-# Fields stylize (InstantStyle-Plus, task fixed) has no flag for: the task and its siblings' inputs.
-NOT_FOR_STYLIZE = ("task", "strength", "mask", "inpaint_style")
+# Fields stylize (InstantStyle-Plus, task fixed) has no flag for: the task and its siblings' inputs,
+# and the few-step sampling fields (Plus retraces its DDIM inversion's timesteps).
+NOT_FOR_STYLIZE = (
+    "task",
+    "strength",
+    "mask",
+    "inpaint_style",
+    "sampling",
+    "timestep_spacing",
+    "timesteps",
+    "eta",
+)
 
 
 def add_generate_args(g: argparse.ArgumentParser, *, stylize: bool = False) -> None:

@@ -32,11 +32,13 @@ from .jobs import CANCELLED, FAILED, QUEUED
 from .service import GenerationService
 from .ui_form import (
     IMAGE_FIELDS,
+    PRESET_FIELDS,
     TASK_FIELDS,
     Form,
     block_slider_values,
     field_widgets,
     form_values,
+    preset_changed,
     request_params,
     task_changed,
 )
@@ -291,6 +293,10 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
         task_fields = [form.fields[n] for n in TASK_FIELDS]
         form.fields["task"].change(
             task_changed, inputs=[form.fields["task"], *task_fields], outputs=task_fields
+        )
+        preset_fields = [form.fields[n] for n in PRESET_FIELDS]
+        form.fields["sampling"].change(
+            preset_changed, inputs=[form.fields["sampling"], *preset_fields], outputs=preset_fields
         )
         form.refresh.click(lambda: gr.update(choices=list_styles(styles_dir)), outputs=[form.saved])
         form.save_btn.click(

@@ -79,9 +79,12 @@ LAYOUT = [
         ],
     ),
     ("Sampling", True, None, ["seed", "steps", "guidance", "width", "height", "num_images", "scheduler"]),
+    ("Few-step models", False, "few-step-accordion", ["sampling", "timestep_spacing", "timesteps", "eta"]),
 ]
 # Fields a task brings defaults for (config.task_defaults): picking the task sets their widgets.
 TASK_FIELDS = ("scale", "steps", "scheduler", "control", "negative_prompt")
+# Fields a few-step preset fills (schedulers.PRESETS): picking the preset sets their widgets.
+PRESET_FIELDS = ("scheduler", "steps", "guidance", "timestep_spacing", "timesteps", "eta")
 
 
 def layout() -> list:
@@ -302,6 +305,19 @@ def form_values(model, item: dict) -> list:
         block_values = [given.get(m.name, 0.0) for m in model.modules]
     saved_names = [s[1:] for s in p.get("style", []) if s.startswith("@")]
     return [item.get("style_files") or None, saved_names, *values, *block_values]
+
+
+def preset_changed(name: str | None, *current) -> list:
+    """Picking a few-step preset shows its values in the widgets it fills (``PRESET_FIELDS``: the
+    form sends every widget's value, which would otherwise override the preset) and clears the
+    ones it leaves unset (a spacing left over would not fit an LCM preset); no preset changes nothing."""
+    from ..schedulers import PRESETS
+
+    preset = PRESETS.get(name or "")
+    if preset is None:
+        return list(current)
+    fields, values = GenerateRequest.model_fields, preset.fields()
+    return [to_widget(n, fields[n], values.get(n)) for n in PRESET_FIELDS]
 
 
 def task_changed(task: str | None, *current) -> list:
