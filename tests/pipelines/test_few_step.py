@@ -229,3 +229,12 @@ def test_bad_sampling_input_is_http_400_and_the_job_carries_the_warning(tiny_mod
 @pytest.fixture(scope="module")
 def red_png_bytes(style_images) -> bytes:
     return style_images["red"].read_bytes()
+
+
+def test_the_ui_shows_a_presets_values_in_its_widgets():
+    from instantstyle.server.ui_form import PRESET_FIELDS, preset_changed
+
+    current = ["euler", 30, "", "trailing", "", ""]
+    assert PRESET_FIELDS == ("scheduler", "steps", "guidance", "timestep_spacing", "timesteps", "eta")
+    assert preset_changed("dmd2-4step", *current) == ["lcm", 4, 0.0, None, "999, 749, 499, 249", None]
+    assert preset_changed(None, *current) == current
