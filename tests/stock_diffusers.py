@@ -18,3 +18,21 @@ def load_stock_sdxl(tiny_paths, feature_extractor):
     pipe.feature_extractor = feature_extractor
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_stock_vit_h(tiny_paths, feature_extractor, weight_name="ip-adapter-plus_sdxl_vit-h.safetensors"):
+    """Stock diffusers SDXL + one of the tiny ViT-H adapters (Plus by default) as h94 lays them out:
+    ``sdxl_models/<weight_name>`` with the ViT-H encoder in ``models/image_encoder``, through
+    diffusers' own ``load_ip_adapter`` (it builds the Resampler itself)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_paths["base"]))
+    pipe.load_ip_adapter(
+        str(tiny_paths["plus_adapter"].parent.parent),
+        subfolder="sdxl_models",
+        weight_name=weight_name,
+        image_encoder_folder="models/image_encoder",
+    )
+    pipe.feature_extractor = feature_extractor
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

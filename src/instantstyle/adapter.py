@@ -17,14 +17,36 @@ import torch
 
 from .errors import InstantStyleError
 
+KINDS = ("basic", "plus")
+
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    kind: str  # "basic" (ImageProjection, global embedding) -- the only kind content subtraction applies to
-    clip_dim: int  # input width of the image projection (1280 for ip-adapter_sdxl / bigG)
+    """What an IP-Adapter file is, read from its tensors' shapes (``inspect``).
+
+    - ``basic``: ``ImageProjection`` over the encoder's projected global embedding ``[D]``
+      (``ip-adapter_sdxl``: bigG, 1280-d; ``ip-adapter_sdxl_vit-h``: ViT-H, 1024-d), 4 tokens;
+      the only kind content subtraction applies to (the embedding lives in the joint CLIP space).
+    - ``plus``: the Resampler (diffusers' ``IPAdapterPlusImageProjection``) over the encoder's
+      penultimate hidden states ``[L, H]`` (patch features; ``ip-adapter-plus_sdxl_vit-h``: ViT-H,
+      H = 1280, 16 tokens).
+    """
+
+    kind: str  # one of KINDS
+    clip_dim: int  # input width: the projection dim (basic) or the encoder's hidden size (plus)
     cross_dim: int  # UNet cross-attention width the tokens are made for (2048 for SDXL)
-    tokens: int  # tokens per image (4)
+    tokens: int  # tokens per image (4 basic, 16 for ip-adapter-plus_sdxl_vit-h)
     n_layers: int  # cross-attention processors it carries weights for
+
+    @property
+    def patch_features(self) -> bool:
+        """Whether it reads the encoder's patch features (hidden states) instead of its global embedding."""
+        return self.kind == "plus"
+
+    @property
+    def features(self) -> str:
+        """``embeddings.FEATURES`` name of what it reads: ``global`` or ``patch``."""
+        return "patch" if self.patch_features else "global"
 
 
 def load_state_dict(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -61,7 +83,24 @@ def load_state_dict(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+# Layouts diffusers' loader knows but this toolkit does not run: (a key that marks it, what it is).
+OTHER_LAYOUTS = (
+    ("perceiver_resampler.proj_in.weight", "an IP-Adapter FaceID Plus (face ID embeddings from insightface)"),
+    ("proj.3.weight", "an IP-Adapter full-face adapter (ip-adapter-full-face: an MLP over patch features)"),
+    ("proj.0.weight", "an IP-Adapter FaceID adapter (face ID embeddings from insightface)"),
+)
+SUPPORTED = (
+    "use a global adapter (h94/IP-Adapter sdxl_models/ip-adapter_sdxl.safetensors or "
+    "ip-adapter_sdxl_vit-h.safetensors) or a Plus adapter (ip-adapter-plus_sdxl_vit-h.safetensors)"
+)
+
+
 def inspect(state_dict: Mapping[str, Mapping[str, torch.Tensor]]) -> AdapterInfo:
+    """The adapter's kind and widths from its tensors (the layouts of h94/IP-Adapter).
+
+    Loading itself is diffusers' (``load_ip_adapter``); this only reads shapes so a wrong pairing
+    fails in one line before any model loads.
+    """
     proj = state_dict["image_proj"]
     n_layers = len({k.split(".")[0] for k in state_dict["ip_adapter"]})
     if "proj.weight" in proj and "norm.weight" in proj:
@@ -69,22 +108,66 @@ def inspect(state_dict: Mapping[str, Mapping[str, torch.Tensor]]) -> AdapterInfo
         return AdapterInfo(
             "basic", proj["proj.weight"].shape[1], cross, proj["proj.weight"].shape[0] // cross, n_layers
         )
-    kind = "plus" if "latents" in proj else "other"
+    if all(k in proj for k in ("latents", "proj_in.weight", "proj_out.weight")):
+        depth = len({k.split(".")[1] for k in proj if k.startswith("layers.")})
+        to_q = proj.get("layers.0.0.to_q.weight")
+        if depth != 4 or to_q is None or to_q.shape[0] % 64:
+            raise InstantStyleError(
+                f"this IP-Adapter Plus has a Resampler of {depth} layers"
+                f"{'' if to_q is None else f' with {to_q.shape[0]}-wide attention'}; diffusers loads the "
+                "h94 layout only (4 layers, 64-wide heads), as in ip-adapter-plus_sdxl_vit-h.safetensors"
+            )
+        return AdapterInfo(
+            "plus",
+            proj["proj_in.weight"].shape[1],  # the encoder's hidden size
+            proj["proj_out.weight"].shape[0],
+            proj["latents"].shape[1],
+            n_layers,
+        )
+    for key, what in OTHER_LAYOUTS:
+        if key in proj:
+            raise InstantStyleError(
+                f"this IP-Adapter is {what}, which this toolkit does not run; {SUPPORTED}"
+            )
     raise InstantStyleError(
-        f"this IP-Adapter is a '{kind}' adapter (patch features); InstantStyle's content subtraction and "
-        "our loader need a global-embedding adapter such as h94/IP-Adapter sdxl_models/ip-adapter_sdxl.safetensors"
+        f"this IP-Adapter's image projection (keys {sorted(proj)[:3]}) is of no known layout; {SUPPORTED}"
     )
 
 
-def check_compatible(info: AdapterInfo, image_encoder, unet, n_cross_processors: int) -> None:
-    """Refuse mismatched parts before any generation starts."""
-    enc_dim = image_encoder.config.projection_dim
-    if info.clip_dim != enc_dim:
+VIT_H_ENCODER = "h94/IP-Adapter/models/image_encoder"
+BIGG_ENCODER = "h94/IP-Adapter/sdxl_models/image_encoder"
+
+
+def check_encoder(info: AdapterInfo, image_encoder) -> None:
+    """The encoder gives what the adapter reads: its projection (basic) or its hidden states (plus)."""
+    config = image_encoder.config
+    proj_dim, hidden = config.projection_dim, config.hidden_size
+    pairs = (
+        "the classic ViT-H vs ViT-bigG mix-up: *_vit-h adapters need "
+        f"{VIT_H_ENCODER}, ip-adapter_sdxl needs {BIGG_ENCODER}"
+    )
+    if info.kind == "basic" and info.clip_dim != proj_dim:
         raise InstantStyleError(
-            f"IP-Adapter expects {info.clip_dim}-d image embeddings but the image encoder gives {enc_dim}-d "
-            "(the classic ViT-H vs ViT-bigG mix-up: *_vit-h adapters need h94/IP-Adapter/models/image_encoder, "
-            "ip-adapter_sdxl needs h94/IP-Adapter/sdxl_models/image_encoder)"
+            f"IP-Adapter expects {info.clip_dim}-d image embeddings but the image encoder gives {proj_dim}-d ({pairs})"
         )
+    if info.kind == "plus" and info.clip_dim != hidden:
+        if info.clip_dim == proj_dim:
+            raise InstantStyleError(
+                f"this IP-Adapter Plus reads the image encoder's {info.clip_dim}-wide patch features (hidden "
+                f"states), but this encoder's hidden size is {hidden} ({info.clip_dim} is only its projection); "
+                f"Plus *_vit-h adapters need the ViT-H encoder {VIT_H_ENCODER}"
+            )
+        raise InstantStyleError(
+            f"this IP-Adapter Plus reads {info.clip_dim}-wide patch features but the image encoder's hidden "
+            f"size is {hidden} ({pairs})"
+        )
+
+
+def check_compatible(info: AdapterInfo, image_encoder, unet, n_cross_processors: int) -> None:
+    """Refuse mismatched parts before any generation starts (``unet=None``: the encoder only)."""
+    check_encoder(info, image_encoder)
+    if unet is None:
+        return
     if info.cross_dim != unet.config.cross_attention_dim:
         raise InstantStyleError(
             f"IP-Adapter makes {info.cross_dim}-d tokens but the UNet's cross-attention is "

@@ -4,6 +4,12 @@ The maths is in pure tensor functions (``combine_styles``, ``subtract_content``,
 ``with_unconditional``) tested on hand-made tensors. Content subtraction follows InstantStyle
 (arXiv 2404.02733, Sec. 3.2): in the joint CLIP space, before the IP-Adapter's image projection,
 ``style = image_embeds - scale * text_embeds(content_prompt)``, on the conditional branch only.
+
+Two kinds of features (``FEATURES``), chosen by the adapter (``adapter.AdapterInfo.features``):
+``global``, the encoder's projected embedding ``[D]`` (ip-adapter_sdxl, ip-adapter_sdxl_vit-h), and
+``patch``, its penultimate hidden states ``[L, H]`` (IP-Adapter Plus; ``[257, 1280]`` for ViT-H/14 at
+224 px), exactly what diffusers' ``encode_image(output_hidden_states=True)`` feeds the Resampler.
+Every function below takes per-image features ``[N, *F]`` with ``F = (D,)`` or ``(L, H)``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,15 @@ from .files import (
 )
 
 COMBINE_MODES = ("mean", "concat")
+FEATURES = ("global", "patch")  # the projected image embedding, or the penultimate hidden states
+# Why content subtraction refuses patch features (InstantStyle's README: subtraction works on CLIP's
+# global image embedding, in the space its text embedding shares; patch features are not there).
+PATCH_SUBTRACTION = (
+    "content subtraction (--content-prompt) does not apply to an IP-Adapter Plus: its patch features "
+    "are not in the CLIP text space the content prompt is embedded in (the InstantStyle README says so); "
+    "use a global adapter (h94/IP-Adapter sdxl_models/ip-adapter_sdxl.safetensors), or drop "
+    "--content-prompt and pass --negative-style with an image of the content to keep out"
+)
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -35,13 +50,16 @@ STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def combine_styles(
     embeds: torch.Tensor, weights: Sequence[float] | None = None, mode: str = "mean"
 ) -> torch.Tensor:
-    """Combine per-image embeddings ``[N, D]`` into the adapter's image set ``[M, D]``.
+    """Combine per-image features ``[N, *F]`` into the adapter's image set ``[M, *F]``.
 
-    - ``mean``: weighted mean in CLIP space, ``M = 1`` (weights need not sum to 1);
-    - ``concat``: keep one set of tokens per image, ``M = N`` (diffusers' multi-image behaviour);
+    - ``mean``: weighted mean in CLIP space, ``M = 1`` (weights need not sum to 1); on patch
+      features ``[N, L, H]`` it is the mean position by position (patch ``l`` of every image), before
+      the Resampler, as ComfyUI_IPAdapter_plus's ``average``;
+    - ``concat``: keep one set of tokens per image, ``M = N`` (diffusers' multi-image behaviour: the
+      adapter's tokens of every image side by side, 4 or 16 each);
       per-image weights cannot be expressed there, so they must be all equal.
     """
-    N, D = embeds.shape
+    N = embeds.shape[0]
     w = (
         torch.ones(N, dtype=embeds.dtype)
         if weights is None
@@ -54,18 +72,24 @@ def combine_styles(
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise InstantStyleError(f"--style-weights {w.tolist()}: weights must be >= 0 and not all 0")
     if mode == "mean":
-        return ((w / w.sum()).to(embeds.device)[:, None] * embeds).sum(0, keepdim=True)  # [1, D]
+        w = (w / w.sum()).to(embeds.device).reshape(N, *[1] * (embeds.ndim - 1))  # [N, 1...]
+        return (w * embeds).sum(0, keepdim=True)  # [1, *F]
     if mode == "concat":
         if not torch.allclose(w, w[0].expand_as(w)):
             raise InstantStyleError(
                 "--style-weights need --style-combine mean; concat keeps every image at full weight"
             )
-        return embeds  # [N, D]
+        return embeds  # [N, *F]
     raise InstantStyleError(f"--style-combine {mode!r}: use one of {', '.join(COMBINE_MODES)}")
 
 
 def subtract_content(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float) -> torch.Tensor:
-    """``image_embeds [M, D] - scale * text_embeds [1, D]``; no normalisation (as the paper's code)."""
+    """``image_embeds [M, D] - scale * text_embeds [1, D]``; no normalisation (as the paper's code).
+
+    Global embeddings only: patch features ``[M, L, H]`` are refused (``PATCH_SUBTRACTION``).
+    """
+    if image_embeds.ndim != 2:
+        raise InstantStyleError(PATCH_SUBTRACTION)
     if image_embeds.shape[-1] != text_embeds.shape[-1]:
         raise InstantStyleError(
             f"content prompt embedding is {text_embeds.shape[-1]}-d but the image embedding is "
@@ -76,27 +100,39 @@ def subtract_content(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scal
 
 
 def with_unconditional(cond: torch.Tensor, do_cfg: bool, uncond: torch.Tensor | None = None) -> torch.Tensor:
-    """Precomputed ``ip_adapter_image_embeds`` entry: ``[2, M, D] = cat(uncond, cond)`` under CFG.
+    """Precomputed ``ip_adapter_image_embeds`` entry: ``[2, M, *F] = cat(uncond, cond)`` under CFG.
 
     The unconditional image embedding is zeros (never content-subtracted), matching what
-    diffusers' ``encode_image`` uses for a global-embedding adapter, unless ``uncond`` ``[1 or M, D]``
-    is given (a negative style image, ComfyUI's ``image_negative``). Batch is 1: diffusers repeats it
-    per image (passing a larger batch hits diffusers issue #9813).
+    diffusers' ``encode_image`` uses for a global-embedding adapter, unless ``uncond`` ``[1 or M, *F]``
+    is given: a negative style image (ComfyUI's ``image_negative``), or for patch features the
+    encoder's hidden states of an all-zero image (``StyleEncoder.unconditional``, as diffusers). Batch
+    is 1: diffusers repeats it per image (passing a larger batch hits diffusers issue #9813).
     """
-    cond = cond.unsqueeze(0)  # [1, M, D]
+    cond = cond.unsqueeze(0)  # [1, M, *F]
     if not do_cfg:
         return cond
     if uncond is None:
         return torch.cat([torch.zeros_like(cond), cond])
-    if uncond.shape[-1] != cond.shape[-1]:
-        raise InstantStyleError(f"negative embedding is {uncond.shape[-1]}-d, the style's {cond.shape[-1]}-d")
-    return torch.cat([uncond.to(cond).expand_as(cond[0]).unsqueeze(0), cond])  # [2, M, D]
+    if uncond.shape[1:] != cond.shape[2:]:
+        raise InstantStyleError(
+            f"negative embedding is {list(uncond.shape[1:])}, the style's {list(cond.shape[2:])}"
+        )
+    return torch.cat([uncond.to(cond).expand_as(cond[0]).unsqueeze(0), cond])  # [2, M, *F]
 
 
-def negative_embedding(embeds: torch.Tensor, scale: float) -> torch.Tensor:
-    """A negative style image's embedding ``[1, D]``: mean of its images ``[N, D]`` times ``scale``
-    (in CLIP space, before the adapter's projection, as content subtraction; 0 gives the zeros)."""
-    return scale * embeds.mean(0, keepdim=True)
+def negative_embedding(embeds: torch.Tensor, scale: float, base: torch.Tensor | None = None) -> torch.Tensor:
+    """A negative style image's embedding ``[1, *F]``: ``base + scale * (mean - base)``.
+
+    ``mean`` is the mean of its images ``[N, *F]``; ``base`` the unconditional embedding it replaces
+    (``None``: zeros, global features, where this is ``scale * mean``; for patch features the
+    all-zero image's hidden states). In CLIP space, before the adapter's projection, as content
+    subtraction; scale 0 gives the plain unconditional embedding, 1 the negative image's own.
+    """
+    mean = embeds.mean(0, keepdim=True)
+    if base is None:
+        return scale * mean
+    base = base.to(mean)
+    return base + scale * (mean - base)
 
 
 # ---------------------------------------------------------------- encoding with a cache
@@ -116,10 +152,12 @@ class EmbeddingCache:
         self.misses = 0
 
     @staticmethod
-    def key(encoder_id: str, image_hash: str) -> str:
+    def key(encoder_id: str, image_hash: str, features: str = "global") -> str:
+        """The entry of one image's ``features`` (``FEATURES``) from one encoder (global keys unchanged)."""
         import hashlib
 
-        return hashlib.sha256(f"{encoder_id}\0{image_hash}".encode()).hexdigest()[:40]
+        kind = "" if features == "global" else f"{features}\0"
+        return hashlib.sha256(f"{encoder_id}\0{kind}{image_hash}".encode()).hexdigest()[:40]
 
     def get(self, key: str) -> torch.Tensor | None:
         if key in self._mem:
@@ -157,16 +195,31 @@ class EmbeddingCache:
             self._mem.popitem(last=False)
 
 
+def encoder_features(image_encoder, pixels: torch.Tensor, features: str = "global") -> torch.Tensor:
+    """What the adapter reads from ``pixels [n, 3, S, S]``: ``image_embeds [n, D]`` (global) or the
+    penultimate hidden states ``[n, L, H]`` (patch), as diffusers' ``encode_image``."""
+    if features == "patch":
+        return image_encoder(pixels, output_hidden_states=True).hidden_states[-2]  # [n, L, H]
+    if features != "global":
+        raise InstantStyleError(f"unknown image features {features!r}; use one of {', '.join(FEATURES)}")
+    return image_encoder(pixels).image_embeds  # [n, D]
+
+
 @torch.no_grad()
 def encode_images(
-    image_encoder, feature_extractor, images, encoder_id: str, cache: EmbeddingCache | None = None
+    image_encoder,
+    feature_extractor,
+    images,
+    encoder_id: str,
+    cache: EmbeddingCache | None = None,
+    features: str = "global",
 ):
-    """Projected CLIP image embeddings ``[N, D]`` (float32, CPU) for PIL ``images``, cached."""
+    """CLIP image features ``[N, *F]`` (float32, CPU) for PIL ``images``, cached (``encoder_features``)."""
     from .images import image_hash
 
     out: list[torch.Tensor | None] = []
     todo: list[int] = []
-    keys = [EmbeddingCache.key(encoder_id, image_hash(im)) for im in images]
+    keys = [EmbeddingCache.key(encoder_id, image_hash(im), features) for im in images]
     for i, key in enumerate(keys):
         hit = cache.get(key) if cache is not None else None
         out.append(hit)
@@ -175,7 +228,7 @@ def encode_images(
     if todo:
         param = next(image_encoder.parameters())
         pixels = feature_extractor(images=[images[i] for i in todo], return_tensors="pt").pixel_values
-        embeds = image_encoder(pixels.to(param.device, param.dtype)).image_embeds  # [n, D]
+        embeds = encoder_features(image_encoder, pixels.to(param.device, param.dtype), features)  # [n, *F]
         for j, i in enumerate(todo):
             out[i] = embeds[j].float().cpu()
             if cache is not None:
@@ -198,9 +251,14 @@ class StyleEncoder:
         cache: EmbeddingCache | None = None,
         max_pixels: int | None = None,
         styles_directory: str | Path | None = None,
+        features: str = "global",
     ):
         from .images import DEFAULT_MAX_PIXELS
 
+        if features not in FEATURES:
+            raise InstantStyleError(f"unknown image features {features!r}; use one of {', '.join(FEATURES)}")
+        self.features = features  # what the adapter reads (FEATURES)
+        self._uncond: tuple | None = None  # (encoder dtype, device, unconditional patch features)
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
         self.encoder_id = encoder_id
@@ -212,6 +270,21 @@ class StyleEncoder:
     def cache_id(self) -> str:
         dtype = str(next(self.image_encoder.parameters()).dtype).removeprefix("torch.")
         return f"{self.encoder_id}@{dtype}"
+
+    @torch.no_grad()
+    def unconditional(self) -> torch.Tensor | None:
+        """The unconditional features of the CFG batch: ``None`` for global ones (zeros, made by
+        ``with_unconditional``); for patch features the encoder's hidden states of an all-zero pixel
+        tensor ``[1, L, H]`` (float32, CPU), as diffusers' ``encode_image(output_hidden_states=True)``."""
+        if self.features == "global":
+            return None
+        param = next(self.image_encoder.parameters())
+        if self._uncond is None or self._uncond[:2] != (param.dtype, param.device):
+            size = self.image_encoder.config.image_size
+            zeros = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+            hidden = encoder_features(self.image_encoder, zeros, "patch").float().cpu()
+            self._uncond = (param.dtype, param.device, hidden)
+        return self._uncond[2]
 
     def encode(self, refs: Sequence, weights: Sequence[float] | None = None) -> Style:
         """Embed references with per-reference weights; a saved style keeps its inner weights."""
@@ -229,7 +302,7 @@ class StyleEncoder:
             parts.append(style.embeds)
             flat_w += (w * inner / inner.sum()).tolist()
             hashes += style.image_hashes
-        return Style(torch.cat(parts), flat_w, self.encoder_id, hashes)
+        return Style(torch.cat(parts), flat_w, self.encoder_id, hashes, features=self.features)
 
     def _one(self, ref) -> Style:
         from .images import image_hash, load_image
@@ -241,9 +314,15 @@ class StyleEncoder:
         else:
             image = load_image(ref, what="style image", max_pixels=self.max_pixels)
             embeds = encode_images(
-                self.image_encoder, self.feature_extractor, [image], self.cache_id, self.cache
+                self.image_encoder, self.feature_extractor, [image], self.cache_id, self.cache, self.features
             )
-            return Style(embeds, [1.0], self.encoder_id, [image_hash(image)])
+            return Style(embeds, [1.0], self.encoder_id, [image_hash(image)], features=self.features)
+        if style.features != self.features:
+            raise InstantStyleError(
+                f"style '{style.name}' holds {style.features} image features but this model's IP-Adapter reads "
+                f"{self.features} ones ({'an IP-Adapter Plus' if self.features == 'patch' else 'a global adapter'}); "
+                f"save it again with this adapter (`instantstyle style save --features {self.features}`)"
+            )
         if style.encoder_id != self.encoder_id:
             raise InstantStyleError(
                 f"style '{style.name}' was encoded with image encoder '{style.encoder_id}', but this run uses "
@@ -259,17 +338,19 @@ class StyleEncoder:
 class Style:
     """Per-image embeddings of one or several references, with their weights and provenance."""
 
-    embeds: torch.Tensor  # [N, D] float32
+    embeds: torch.Tensor  # [N, D] float32 (global features) or [N, L, H] (patch features)
     weights: list[float]
     encoder_id: str
     image_hashes: list[str] = field(default_factory=list)
     name: str | None = None
     created: float = field(default_factory=time.time)
+    features: str = "global"  # FEATURES: what embeds are
 
     def metadata(self) -> dict[str, str]:
         return {
             "format": "instantstyle.style/1",
             "encoder_id": self.encoder_id,
+            "features": self.features,
             "weights": json.dumps(self.weights),
             "image_hashes": json.dumps(self.image_hashes),
             "name": self.name or "",
@@ -341,6 +422,7 @@ def load_style(name_or_path: str, directory: str | Path | None = None) -> Style:
         image_hashes=json.loads(meta.get("image_hashes", "[]")),
         name=meta.get("name") or path.stem,
         created=float(meta.get("created", 0)),
+        features=meta.get("features", "global"),  # files written before patch features are global
     )
 
 

@@ -127,13 +127,16 @@ def sdxl_added_cond(
     added = {"text_embeds": pooled, "time_ids": time_ids}
     if getattr(pipe.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
         if ip_tokens is None:
+            # [B, 1, D] for a global adapter's ImageProjection, [B, 1, 1, H] (one patch) for a Resampler
             ip_tokens = [
                 torch.zeros(
                     pe.shape[0],
                     1,
-                    proj.image_embeds.in_features
-                    if hasattr(proj, "image_embeds")
-                    else proj.proj_in.in_features,
+                    *(
+                        (proj.image_embeds.in_features,)
+                        if hasattr(proj, "image_embeds")
+                        else (1, proj.proj_in.in_features)
+                    ),
                     device=device,
                     dtype=pe.dtype,
                 )

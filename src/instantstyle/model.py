@@ -55,7 +55,12 @@ class InstantStyle:
         self.ids = ids  # base / adapter / image_encoder identifiers, recorded in outputs
         self.content_text = content_text  # optional (CLIPTextModelWithProjection, tokenizer)
         self.styles = embeddings.StyleEncoder(
-            image_encoder, feature_extractor, ids["image_encoder"], cache, max_pixels
+            image_encoder,
+            feature_extractor,
+            ids["image_encoder"],
+            cache,
+            max_pixels,
+            features=adapter_info.features,
         )
         self.modules = blocks.discover(pipe.unet)
         self.speed = fast_path.options_for(speed, self.device)  # fast-path pieces used by run()
@@ -118,14 +123,13 @@ class InstantStyle:
 
             set_cache_dir(compile_cache)
         adapter = adapter or models.default_adapter(base)
-        image_encoder = image_encoder or models.default_image_encoder(base)
+        image_encoder = image_encoder or models.default_image_encoder(base, adapter)
 
         # 2. The parts that are cheap to check go first, so a bad adapter fails before SDXL loads.
         state_dict = models.load_adapter_state_dict(adapter)
         info = adapter_mod.inspect(state_dict)
         encoder, extractor = models.load_image_encoder(image_encoder, dt)
-        if info.clip_dim != encoder.config.projection_dim:  # before the multi-GB base model loads
-            adapter_mod.check_compatible(info, encoder, None, 0)
+        adapter_mod.check_encoder(info, encoder)  # before the multi-GB base model loads
 
         # 3. Base model.
         pipe = models.load_base_pipeline(base, dt, variant, base_config=base_config)
@@ -301,6 +305,10 @@ class InstantStyle:
         return self.resolve_branches(req)["cond"]
 
     def resolve_branches(self, req: GenerateRequest) -> dict[str, dict[str, float]]:
+        if (
+            req.content_prompt and self.adapter_info.patch_features
+        ):  # no CLIP-space embedding to subtract from
+            raise InstantStyleError(embeddings.PATCH_SUBTRACTION)
         spec = blocks.parse_spec(req.blocks) if req.blocks else blocks.preset_spec(req.mode)
         branches = blocks.resolve_branches(self.modules, spec, req.scale, req.layout_boost)
         if len(branches) > 1 and req.guidance <= 1.0:

@@ -33,6 +33,9 @@ from .sources import (
     DEFAULT_CONTROLNET_TILE,
     DEFAULT_IMAGE_ENCODER,
     TINY,
+    TINY_PLUS,
+    TINY_REFS,
+    TINY_VIT_H,
     Source,
     canonical_id,
     default_adapter,
@@ -49,6 +52,9 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
     "DEFAULT_CONTROLNET_TILE",
     "DEFAULT_IMAGE_ENCODER",
     "TINY",
+    "TINY_PLUS",
+    "TINY_REFS",
+    "TINY_VIT_H",
     "Source",
     "cached_file",
     "canonical_id",
@@ -72,7 +78,11 @@ def tiny_part(name: str) -> Any:
     """
     import copy
 
-    return copy.deepcopy(_tiny_controlnet() if name == "controlnet" else getattr(_tiny_models(), name))
+    if name == "controlnet":
+        return copy.deepcopy(_tiny_controlnet())
+    if name in ("vit_h_encoder", "plus_state_dict", "vit_h_state_dict"):  # sources.tiny_adapters
+        return copy.deepcopy(getattr(_tiny_adapters(), name))
+    return copy.deepcopy(getattr(_tiny_models(), name))
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,6 +90,13 @@ def _tiny_models():
     from .sources.tiny import build_tiny
 
     return build_tiny()
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_adapters():
+    from .sources.tiny_adapters import build_tiny_adapters
+
+    return build_tiny_adapters(_tiny_models().pipe.unet)
 
 
 @functools.lru_cache(maxsize=1)
@@ -239,9 +256,11 @@ def only_variant(src: Source) -> str | None:
 
 
 def load_adapter_state_dict(spec: str) -> dict:
-    """An IP-Adapter's state dict (h94 layout) from a file, a Hub path or ``tiny``."""
+    """An IP-Adapter's state dict (h94 layout) from a file, a Hub path or ``tiny``/``tiny-plus``/``tiny-vit-h``."""
     if spec == TINY:
         return tiny_part("adapter_state_dict")
+    if spec in (TINY_PLUS, TINY_VIT_H):
+        return tiny_part("plus_state_dict" if spec == TINY_PLUS else "vit_h_state_dict")
     from .adapter import load_state_dict
 
     return load_state_dict(resolve_file(spec, "IP-Adapter"))
@@ -252,6 +271,8 @@ def load_image_encoder(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     (the tiny one in float32: the caller moves it with the pipeline)."""
     if spec == TINY:
         return tiny_part("image_encoder"), tiny_part("feature_extractor")
+    if spec == TINY_VIT_H:  # the tiny ViT-H-shaped encoder (same 224 px preprocessing)
+        return tiny_part("vit_h_encoder"), tiny_part("feature_extractor")
     from transformers import CLIPVisionModelWithProjection
 
     src = parse_source(spec)

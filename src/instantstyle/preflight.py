@@ -214,7 +214,7 @@ def run(
     hub_missing: list[Need] = []
     hub_used = False
     for need in needs:
-        if need.ref == models.TINY:
+        if need.ref in models.TINY_REFS:
             continue
         try:
             src = models.parse_source(need.ref)

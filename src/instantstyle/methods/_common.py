@@ -77,7 +77,9 @@ def neutral_ip_embeds(model, do_cfg: bool) -> list[torch.Tensor]:
     diffusers requires image embeddings on every call once an IP-Adapter is attached; with every
     scale at 0 the adapter branch is skipped, so the UNet computes plain SDXL.
     """
-    zeros = torch.zeros(1, 1, model.adapter_info.clip_dim, device=model.device, dtype=model.dtype)
+    # [1, 1, D] for a global adapter; [1, 1, 1, H] (one patch) for a Plus adapter's Resampler.
+    shape = (1, 1, *([1] if model.adapter_info.patch_features else []), model.adapter_info.clip_dim)
+    zeros = torch.zeros(shape, device=model.device, dtype=model.dtype)
     return [torch.cat([zeros, zeros]) if do_cfg else zeros]
 
 

@@ -5,6 +5,11 @@
    (cached), combined, content subtracted (InstantStyle, arXiv 2404.02733, Sec. 3.2). 4. The
    precomputed ``ip_adapter_image_embeds`` for diffusers, one slot per branch / extra image
    (``injection.py``), and the parameters every output records.
+
+With an IP-Adapter Plus the features are the encoder's patch features ``[L, H]`` instead of its
+global embedding ``[D]`` (``embeddings.FEATURES``), the unconditional half is the all-zero image's
+features (as diffusers), and content subtraction is refused in step 1 (``embeddings.PATCH_SUBTRACTION``,
+from ``InstantStyle.resolve_branches``, which every front end runs before anything else).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class Prepared:
     seed: int
     width: int
     height: int
-    ip_embeds: list[torch.Tensor]  # one per slot, [2 or 1, M, D]
+    ip_embeds: list[torch.Tensor]  # one per slot, [2 or 1, M, D] (global) or [2 or 1, M, L, H] (patch)
     scales: list[dict[str, float]]  # one per slot: attn2 processor -> scale
     params: dict = field(default_factory=dict)  # recorded in every output
     # What each ip_embeds/scales entry is (injection.SLOT_KINDS); entries past the loaded adapters
@@ -56,7 +61,8 @@ def prepare(
     ``composition_image``/``negative_style_image`` are in-memory images used instead of the
     files ``req.composition``/``req.negative_style`` name (those then only label them).
     """
-    # 1. Blocks: a misspelt name fails here, before any model runs.
+    # 1. Blocks: a misspelt name fails here, before any model runs; so does content subtraction
+    #    with a patch-feature adapter (``resolve_branches``; the server runs it before queueing).
     branches = model.resolve_branches(req)
     scales = branches["cond"]
     # 2. Size and seed.
@@ -70,20 +76,21 @@ def prepare(
     # 3. Style embedding in CLIP space: encode (cached), combine, subtract content.
     refs = list(style_images or []) + list(req.style)
     style = model.encode_style(refs, req.style_weights)
-    cond = embeddings.combine_styles(style.embeds, style.weights, req.style_combine)  # [M, D]
+    cond = embeddings.combine_styles(style.embeds, style.weights, req.style_combine)  # [M, *F]
     if req.content_prompt:
         cond = embeddings.subtract_content(
             cond, model.content_embedding(req.content_prompt), req.effective_content_scale
         )
-    # 4. Precomputed embeds for diffusers: unconditional = zeros or the negative image, batch 1
-    #    (diffusers repeats it); one slot per branch / extra image (see injection.py).
+    # 4. Precomputed embeds for diffusers: unconditional = zeros (global features), the all-zero
+    #    image's features (patch) or the negative image, batch 1 (diffusers repeats it); one slot
+    #    per branch / extra image (see injection.py).
     do_cfg = req.guidance > 1.0
-    uncond, extra_hashes = None, {}
+    uncond, extra_hashes = model.styles.unconditional(), {}
     if req.negative_style:
         negative = model.encode_style(
             [negative_style_image if negative_style_image is not None else req.negative_style]
         )
-        uncond = embeddings.negative_embedding(negative.embeds, req.effective_negative_style_scale)
+        uncond = embeddings.negative_embedding(negative.embeds, req.effective_negative_style_scale, uncond)
         extra_hashes["negative_style_sha256"] = negative.image_hashes
     slots = [("style", embeddings.with_unconditional(cond, do_cfg, uncond), scales)]
     for branch in ("uncond", "both"):

@@ -111,10 +111,13 @@ def denoise(job: base.Job) -> list:
     scheduler = ddim_scheduler(model.pipe)
     check_same_timesteps(inversion, ddim_scheduler(model.pipe), req.steps)
     # 4b. Adapter 2 = the same adapter on the content image, global low scale, every block.
-    content_embed = model.encode_style([inputs.content]).embeds  # [1, D]
+    content_embed = model.encode_style([inputs.content]).embeds  # [1, *F]
+    uncond = model.styles.unconditional()  # zeros (global features) or the all-zero image's (patch)
     prep.ip_embeds = [
         prep.ip_embeds[0],
-        embeddings.with_unconditional(content_embed, req.guidance > 1.0).to(model.device, model.dtype),
+        embeddings.with_unconditional(content_embed, req.guidance > 1.0, uncond).to(
+            model.device, model.dtype
+        ),
     ]
     all_procs = {name: req.effective_content_ip_scale for name in ip_processors(model.pipe.unet)}
     job.run_kwargs["scale_maps"] = [job.run_kwargs["scale_maps"][0], all_procs]

@@ -16,7 +16,10 @@ SDXL block naming"):
 
 ``make_tiny(dir)`` writes everything in the standard on-disk layouts so the real loaders are
 exercised: ``DIR/sdxl`` (diffusers), ``DIR/IP-Adapter/sdxl_models/{ip-adapter_sdxl.safetensors,
-ip-adapter_sdxl.bin, image_encoder/}`` (the h94 repository layout), ``DIR/controlnet-canny`` and
+ip-adapter_sdxl.bin, image_encoder/}`` (the h94 repository layout), with the ViT-H pieces beside
+them as h94 has them (``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors``,
+``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``, ``models/image_encoder/``; ``sources.tiny_adapters``),
+``DIR/controlnet-canny`` and
 ``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout), and
 ``DIR/sdxl-single-file`` (one original-layout checkpoint plus its configs; ``write_single_file``).
 """
@@ -31,13 +34,13 @@ from pathlib import Path
 
 import torch
 
+# The adapter generators (generic over the UNet) live with the other adapter kinds; re-exported.
+from .tiny_adapters import IP_WEIGHT_STD, random_adapter_state_dict  # noqa: F401
+
 TINY_SEED = 0
 CROSS_DIM = 64  # = text_encoder hidden (32) + text_encoder_2 hidden (32), as 768 + 1280 = 2048 in SDXL
 CLIP_DIM = 32  # image/text projection width (1280 for bigG)
 IP_TOKENS = 4  # tokens per image of the basic ImageProjection adapter (as ip-adapter_sdxl)
-# Std of the random to_k_ip/to_v_ip weights: large enough that injecting a different style image
-# changes the tiny model's output far more than the 2/255 tolerance of the equivalence tests.
-IP_WEIGHT_STD = 1.0
 
 
 @dataclass
@@ -113,32 +116,6 @@ def tiny_vision_config():
         patch_size=14,
         projection_dim=CLIP_DIM,
     )
-
-
-def random_adapter_state_dict(unet, clip_dim: int = CLIP_DIM, tokens: int = IP_TOKENS, seed: int = 1) -> dict:
-    """A random IP-Adapter in the h94 layout for ``unet``.
-
-    ``ip_adapter`` keys are numbered by each processor's index in ``unet.attn_processors`` (the
-    original ``ModuleList(unet.attn_processors.values())`` save format), so cross-attention
-    processors take the odd ids.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    cross = unet.config.cross_attention_dim
-    image_proj = {
-        "proj.weight": torch.randn(tokens * cross, clip_dim, generator=gen) / clip_dim**0.5,
-        "proj.bias": torch.randn(tokens * cross, generator=gen) * 0.1,
-        "norm.weight": 1.0 + 0.1 * torch.randn(cross, generator=gen),
-        "norm.bias": 0.1 * torch.randn(cross, generator=gen),
-    }
-    ip_adapter = {}
-    for idx, name in enumerate(unet.attn_processors):
-        if not name.endswith("attn2.processor"):
-            continue
-        attn = unet.get_submodule(name[: -len(".processor")])
-        hidden = attn.to_k.out_features
-        for key in ("to_k_ip", "to_v_ip"):
-            ip_adapter[f"{idx}.{key}.weight"] = torch.randn(hidden, cross, generator=gen) * IP_WEIGHT_STD
-    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
 def build_tiny(seed: int = TINY_SEED, text_widths: tuple[int, int] = (32, 32)) -> TinyModels:
@@ -239,7 +216,8 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
 
     Returns ``{"base": DIR/sdxl, "adapter": .../ip-adapter_sdxl.safetensors,
     "adapter_bin": .../ip-adapter_sdxl.bin, "image_encoder": .../image_encoder,
-    "controlnet_canny": DIR/controlnet-canny, "controlnet_tile": DIR/controlnet-tile}``.
+    "controlnet_canny": DIR/controlnet-canny, "controlnet_tile": DIR/controlnet-tile}``, the
+    single-file pieces (``write_single_file``) and ``plus_adapter``/``vit_h_adapter``/``vit_h_image_encoder``.
     """
     from safetensors.torch import save_file
 
@@ -256,6 +234,9 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     save_file({k: v.contiguous() for k, v in flat.items()}, sdxl_models / "ip-adapter_sdxl.safetensors")
     torch.save(models.adapter_state_dict, sdxl_models / "ip-adapter_sdxl.bin")
     single = write_single_file(directory / "sdxl-single-file", seed)
+    from .tiny_adapters import write_tiny_adapters  # the Plus and ViT-H adapters, ViT-H encoder
+
+    vit_h = write_tiny_adapters(directory / "IP-Adapter", models.pipe.unet, seed + 10)
     tiny_controlnet(seed + 6).save_pretrained(directory / "controlnet-canny", safe_serialization=True)
     tiny_controlnet(seed + 7).save_pretrained(directory / "controlnet-tile", safe_serialization=True)
     (directory / "README.txt").write_text(
@@ -270,6 +251,7 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
         "controlnet_canny": directory / "controlnet-canny",
         "controlnet_tile": directory / "controlnet-tile",
         **single,
+        **vit_h,
     }
 
 
