@@ -43,6 +43,22 @@ def tiny_model(tiny_paths):
     )
 
 
+@pytest.fixture(scope="session")
+def plus_model(tiny_paths):
+    """InstantStyle with the tiny IP-Adapter Plus and ViT-H encoder, from disk (CPU, fp32)."""
+    from instantstyle import InstantStyle
+
+    return InstantStyle.from_pretrained(
+        str(tiny_paths["base"]),
+        str(tiny_paths["plus_adapter"]),
+        str(tiny_paths["vit_h_image_encoder"]),
+        device="cpu",
+        dtype="fp32",
+        cache_dir=None,
+        progress=False,
+    )
+
+
 def _gradient(colour_axis: int, size: int = 64) -> Image.Image:
     a = np.zeros((size, size, 3), dtype=np.uint8)
     a[..., colour_axis] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]

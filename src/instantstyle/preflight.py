@@ -162,7 +162,7 @@ def needs_for_model(
 ) -> list[Need]:
     """What ``InstantStyle.from_pretrained`` (and the ControlNets of a request) will load."""
     adapter = adapter or models.default_adapter(base)
-    image_encoder = image_encoder or models.default_image_encoder(base)
+    image_encoder = image_encoder or models.default_image_encoder(base, adapter)
     needs = [
         *needs_for_base(base),
         Need("IP-Adapter", adapter, "file"),

@@ -29,22 +29,6 @@ STYLE = {"up": {"block_0": [0.0, 1.0, 0.0]}}
 
 
 @pytest.fixture(scope="module")
-def plus_model(tiny_paths):
-    """InstantStyle with the tiny Plus adapter and ViT-H encoder, from disk (CPU, fp32)."""
-    from instantstyle import InstantStyle
-
-    return InstantStyle.from_pretrained(
-        str(tiny_paths["base"]),
-        str(tiny_paths["plus_adapter"]),
-        str(tiny_paths["vit_h_image_encoder"]),
-        device="cpu",
-        dtype="fp32",
-        cache_dir=None,
-        progress=False,
-    )
-
-
-@pytest.fixture(scope="module")
 def stock_plus(tiny_paths, plus_model):
     return load_stock_vit_h(tiny_paths, plus_model.feature_extractor)
 
@@ -213,12 +197,12 @@ def test_graph_context_names_the_adapter_kind(plus_model, tiny_model):
     assert "ImageProjection" in kinds(basic_key) - kinds(plus_key)
 
 
-def _mask(tmp_path, name, left: bool) -> str:
-    a = np.zeros((64, 64), dtype=np.uint8)
+def _mask(tmp_path, name, left: bool, size: int = 64) -> str:
+    a = np.zeros((size, size), dtype=np.uint8)
     if left:
-        a[:, :32] = 255
+        a[:, : size // 2] = 255
     else:
-        a[:, 32:] = 255
+        a[:, size // 2 :] = 255
     Image.fromarray(a).save(tmp_path / name)
     return str(tmp_path / name)
 
@@ -244,12 +228,14 @@ def test_leakage_controls_and_regions_apply_to_patch_features(plus_model, style_
     )
 
 
-@pytest.mark.parametrize("task", ["img2img", "plus"])
-def test_content_tasks_run_with_plus(plus_model, style_images, tiny_paths, task):
-    content = str(style_images["green"])
-    params = dict(content=content, task=task, steps=2 if task == "img2img" else 1)
-    if task == "plus":
-        params["control"] = [f"tile={tiny_paths['controlnet_tile']}"]
+@pytest.mark.parametrize("task", ["controlnet", "img2img", "inpaint", "plus"])
+def test_content_tasks_run_with_plus(plus_model, style_images, tiny_paths, tmp_path, task):
+    params = dict(content=str(style_images["green"]), task=task, steps=1 if task == "plus" else 2)
+    if task in ("controlnet", "plus"):
+        kind = "canny" if task == "controlnet" else "tile"
+        params["control"] = [f"{kind}={tiny_paths['controlnet_' + kind]}"]
+    if task == "inpaint":
+        params["mask"] = _mask(tmp_path, "m.png", left=True, size=80)  # the content image's size
     red = ours(plus_model, style=[str(style_images["red"])], **params)
     blue = ours(plus_model, style=[str(style_images["blue"])], **params)
     assert np.abs(red - blue).max() > 10 * TOL  # the 16-token style reaches the picture

@@ -125,37 +125,16 @@ def test_plus_ddim_inversion_is_selectable_and_differs_from_renoise(
     assert np.abs(renoise - ddim).max() > 2
 
 
-def test_plus_runs_on_an_adapter_pair_of_another_width(tiny_paths, content_images, style_images, tmp_path):
-    """The authors' pair (ip-adapter_sdxl_vit-h + models/image_encoder, 1024-d instead of bigG's 1280)
-    goes through --adapter / --image-encoder; here a tiny pair of another width (24 vs 32)."""
-    import torch
-    from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionModelWithProjection
-
+def test_plus_runs_with_the_authors_global_vit_h_adapter(tiny_paths, content_images, style_images):
+    """The authors' pair (ip-adapter_sdxl_vit-h + models/image_encoder, 1024-d instead of bigG's 1280):
+    here the tiny one (24-d), named by reference; the adapter implies its ViT-H encoder."""
     from instantstyle import InstantStyle
-    from instantstyle.testing import tiny
 
-    cfg = tiny.tiny_vision_config()
-    cfg.projection_dim = 24
-    torch.manual_seed(5)
-    CLIPVisionModelWithProjection(cfg).eval().save_pretrained(tmp_path / "models" / "image_encoder")
-    unet = UNet2DConditionModel.from_pretrained(tiny_paths["base"], subfolder="unet")
-    sd = tiny.random_adapter_state_dict(unet, clip_dim=24, seed=9)
-    flat = {
-        f"{part}.{k}": v.contiguous() for part in ("image_proj", "ip_adapter") for k, v in sd[part].items()
-    }
-    save_file(flat, tmp_path / "ip-adapter_sdxl_vit-h.safetensors")
     model = InstantStyle.from_pretrained(
-        str(tiny_paths["base"]),
-        str(tmp_path / "ip-adapter_sdxl_vit-h.safetensors"),
-        str(tmp_path / "models" / "image_encoder"),
-        device="cpu",
-        dtype="fp32",
-        cache_dir=None,
-        progress=False,
+        str(tiny_paths["base"]), "tiny-vit-h", device="cpu", dtype="fp32", cache_dir=None, progress=False
     )
-    assert model.adapter_info.clip_dim == 24
+    assert model.adapter_info.kind == "basic" and model.adapter_info.clip_dim == 24
+    assert model.ids["image_encoder"] == "tiny-vit-h"
     params = dict(
         prompt="a box",
         task="plus",

@@ -113,3 +113,60 @@ def test_saved_style_from_another_encoder_is_refused(tiny_model, tmp_path):
     )
     with pytest.raises(InstantStyleError, match="save it again with this encoder"):
         se.encode(["@other"])
+
+
+# ------------------------------------------------------------------ patch features (IP-Adapter Plus)
+
+
+def test_mean_of_patch_features_is_position_by_position():
+    e = torch.randn(2, 5, 3)  # [N=2, L=5, H=3]
+    out = embeddings.combine_styles(e, [3.0, 1.0], "mean")
+    assert out.shape == (1, 5, 3)
+    assert torch.allclose(out[0], (3 * e[0] + e[1]) / 4)  # patch l of each image, weighted
+    assert torch.equal(embeddings.combine_styles(e, None, "concat"), e)  # one 16-token set per image
+
+
+def test_patch_features_have_no_content_subtraction():
+    with pytest.raises(InstantStyleError, match="does not apply to an IP-Adapter Plus") as err:
+        embeddings.subtract_content(torch.zeros(1, 257, 1280), torch.zeros(1, 1280), 0.5)
+    assert "\n" not in str(err.value) and "ip-adapter_sdxl" in str(err.value)
+
+
+def test_unconditional_and_negative_on_patch_features():
+    cond, base = torch.randn(2, 4, 3), torch.randn(1, 4, 3)  # [M, L, H], the zero image's [1, L, H]
+    out = embeddings.with_unconditional(cond, True, base)
+    assert (
+        out.shape == (2, 2, 4, 3) and torch.equal(out[0], base.expand(2, 4, 3)) and torch.equal(out[1], cond)
+    )
+    neg = torch.randn(3, 4, 3)
+    half = embeddings.negative_embedding(neg, 0.5, base)
+    assert torch.allclose(half, base + 0.5 * (neg.mean(0, keepdim=True) - base))
+    assert torch.equal(embeddings.negative_embedding(neg, 0.0, base), base)  # scale 0: the plain branch
+    flat = torch.randn(3, 8)  # global features: base None means zeros, i.e. scale * mean
+    assert torch.equal(embeddings.negative_embedding(flat, 0.5), 0.5 * flat.mean(0, keepdim=True))
+    with pytest.raises(InstantStyleError, match="negative embedding is"):
+        embeddings.with_unconditional(cond, True, torch.zeros(1, 3))
+
+
+def test_cache_keys_and_encoder_runs_distinguish_the_two_kinds(plus_model, style_images, tmp_path):
+    assert embeddings.EmbeddingCache.key("e", "h") != embeddings.EmbeddingCache.key("e", "h", "patch")
+    enc = plus_model.image_encoder
+    calls = []
+    handle = enc.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        cache = embeddings.EmbeddingCache(tmp_path / "c")
+        kw = dict(cache=cache, styles_directory=tmp_path)
+        patch = embeddings.StyleEncoder(enc, plus_model.feature_extractor, "vit-h", features="patch", **kw)
+        flat = embeddings.StyleEncoder(enc, plus_model.feature_extractor, "vit-h", **kw)
+        a = patch.encode([style_images["red"]])
+        b = flat.encode([style_images["red"]])
+        assert len(calls) == 2 and a.embeds.shape == (1, 257, 48) and b.embeds.shape == (1, 24)
+        patch.encode([style_images["red"]])
+        assert len(calls) == 2  # cached
+        embeddings.save_style(a, "patchy", tmp_path)
+        assert embeddings.load_style("@patchy", tmp_path).features == "patch"
+        assert torch.equal(patch.encode(["@patchy"]).embeds, a.embeds)
+        with pytest.raises(InstantStyleError, match="holds patch image features .* reads global"):
+            flat.encode(["@patchy"])
+    finally:
+        handle.remove()

@@ -20,7 +20,8 @@ def add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) ->
     g.add_argument(
         "--image-encoder",
         default=None,
-        help=f"CLIPVisionModelWithProjection directory (default: {models.DEFAULT_IMAGE_ENCODER})",
+        help="CLIPVisionModelWithProjection directory (default: the one the adapter reads: "
+        f"{models.DEFAULT_IMAGE_ENCODER}, or {models.VIT_H_IMAGE_ENCODER} for a *vit-h* adapter file)",
     )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=DTYPES, help="default: fp16 on cuda/mps, fp32 on cpu")
@@ -53,7 +54,9 @@ def _add_base_args(g, models) -> None:
     g.add_argument(
         "--adapter",
         default=None,
-        help=f"IP-Adapter .safetensors/.bin in the h94 layout (default: {models.DEFAULT_ADAPTER})",
+        help="IP-Adapter .safetensors/.bin in the h94 layout: a global one (ip-adapter_sdxl, "
+        "ip-adapter_sdxl_vit-h) or an IP-Adapter Plus (ip-adapter-plus_sdxl_vit-h: patch features, no "
+        f"content subtraction); tiny-plus / tiny-vit-h for the tiny ones (default: {models.DEFAULT_ADAPTER})",
     )
     g.add_argument(
         "--variant", default=None, help="weights variant to fetch, e.g. fp16 (halves the download)"

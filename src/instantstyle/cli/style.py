@@ -31,6 +31,14 @@ def register(sub) -> None:
         help="tiny: encode with the tiny model's image encoder (as generate --base tiny); otherwise "
         "the styles depend only on --image-encoder",
     )
+    save.add_argument(
+        "--features",
+        choices=("global", "patch"),
+        default="global",
+        help="what the style's adapter reads: global (the projected image embedding: ip-adapter_sdxl, "
+        "*_vit-h) or patch (the penultimate hidden states an IP-Adapter Plus reads; with "
+        "--image-encoder h94/IP-Adapter/models/image_encoder)",
+    )
     options.add_model_args(save, encoder_only=True)
     ls = st_sub.add_parser("list", parents=[common.debug_parent()], help="list saved styles")
     ls.add_argument("--styles-dir", default=None)
@@ -59,6 +67,7 @@ def run(args) -> int:
                     "images": len(style.weights),
                     "weights": style.weights,
                     "encoder_id": style.encoder_id,
+                    "features": style.features,
                     "image_sha256": style.image_hashes,
                     "dim": style.embeds.shape[-1],
                 },
@@ -99,6 +108,7 @@ def _save(args, directory) -> int:
         encoder_id,
         embeddings.EmbeddingCache(embeddings.cache_dir()),
         styles_directory=directory,
+        features=args.features,
     )
     style = enc.encode(args.images, weights)
     embeddings.combine_styles(style.embeds, style.weights)  # validates the weights

@@ -4,10 +4,14 @@ ReNoise inversion of the content image (plain DDIM selectable), then DDIM sampli
 inverted latent on the *same* timesteps with ``StableDiffusionXLControlNetPipeline``: the tile
 ControlNet on the content image (0.4), the loaded adapter on the content image at a low global
 scale (0.2) and on the style image in the style block only (1.2), guidance 5 and the authors'
-negative prompt. The authors load ``ip-adapter_sdxl_vit-h`` with the ViT-H encoder for both; we
-use whichever adapter the model loaded (``--adapter``/``--image-encoder``; the ViT-H pair is one
-command in docs/stylize.md), as a second adapter that shares every weight with the first
-(``shared_second_adapter``). The authors' optional CSD style guidance (off in their script) is
+negative prompt. The authors load the global ViT-H adapter ``ip-adapter_sdxl_vit-h`` with the
+ViT-H encoder for both; we use whichever adapter the model loaded, as a second adapter that shares
+every weight with the first (``shared_second_adapter``). ``--adapter
+h94/IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors`` is the authors' setup (it implies
+``--image-encoder h94/IP-Adapter/models/image_encoder``; ``--adapter tiny-vit-h`` on the tiny
+models); the default bigG ``ip-adapter_sdxl`` and an IP-Adapter Plus run too (with Plus both images
+go through the Resampler and the content adapter's unconditional half is the all-zero image's
+features, as diffusers; docs/adapters.md). The authors' optional CSD style guidance (off in their script) is
 not implemented. Sizes as the authors' ``resize_img`` (``sizes.plus_size``).
 """
 
