@@ -253,3 +253,12 @@ def test_saved_global_style_is_refused_by_a_plus_model(plus_model, tiny_model, s
             plus_model.encode_style(["@flat"])
     finally:
         plus_model.styles.styles_directory = None
+
+
+def test_adapter_training_refuses_a_plus_init(plus_model, tiny_paths):
+    from instantstyle import adapter
+    from instantstyle.training import layers
+
+    init = adapter.load_state_dict(tiny_paths["plus_adapter"])
+    with pytest.raises(InstantStyleError, match="adapter training trains the global ImageProjection"):
+        layers.initial_weights(plus_model.pipe.unet, [], 48, 16, init, 0)

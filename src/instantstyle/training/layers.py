@@ -67,6 +67,11 @@ def initial_weights(unet, chosen: list[str], clip_dim: int, tokens: int, init_sd
     ids = h94_ids(unet)
     if init_sd is not None:
         info = adapter_mod.inspect(init_sd)
+        if info.kind != "basic":
+            raise InstantStyleError(
+                "--init is an IP-Adapter Plus (a Resampler over patch features); adapter training trains "
+                "the global ImageProjection adapter (ip-adapter_sdxl layout): start from a global adapter or from scratch"
+            )
         if info.clip_dim != clip_dim:
             raise InstantStyleError(
                 f"--init adapter expects {info.clip_dim}-d image embeddings but the image encoder gives {clip_dim}-d; "
