@@ -45,10 +45,10 @@ examples:
   instantstyle generate --style @watercolour --prompt "a lighthouse" --out l.png
 
   # IP-Adapter Plus: 16 tokens from ViT-H patch features (the ViT-H encoder is implied; see docs/adapters.md)
-  instantstyle generate --adapter h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors \
+  instantstyle generate --adapter h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors \\
       --style ref.png --prompt "a cat" --out plus.png
   # Plus has no content subtraction: keep the reference's content out with a negative image
-  instantstyle generate --adapter h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors \
+  instantstyle generate --adapter h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors \\
       --style ref.png --negative-style dog.png --prompt "a cat" --out plus-neg.png
   # the same on the tiny models, no weights needed
   instantstyle generate --base tiny --adapter tiny-plus --style ref.png --prompt "a cat" --out tiny-plus.png
@@ -67,7 +67,7 @@ stylize a content image (see docs/stylize.md):
   # InstantStyle-Plus: inversion + tile ControlNet + content adapter 0.2 + style adapter 1.2
   instantstyle stylize --style ref.png --content photo.png --prompt "a house by a lake" --out e.png
   # ... with the adapter its authors use (global ViT-H; the ViT-H encoder is implied)
-  instantstyle stylize --adapter h94/IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors \
+  instantstyle stylize --adapter h94/IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors \\
       --style ref.png --content photo.png --prompt "a house by a lake" --out f.png
 """
 
