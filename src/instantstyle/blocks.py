@@ -6,9 +6,12 @@ UNet from the model itself, declares the presets as data, and resolves a request
 matches nothing is an error listing the valid names -- never a silent zero (diffusers'
 ``set_ip_adapter_scale`` dict silently ignores a misspelt ``block_5``).
 
+Every family (``family(unet)``: SDXL or SD1.5, read from the UNet's structure) has its own
+preset table with the same preset names (``FAMILY_PRESETS``); the modules carry their family.
+
 Names accepted in a spec, from coarse to fine (the finest match wins):
 - a preset: ``style``, ``layout``, ``style+layout``, ``full`` (alias ``all``), ``strong``,
-  ``composition``, ``precise``;
+  ``composition``, ``precise`` (their blocks depend on the family);
 - a block: ``up_blocks.0``, ``mid_block``;
 - an attention module: ``up_blocks.0.attentions.1``;
 - one transformer layer inside a module: ``up_blocks.0.attentions.1.transformer_blocks.3``.
@@ -23,9 +26,10 @@ from dataclasses import dataclass
 
 from .errors import InstantStyleError
 
-STYLE_BLOCK = "up_blocks.0.attentions.1"  # colour, material, atmosphere
-LAYOUT_BLOCK = "down_blocks.2.attentions.1"  # structure, composition
+STYLE_BLOCK = "up_blocks.0.attentions.1"  # SDXL: colour, material, atmosphere
+LAYOUT_BLOCK = "down_blocks.2.attentions.1"  # SDXL: structure, composition
 ALL = "*"
+FAMILIES = ("sdxl", "sd15")
 
 # Which half of the classifier-free-guidance batch receives the reference's image tokens:
 # "cond" = the usual IP-Adapter (the unconditional half gets the negative: zeros or --negative-style);
@@ -37,52 +41,98 @@ BRANCHES = ("cond", "uncond", "both")
 
 @dataclass(frozen=True)
 class Injection:
-    """One entry of a preset: these modules get the reference in this branch at this scale."""
+    """One entry of a preset: these modules or blocks get the reference in this branch at this scale."""
 
-    target: str  # a module, a block, or ALL
+    target: str | tuple[str, ...]  # a module, a block, ALL, or several modules/blocks
     scale: float = 1.0  # multiplied by the request's --scale
     branch: str = "cond"
     boost: bool = False  # also multiplied by --layout-boost
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target,) if isinstance(self.target, str) else tuple(self.target)
+
+    @property
+    def label(self) -> str:
+        return "every module" if self.targets == (ALL,) else " + ".join(self.targets)
+
     def as_dict(self) -> dict:
         return {
-            "blocks": "every module" if self.target == ALL else self.target,
+            "blocks": self.label,
             "branch": self.branch,
             "scale": self.scale,
             **({"boost": "--layout-boost"} if self.boost else {}),
         }
 
 
+def _presets(style: str | tuple[str, ...], layout: str | tuple[str, ...]) -> dict[str, tuple[Injection, ...]]:
+    """A family's presets from its style and layout blocks (the same shapes for every family)."""
+    return {
+        "style": (Injection(style),),
+        "layout": (Injection(layout),),
+        "style+layout": (Injection(style), Injection(layout)),
+        "full": (Injection(ALL),),
+        "strong": (Injection(ALL), Injection(layout, scale=0.0)),
+        "composition": (Injection(layout),),
+        "precise": (Injection(style), Injection(layout, branch="uncond", boost=True)),
+    }
+
+
 # Presets are data: name -> injections, applied in order (a later entry overrides an earlier one
-# on the same processors and branch). The module names come from the family's style and layout
-# blocks (STYLE_BLOCK, LAYOUT_BLOCK), so a family's table only names those two.
+# on the same processors and branch). A family's table names only its style and layout blocks.
 #   style, layout, style+layout, full: InstantStyle's README and diffusers' scale dicts.
 #   composition: the layout block only (ComfyUI "composition", InvokeAI ``composition``) = layout.
 #   strong: every module except the layout block (ComfyUI "strong style transfer", InvokeAI
 #     ``style_strong``; InvokeAI's SDXL list also names 8 modules SDXL does not have).
 #   precise: the style block as usual + the layout block in the unconditional branch only, its
 #     scale times --layout-boost (ComfyUI "style transfer precise" with its style_boost, default 1).
-PRESETS: dict[str, tuple[Injection, ...]] = {
-    "style": (Injection(STYLE_BLOCK),),
-    "layout": (Injection(LAYOUT_BLOCK),),
-    "style+layout": (Injection(STYLE_BLOCK), Injection(LAYOUT_BLOCK)),
-    "full": (Injection(ALL),),
-    "strong": (Injection(ALL), Injection(LAYOUT_BLOCK, scale=0.0)),
-    "composition": (Injection(LAYOUT_BLOCK),),
-    "precise": (Injection(STYLE_BLOCK), Injection(LAYOUT_BLOCK, branch="uncond", boost=True)),
-}
+# SDXL: one module each (InstantStyle's infer_style.py, ``up_blocks.0.attentions.1`` /
+# ``down_blocks.2.attentions.1``).
+PRESETS: dict[str, tuple[Injection, ...]] = _presets(STYLE_BLOCK, LAYOUT_BLOCK)
+# SD1.5: whole blocks, as InstantStyle's infer_style_sd15.py: style = ``up_blocks.1``, style+layout =
+# ``down_blocks.2``, ``mid_block``, ``up_blocks.1`` (its comments call both "experimental, not obvious
+# as SDXL"). Our choice where the script is silent: layout (and composition) = style+layout minus
+# style = ``down_blocks.2`` + ``mid_block``; strong = every module but those; precise = up_blocks.1 +
+# those two in the unconditional branch (docs/families.md).
+SD15_STYLE_BLOCKS = ("up_blocks.1",)
+SD15_LAYOUT_BLOCKS = ("down_blocks.2", "mid_block")
+SD15_PRESETS: dict[str, tuple[Injection, ...]] = _presets(SD15_STYLE_BLOCKS, SD15_LAYOUT_BLOCKS)
+FAMILY_PRESETS: dict[str, dict[str, tuple[Injection, ...]]] = {"sdxl": PRESETS, "sd15": SD15_PRESETS}
 PRESET_ALIASES = {"all": "full"}
 DEFAULT_PRESET = "style"
 
-# B-LoRA (arXiv 2403.14572) splits content and style between two neighbouring modules.
+
+def presets(family: str = "sdxl") -> dict[str, tuple[Injection, ...]]:
+    """The preset table of a family (``family(unet)``)."""
+    return FAMILY_PRESETS[family]
+
+
+# B-LoRA (arXiv 2403.14572) splits content and style between two neighbouring modules. Its
+# authors publish SDXL only; on SD1.5 ``blora_blocks`` is a one-line error.
 BLORA_CONTENT_BLOCK = "up_blocks.0.attentions.0"
 BLORA_STYLE_BLOCK = STYLE_BLOCK
 
 # Self-attention layers the training-free baselines patch (names as accepted by ``self_attention_layers``).
 # StyleAligned (arXiv 2312.02133, Sec. 3) shares attention in every self-attention layer;
 # Visual Style Prompting (arXiv 2402.12974, Sec. 4) swaps keys/values in the late ones, up_blocks.1.
+# Both are implemented on SDXL (their authors' SDXL scripts); SD1.5 is refused by ``methods``.
 STYLE_ALIGNED_LAYERS = (ALL,)
 VSP_LAYERS = ("up_blocks.1",)
+# The families each baseline is implemented for (``methods.run_method`` refuses the others).
+METHOD_FAMILIES = {"style-aligned": ("sdxl",), "visual-style-prompting": ("sdxl",), "b-lora": ("sdxl",)}
+
+
+def blora_blocks(family: str = "sdxl") -> tuple[str, str]:
+    """B-LoRA's (content, style) modules; SDXL only (arXiv 2403.14572 and its code are SDXL)."""
+    if family != "sdxl":
+        raise InstantStyleError(
+            f"B-LoRA is defined on SDXL's up_blocks.0 (arXiv 2403.14572); this base is {FAMILY_LABELS[family]}: "
+            "use an SDXL base"
+        )
+    return BLORA_CONTENT_BLOCK, BLORA_STYLE_BLOCK
+
+
+FAMILY_LABELS = {"sdxl": "SDXL", "sd15": "SD1.5"}
 
 
 @dataclass(frozen=True)
@@ -96,17 +146,74 @@ class AttentionModule:
     channels: int
     layers: int  # transformer blocks inside the module
     processors: tuple[str, ...]  # attn2 processor names, in layer order
+    family: str = "sdxl"  # the UNet's family (``family(unet)``), whose presets apply
 
     def layer_name(self, i: int) -> str:
         return f"{self.name}.transformer_blocks.{i}"
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return tuple(p for p in ("style", "layout") if tuple(i.target for i in PRESETS[p]) == (self.name,))
+        """``style`` / ``layout`` when the family's preset of that name covers this module."""
+        table = presets(self.family)
+        return tuple(
+            p for p in ("style", "layout") if any(t in (self.name, self.block) for t in table[p][0].targets)
+        )
+
+
+def _attention_pattern(unet) -> tuple[tuple[bool, ...], tuple[bool, ...], bool]:
+    """Which down and up blocks carry cross-attention, and whether ``proj_in`` is a linear layer."""
+
+    def has_attn(block) -> bool:
+        return bool(getattr(block, "attentions", None)) and getattr(block, "has_cross_attention", True)
+
+    down = tuple(has_attn(b) for b in unet.down_blocks)
+    up = tuple(has_attn(b) for b in unet.up_blocks)
+    first = next((b.attentions[0] for b in (*unet.down_blocks, *unet.up_blocks) if has_attn(b)), None)
+    linear = first is not None and type(getattr(first, "proj_in", None)).__name__ == "Linear"
+    return down, up, linear
+
+
+def _structure_family(unet) -> str | None:
+    """``sdxl`` | ``sd15`` | ``sd2`` from the UNet's structure, None for anything else.
+
+    SDXL: 3 levels, cross-attention in down 1-2 and up 0-1. SD1.x and SD2.x: 4 levels, cross-attention
+    in down 0-2 and up 1-3; SD1.x projects into its transformers with 1x1 convolutions, SD2.x with
+    linear layers. Read from the modules, never from names or config ids.
+    """
+    down, up, linear = _attention_pattern(unet)
+    if down == (False, True, True) and up == (True, True, False):
+        return "sdxl"
+    if down == (True, True, True, False) and up == (False, True, True, True):
+        return "sd2" if linear else "sd15"
+    return None
+
+
+def family(unet) -> str:
+    """``"sdxl"`` | ``"sd15"``: the UNet's model family, read from its structure (``_structure_family``).
+
+    Anything else (SD2.x, a refiner, an unknown layout) is a one-line error.
+    """
+    found = _structure_family(unet)
+    if found in FAMILIES:
+        return found
+    what = "a Stable Diffusion 2.x UNet" if found == "sd2" else "a UNet of no supported family"
+    raise InstantStyleError(f"the base model's UNet is {what}; supported: SDXL and SD1.5 bases")
+
+
+def family_of(modules: Iterable[AttentionModule]) -> str:
+    """The family recorded on ``discover``'s modules (``sdxl`` for an empty list)."""
+    return next((m.family for m in modules), "sdxl")
 
 
 def discover(unet) -> list[AttentionModule]:
-    """Read the cross-attention modules of any SDXL-family UNet from the model itself."""
+    """Read the cross-attention modules of an SDXL or SD1.5 UNet from the model itself.
+
+    Each module records the UNet's family (``family``), whose presets then apply; a UNet of no
+    known family is read all the same, with SDXL's presets (which then name absent modules: a
+    one-line error when used).
+    """
+    fam = _structure_family(unet)
+    fam = fam if fam in FAMILIES else "sdxl"
     n_levels = len(unet.down_blocks)
     groups = [("down", f"down_blocks.{i}", b, 2**i) for i, b in enumerate(unet.down_blocks)]
     if getattr(unet, "mid_block", None) is not None:
@@ -127,7 +234,7 @@ def discover(unet) -> list[AttentionModule]:
                 continue
             channels = getattr(attn_module, "in_channels", None) or layers[0].attn2.to_q.in_features
             modules.append(
-                AttentionModule(name, block_name, level, downsample, channels, len(layers), processors)
+                AttentionModule(name, block_name, level, downsample, channels, len(layers), processors, fam)
             )
     return modules
 
@@ -242,18 +349,22 @@ def resolve_branches(
         if prev is None or rank >= prev[0]:
             chosen[(branch, processor)] = (rank, value, source)
 
+    table = presets(family_of(modules))
     boosted = False
     for name, value in spec:
         canonical = PRESET_ALIASES.get(name, name)
-        if canonical in PRESETS:
+        if canonical in table:
             own: dict[tuple[str, str], float] = {}  # this preset's entries, later ones override
-            for inj in PRESETS[canonical]:
-                mods = modules if inj.target == ALL else by_module.get(inj.target) and [by_module[inj.target]]
-                if not mods:
-                    raise InstantStyleError(
-                        f"preset '{canonical}' needs {inj.target}, which this UNet does not have; "
-                        f"use --blocks with one of: {', '.join(m.name for m in modules)}"
-                    )
+            for inj in table[canonical]:
+                mods = []
+                for target in inj.targets:
+                    found = modules if target == ALL else by_block.get(target) or by_module.get(target)
+                    if not found:
+                        raise InstantStyleError(
+                            f"preset '{canonical}' needs {target}, which this UNet does not have; "
+                            f"use --blocks with one of: {', '.join(m.name for m in modules)}"
+                        )
+                    mods += found if isinstance(found, list) else [found]
                 boosted |= inj.boost
                 for m in mods:
                     for p in m.processors:
@@ -290,6 +401,8 @@ def resolve_branches(
     return out
 
 
+# has_boost and branches_of read the SDXL table: every family's presets have the same shapes
+# (``_presets``), only their blocks differ.
 def has_boost(spec: list[tuple[str, float]]) -> bool:
     """Whether a spec names a preset with a ``--layout-boost`` entry (``precise``)."""
     return any(i.boost for n, _ in spec for i in PRESETS.get(PRESET_ALIASES.get(n, n), ()))
@@ -302,16 +415,16 @@ def branches_of(spec: list[tuple[str, float]]) -> set[str]:
     }
 
 
-def preset_table() -> dict[str, list[dict]]:
-    """The presets as JSON-friendly rows (``instantstyle blocks --json``, the HTTP API)."""
-    return {name: [i.as_dict() for i in injections] for name, injections in PRESETS.items()}
+def preset_table(family: str = "sdxl") -> dict[str, list[dict]]:
+    """A family's presets as JSON-friendly rows (``instantstyle blocks --json``, the HTTP API)."""
+    return {name: [i.as_dict() for i in injections] for name, injections in presets(family).items()}
 
 
-def describe_preset(name: str) -> str:
+def describe_preset(name: str, family: str = "sdxl") -> str:
     """One line for ``instantstyle blocks``: ``precise = up_blocks.0.attentions.1; ...``."""
     parts = []
-    for i in PRESETS[name]:
-        target = "every module" if i.target == ALL else i.target
+    for i in presets(family)[name]:
+        target = i.label
         if i.scale == 0:
             parts.append(f"not {target}")
             continue
@@ -372,7 +485,7 @@ def self_attention_layers(modules: list[AttentionModule], names: Iterable[str]) 
     """Resolve names (``*``/a preset, a block, a module or a layer) to ``attn1`` module paths.
 
     Uses the same vocabulary and the same one-line errors as ``resolve``; every transformer layer
-    of SDXL has one self-attention (``attn1``) next to its cross-attention (``attn2``).
+    of SDXL and SD1.5 has one self-attention (``attn1``) next to its cross-attention (``attn2``).
     """
     names = [n.strip() for n in names if n.strip()]
     if not names:

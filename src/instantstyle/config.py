@@ -108,7 +108,8 @@ class GenerateRequest(BaseModel):
     )
     mode: Literal[MODES] = Field(  # type: ignore[valid-type]
         default="style",
-        description="Blocks that get the style: style = up_blocks.0.attentions.1, layout = down_blocks.2.attentions.1, "
+        description="Blocks that get the style (SDXL; SD1.5: style = up_blocks.1, layout = down_blocks.2 + mid_block, "
+        "see `instantstyle blocks --base`): style = up_blocks.0.attentions.1, layout = down_blocks.2.attentions.1, "
         "style+layout = both, full = every block (plain IP-Adapter), strong = every block but the layout one, "
         "composition = the layout block only (= layout), precise = style + the layout block in the unconditional "
         "branch only (guidance then pushes away from the reference's layout; see --layout-boost).",

@@ -147,7 +147,7 @@ def load_controlnet(model, ref: str):
     cache = _LOADED.setdefault(model, {})
     if ref in cache:
         return cache[ref]
-    if ref != models.TINY:  # the config before the weights load (the tiny one is built in memory)
+    if not models.is_tiny(ref):  # the config before the weights load (the tiny ones are built in memory)
         check_compatible(read_config(ref), model.pipe.unet.config, ref)
     controlnet = models.load_controlnet(ref, model.dtype)
     check_compatible(dict(controlnet.config), model.pipe.unet.config, ref)

@@ -3,7 +3,7 @@
 A *feature* is a named row of ``FEATURES``: the Hub pieces (repository + the files in it) that a
 command needs, e.g. ``base`` (SDXL in fp16), ``adapter`` (h94's ``ip-adapter_sdxl`` and its
 ViT-bigG image encoder), ``canny``/``tile``/``depth`` (ControlNets), ``vit-h`` (the ViT-H adapter
-pair). The table is data: other modules add rows with ``register_feature`` (metric models, more
+pair), ``sd15``/``sd15-adapter``/``vit-h-text`` (SD1.5, ``ip-adapter_sd15``, the ViT-H text tower). The table is data: other modules add rows with ``register_feature`` (metric models, more
 adapters). Anything else given is a model reference as ``instantstyle.models`` reads it
 (``owner/repo`` or ``owner/repo/path/in/repo``), so the pre-flight's "fetch them with" line can
 name non-default models too.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import shlex
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,45 @@ IP_ADAPTER_VIT_H = Piece(
     approx_gb=3.5,
 )
 
+# SD1.5 (docs/families.md): the base in fp16 without its safety checker (not loaded), h94's
+# ip-adapter_sd15 with the ViT-H image encoder, and the ViT-H text tower for content subtraction.
+SD15_BASE_FP16 = Piece(
+    "SD1.5 base (fp16)",
+    sources.SD15_BASE,
+    files=(
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        *_diffusers_component("text_encoder", "model.safetensors"),
+        *(f"tokenizer/{f}" for f in _TOKENIZER),
+        *_diffusers_component("unet", "diffusion_pytorch_model.safetensors"),
+        *_diffusers_component("vae", "diffusion_pytorch_model.safetensors"),
+    ),
+    approx_gb=2.0,
+    whole_repo=True,
+)
+SD15_BASE_CONFIGS = Piece(
+    "SD1.5 base configs and tokenizer (no weights; SD1.5 single-file bases take their configs from here)",
+    sources.SD15_BASE,
+    files=tuple(f for f in SD15_BASE_FP16.files if not f.endswith(".safetensors")),
+    approx_gb=0.01,
+)
+IP_ADAPTER_SD15 = Piece(
+    "IP-Adapter ip-adapter_sd15 + ViT-H image encoder",
+    IP_ADAPTER_REPO,
+    files=(
+        "models/ip-adapter_sd15.safetensors",
+        "models/image_encoder/config.json",
+        "models/image_encoder/model.safetensors",
+    ),
+    approx_gb=2.6,
+)
+VIT_H_TEXT = Piece(
+    "CLIP ViT-H/14 (its text tower: content subtraction for ViT-H adapters)",
+    sources.VIT_H_TEXT,
+    files=("config.json", "model.safetensors", *_TOKENIZER),
+    approx_gb=3.9,
+    whole_repo=True,
+)
 
 SDXL_BASE_CONFIGS = Piece(
     "SDXL base configs and tokenizers (no weights; single-file bases take their configs from here)",
@@ -219,6 +259,42 @@ def _default_features() -> None:
             "metrics",
             "the metric models (CSD, CLIP ViT-L/14, DINOv2): eval, compare --metrics, probe-blocks",
             METRIC_PIECES,
+        )
+    )
+    register_feature(Feature("sd15", "SD1.5 base in fp16: --base " + sources.SD15_BASE, (SD15_BASE_FP16,)))
+    register_feature(
+        Feature(
+            "sd15-adapter",
+            "ip-adapter_sd15 and its ViT-H image encoder: the SD1.5 defaults",
+            (IP_ADAPTER_SD15,),
+        )
+    )
+    register_feature(
+        Feature(
+            "vit-h-text",
+            "the ViT-H text tower: --content-prompt on SD1.5 (and --content-text-encoder for ViT-H adapters)",
+            (VIT_H_TEXT,),
+        )
+    )
+    register_feature(
+        Feature(
+            "sd15-config",
+            "SD1.5 base's configs and tokenizer only: --base FILE.safetensors (SD1.5 single files)",
+            (SD15_BASE_CONFIGS,),
+        )
+    )
+    register_feature(
+        Feature(
+            "sd15-canny",
+            "SD1.5 Canny ControlNet: --control canny on an SD1.5 base",
+            (_controlnet("SD1.5 Canny ControlNet", sources.SD15_CONTROLNET_CANNY, 1.4),),
+        )
+    )
+    register_feature(
+        Feature(
+            "sd15-tile",
+            "SD1.5 tile ControlNet: --control tile on an SD1.5 base",
+            (_controlnet("SD1.5 tile ControlNet", sources.SD15_CONTROLNET_TILE, 1.4),),
         )
     )
     register_feature(
@@ -401,6 +477,33 @@ def fetch(pieces: list[Piece], *, progress: bool = True, log: Callable[[str], No
                 "run the same command again to resume"
             ) from None
     return paths
+
+
+# ---------------------------------------------------------------------- reachability
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub endpoint's host (``HF_ENDPOINT``); cached for the process."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if sources.offline():
+        return False
+    endpoint = constants.ENDPOINT
+    if endpoint in _REACHABLE:
+        return _REACHABLE[endpoint]
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            ok = True
+    except OSError:  # DNS failure, refused, unreachable, timeout
+        ok = False
+    _REACHABLE[endpoint] = ok
+    return ok
 
 
 # ---------------------------------------------------------------------- what is missing, and how to fetch it

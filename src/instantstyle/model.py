@@ -1,10 +1,11 @@
-"""``InstantStyle``: the loaded model. Load SDXL + an IP-Adapter once, then route each request.
+"""``InstantStyle``: the loaded model. Load SDXL or SD1.5 + an IP-Adapter once, then route each request.
 
 The object holds what loading produced (the base pipeline with the adapter attached, the image
 encoder, the style encoder and its cache, the fast-path options and the memory layout) and the
 pipelines derived from it (``derived_pipeline``: ``from_pipe``, every component shared). A
 request goes to its method (``methods.METHODS``); InstantStyle's own method routes it to its task
-(``pipelines.TASKS``), whose module drives one of diffusers' stock SDXL pipelines through
+(``pipelines.TASKS``), whose module drives one of diffusers' stock pipelines of the base's family
+(``family``: ``blocks.family``, read from the UNet's structure; ``pipelines.PIPELINES``) through
 ``prepare`` (blocks, size, seed, style embeddings) and ``run`` (the scoped denoising loop).
 """
 
@@ -33,7 +34,7 @@ IN_MEMORY = ("content", "mask", "style_masks", "control_image", "composition", "
 
 
 class InstantStyle:
-    """Style-preserving text-to-image on SDXL (InstantStyle, arXiv 2404.02733)."""
+    """Style-preserving text-to-image on SDXL or SD1.5 (InstantStyle, arXiv 2404.02733)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class InstantStyle:
         *,
         ids: dict[str, str],
         content_text=None,
+        content_text_default: str | None = None,
         cache: embeddings.EmbeddingCache | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         speed: str | fast_path.FastOptions | None = "auto",
@@ -54,6 +56,10 @@ class InstantStyle:
         self.adapter_info = adapter_info
         self.ids = ids  # base / adapter / image_encoder identifiers, recorded in outputs
         self.content_text = content_text  # optional (CLIPTextModelWithProjection, tokenizer)
+        # The text tower loaded when content subtraction is first asked for and none was given
+        # (SD1.5: the ViT-H tower; SDXL: None, its own text_encoder_2 is in the bigG space).
+        self.content_text_default = content_text_default
+        self.family = blocks.family(pipe.unet)  # "sdxl" | "sd15", from the UNet's structure
         self.styles = embeddings.StyleEncoder(
             image_encoder,
             feature_extractor,
@@ -125,17 +131,21 @@ class InstantStyle:
         adapter = adapter or models.default_adapter(base)
         image_encoder = image_encoder or models.default_image_encoder(base, adapter)
 
-        # 2. The parts that are cheap to check go first, so a bad adapter fails before SDXL loads.
+        # 2. The parts that are cheap to check go first, so a bad adapter fails before the base loads
+        #    (an adapter of another family, from the base's UNet config alone, then the encoder).
         state_dict = models.load_adapter_state_dict(adapter)
         info = adapter_mod.inspect(state_dict)
+        _check_adapter_family(info, adapter, base, _unet_config_or_none(base))
         encoder, extractor = models.load_image_encoder(image_encoder, dt)
         adapter_mod.check_encoder(info, encoder)  # before the multi-GB base model loads
 
-        # 3. Base model.
+        # 3. Base model (SDXL or SD1.5: models.load_base_pipeline picks the pipeline class).
         pipe = models.load_base_pipeline(base, dt, variant, base_config=base_config)
         if vae:
             pipe.register_modules(vae=models.load_vae(vae, dt, pipe.unet, pipe.vae))
-        n_cross = sum(len(m.processors) for m in blocks.discover(pipe.unet))
+        modules = blocks.discover(pipe.unet)
+        n_cross = sum(len(m.processors) for m in modules)
+        _check_adapter_family(info, adapter, base, dict(pipe.unet.config), n_cross, blocks.family(pipe.unet))
         adapter_mod.check_compatible(info, encoder, pipe.unet, n_cross)
 
         # 4. Attach the adapter (scales rest at 0; each call sets its own inside a scope), lay out memory.
@@ -145,6 +155,7 @@ class InstantStyle:
         content_text = None
         if content_text_encoder:
             text_model, tok = models.load_text_encoder_with_projection(content_text_encoder, dt)
+            _check_content_space(text_model, encoder, content_text_encoder)
             content_text = (text_model.to(dev), tok)
         pipe.set_progress_bar_config(disable=not progress)
 
@@ -158,7 +169,17 @@ class InstantStyle:
         }
         ids = {key: models.canonical_id(spec) for key, spec in ids.items()}
         model = cls(
-            pipe, encoder, extractor, info, ids=ids, content_text=content_text, cache=cache, speed=fast
+            pipe,
+            encoder,
+            extractor,
+            info,
+            ids=ids,
+            content_text=content_text,
+            content_text_default=models.family_default(
+                base, "content_text_encoder", blocks.family(pipe.unet)
+            ),
+            cache=cache,
+            speed=fast,
         )
         model.memory, model._memory_device = memory, dev
         return model
@@ -238,7 +259,9 @@ class InstantStyle:
 
     @property
     def native_size(self) -> int:
-        return self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        """The base's native image size (SDXL 1024, SD1.5 512; 64 for the tiny models)."""
+        sample = getattr(self.pipe, "default_sample_size", None) or self.pipe.unet.config.sample_size
+        return sample * self.pipe.vae_scale_factor
 
     @property
     def size_unit(self) -> int:
@@ -274,8 +297,13 @@ class InstantStyle:
         """Pooled, projected text embedding ``[1, D]`` of ``content_prompt`` in the image encoder's space.
 
         By default SDXL's own ``text_encoder_2`` (bigG, 1280-d, the same joint space as the bigG
-        image encoder); ``content_text_encoder`` overrides it for other adapter/encoder pairs.
+        image encoder); ``content_text_encoder`` overrides it for other adapter/encoder pairs. SD1.5's
+        text encoder has no projection into the image encoder's space: there the family's tower
+        (``content_text_default``, the ViT-H one) is loaded on first use, as InstantStyle's
+        infer_style_sd15.py does.
         """
+        if self.content_text is None and self.family != "sdxl":
+            self.content_text = self._load_content_text()
         if self.content_text is not None:
             text_model, tok = self.content_text
             ids = tok(
@@ -290,6 +318,20 @@ class InstantStyle:
             content_prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )[2]
         return pooled.float().cpu()
+
+    def _load_content_text(self):
+        """The default projected text tower of a base without one (SD1.5), checked against the encoder."""
+        spec = self.content_text_default
+        if spec is None:
+            raise InstantStyleError(
+                f"--content-prompt on an {blocks.FAMILY_LABELS[self.family]} base needs a text tower in the image "
+                "encoder's CLIP space; pass --content-text-encoder (e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K "
+                "for ViT-H adapters)"
+            )
+        text_model, tok = models.load_text_encoder_with_projection(spec, self.dtype)
+        _check_content_space(text_model, self.image_encoder, spec)
+        self.ids["content_text_encoder"] = models.canonical_id(spec)
+        return text_model.to(self.device), tok
 
     # ------------------------------------------------------------------ requests and blocks
 
@@ -434,6 +476,51 @@ class InstantStyle:
                 prompt="warm-up", style_images=[grey], steps=steps, seed=0, width=width, height=height
             )
         return time.perf_counter() - start
+
+
+def _unet_config_or_none(base: str) -> dict | None:
+    """The base's UNet config if it is on disk already (KBs), for checks before the weights load."""
+    try:
+        return models.load_unet_config(base)
+    except InstantStyleError:
+        return None
+
+
+def _check_adapter_family(
+    info: adapter_mod.AdapterInfo,
+    adapter: str,
+    base: str,
+    unet_config: dict | None,
+    n_cross: int | None = None,
+    family: str | None = None,
+) -> None:
+    """An IP-Adapter made for another family than the base (an SD1.5 adapter on SDXL, or the reverse)
+    is a one-line error naming both and the base family's default adapter."""
+    if unet_config is None:
+        return
+    family = family or models.base_family(base)
+    cross = unet_config.get("cross_attention_dim")
+    if info.cross_dim == cross and (n_cross is None or info.n_layers == n_cross):
+        return
+    label = blocks.FAMILY_LABELS[family]
+    theirs = f"{info.n_layers} cross-attention layers of {info.cross_dim}-d tokens"
+    ours = f"{n_cross} of {cross}-d" if n_cross is not None else f"{cross}-d cross-attention"
+    raise InstantStyleError(
+        f"--adapter '{adapter}' was made for another model family than the {label} base '{base}' "
+        f"(it carries {theirs}; this UNet has {ours}); use an {label} adapter such as "
+        f"{models.FAMILY_DEFAULTS[family]['adapter']}"
+    )
+
+
+def _check_content_space(text_model, image_encoder, spec: str) -> None:
+    """The content text tower must project into the image encoder's space (same width)."""
+    text_dim, image_dim = text_model.config.projection_dim, image_encoder.config.projection_dim
+    if text_dim != image_dim:
+        raise InstantStyleError(
+            f"--content-text-encoder '{spec}' projects to {text_dim}-d but the image encoder's embeddings are "
+            f"{image_dim}-d: not the same CLIP space; use the text tower of the image encoder's CLIP model "
+            "(ViT-H adapters: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)"
+        )
 
 
 def _to(pipe, device: torch.device, dtype: torch.dtype) -> None:

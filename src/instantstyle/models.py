@@ -1,9 +1,10 @@
 """Where models come from: local paths, Hub ids (through huggingface_hub's cache), or ``tiny``.
 
 A model reference is one string, and every loader here takes every kind:
-- ``tiny``: the built-in random-weight test model (``instantstyle.sources.tiny``), a source like
-  any other: ``--base tiny`` implies the tiny adapter, image encoder and ControlNets
-  (``default_adapter``, ``default_image_encoder``, ``default_controlnet``);
+- ``tiny`` / ``tiny-sd15``: the built-in random-weight test models (``instantstyle.sources.tiny``,
+  ``sources.tiny_sd15``), sources like any other: ``--base tiny`` implies the tiny adapter, image
+  encoder and ControlNets (``default_adapter``, ``default_image_encoder``, ``default_controlnet``),
+  ``--base tiny-sd15`` its own (and its ViT-H text tower, ``default_content_text_encoder``);
 - a local file or directory (anything that exists on disk, or starts with ``/``, ``./``, ``~``);
 - ``owner/repo``: a whole Hub repository (diffusers layout for a base model);
 - ``owner/repo/sub/path``: a file or folder inside a Hub repository, e.g.
@@ -12,6 +13,11 @@ A model reference is one string, and every loader here takes every kind:
 Hub downloads go through ``huggingface_hub`` and its cache, so ``HF_HUB_OFFLINE=1`` and
 ``HF_HOME`` work as everywhere else. Anything missing raises ``ModelNotFoundError`` naming what
 is missing and the command that fetches it.
+
+Two families load: SDXL and SD1.5 (``base_family`` reads which from a few KB, before the weights;
+``blocks.family`` reads it from the loaded UNet's structure). Their defaults differ
+(``sources.FAMILY_DEFAULTS``): an SD1.5 base implies ``ip-adapter_sd15``, the ViT-H image encoder and,
+for content subtraction, the ViT-H text tower.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 
 from . import single_file
-from .download import cached_file, missing, resolve_file
+from .download import cached_file, hub_reachable, missing, resolve_file
 from .errors import InstantStyleError
 from .images import image_processor
 from .sources import (
@@ -32,19 +38,25 @@ from .sources import (
     DEFAULT_CONTROLNET_CANNY,
     DEFAULT_CONTROLNET_TILE,
     DEFAULT_IMAGE_ENCODER,
+    FAMILY_DEFAULTS,
+    SD15_ADAPTER,
+    SD15_BASE,
+    SD15_IMAGE_ENCODER,
     TINY,
+    TINY_BASES,
     TINY_PLUS,
     TINY_REFS,
+    TINY_SD15,
     TINY_VIT_H,
     VIT_H_IMAGE_ENCODER,
     Source,
     canonical_id,
-    default_adapter,
-    default_controlnet,
-    default_image_encoder,
+    family_default,
+    is_tiny,
     offline,
     parse_source,
 )
+from .sources import default_image_encoder as _default_image_encoder
 
 __all__ = [  # re-exported so ``models`` is the one place front ends and tasks take models from
     "DEFAULT_ADAPTER",
@@ -52,9 +64,15 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
     "DEFAULT_CONTROLNET_CANNY",
     "DEFAULT_CONTROLNET_TILE",
     "DEFAULT_IMAGE_ENCODER",
+    "FAMILY_DEFAULTS",
+    "SD15_ADAPTER",
+    "SD15_BASE",
+    "SD15_IMAGE_ENCODER",
     "TINY",
+    "TINY_BASES",
     "TINY_PLUS",
     "TINY_REFS",
+    "TINY_SD15",
     "TINY_VIT_H",
     "VIT_H_IMAGE_ENCODER",
     "Source",
@@ -63,7 +81,9 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
     "default_adapter",
     "default_controlnet",
     "default_image_encoder",
+    "family_default",
     "image_processor",
+    "is_tiny",
     "missing",
     "offline",
     "parse_source",
@@ -71,15 +91,21 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
 ]
 
 
-def tiny_part(name: str) -> Any:
-    """A fresh copy of one part of the built-in tiny model (``sources.tiny.TinyModels``: ``pipe``,
-    ``image_encoder``, ``feature_extractor``, ``adapter_state_dict``; ``controlnet``).
+def tiny_part(name: str, ref: str = TINY) -> Any:
+    """A fresh copy of one part of a built-in tiny model.
 
-    The tiny model is built once per process and copied, so each load owns its modules, and all
-    parts come from the same build as ``build_tiny()`` (same seeds, same weights).
+    ``tiny`` (``sources.tiny.TinyModels``: ``pipe``, ``image_encoder``, ``feature_extractor``,
+    ``adapter_state_dict``; ``controlnet``) or ``tiny-sd15`` (``sources.tiny_sd15.TinySD15``: the
+    same, plus ``content_text`` and ``content_tokenizer``). Each is built once per process and
+    copied, so each load owns its modules, and all parts come from the same build (same seeds,
+    same weights).
     """
     import copy
 
+    if ref == TINY_SD15:
+        return copy.deepcopy(
+            _tiny_sd15_controlnet() if name == "controlnet" else getattr(_tiny_sd15_models(), name)
+        )
     if name == "controlnet":
         return copy.deepcopy(_tiny_controlnet())
     if name in ("vit_h_encoder", "plus_state_dict", "vit_h_state_dict"):  # sources.tiny_adapters
@@ -106,6 +132,109 @@ def _tiny_controlnet():
     from .sources.tiny import tiny_controlnet
 
     return tiny_controlnet()
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_sd15_models():
+    from .sources.tiny_sd15 import build_tiny_sd15
+
+    return build_tiny_sd15()
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_sd15_controlnet():
+    from .sources.tiny_sd15 import tiny_sd15_controlnet
+
+    return tiny_sd15_controlnet()
+
+
+# diffusers' pipeline class names (model_index.json's ``_class_name``) of each family we load.
+PIPELINE_FAMILY = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+    "StableDiffusionPipeline": "sd15",
+    "StableDiffusionImg2ImgPipeline": "sd15",
+    "StableDiffusionInpaintPipeline": "sd15",
+}
+BASE_PIPELINE = {"sdxl": "StableDiffusionXLPipeline", "sd15": "StableDiffusionPipeline"}
+# Only for naming the right defaults and fetch command before a base's model_index.json is on disk.
+KNOWN_BASE_FAMILIES = {DEFAULT_BASE: "sdxl", SD15_BASE: "sd15", "runwayml/stable-diffusion-v1-5": "sd15"}
+
+
+def base_family(spec: str) -> str:
+    """``sdxl`` | ``sd15`` for a base reference, from a few KB (no weights).
+
+    A tiny base is its own; a single file is read from its header (``single_file.family_of_keys``);
+    a diffusers directory or Hub repository from ``model_index.json``'s ``_class_name`` (a few
+    hundred bytes, fetched if online). What cannot be read (offline and not cached) is SD1.5 for the
+    SD1.5 ids we name (``KNOWN_BASE_FAMILIES``, so the fetch command names the right files) and SDXL,
+    the default family, otherwise; the loaded UNet's structure (``blocks.family``) has the last word.
+    """
+    if spec == TINY_SD15:
+        return "sd15"
+    if is_tiny(spec):
+        return "sdxl"
+    try:
+        if single_file.is_single_file(spec):
+            src = parse_source(spec)
+            path = src.local if src.local is not None else _cached_hub_file(src)
+            if path is None or not Path(path).is_file():
+                return "sdxl"
+            return "sd15" if single_file.family_of_keys(single_file.read_keys(path)) == "sd15" else "sdxl"
+        index = _model_index(spec, fetch=str(spec).strip("/") not in KNOWN_BASE_FAMILIES)
+    except InstantStyleError:
+        return "sdxl"
+    if index is None:  # nothing to read yet: the reference ids we name ourselves, else SDXL
+        return KNOWN_BASE_FAMILIES.get(str(spec).strip("/"), "sdxl")
+    return PIPELINE_FAMILY.get(str(index.get("_class_name")), "sdxl")
+
+
+def _cached_hub_file(src: Source) -> str | None:
+    return cached_file(src.repo_id, src.subpath) if src.repo_id and src.subpath else None
+
+
+def _model_index(spec: str, fetch: bool = True) -> dict | None:
+    """A diffusers base's ``model_index.json`` (local; from the Hub cache, or fetched -- one small
+    file -- if ``fetch`` and not offline), or None when it cannot be had."""
+    import json
+
+    src = parse_source(spec)
+    if src.local is not None:
+        path = src.local / "model_index.json"
+        found = str(path) if path.is_file() else None
+    else:
+        prefix = f"{src.subpath.rstrip('/')}/" if src.subpath else ""
+        found = cached_file(str(src.repo_id), prefix + "model_index.json")
+        if found is None and fetch and hub_reachable():  # never a slow retry on an unreachable Hub
+            try:
+                found = str(resolve_file(f"{src.repo_id}/{prefix}model_index.json", "base model"))
+            except InstantStyleError:
+                found = None
+    return json.loads(Path(found).read_text()) if found else None
+
+
+def default_adapter(base: str) -> str:
+    """The IP-Adapter used with ``base`` when none is named: its family's (``sources.FAMILY_DEFAULTS``),
+    the tiny one for a tiny base."""
+    return str(family_default(base, "adapter", base_family(base)))
+
+
+def default_image_encoder(base: str, adapter: str | None = None) -> str:
+    """The image encoder used with ``base`` and ``adapter`` when none is named: the one the adapter
+    names (``sources.default_image_encoder``), else the base family's (a tiny base's own)."""
+    return _default_image_encoder(base, adapter, base_family(base))
+
+
+def default_controlnet(kind: str, base: str) -> str:
+    """The ControlNet of a built-in kind (``canny``, ``tile``) for ``base``'s family."""
+    return str(family_default(base, kind, base_family(base)))
+
+
+def default_content_text_encoder(base: str) -> str | None:
+    """The projected text tower content subtraction uses with ``base`` when none is named: None for
+    SDXL (its own ``text_encoder_2``), the ViT-H tower for SD1.5 (``ip-adapter_sd15``'s space)."""
+    return family_default(base, "content_text_encoder", base_family(base))
 
 
 def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
@@ -145,14 +274,17 @@ def device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tup
 def load_base_pipeline(
     spec: str, dtype: torch.dtype, variant: str | None = None, base_config: str | None = None
 ):
-    """A ``StableDiffusionXLPipeline`` from a local dir, Hub id, single file or ``tiny`` (float32 for tiny).
+    """A ``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline`` (SD1.5) from a local dir, Hub id,
+    single file or a tiny model (float32 for tiny).
 
-    A single ``.safetensors`` checkpoint (local, or Hub ``owner/repo/file.safetensors``) goes through
+    A diffusers base's family is its ``model_index.json``'s ``_class_name``. A single
+    ``.safetensors`` checkpoint (local, or Hub ``owner/repo/file.safetensors``) goes through
     ``from_single_file`` with its family's reference configs; ``base_config`` overrides those.
+    SD1.5 loads without its safety checker (as SDXL, which has none; docs/families.md).
     """
-    if spec == TINY:
-        return tiny_part("pipe")
-    from diffusers import StableDiffusionXLPipeline
+    if spec in TINY_BASES:
+        return tiny_part("pipe", spec)
+    import diffusers
 
     src = parse_source(spec)
     if single_file.is_single_file(spec):
@@ -164,11 +296,21 @@ def load_base_pipeline(
     else:
         target = src.repo_id if not src.subpath else src.spec
     variant = variant or only_variant(src)
+    index = _model_index(spec) or {}
+    class_name = str(index.get("_class_name", BASE_PIPELINE["sdxl"]))
+    if class_name not in PIPELINE_FAMILY:
+        raise InstantStyleError(
+            f"base model '{spec}' is a {class_name}; supported bases are SDXL and SD1.5 "
+            "(StableDiffusionXLPipeline, StableDiffusionPipeline)"
+        )
+    family = PIPELINE_FAMILY[class_name]
     try:
-        kwargs = {"dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if variant:
             kwargs["variant"] = variant
-        return StableDiffusionXLPipeline.from_pretrained(target, **kwargs)
+        if family == "sd15":
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return getattr(diffusers, BASE_PIPELINE[family]).from_pretrained(target, **kwargs)
     except (OSError, ValueError) as exc:
         if src.local is None and (
             "offline" in str(exc).lower()
@@ -258,11 +400,12 @@ def only_variant(src: Source) -> str | None:
 
 
 def load_adapter_state_dict(spec: str) -> dict:
-    """An IP-Adapter's state dict (h94 layout) from a file, a Hub path or ``tiny``/``tiny-plus``/``tiny-vit-h``."""
-    if spec == TINY:
-        return tiny_part("adapter_state_dict")
+    """An IP-Adapter's state dict (h94 layout) from a file, a Hub path or a tiny reference
+    (``tiny``/``tiny-sd15``: the base's own; ``tiny-plus``/``tiny-vit-h``)."""
     if spec in (TINY_PLUS, TINY_VIT_H):
         return tiny_part("plus_state_dict" if spec == TINY_PLUS else "vit_h_state_dict")
+    if is_tiny(spec):
+        return tiny_part("adapter_state_dict", spec)
     from .adapter import load_state_dict
 
     return load_state_dict(resolve_file(spec, "IP-Adapter"))
@@ -271,10 +414,10 @@ def load_adapter_state_dict(spec: str) -> dict:
 def load_image_encoder(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` from a dir, Hub path or ``tiny``
     (the tiny one in float32: the caller moves it with the pipeline)."""
-    if spec == TINY:
-        return tiny_part("image_encoder"), tiny_part("feature_extractor")
     if spec == TINY_VIT_H:  # the tiny ViT-H-shaped encoder (same 224 px preprocessing)
         return tiny_part("vit_h_encoder"), tiny_part("feature_extractor")
+    if is_tiny(spec):
+        return tiny_part("image_encoder", spec), tiny_part("feature_extractor", spec)
     from transformers import CLIPVisionModelWithProjection
 
     src = parse_source(spec)
@@ -296,7 +439,15 @@ def load_image_encoder(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def load_text_encoder_with_projection(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """A ``CLIPTextModelWithProjection`` + tokenizer (for content subtraction in another space)."""
+    """A ``CLIPTextModelWithProjection`` + tokenizer (for content subtraction in another space:
+    the ViT-H tower ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` for ViT-H adapters; ``tiny-sd15``'s own)."""
+    if spec == TINY_SD15:
+        return tiny_part("content_text", spec), tiny_part("content_tokenizer", spec)
+    if is_tiny(spec):
+        raise InstantStyleError(
+            f"--content-text-encoder {spec}: the tiny SDXL subtracts with its own text_encoder_2; "
+            "leave the option out (tiny-sd15 has a text tower of its own)"
+        )
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     src = parse_source(spec)
@@ -321,6 +472,10 @@ def load_unet_config(spec: str) -> dict:
         from .sources.tiny import tiny_unet_config
 
         return tiny_unet_config()
+    if spec == TINY_SD15:
+        from .sources.tiny_sd15 import tiny_sd15_unet_config
+
+        return tiny_sd15_unet_config()
 
     if single_file.is_single_file(spec):  # the family's reference configs describe its UNet
         family = single_file.check_base_family(resolve_file(spec, "base model"), spec)
@@ -355,8 +510,8 @@ def load_style_encoder(spec: str, device: str | None = None, dtype: str | torch.
 
 def load_controlnet(spec: str, dtype: torch.dtype):
     """A ``ControlNetModel`` from a diffusers dir, Hub path or ``tiny`` (float32 for tiny)."""
-    if spec == TINY:
-        return tiny_part("controlnet")
+    if is_tiny(spec):
+        return tiny_part("controlnet", spec)
     from diffusers import ControlNetModel
 
     src = parse_source(spec)

@@ -23,12 +23,12 @@ checkpoint or a LoRA), so new model sources add their row instead of editing thi
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import models
+from .download import hub_reachable  # one TCP connection, cached (models asks it too)
 from .errors import InstantStyleError, ModelNotFoundError
 
 _WEIGHTS = (
@@ -59,17 +59,20 @@ class Need:
 Requirement = list[tuple[str, ...]]
 
 
-def _pipeline_files(present: Callable[[str], bool]) -> Requirement:
+def _pipeline_files(
+    present: Callable[[str], bool], towers: tuple[str, ...] = ("text_encoder", "text_encoder_2")
+) -> Requirement:
     groups: Requirement = [("model_index.json",)]
     for folder in ("unet", "vae"):
         groups += [(f"{folder}/config.json",), tuple(f"{folder}/{w}" for w in _WEIGHTS)]
-    for folder in ("text_encoder", "text_encoder_2"):
+    for folder in towers:
         groups += [(f"{folder}/config.json",), tuple(f"{folder}/{w}" for w in _TRANSFORMERS_WEIGHTS)]
     return groups
 
 
 KINDS: dict[str, Callable[[Callable[[str], bool]], Requirement]] = {
     "pipeline": _pipeline_files,  # a diffusers SDXL directory / repository
+    "sd15-pipeline": lambda present: _pipeline_files(present, ("text_encoder",)),  # SD1.5: one text tower
     "unet-config": lambda present: [("unet/config.json",)],  # `instantstyle blocks` reads only this
     "file": lambda present: [("",)],  # the reference is the file itself
     "encoder": lambda present: [("config.json",), _TRANSFORMERS_WEIGHTS],  # a transformers model folder
@@ -115,30 +118,6 @@ def missing_files(need: Need) -> list[str]:
 
 
 # ---------------------------------------------------------------------- the network, once
-
-_REACHABLE: dict[str, bool] = {}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connection to the Hub endpoint's host (``HF_ENDPOINT``); cached for the process."""
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if models.offline():
-        return False
-    endpoint = constants.ENDPOINT
-    if endpoint in _REACHABLE:
-        return _REACHABLE[endpoint]
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            ok = True
-    except OSError:  # DNS failure, refused, unreachable, timeout
-        ok = False
-    _REACHABLE[endpoint] = ok
-    return ok
 
 
 def go_offline() -> None:
@@ -187,7 +166,9 @@ def needs_for_base(base: str) -> list[Need]:
     """A diffusers folder / repository, or one checkpoint file (its configs are the loader's concern)."""
     from .single_file import is_single_file
 
-    return [Need("base model", base, "file" if is_single_file(base) else "pipeline")]
+    if is_single_file(base):
+        return [Need("base model", base, "file")]
+    return [Need("base model", base, "sd15-pipeline" if models.base_family(base) == "sd15" else "pipeline")]
 
 
 def _safe(check: Callable[[], object], problems: list[str]) -> None:
@@ -214,7 +195,7 @@ def run(
     hub_missing: list[Need] = []
     hub_used = False
     for need in needs:
-        if need.ref in models.TINY_REFS:
+        if models.is_tiny(need.ref):
             continue
         try:
             src = models.parse_source(need.ref)

@@ -1,15 +1,16 @@
 """Single-file checkpoints (Civitai / A1111 ``.safetensors``): what family a file is, and loading it.
 
-Finetunes such as Juggernaut, RealVis, Pony or DreamShaper XL ship as one file in the original
-(LDM) key layout. diffusers loads them with ``StableDiffusionXLPipeline.from_single_file``; the
+Finetunes such as Juggernaut, RealVis, Pony or DreamShaper XL (and SD1.5 ones such as
+DreamShaper 8 or Realistic Vision) ship as one file in the original (LDM) key layout. diffusers
+loads them with ``StableDiffusionXLPipeline.from_single_file`` (``StableDiffusionPipeline`` for SD1.5); the
 component configs come from a diffusers-layout reference (``config=``: a Hub id or a local
 directory, configs only, a few KB), so loading works offline once that is cached.
 
 The family is read from the file's key names (only the header is read, no tensors): SDXL has
 two text towers under ``conditioner.embedders``; SD1.x one CLIP-L under ``cond_stage_model.transformer``;
 SD2.x an OpenCLIP tower under ``cond_stage_model.model``; SD3, FLUX, a lone VAE or a LoRA have
-their own tell-tale keys. Only SDXL is supported as a base here; anything else is a one-line error
-that says what the file is.
+their own tell-tale keys. SDXL and SD1.x are supported as bases here; anything else is a one-line
+error that says what the file is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .errors import InstantStyleError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # The diffusers-layout repository whose configs describe each family's single files.
-REFERENCE_CONFIG = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+REFERENCE_CONFIG = {"sdxl": sources.DEFAULT_BASE, "sd15": sources.SD15_BASE}
+PIPELINE_CLASS = {"sdxl": "StableDiffusionXLPipeline", "sd15": "StableDiffusionPipeline"}
 FAMILY_NAMES = {
     "sdxl": "an SDXL checkpoint",
     "sd15": "a Stable Diffusion 1.x checkpoint",
@@ -92,7 +94,7 @@ def check_base_family(path: str | Path, spec: str) -> str:
         hint = {
             "lora": "; pass it with --lora and give a base model with --base",
             "vae": "; pass it with --vae",
-        }.get(family, "; --base takes an SDXL checkpoint")
+        }.get(family, "; --base takes an SDXL or SD1.5 checkpoint")
         raise InstantStyleError(
             f"--base '{spec}' is {FAMILY_NAMES[family]}, not a supported base model{hint}"
         )
@@ -101,25 +103,29 @@ def check_base_family(path: str | Path, spec: str) -> str:
 
 def load_pipeline(path: str | Path, spec: str, dtype, config: str | None):
     """``from_single_file`` with the family's reference configs (``config`` overrides them)."""
-    from diffusers import StableDiffusionXLPipeline
+    import diffusers
 
     family = check_base_family(path, spec)
     config = config or REFERENCE_CONFIG[family]
     src = sources.parse_source(config)
     if src.local is not None and not (src.local / "model_index.json").is_file():
         raise missing("base config", src, " as a diffusers directory (no model_index.json)")
+    # SD1.5 without its safety checker, as from a diffusers directory (models.load_base_pipeline).
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
     try:
-        return StableDiffusionXLPipeline.from_single_file(
+        return getattr(diffusers, PIPELINE_CLASS[family]).from_single_file(
             str(path),
             config=str(src.local or src.spec),
             dtype=dtype,
             local_files_only=sources.offline() or src.local is not None,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         if src.local is None:
+            known = {sources.DEFAULT_BASE: "base-config", sources.SD15_BASE: "sd15-config"}
             fetch = (
-                command_for(["base-config"])
-                if src.spec == sources.DEFAULT_BASE
+                command_for([known[src.spec]])
+                if src.spec in known
                 else f"hf download {src.spec} --include '*.json' --include '*.txt'"
             )
             raise InstantStyleError(

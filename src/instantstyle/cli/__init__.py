@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = common.Parser(
         prog="instantstyle",
-        description="Text-to-image in the style of reference images on SDXL (InstantStyle, arXiv 2404.02733): "
+        description="Text-to-image in the style of reference images on SDXL or SD1.5 (InstantStyle, arXiv 2404.02733): "
         "the reference's CLIP features go only into the style blocks, and its content can be subtracted.",
         epilog=generate.EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

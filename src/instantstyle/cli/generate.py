@@ -40,6 +40,11 @@ examples:
   instantstyle generate --style ref.png --prompt "a cat" --scheduler lcm --timesteps 999 749 499 249 \\
       --guidance 0 --out cat.png
 
+  # SD1.5 (ip-adapter_sd15, its style blocks and the ViT-H text tower are its defaults; docs/families.md)
+  instantstyle generate --base stable-diffusion-v1-5/stable-diffusion-v1-5 --style ref.png \\
+      --prompt "a cat" --content-prompt "a dog" --out cat15.png
+  instantstyle generate --base tiny-sd15 --style ref.png --prompt "a cat" --mode style+layout --out t.png
+
   # two references mixed 70/30, saved once and reused
   instantstyle style save watercolour a.png b.png --weights 0.7 0.3
   instantstyle generate --style @watercolour --prompt "a lighthouse" --out l.png
@@ -280,7 +285,7 @@ def request_from_args(args):
 def check_inputs(args, req) -> list[Path]:
     """Every local input and every model piece, all at once, before any model loads (preflight.py);
     returns the checked output paths."""
-    from .. import preflight
+    from .. import models, preflight
     from ..embeddings import load_style
     from ..images import load_image
     from ..pipelines.inputs import precheck
@@ -319,7 +324,9 @@ def check_inputs(args, req) -> list[Path]:
         args.adapter,
         args.image_encoder,
         controls=req.control,
-        content_text_encoder=args.content_text_encoder,
+        # SD1.5 subtracts with the ViT-H text tower, loaded at the first --content-prompt: check it now
+        content_text_encoder=args.content_text_encoder
+        or (models.default_content_text_encoder(args.base) if req.content_prompt else None),
     )
     common.preflight(args, checks, needs, tryout=common.TRYOUT)
     _check_blocks(args.base, req)

@@ -11,8 +11,9 @@ def register(sub) -> None:
         "make-tiny",
         run,
         help="write the tiny random-weight test model to DIR",
-        description="Write a tiny random-weight SDXL (real block structure), image encoder and "
-        "IP-Adapter in the standard on-disk layouts. Its images are noise.",
+        description="Write a tiny random-weight SDXL and SD1.5 (real block structures), their image "
+        "encoders and IP-Adapters (ip-adapter_sdxl, ip-adapter_sd15 layouts) in the standard on-disk "
+        "layouts, and one single-file checkpoint of each. Its images are noise.",
     )
     t.add_argument("dir")
 

@@ -41,10 +41,11 @@ def add_metric_args(p: argparse.ArgumentParser, *, with_metrics_flag: bool = Fal
 
 
 def make_scorer(args, metrics: str | None = None):
+    from .. import models
     from ..metrics import parse_metrics
     from ..metrics.scorer import Scorer
 
-    tiny = getattr(args, "base", None) == "tiny"
+    tiny = models.is_tiny(getattr(args, "base", None) or "")
     pick = {k: getattr(args, k) or ("tiny" if tiny else None) for k in ("csd", "clip", "dino")}
     device = args.metrics_device or getattr(args, "device", None)
     dtype = getattr(args, "dtype", None)

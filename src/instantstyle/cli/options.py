@@ -14,14 +14,15 @@ DTYPES = ["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]  # models.de
 def add_model_args(p: argparse.ArgumentParser, *, encoder_only: bool = False) -> None:
     from .. import models
 
-    g = p.add_argument_group("models (local path, Hub 'owner/repo[/path]', or 'tiny')")
+    g = p.add_argument_group("models (local path, Hub 'owner/repo[/path]', or 'tiny' / 'tiny-sd15')")
     if not encoder_only:
         _add_base_args(g, models)
     g.add_argument(
         "--image-encoder",
         default=None,
         help="CLIPVisionModelWithProjection directory (default: the one the adapter reads: "
-        f"{models.DEFAULT_IMAGE_ENCODER}, or {models.VIT_H_IMAGE_ENCODER} for a *vit-h* adapter file)",
+        f"{models.DEFAULT_IMAGE_ENCODER} for SDXL's, {models.VIT_H_IMAGE_ENCODER} for a *vit-h* adapter "
+        "file and for SD1.5's)",
     )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=DTYPES, help="default: fp16 on cuda/mps, fp32 on cpu")
@@ -33,15 +34,16 @@ def _add_base_args(g, models) -> None:
     g.add_argument(
         "--base",
         default=models.DEFAULT_BASE,
-        help="SDXL base model: a diffusers directory or Hub id, or one .safetensors checkpoint "
-        "(an SDXL finetune from Civitai, local or 'owner/repo/file.safetensors') "
-        "(default: %(default)s)",
+        help="SDXL or SD1.5 base model: a diffusers directory or Hub id, or one .safetensors checkpoint "
+        "(an SDXL or SD1.5 finetune from Civitai, local or 'owner/repo/file.safetensors'); the family is "
+        "read from the model (default: %(default)s)",
     )
     g.add_argument(
         "--base-config",
         default=None,
         help="diffusers configs for a single-file --base (Hub id or directory; configs only, a few KB; "
-        "default: stabilityai/stable-diffusion-xl-base-1.0)",
+        "default: stabilityai/stable-diffusion-xl-base-1.0 for SDXL files, "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5 for SD1.5 files)",
     )
     g.add_argument(
         "--vae",
@@ -55,8 +57,9 @@ def _add_base_args(g, models) -> None:
         "--adapter",
         default=None,
         help="IP-Adapter .safetensors/.bin in the h94 layout: a global one (ip-adapter_sdxl, "
-        "ip-adapter_sdxl_vit-h) or an IP-Adapter Plus (ip-adapter-plus_sdxl_vit-h: patch features, no "
-        f"content subtraction); tiny-plus / tiny-vit-h for the tiny ones (default: {models.DEFAULT_ADAPTER})",
+        "ip-adapter_sdxl_vit-h, ip-adapter_sd15) or an IP-Adapter Plus (ip-adapter-plus_sdxl_vit-h: patch "
+        "features, no content subtraction); tiny-plus / tiny-vit-h for the tiny ones (default: the base "
+        f"family's, {models.DEFAULT_ADAPTER} for SDXL, {models.SD15_ADAPTER} for SD1.5)",
     )
     g.add_argument(
         "--variant", default=None, help="weights variant to fetch, e.g. fp16 (halves the download)"
@@ -65,7 +68,8 @@ def _add_base_args(g, models) -> None:
         "--content-text-encoder",
         default=None,
         help="CLIPTextModelWithProjection for content subtraction when the image encoder's space "
-        "is not text_encoder_2's (e.g. ViT-H adapters)",
+        "is not text_encoder_2's (e.g. ViT-H adapters; on SD1.5 the default is the ViT-H tower "
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K, loaded at the first --content-prompt)",
     )
 
 

@@ -84,7 +84,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import models, preflight
+    from .. import blocks, models, preflight
     from ..images import load_image
     from ..training import b_lora
 
@@ -105,6 +105,7 @@ def run(args) -> int:
     # 2. Load the base (no IP-Adapter needed), 3. train, 4. report.
     dev, dt = models.device_and_dtype(args.device, args.dtype)
     pipe = models.load_base_pipeline(base, dt, args.variant)  # any source, 'tiny' included
+    blocks.blora_blocks(blocks.family(pipe.unet))  # B-LoRA is SDXL's: a one-line error on SD1.5
     pipe.to(dev)
     result = b_lora.train(
         pipe,

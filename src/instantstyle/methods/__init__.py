@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..blocks import FAMILIES, FAMILY_LABELS, METHOD_FAMILIES
 from ..errors import InstantStyleError
 
 # The sampling fields beyond --scheduler (few-step presets, spacing, timesteps, eta): read by the
@@ -194,5 +195,13 @@ def run_method(
 
     ``images``: in-memory composition / negative style images, for the methods whose options take them."""
     method = get(req.method)
+    family = getattr(model, "family", "sdxl")
+    families = METHOD_FAMILIES.get(method.name, FAMILIES)
+    if family not in families:
+        raise InstantStyleError(
+            f"--method {method.name} is implemented for {' and '.join(FAMILY_LABELS[f] for f in families)} "
+            f"bases only (its authors' code), and this base is {FAMILY_LABELS[family]}; use --method "
+            "instantstyle or ip-adapter"
+        )
     module = importlib.import_module(f".{method.module}", __name__)
     return module.run(model, req, style_images=style_images, on_step=on_step, **images)

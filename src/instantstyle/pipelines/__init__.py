@@ -1,6 +1,7 @@
 """The tasks InstantStyle runs, one numbered module each, registered by name (as ``methods.METHODS``).
 
-Every task drives one of diffusers' stock SDXL pipelines on the loaded model's shared components
+Every task drives one of diffusers' stock pipelines of the base's family (``PIPELINES``: SDXL or
+SD1.5, ``pipeline_for``) on the loaded model's shared components
 (``InstantStyle.derived_pipeline``: ``from_pipe``, nothing loaded twice) and the same two steps
 (``prepare``: blocks, size, seed, style embeddings, parameters; ``denoise``: the loop with scoped
 scales, scheduler and fast path). A task module has
@@ -21,13 +22,16 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..blocks import FAMILY_LABELS
+
 
 @dataclass(frozen=True)
 class Task:
     name: str  # GenerateRequest.task
     module: str  # submodule of instantstyle.pipelines with ``run``
     summary: str
-    pipelines: tuple[str, ...]  # the diffusers pipelines it drives (the second: with --control)
+    pipelines: tuple[str, ...]  # the diffusers SDXL pipelines it drives (the second: with --control)
+    families: tuple[str, ...] = ("sdxl", "sd15")  # the base families it runs on (blocks.family)
 
 
 TASKS: dict[str, Task] = {
@@ -62,10 +66,36 @@ TASKS: dict[str, Task] = {
             "t6_plus",
             "InstantStyle-Plus: the content image inverted, then re-drawn in the style",
             ("StableDiffusionXLControlNetPipeline",),
+            ("sdxl",),  # its authors' pipeline and defaults (tile ControlNet, content adapter) are SDXL's
         ),
     )
 }
 # t5_regional is no task of its own: regional styles (one mask per style image) apply to any task.
+
+# The stock diffusers pipeline of each kind, per family (every one supports ip_adapter_image_embeds).
+PIPELINES: dict[str, dict[str, str]] = {
+    "sdxl": {
+        "txt2img": "StableDiffusionXLPipeline",
+        "controlnet": "StableDiffusionXLControlNetPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "controlnet-img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+        "controlnet-inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+    },
+    "sd15": {
+        "txt2img": "StableDiffusionPipeline",
+        "controlnet": "StableDiffusionControlNetPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "controlnet-img2img": "StableDiffusionControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+        "controlnet-inpaint": "StableDiffusionControlNetInpaintPipeline",
+    },
+}
+
+
+def pipeline_for(family: str, kind: str) -> str:
+    """The diffusers pipeline class name of ``kind`` (``PIPELINES`` keys) for a base family."""
+    return PIPELINES[family][kind]
 
 
 def task_of(req) -> Task:
@@ -87,5 +117,15 @@ def run_task(
     **images,
 ) -> list:
     """Generate ``req`` with its task's module; images carry their parameters."""
-    module = importlib.import_module(f".{task_of(req).module}", __name__)
+    task = task_of(req)
+    family = getattr(model, "family", "sdxl")
+    if family not in task.families:
+        from ..errors import InstantStyleError
+
+        raise InstantStyleError(
+            f"task {task.name} ({task.summary}) is implemented for "
+            f"{' and '.join(FAMILY_LABELS[f] for f in task.families)} bases only, and this base is "
+            f"{FAMILY_LABELS[family]}; use --task img2img or controlnet for a content image"
+        )
+    module = importlib.import_module(f".{task.module}", __name__)
     return module.run(model, req, style_images=style_images, on_step=on_step, **images)

@@ -1,6 +1,6 @@
-"""Step 5 of every InstantStyle generation: the denoising loop of one diffusers SDXL pipeline.
+"""Step 5 of every InstantStyle generation: the denoising loop of one diffusers pipeline (SDXL or SD1.5).
 
-``pipe`` is the loaded model's own ``StableDiffusionXLPipeline`` or one derived from it
+``pipe`` is the loaded model's own ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline`` or one derived from it
 (``InstantStyle.derived_pipeline``); the call runs with, all scoped to it and undone afterwards:
 the IP-Adapter's per-block scales (``adapter.scoped_scales``), the slots sharing its weights
 (``injection.shared_slots``), the request's sampler (``schedulers.scoped_scheduler``, with its
@@ -126,9 +126,11 @@ def _step_callbacks(
                 "drops; use one or the other"
             )
         # 5a. CFG truncation (approximation): after the switch step, the conditional half only.
-        if type(pipe).__name__ != "StableDiffusionXLPipeline":
+        if (
+            type(pipe).__name__ != "StableDiffusionXLPipeline"
+        ):  # it slices SDXL's add_text_embeds/add_time_ids
             raise InstantStyleError(
-                f"--cfg-truncation works for text-to-image only, not {type(pipe).__name__}; "
+                f"--cfg-truncation works for SDXL text-to-image only, not {type(pipe).__name__}; "
                 "drop it (or use --speed max-tuned) for this request"
             )
         callbacks.append(fast_cfg.callback(req.steps, speed.cfg_truncation))

@@ -100,7 +100,7 @@ def precheck(
         unet_config = models.load_unet_config(base)
         for entry in req.control:
             spec = control_mod.parse_control(entry, base=base)
-            if spec.model != models.TINY:  # the tiny ControlNet is built in memory
+            if not models.is_tiny(spec.model):  # the tiny ControlNets are built in memory
                 control_mod.check_compatible(control_mod.read_config(spec.model), unet_config, spec.model)
 
 

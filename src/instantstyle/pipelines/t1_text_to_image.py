@@ -1,4 +1,5 @@
-"""Task 1, text to image (InstantStyle, arXiv 2404.02733): diffusers' stock ``StableDiffusionXLPipeline``.
+"""Task 1, text to image (InstantStyle, arXiv 2404.02733): diffusers' stock ``StableDiffusionXLPipeline``
+(SD1.5: ``StableDiffusionPipeline``), the loaded model's own.
 
 The style goes in as precomputed ``ip_adapter_image_embeds`` (content subtraction and
 multi-reference mixing happen in CLIP space, before the adapter's projection, ``prepare.py``), and

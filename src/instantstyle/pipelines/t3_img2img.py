@@ -1,12 +1,13 @@
 """Task 3, img2img: ``StableDiffusionXLImg2ImgPipeline`` (``StableDiffusionXLControlNetImg2ImgPipeline``
-with --control): the content image re-drawn in the style, from ``--strength`` of the way.
+with --control; SD1.5: ``StableDiffusionImg2ImgPipeline`` / ``StableDiffusionControlNetImg2ImgPipeline``):
+the content image re-drawn in the style, from ``--strength`` of the way.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import base
+from . import base, pipeline_for
 
 if TYPE_CHECKING:
     from ..config import GenerateRequest
@@ -16,10 +17,10 @@ if TYPE_CHECKING:
 def denoise(job: base.Job) -> list:
     req, model = job.prep.request, job.model
     if job.controlnets:
-        pipe = model.derived_pipeline("StableDiffusionXLControlNetImg2ImgPipeline", job.controlnets)
+        pipe = model.derived_pipeline(pipeline_for(model.family, "controlnet-img2img"), job.controlnets)
         job.run_kwargs["control_image"] = job.control_image
     else:
-        pipe = model.derived_pipeline("StableDiffusionXLImg2ImgPipeline")
+        pipe = model.derived_pipeline(pipeline_for(model.family, "img2img"))
     return job.run(pipe, image=job.inputs.content, strength=req.effective_strength)
 
 

@@ -1,8 +1,9 @@
 """Model references: one string says where a model comes from (see ``instantstyle.models``).
 
-- ``tiny``: the built-in random-weight test model, a source like any other: ``--base tiny``
-  implies the tiny adapter, image encoder and ControlNets (``default_adapter``,
-  ``default_image_encoder``, ``default_controlnet``);
+- ``tiny`` (SDXL) and ``tiny-sd15`` (SD1.5): the built-in random-weight test models, sources like
+  any other: ``--base tiny`` implies the tiny adapter, image encoder and ControlNets
+  (``default_adapter``, ``default_image_encoder``, ``default_controlnet``), and ``--base tiny-sd15``
+  its own (an ``ip-adapter_sd15``-layout adapter, a ViT-H-shaped encoder and text tower);
 - ``tiny-plus`` / ``tiny-vit-h`` (``--adapter``): the tiny IP-Adapter Plus and global ViT-H adapter;
   either implies ``--image-encoder tiny-vit-h``, the tiny ViT-H-shaped encoder (``sources.tiny_adapters``);
 - a local file or directory (anything that exists on disk, or starts with ``/``, ``./``, ``~``);
@@ -30,35 +31,72 @@ TINY_PLUS = (
     "tiny-plus"  # IP-Adapter Plus (Resampler over ViT-H patch features), as ip-adapter-plus_sdxl_vit-h
 )
 TINY_VIT_H = "tiny-vit-h"  # the global ViT-H adapter (ip-adapter_sdxl_vit-h), and the ViT-H image encoder
-TINY_REFS = (TINY, TINY_PLUS, TINY_VIT_H)  # every built-in tiny reference
+TINY_SD15 = "tiny-sd15"  # the tiny SD1.5 (sources.tiny_sd15): base, adapter, encoder and text tower at once
+TINY_BASES = (TINY, TINY_SD15)  # the tiny references that are base models (each its own adapter/encoder)
+TINY_REFS = (TINY, TINY_PLUS, TINY_VIT_H, TINY_SD15)  # every built-in tiny reference
 # The image encoder each h94 adapter file reads (the *_vit-h files: OpenCLIP ViT-H/14).
 VIT_H_IMAGE_ENCODER = "h94/IP-Adapter/models/image_encoder"
 
+# Per-family defaults (SD1.5: InstantStyle's infer_style_sd15.py and h94's SD1.5 files).
+SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
+SD15_IMAGE_ENCODER = VIT_H_IMAGE_ENCODER  # ViT-H/14, 1024-d
+VIT_H_TEXT = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # its text tower: content subtraction on ViT-H adapters
+SD15_CONTROLNET_CANNY = "lllyasviel/control_v11p_sd15_canny"
+SD15_CONTROLNET_TILE = "lllyasviel/control_v11f1e_sd15_tile"
+FAMILY_DEFAULTS = {
+    "sdxl": {
+        "adapter": DEFAULT_ADAPTER,
+        "image_encoder": DEFAULT_IMAGE_ENCODER,
+        "canny": DEFAULT_CONTROLNET_CANNY,
+        "tile": DEFAULT_CONTROLNET_TILE,
+        "content_text_encoder": None,  # SDXL's own text_encoder_2 (bigG) is in the bigG image space
+    },
+    "sd15": {
+        "adapter": SD15_ADAPTER,
+        "image_encoder": SD15_IMAGE_ENCODER,
+        "canny": SD15_CONTROLNET_CANNY,
+        "tile": SD15_CONTROLNET_TILE,
+        "content_text_encoder": VIT_H_TEXT,
+    },
+}
 
-def default_adapter(base: str) -> str:
-    """The IP-Adapter used with ``base`` when none is named (the tiny one for the tiny base)."""
-    return TINY if base == TINY else DEFAULT_ADAPTER
+
+def is_tiny(spec) -> bool:
+    """Whether ``spec`` names one of the built-in tiny references (``TINY_REFS``)."""
+    return str(spec) in TINY_REFS
 
 
-def default_image_encoder(base: str, adapter: str | None = None) -> str:
+def family_default(base: str, what: str, family: str = "sdxl") -> str | None:
+    """The model of kind ``what`` (``FAMILY_DEFAULTS`` keys) used with ``base`` when none is named:
+    a tiny base's own for a tiny base, else ``family``'s default."""
+    if base in TINY_BASES:
+        return base
+    return FAMILY_DEFAULTS[family][what]
+
+
+def default_adapter(base: str, family: str = "sdxl") -> str:
+    """The IP-Adapter used with ``base`` when none is named (the tiny one for a tiny base)."""
+    return str(family_default(base, "adapter", family))
+
+
+def default_image_encoder(base: str, adapter: str | None = None, family: str = "sdxl") -> str:
     """The image encoder used with ``base`` and ``adapter`` when none is named.
 
     The adapter decides where it names one: ``tiny-plus``/``tiny-vit-h`` read the tiny ViT-H encoder,
     an h94 ``*vit-h*`` file (``ip-adapter_sdxl_vit-h``, ``ip-adapter-plus_sdxl_vit-h``) reads
-    ``h94/IP-Adapter/models/image_encoder``; otherwise the base's (the tiny one for the tiny base).
+    ``h94/IP-Adapter/models/image_encoder``; otherwise the base family's (a tiny base's own).
     """
     if adapter in (TINY_PLUS, TINY_VIT_H):
         return TINY_VIT_H
-    if adapter and adapter != TINY and "vit-h" in Path(str(adapter)).name.lower():
+    if adapter and not is_tiny(adapter) and "vit-h" in Path(str(adapter)).name.lower():
         return VIT_H_IMAGE_ENCODER
-    return TINY if base == TINY else DEFAULT_IMAGE_ENCODER
+    return str(family_default(base, "image_encoder", family))
 
 
-def default_controlnet(kind: str, base: str) -> str:
+def default_controlnet(kind: str, base: str, family: str = "sdxl") -> str:
     """The ControlNet of a built-in kind (``canny``, ``tile``) for ``base``."""
-    if base == TINY:
-        return TINY
-    return {"canny": DEFAULT_CONTROLNET_CANNY, "tile": DEFAULT_CONTROLNET_TILE}[kind]
+    return str(family_default(base, kind, family))
 
 
 @dataclass(frozen=True)
@@ -72,12 +110,12 @@ class Source:
 
     @property
     def is_tiny(self) -> bool:
-        return self.spec in TINY_REFS
+        return is_tiny(self.spec)
 
 
 def parse_source(spec: str | os.PathLike) -> Source:
     text = str(spec)
-    if text in TINY_REFS:
+    if is_tiny(text):
         return Source(text)
     path = Path(text).expanduser()
     if path.exists() or text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text):

@@ -21,21 +21,39 @@ them as h94 has them (``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors``,
 ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``, ``models/image_encoder/``; ``sources.tiny_adapters``),
 ``DIR/controlnet-canny`` and
 ``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout), and
-``DIR/sdxl-single-file`` (one original-layout checkpoint plus its configs; ``write_single_file``).
+``DIR/sdxl-single-file`` (one original-layout checkpoint plus its configs; ``write_single_file``),
+and the tiny SD1.5 (``sources.tiny_sd15.write_tiny_sd15``: ``DIR/sd15``, ``DIR/IP-Adapter/models``, ...).
 """
 
 from __future__ import annotations
 
-import json
-import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-# The adapter generators (generic over the UNet) live with the other adapter kinds; re-exported.
-from .tiny_adapters import IP_WEIGHT_STD, random_adapter_state_dict  # noqa: F401
+# The adapter generators (generic over the UNet) live with the other adapter kinds, the tokenizer
+# every tiny model shares in tiny_parts; both re-exported.
+from .tiny_adapters import IP_WEIGHT_STD, random_adapter_state_dict
+from .tiny_parts import _tokenizer
+
+__all__ = [
+    "CLIP_DIM",
+    "CROSS_DIM",
+    "IP_TOKENS",
+    "IP_WEIGHT_STD",
+    "TINY_SEED",
+    "TinyModels",
+    "_tokenizer",
+    "build_tiny",
+    "make_tiny",
+    "random_adapter_state_dict",
+    "tiny_controlnet",
+    "tiny_unet_config",
+    "tiny_vision_config",
+    "write_single_file",
+]
 
 TINY_SEED = 0
 CROSS_DIM = 64  # = text_encoder hidden (32) + text_encoder_2 hidden (32), as 768 + 1280 = 2048 in SDXL
@@ -49,19 +67,6 @@ class TinyModels:
     image_encoder: object  # transformers.CLIPVisionModelWithProjection
     feature_extractor: object  # transformers.CLIPImageProcessor
     adapter_state_dict: dict  # {"image_proj": {...}, "ip_adapter": {...}} (h94 layout)
-
-
-def _tokenizer(directory: Path):
-    from transformers import CLIPTokenizer
-
-    chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
 
 
 def _text_config(vocab_size: int, hidden: int = 32):
@@ -217,7 +222,8 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     Returns ``{"base": DIR/sdxl, "adapter": .../ip-adapter_sdxl.safetensors,
     "adapter_bin": .../ip-adapter_sdxl.bin, "image_encoder": .../image_encoder,
     "controlnet_canny": DIR/controlnet-canny, "controlnet_tile": DIR/controlnet-tile}``, the
-    single-file pieces (``write_single_file``) and ``plus_adapter``/``vit_h_adapter``/``vit_h_image_encoder``.
+    single-file pieces (``write_single_file``), ``plus_adapter``/``vit_h_adapter``/``vit_h_image_encoder``
+    and the tiny SD1.5's (``sd15_*``, ``write_tiny_sd15``).
     """
     from safetensors.torch import save_file
 
@@ -235,8 +241,10 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     torch.save(models.adapter_state_dict, sdxl_models / "ip-adapter_sdxl.bin")
     single = write_single_file(directory / "sdxl-single-file", seed)
     from .tiny_adapters import write_tiny_adapters  # the Plus and ViT-H adapters, ViT-H encoder
+    from .tiny_sd15 import write_tiny_sd15  # SD1.5, its ip-adapter_sd15 beside them in IP-Adapter/models
 
     vit_h = write_tiny_adapters(directory / "IP-Adapter", models.pipe.unet, seed + 10)
+    sd15 = write_tiny_sd15(directory)
     tiny_controlnet(seed + 6).save_pretrained(directory / "controlnet-canny", safe_serialization=True)
     tiny_controlnet(seed + 7).save_pretrained(directory / "controlnet-tile", safe_serialization=True)
     (directory / "README.txt").write_text(
@@ -252,6 +260,7 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
         "controlnet_tile": directory / "controlnet-tile",
         **single,
         **vit_h,
+        **sd15,
     }
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import models
+from .. import blocks, models
 from ..errors import InstantStyleError
 from ..files import atomic_write_text
 from . import checkpoints, layers, validation
@@ -173,6 +173,11 @@ class AdapterTrainer:
     def _load_models(self) -> None:
         cfg, acc = self.config, self.accelerator
         self.pipe = models.load_base_pipeline(cfg.base, self.weight_dtype)  # any source, 'tiny' included
+        if blocks.family(self.pipe.unet) != "sdxl":  # it trains with SDXL's two towers and time ids
+            raise InstantStyleError(
+                f"adapter training is implemented for SDXL bases; '{cfg.base}' is "
+                f"{blocks.FAMILY_LABELS[blocks.family(self.pipe.unet)]}: use an SDXL base"
+            )
         self.encoder_spec = encoder_spec = cfg.image_encoder or models.default_image_encoder(cfg.base)
         self.image_encoder, self.feature_extractor = models.load_image_encoder(
             encoder_spec, self.weight_dtype

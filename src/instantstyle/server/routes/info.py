@@ -14,15 +14,16 @@ router = APIRouter()
 
 @router.get("/blocks", summary="The UNet's cross-attention modules and the mode presets")
 async def get_blocks(service: ServiceDep):
-    from ...blocks import describe, preset_table
+    from ...blocks import describe, family_of, preset_table
     from ...config import MODES
 
     model = service.model
     sample_size = model.pipe.unet.config.sample_size
     return {
         "base": model.ids.get("base"),
+        "family": family_of(model.modules),
         "modules": describe(model.modules, sample_size),
-        "presets": preset_table(),
+        "presets": preset_table(family_of(model.modules)),
         "modes": list(MODES),
     }
 
