@@ -94,7 +94,7 @@ def run(
                 extra = {
                     "instantstyle": {},
                     "ip-adapter": {},
-                    "b-lora": {"lora": str(lora_dir)},
+                    "b-lora": {"b_lora": str(lora_dir)},
                     "style-aligned": {"reference_prompt": "a red painting"},
                     "visual-style-prompting": {"reference_prompt": "a red painting"},
                 }[name]

@@ -127,10 +127,10 @@ def test_b_lora_generation_applies_the_style_and_restores_the_model(blora_dir, t
     )
     before = snapshot(tiny_model)
     fast = dict(
-        prompt="a cat", method="b-lora", lora=str(out), steps=1, width=64, height=64, seed=3, guidance=3.0
+        prompt="a cat", method="b-lora", b_lora=str(out), steps=1, width=64, height=64, seed=3, guidance=3.0
     )
-    on = tiny_model.generate(**fast, lora_scale=1.0)[0]
-    off = tiny_model.generate(**fast, lora_scale=0.0)[0]
+    on = tiny_model.generate(**fast, b_lora_scale=1.0)[0]
+    off = tiny_model.generate(**fast, b_lora_scale=0.0)[0]
     assert_same(before, snapshot(tiny_model))
     meta = json.loads(on.info["instantstyle"])
     assert meta["prompt_used"] == "a cat in [v] style" and meta["lora_block"] == blocks.BLORA_STYLE_BLOCK
@@ -170,7 +170,7 @@ def test_a_lora_trained_on_another_base_is_refused(blora_dir, tiny_model, tmp_pa
         info[key] = "0123456789abcdef"
         (other / b_lora.INFO_FILE).write_text(json.dumps(info))
         with pytest.raises(InstantStyleError, match="trained on another base model"):
-            tiny_model.generate(prompt="a", method="b-lora", lora=str(other), steps=1, width=64, height=64)
+            tiny_model.generate(prompt="a", method="b-lora", b_lora=str(other), steps=1, width=64, height=64)
     rc = main(
         [
             "generate",
@@ -180,7 +180,7 @@ def test_a_lora_trained_on_another_base_is_refused(blora_dir, tiny_model, tmp_pa
             "a",
             "--method",
             "b-lora",
-            "--lora",
+            "--b-lora",
             str(tmp_path / "architecture"),
             "--out",
             str(tmp_path / "x.png"),
@@ -188,13 +188,13 @@ def test_a_lora_trained_on_another_base_is_refused(blora_dir, tiny_model, tmp_pa
     )
     assert rc == 2 and "trained on another base model" in capsys.readouterr().err  # before loading models
     with pytest.raises(InstantStyleError, match="not a B-LoRA directory"):
-        tiny_model.generate(prompt="a", method="b-lora", lora=str(tmp_path), steps=1)
+        tiny_model.generate(prompt="a", method="b-lora", b_lora=str(tmp_path), steps=1)
 
 
 def test_b_lora_refuses_a_style_image(blora_dir, tiny_model, style_images):
-    with pytest.raises(InstantStyleError, match="takes its style from --lora"):
+    with pytest.raises(InstantStyleError, match="takes its style from --b-lora"):
         tiny_model.generate(
-            prompt="a", method="b-lora", lora=str(blora_dir[0]), style=[str(style_images["red"])]
+            prompt="a", method="b-lora", b_lora=str(blora_dir[0]), style=[str(style_images["red"])]
         )
 
 
@@ -242,7 +242,7 @@ def test_compare_writes_a_labelled_grid_singles_and_reports(tiny_model, style_im
         seed=5,
         guidance=3.0,
         reference_prompt="a red square",
-        lora=str(blora_dir[0]),
+        b_lora=str(blora_dir[0]),
     )
     result = compare(
         tiny_model,
@@ -291,7 +291,7 @@ def test_compare_cli_checks_methods_before_loading(style_images, tmp_path, capsy
     assert main([*common, "--methods", "instantstyle,bogus"]) == 2
     assert "valid methods" in capsys.readouterr().err
     assert main([*common, "--methods", "b-lora"]) == 2
-    assert "needs --lora DIR" in capsys.readouterr().err
+    assert "needs --b-lora DIR" in capsys.readouterr().err
     assert main([*common, "--methods", "style-aligned"]) == 2
     assert "needs --reference-prompt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -241,7 +241,7 @@ def test_cli_b_lora_without_lora_is_a_clear_error(tmp_path, capsys):
             str(tmp_path / "x.png"),
         ]
     )
-    assert rc == 2 and "--method b-lora needs --lora DIR" in capsys.readouterr().err
+    assert rc == 2 and "--method b-lora needs --b-lora DIR" in capsys.readouterr().err
 
 
 def _unet_calls(tiny_model, **params):

@@ -144,9 +144,9 @@ def test_importing_methods_and_config_does_not_import_torch():
     "params, message",
     [
         ({"method": "styl-aligned"}, "valid methods: instantstyle, ip-adapter, style-aligned"),
-        ({"method": "b-lora"}, "--method b-lora needs --lora DIR"),
+        ({"method": "b-lora"}, "--method b-lora needs --b-lora DIR"),
         ({"method": "style-aligned"}, "needs --reference-prompt"),
-        ({"lora": "x"}, "--lora 'x' is read only by --method b-lora"),
+        ({"b_lora": "x"}, "--b-lora 'x' is read only by --method b-lora"),
         ({"method": "style-aligned", "reference_prompt": "r", "scale": 0.5}, "--scale 0.5 is read only by"),
         (
             {"method": "visual-style-prompting", "reference_prompt": "r", "scheduler": "unipc"},
@@ -156,7 +156,7 @@ def test_importing_methods_and_config_does_not_import_torch():
             {"method": "visual-style-prompting", "reference_prompt": "r", "swap_start": 0.6, "swap_end": 0.5},
             "swap_start",
         ),
-        ({"method": "b-lora", "lora": "d", "task": "img2img", "content": "c.png"}, "text-to-image only"),
+        ({"method": "b-lora", "b_lora": "d", "task": "img2img", "content": "c.png"}, "text-to-image only"),
     ],
 )
 def test_bad_method_requests_fail_with_one_line(params, message):

@@ -357,7 +357,7 @@ def test_a1111_text_claims_only_what_was_used(tmp_path):
             {
                 **common,
                 "method": "b-lora",
-                "lora": str(tmp_path / "my-lora"),
+                "b_lora": str(tmp_path / "my-lora"),
                 "base": str(tmp_path),
                 "mode": "style",
             }

@@ -220,7 +220,7 @@ def compare(
     """
     settings = dict(settings or {})
     # 1. Check everything before any model runs: methods, requests, the style image, the outputs.
-    wanted = parse_methods(methods, bool(settings.get("lora")))
+    wanted = parse_methods(methods, bool(settings.get("b_lora")))
     settings["seed"] = pick_seed(settings.get("seed"))  # one seed for every method
     style_path = str(style) if not isinstance(style, Image.Image) else None
     reference = load_image(style, what="style image", max_pixels=model.styles.max_pixels)

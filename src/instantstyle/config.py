@@ -35,6 +35,7 @@ from .request_rules import (  # noqa: F401 - the schema's names
     method_defaults,
     task_defaults,
 )
+from .schema_flags import flag_name as schema_flag_name
 from .schema_flags import frontend
 
 SCHEDULERS = tuple(schedulers.SAMPLERS)  # euler, euler-a, ddim, dpm++2m(-karras), unipc, heun, lms, lcm, tcd
@@ -55,11 +56,13 @@ GROUPS = {
     "method": "baseline methods (--method style-aligned | visual-style-prompting | b-lora)",
     "content": "content image (ControlNet, img2img, inpainting, InstantStyle-Plus)",
     "sampling": "prompt and sampling",
+    "loras": "user LoRAs (see docs/loras.md)",
 }
 NOT_SERVED = (
     "b-lora reads a LoRA directory on the server, and a served request never names a server file "
     "(the HTTP API refuses method b-lora); CLI and Python only"
 )
+MAX_LORAS = 8  # user LoRAs per request
 
 
 class GenerateRequest(BaseModel):
@@ -493,18 +496,36 @@ class GenerateRequest(BaseModel):
             group="method", flag="--no-color-calibration", cli_help="--no-color-calibration skips it."
         ),
     )
-    lora: str | None = Field(
+    b_lora: str | None = Field(
         default=None,
         max_length=4000,
         description="b-lora: directory written by `instantstyle train-blora`.",
         json_schema_extra=frontend(group="method", metavar="DIR", not_in_ui=NOT_SERVED),
     )
-    lora_scale: float = Field(
+    b_lora_scale: float = Field(
         default=1.0,
         ge=0.0,
         le=4.0,
         description="b-lora: strength of the style LoRA (multiplies its update; the B-LoRA repo's alpha 1.1 = 1.21).",
         json_schema_extra=frontend(group="method", not_in_ui=NOT_SERVED),
+    )
+
+    # ---- user LoRAs (instantstyle.loras), with every method and task, for this request only
+    loras: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_LORAS,
+        description="User LoRAs as PATH[:SCALE] (scale default 1.0, in [-10, 10]): a local .safetensors file or "
+        "a Hub file 'owner/repo/file.safetensors', kohya/A1111 or diffusers format; for this request only. "
+        "A server offers LoRAs by NAME (`instantstyle serve --lora-dir DIR`): NAME[:SCALE].",
+        json_schema_extra=frontend(
+            group="loras",
+            repeat=True,
+            flag="--lora",
+            metavar="PATH[:SCALE]",
+            widget="loras",
+            label="LoRAs (NAME or NAME:SCALE)",
+            cli_help="Repeat for several, e.g. --lora detail.safetensors:0.7 --lora owner/repo/style.safetensors.",
+        ),
     )
 
     @field_validator("*", mode="before")
@@ -583,6 +604,13 @@ class GenerateRequest(BaseModel):
         if not v.strip():
             raise ValueError("must not be blank")
         return v
+
+    @field_validator("loras")
+    @classmethod
+    def _loras(cls, v: list[str]) -> list[str]:
+        from .loras import check_entries
+
+        return check_entries(v)
 
     @field_validator("control_scale")
     @classmethod
@@ -696,7 +724,13 @@ def format_validation_error(exc: ValidationError, flag_style: bool = True) -> st
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "request"
-        name = f"--{loc.replace('_', '-')}" if flag_style and err["loc"] else loc
+        field = GenerateRequest.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+        flag = (
+            schema_flag_name(str(err["loc"][0]), field)
+            if field is not None and len(err["loc"]) == 1
+            else None
+        )
+        name = (flag or f"--{loc.replace('_', '-')}") if flag_style and err["loc"] else loc
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = "" if isinstance(value, dict) or err["type"] == "missing" else f" (got {value!r})"

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import adapter as adapter_mod
-from . import blocks, embeddings, files, methods, models, pipelines, provenance, sizes
+from . import blocks, embeddings, files, loras, methods, models, pipelines, provenance, sizes
 from . import fast as fast_path
 from . import memory as memory_modes
 from .config import GenerateRequest, make_request
@@ -74,6 +74,7 @@ class InstantStyle:
         self._memory_device = self.device
         self._laid_out = pipe  # the pipeline whose offload hooks are current
         self._derived: dict[tuple, object] = {}  # (class name, ControlNet ids) -> pipeline from from_pipe
+        self.loras = loras.Loras(pipe)  # user LoRAs: loaded once, active per call (generate)
 
     # ------------------------------------------------------------------ loading
 
@@ -275,8 +276,9 @@ class InstantStyle:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "speed": self.speed.as_dict(),  # fp8 changes the picture
-            "memory": self.memory,
-        }  # low/lowest tile the VAE decode
+            "memory": self.memory,  # low/lowest tile the VAE decode
+            **({"lora_files": self.loras.records()} if self.loras.active else {}),  # the call's user LoRAs
+        }
 
     def output_params(self, req: GenerateRequest, *, seed: int, width: int, height: int, **extra) -> dict:
         """Every output's parameters (``provenance.output_params``) for ``req`` on this model."""
@@ -444,13 +446,14 @@ class InstantStyle:
             "composition_image": composition_image,
             "negative_style_image": negative_style_image,
         }
-        return methods.run_method(
-            self,
-            req,
-            style_images=style_images,
-            on_step=on_step,
-            **{k: v for k, v in images.items() if v is not None},
-        )
+        with self.loras.scope(req.loras):  # every method and task; all LoRA layers off afterwards
+            return methods.run_method(
+                self,
+                req,
+                style_images=style_images,
+                on_step=on_step,
+                **{k: v for k, v in images.items() if v is not None},
+            )
 
     def run_task(
         self,

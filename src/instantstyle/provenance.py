@@ -179,8 +179,8 @@ def a1111_parameters(params: dict) -> str:
     if params.get("task") == "plus":
         fields["Content IP scale"] = params.get("content_ip_scale")
     if method == "b-lora":
-        fields["B-LoRA"] = model_name(params.get("lora"))
-        fields["B-LoRA scale"] = params.get("lora_scale")
+        fields["B-LoRA"] = model_name(params.get("b_lora"))
+        fields["B-LoRA scale"] = params.get("b_lora_scale")
     if method in ("style-aligned", "visual-style-prompting"):
         fields["Reference prompt"] = params.get("reference_prompt")
     approx = dict(params.get("approximations") or {})  # fast.FastOptions.approximations()

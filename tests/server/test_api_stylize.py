@@ -294,7 +294,7 @@ BAD = {
         400,
         "outside the allowed range",
     ),
-    "b-lora": ({"method": "b-lora", "lora": "/tmp/lora"}, {}, 400, "not served over HTTP"),
+    "b-lora": ({"method": "b-lora", "b_lora": "/tmp/lora"}, {}, 400, "not served over HTTP"),
     "inversion steps over the limit": (
         {"task": "plus", "control": ["tile=tinytile"], "steps": 11, "inversion_steps": 11},
         {"content": CONTENT},

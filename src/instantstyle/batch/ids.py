@@ -82,7 +82,12 @@ def row_key(row: Row, model: dict, hashes: FileHashes) -> dict:
 def _content(value, name: str, hashes: FileHashes):
     if not isinstance(value, str) or (name == "style" and value.startswith("@")):
         return value
-    if name == "lora" and not os.path.exists(value):
+    if name == "loras":  # PATH[:SCALE]: the file's content and the scale
+        from ..loras import join_entry, split_entry
+
+        path, scale = split_entry(value)
+        return join_entry(_content(path, "b_lora", hashes), scale)
+    if name == "b_lora" and not os.path.exists(value):
         return value  # a Hub id
     return "sha256:" + hashes(value)
 

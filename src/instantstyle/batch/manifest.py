@@ -19,7 +19,7 @@ Formats, by file name:
        "seeds":    [1, 2, 3]}          # or a count: 3 -> seeds 0, 1, 2
 
 Relative image paths (``style``, ``content``, ``mask``, ``style_masks``, ``control_image``,
-``composition``, ``negative_style``, ``lora``) are relative to the manifest's folder; URLs are
+``composition``, ``negative_style``, ``b_lora``, ``loras``) are relative to the manifest's folder; URLs are
 refused (download first). A row without a seed gets one derived from its content, so a rerun
 draws the same picture. A row that cannot be read or validated becomes a failed row with its
 one-line error; it never stops the others. Problems with the file itself (missing, unknown
@@ -50,7 +50,8 @@ PATH_FIELDS = (
     "control_image",
     "composition",
     "negative_style",
-    "lora",
+    "b_lora",
+    "loras",
 )
 PRODUCT_AXES = ("styles", "prompts", "settings", "seeds")  # expansion order, seeds innermost
 PRODUCT_KEYS = ("defaults", *PRODUCT_AXES)
@@ -134,6 +135,11 @@ def resolve_paths(fields: dict, base_dir: Path) -> dict:
 def _resolve(value, base_dir: Path, name: str):
     if not isinstance(value, str) or not value or (name == "style" and value.startswith("@")):
         return value  # saved styles, None, and wrong types (the schema reports those)
+    if name == "loras":  # PATH[:SCALE]: the path part is relative to the manifest
+        from ..loras import join_entry, split_entry
+
+        path, scale = split_entry(value)
+        return join_entry(_resolve(path, base_dir, "b_lora"), scale)
     if "://" in value:
         raise InstantStyleError(
             f"{name} {value!r} is a URL; manifests name local files (relative to the "
@@ -143,8 +149,8 @@ def _resolve(value, base_dir: Path, name: str):
     if path.is_absolute():
         return str(path)
     candidate = base_dir / path
-    if name == "lora" and not candidate.exists():
-        return value  # a B-LoRA given as a Hub id or relative to the working directory
+    if name in ("b_lora", "loras") and not candidate.exists():
+        return value  # a LoRA given as a Hub id or relative to the working directory
     return str(candidate)
 
 

@@ -205,11 +205,12 @@ def generate_call(model, requests: list) -> list[list]:
     # 1. One request for the whole call: the first row's, with every row's images.
     total = sum(r.num_images for r in requests)
     combined = requests[0].model_copy(update={"num_images": total})
-    prep = model.prepare(combined)
     # 2. One generator per image, each row's seed + i: the generators a one-row call would make.
     seeds = [r.seed + i for r in requests for i in range(r.num_images)]
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    images = model.run(model.pipe, prep, generator=generators)
+    with model.loras.scope(combined.loras):  # the rows' user LoRAs, as generate applies them
+        prep = model.prepare(combined)
+        images = model.run(model.pipe, prep, generator=generators)
     # 3. Each image's parameters are its row's (seed, count, index), as a one-row call writes them.
     out, k = [], 0
     for r in requests:

@@ -34,7 +34,7 @@ def register(sub) -> None:
         default=None,
         metavar="A,B,...",
         help="comma-separated (default: instantstyle,ip-adapter,style-aligned,visual-style-prompting, "
-        "plus b-lora when --lora is given)",
+        "plus b-lora when --b-lora is given)",
     )
     c.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
@@ -53,7 +53,7 @@ def run(args) -> int:
     settings = {k: getattr(args, k) for k in SHARED + INSTANTSTYLE if getattr(args, k) is not None}
     settings.update(options.method_params(args))
     settings.setdefault("seed", str(secrets.randbelow(2**31)))
-    methods = parse_methods(args.methods, bool(settings.get("lora")))
+    methods = parse_methods(args.methods, bool(settings.get("b_lora")))
     from .. import preflight
     from ..images import load_image
 

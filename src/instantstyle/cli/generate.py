@@ -28,7 +28,7 @@ examples:
   instantstyle generate --method style-aligned --style ref.png --reference-prompt "a watercolour harbour" \\
       --prompt "a lighthouse, watercolour" --out sa.png
   instantstyle train-blora --image ref.png --out blora/
-  instantstyle generate --method b-lora --lora blora/ --prompt "a lighthouse" --out bl.png
+  instantstyle generate --method b-lora --b-lora blora/ --prompt "a lighthouse" --out bl.png
   instantstyle compare --style ref.png --prompt "a lighthouse" --prompt "a cat" \\
       --reference-prompt "a watercolour harbour" --out cmp/
 
@@ -44,6 +44,12 @@ examples:
   instantstyle generate --base stable-diffusion-v1-5/stable-diffusion-v1-5 --style ref.png \\
       --prompt "a cat" --content-prompt "a dog" --out cat15.png
   instantstyle generate --base tiny-sd15 --style ref.png --prompt "a cat" --mode style+layout --out t.png
+
+  # user LoRAs (kohya/A1111 or diffusers format; local or a Hub file), for this request only
+  instantstyle generate --style ref.png --prompt "a knight" --lora ./add-detail-xl.safetensors:0.7 \\
+      --lora owner/repo/pixel-art-xl.safetensors --out knight.png
+  instantstyle generate --method b-lora --b-lora blora/ --lora ./character-xl.safetensors:0.8 \\
+      --prompt "a knight" --out k.png
 
   # two references mixed 70/30, saved once and reused
   instantstyle style save watercolour a.png b.png --weights 0.7 0.3
@@ -319,6 +325,10 @@ def check_inputs(args, req) -> list[Path]:
     checks.append(
         lambda: precheck(req, args.base, max_pixels, controlnets=False)
     )  # content, masks, control images
+    if req.loras:  # each --lora file there (or its fetch command) and a LoRA; its family once the model loads
+        from ..loras import precheck as lora_precheck
+
+        checks.append(lambda: lora_precheck(req.loras))
     needs = preflight.needs_for_model(
         args.base,
         args.adapter,

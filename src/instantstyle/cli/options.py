@@ -208,7 +208,7 @@ def check_lora(base: str, req) -> None:
     """A B-LoRA directory must exist and match the base's UNet architecture (read from its config)."""
     from .. import models
 
-    if not req.lora:
+    if not req.b_lora:
         return
     from ..methods.b_lora import read_info
 
@@ -216,4 +216,4 @@ def check_lora(base: str, req) -> None:
         config = models.load_unet_config(base)  # any source, 'tiny' included
     except InstantStyleError:
         config = None  # the full load reports the missing model
-    read_info(req.lora, config)
+    read_info(req.b_lora, config)

@@ -11,6 +11,7 @@ from . import common, options
 EPILOG = (
     "examples:\n  instantstyle serve --base tiny          # try it without weights (images are noise)\n"
     '  instantstyle serve --api-key "$(openssl rand -hex 16)" --host 0.0.0.0\n'
+    '  instantstyle serve --lora-dir loras/      # requests may use loras: ["NAME:0.7"] for loras/NAME.safetensors\n'
     '  curl -F images=@ref.png -F \'params={"prompt": "a cat", "seed": 1}\' \\\n'
     "       'http://127.0.0.1:7860/v1/generate?wait=true'"
 )
@@ -166,6 +167,21 @@ def _add_limit_args(sv) -> None:
         "as control NAME (fed an uploaded control image) or canny=NAME / tile=NAME; repeatable. "
         "canny and tile (default ControlNets) are always allowed; a request never names a path",
     )
+    q.add_argument(
+        "--lora-dir",
+        default=None,
+        metavar="DIR",
+        help="offer the user LoRAs in DIR by name: each DIR/NAME.safetensors is LoRA NAME, which "
+        'requests use as loras: ["NAME"] or ["NAME:0.7"] (and the UI lists); checked against the base '
+        "at start. Without it (or --lora), requests with loras are refused",
+    )
+    q.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="offer one LoRA file (local path or Hub 'owner/repo/file.safetensors') as NAME; repeatable",
+    )
 
 
 def _limits(args):
@@ -208,6 +224,35 @@ def _controlnets(args) -> dict[str, str]:
         controlnets[name.strip()] = ref.strip()
     check_controlnet_names(controlnets)
     return controlnets
+
+
+def _loras(args) -> dict[str, str]:
+    """The LoRAs requests may name: ``--lora-dir``'s files by their stem, then each ``--lora NAME=PATH``."""
+    from pathlib import Path
+
+    from ..embeddings import STYLE_NAME
+
+    offered: dict[str, str] = {}
+    if args.lora_dir:
+        folder = Path(args.lora_dir).expanduser()
+        if not folder.is_dir():
+            raise InstantStyleError(
+                f"--lora-dir '{args.lora_dir}' is not a folder; give the folder of your LoRAs"
+            )
+        offered = {f.stem: str(f) for f in sorted(folder.glob("*.safetensors"))}
+        if not offered:
+            raise InstantStyleError(f"--lora-dir '{args.lora_dir}' holds no .safetensors files")
+    for entry in args.lora:
+        name, sep, ref = entry.partition("=")
+        if not (sep and name.strip() and ref.strip()):
+            raise InstantStyleError(f"--lora {entry!r}: give NAME=PATH, e.g. detail=loras/detail.safetensors")
+        offered[name.strip()] = ref.strip()
+    bad = next((n for n in offered if not STYLE_NAME.fullmatch(n)), None)
+    if bad is not None:
+        raise InstantStyleError(
+            f"LoRA name {bad!r}: names are 1-64 letters, digits, '_', '-', '.' (rename the file or use --lora NAME=PATH)"
+        )
+    return offered
 
 
 def _access(args) -> tuple[str | None, list[str]]:
@@ -262,6 +307,7 @@ def run(args) -> int:
 
     limits = _limits(args)
     controlnets = _controlnets(args)
+    loras = _loras(args)
     common.preflight(
         args,
         needs=preflight.needs_for_model(
@@ -285,6 +331,7 @@ def run(args) -> int:
         limits=limits,
         cpu_threads=args.cpu_threads,
         controlnets=controlnets,
+        loras=loras,
         drain_timeout_s=args.drain_timeout,
     )
     app = create_app(

@@ -21,7 +21,7 @@ def register(sub) -> None:
         "prompt 'A [v]', AdamW (weight decay 1e-4), constant learning rate, gradient "
         "clipping 1.0; the image keeps its aspect ratio (short side = --resolution). "
         "An fp16 base (the CUDA default) trains with loss scaling. Use it with `instantstyle "
-        "generate --method b-lora --lora DIR`. About 10 minutes on an A100 for 1000 "
+        "generate --method b-lora --b-lora DIR`. About 10 minutes on an A100 for 1000 "
         "steps at 1024 px (paper).",
         epilog="example:\n  instantstyle train-blora --image ref.png --out blora/\n"
         "  instantstyle train-blora --image ref.png --out blora/ --steps 1500 --resume",

@@ -1,7 +1,7 @@
 """The UNet forward replayed as CUDA graphs for a call (``cuda_graphs``): the glue to ``graphs``.
 
-The graph cache lives on the UNet; it keys each graph on the options, the installed processors
-and the weights' addresses, and falls back to eager (said once) when a capture is refused.
+The graph cache lives on the UNet; it keys each graph on the options, the installed processors,
+the weights' addresses and the active LoRA adapters with their scales, and falls back to eager (said once) when a capture is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from ..loras import graph_key as lora_graph_key
 from ..processors.scoped import wrapped_forward
 from . import graphs
 from .options import FastOptions
@@ -67,6 +68,9 @@ def graphed_unet(unet, options: FastOptions, device: torch.device, phase=None):
         hash(weights),
         len(weights),
         graphs.modules_key(projection_modules),
+        # The LoRA layers' active adapters and scales (user LoRAs, B-LoRA) are Python state read
+        # at capture: another set or scale captures anew instead of replaying the old one.
+        lora_graph_key(unet),
     )
 
     def wrap(inner):

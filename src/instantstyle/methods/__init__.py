@@ -111,13 +111,13 @@ METHODS: dict[str, Method] = {
             "a LoRA trained on the reference; only its style block is applied",
             "arXiv 2403.14572",
             "lora",
-            ("lora", "lora_scale", "scheduler"),
+            ("b_lora", "b_lora_scale", "scheduler"),
         ),
     )
 }
 DEFAULT_METHOD = "instantstyle"
 # Flags as the CLI spells them, for error messages that say what to change.
-_FLAG = {"blocks": "--blocks", "mode": "--mode", "lora": "--lora", "scale": "--scale"}
+_FLAG = {"blocks": "--blocks", "mode": "--mode", "b_lora": "--b-lora", "scale": "--scale"}
 
 
 def check_name(name: str) -> str:
@@ -171,9 +171,9 @@ def check_options(req) -> None:
             f"{_flag(used)} (stylizing a content image, regional styles) is for --method instantstyle; "
             f"--method {req.method} is text-to-image only"
         )
-    if req.method == "b-lora" and not req.lora:
+    if req.method == "b-lora" and not req.b_lora:
         raise ValueError(
-            "--method b-lora needs --lora DIR, a B-LoRA trained on the style image "
+            "--method b-lora needs --b-lora DIR, a B-LoRA trained on the style image "
             "(`instantstyle train-blora --image REF --out DIR`)"
         )
     if method.reference == "image" and not (req.reference_prompt or "").strip():

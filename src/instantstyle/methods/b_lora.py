@@ -9,8 +9,8 @@ their checks, its scoped injection, and generation.
   of the transformer blocks of two neighbouring modules, ``blocks.BLORA_CONTENT_BLOCK`` (content)
   and ``blocks.BLORA_STYLE_BLOCK`` (style) (``lora_targets``).
 - Sec. 5 (style transfer by text): at generation only the style block's LoRA is loaded, with the
-  trigger in the prompt ("... in [v] style"). ``lora_scale`` multiplies the LoRA update (the
-  official ``--style_alpha`` scales both factors, so its alpha = our ``lora_scale ** 0.5``).
+  trigger in the prompt ("... in [v] style"). ``b_lora_scale`` multiplies the LoRA update (the
+  official ``--style_alpha`` scales both factors, so its alpha = our ``b_lora_scale ** 0.5``).
   Sampling defaults are the request's (the authors' ``inference.py`` uses the pipeline's).
 
 A trained B-LoRA is a directory with ``pytorch_lora_weights.safetensors`` (diffusers'
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def scoped_lora(
     The LoRA's random initialisation (``lora_A``) comes from ``seed``, not from the global RNG.
 
     On exit the original ``Linear`` modules, the ``requires_grad`` flags and the model's attributes
-    are put back, so the UNet is exactly as before (same module objects, same state dict).
+    are put back, so the UNet is exactly as before (same module objects, same state dict). A layer
+    that already carries user LoRAs (``instantstyle.loras``) gets B-LoRA as one more adapter, deleted
+    from it on exit.
     """
     try:
         from peft import LoraConfig
@@ -117,13 +120,17 @@ def scoped_lora(
         raise InstantStyleError("B-LoRA needs peft: pip install 'instantstyle[train]'") from None
 
     originals = {name: unet.get_submodule(name) for name in targets}
-    if any(isinstance(m, BaseTunerLayer) for m in originals.values()):
-        raise InstantStyleError("this UNet already carries a LoRA on B-LoRA's layers; unload it first")
+    wrapped = [m for m in originals.values() if isinstance(m, BaseTunerLayer)]
+    if any(adapter_name in m.lora_A for m in wrapped):  # type: ignore[attr-defined]
+        raise InstantStyleError(f"this UNet already carries the adapter {adapter_name!r}; unload it first")
     grads = {n: p.requires_grad for n, p in unet.named_parameters()}
     attrs = dict(vars(unet))
+    configs = dict(getattr(unet, "peft_config", None) or {})
     try:
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # peft warns that a UNet with user LoRAs gets one more adapter: that is the intent.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             torch.manual_seed(seed)
             unet.add_adapter(config, adapter_name=adapter_name)
         if state_dict is not None:
@@ -135,9 +142,16 @@ def scoped_lora(
                 )
         yield [p for n, p in unet.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
     finally:
+        with warnings.catch_warnings():  # peft names the adapter it activates instead: loras' scope decides
+            warnings.simplefilter("ignore", UserWarning)
+            for module in wrapped:
+                module.delete_adapter(adapter_name)  # type: ignore[attr-defined]
         for name, module in originals.items():
             parent, _, attr = name.rpartition(".")
             setattr(unet.get_submodule(parent), attr, module)
+        if "peft_config" in attrs:  # the same dict, which add_adapter extended
+            attrs["peft_config"].clear()
+            attrs["peft_config"].update(configs)
         for key in [k for k in vars(unet) if k not in attrs]:
             delattr(unet, key)
         for key, value in attrs.items():
@@ -155,18 +169,18 @@ def read_info(lora_dir: str | Path, unet_config=None) -> dict:
     path = Path(lora_dir)
     if not (path / INFO_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         raise InstantStyleError(
-            f"--lora '{lora_dir}' is not a B-LoRA directory (needs {INFO_FILE} and {WEIGHTS_FILE}); "
+            f"--b-lora '{lora_dir}' is not a B-LoRA directory (needs {INFO_FILE} and {WEIGHTS_FILE}); "
             "train one with `instantstyle train-blora --image REF --out DIR`"
         )
     try:
         info = json.loads((path / INFO_FILE).read_text())
     except (OSError, ValueError):
         raise InstantStyleError(
-            f"--lora '{lora_dir}': {INFO_FILE} is not valid JSON; train the LoRA again"
+            f"--b-lora '{lora_dir}': {INFO_FILE} is not valid JSON; train the LoRA again"
         ) from None
     if unet_config is not None and info.get("architecture") != architecture_fingerprint(unet_config):
         raise InstantStyleError(
-            f"--lora '{lora_dir}' was trained on another base model ({info.get('base')}, UNet architecture "
+            f"--b-lora '{lora_dir}' was trained on another base model ({info.get('base')}, UNet architecture "
             f"{info.get('architecture')}); this base's UNet is {architecture_fingerprint(unet_config)}; "
             "train a B-LoRA on this base with `instantstyle train-blora --base ...`"
         )
@@ -180,7 +194,7 @@ def load_style(lora_dir: str | Path, unet) -> tuple[dict, dict[str, torch.Tensor
     info = read_info(lora_dir, unet.config)
     if info.get("weights") != weights_fingerprint(unet):
         raise InstantStyleError(
-            f"--lora '{lora_dir}' was trained on another base model ({info.get('base')}): same architecture but "
+            f"--b-lora '{lora_dir}' was trained on another base model ({info.get('base')}): same architecture but "
             "different weights; train a B-LoRA on this base with `instantstyle train-blora --base ...`"
         )
     prefix = f"unet.{info['style_block']}."
@@ -188,30 +202,34 @@ def load_style(lora_dir: str | Path, unet) -> tuple[dict, dict[str, torch.Tensor
     style = {k.removeprefix("unet."): v for k, v in weights.items() if k.startswith(prefix)}
     if not style:
         raise InstantStyleError(
-            f"--lora '{lora_dir}' has no weights for the style block {info['style_block']}"
+            f"--b-lora '{lora_dir}' has no weights for the style block {info['style_block']}"
         )
     return info, style
 
 
 def run(model, req, *, style_images=None, on_step=None):
+    from ..loras import also_active
     from ..schedulers import scoped_scheduler
 
     pipe, unet = model.pipe, model.pipe.unet
     # 1. Inputs: the style comes from the LoRA, not from an image.
     if style_images or req.style:
         raise InstantStyleError(
-            "--method b-lora takes its style from --lora DIR (trained with `instantstyle "
+            "--method b-lora takes its style from --b-lora DIR (trained with `instantstyle "
             "train-blora`); remove --style"
         )
     st = _common.setup(model, req)
-    info, style = load_style(req.lora, unet)
+    info, style = load_style(req.b_lora, unet)
     prompt = req.prompt if info["trigger"] in req.prompt else f"{req.prompt} in {info['trigger']} style"
-    # 2. Only the style block's LoRA, for this call; the UNet is restored afterwards.
+    # 2. Only the style block's LoRA, for this call; the UNet is restored afterwards. Its strength
+    # is its adapter weight, next to the request's user LoRAs (``also_active``), not a
+    # cross_attention_kwargs scale (which would scale every LoRA in the UNet).
     targets = lora_targets(unet, [info["style_block"]])
     do_cfg = req.guidance > 1.0
     with (
         _common.ip_adapter_off(model),
         scoped_lora(unet, targets, info["rank"], info["lora_alpha"], style),
+        also_active(unet, {"blora": req.b_lora_scale}),
         scoped_scheduler(pipe, req.scheduler),
         torch.inference_mode(),
     ):
@@ -225,7 +243,6 @@ def run(model, req, *, style_images=None, on_step=None):
             height=st.height,
             num_images_per_prompt=req.num_images,
             generator=st.generator(),
-            cross_attention_kwargs={"scale": req.lora_scale},
             callback_on_step_end=_common.step_callback(req.steps, on_step),
         ).images
     extra = {

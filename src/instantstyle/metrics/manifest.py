@@ -49,7 +49,7 @@ IDENTITY = (
     "swap_start",
     "swap_end",
     "color_calibration",
-    "lora_scale",
+    "b_lora_scale",
 )
 
 

@@ -71,7 +71,7 @@ def setting_label(params: dict) -> str:
     for name in options:
         if name in (
             "reference_prompt",
-            "lora",
+            "b_lora",
             "content_prompt",
             "style_weights",
             "composition",

@@ -99,16 +99,24 @@ def parse_request(params: str | dict, *, style_images: int = 0) -> GenerateReque
 
 
 def check_request(
-    req: GenerateRequest, model, limits: Limits, *, style_images: int = 0, controlnets: Sequence[str] = ()
+    req: GenerateRequest,
+    model,
+    limits: Limits,
+    *,
+    style_images: int = 0,
+    controlnets: Sequence[str] = (),
+    loras: Sequence[str] = (),
 ) -> None:
     """Everything about a request that can be refused before it is queued (no model runs).
 
     A request never names a file: ``style`` entries must be ``@name`` of a saved style (the name
     is checked so it cannot leave the styles directory); images come as uploads (``UPLOAD``
     labels in the image fields); ``control`` entries are the built-in kinds or ControlNets the
-    operator allowed by name (``controlnets``); b-lora, whose ``lora`` is a directory, is refused.
+    operator allowed by name (``controlnets``); ``loras`` entries are ``NAME[:SCALE]`` of a LoRA the
+    operator offers (``loras``: ``serve --lora-dir``); b-lora, whose ``b_lora`` is a directory, is refused.
     """
     _check_no_paths(req, controlnets)
+    check_lora_names(req, loras)
     check_prompt_lengths(req, limits)
     n_refs = _check_styles(req, model.styles.styles_directory, style_images)
     native = model.native_size
@@ -143,6 +151,25 @@ def _check_styles(req: GenerateRequest, directory, style_images: int) -> int:
             'no style reference: upload at least one style image, or name a saved style in style ("@name")'
         )
     return n_refs
+
+
+def check_lora_names(req: GenerateRequest, offered: Sequence[str]) -> None:
+    """Each ``loras`` entry names a LoRA this server offers (``NAME[:SCALE]``), never a path or Hub id."""
+    from ..embeddings import STYLE_NAME
+    from ..loras import split_entry
+
+    if req.loras and not offered:
+        raise InstantStyleError(
+            "this server offers no LoRAs (a request never names a file); its operator can offer some "
+            "with `instantstyle serve --lora-dir DIR` (each DIR/NAME.safetensors becomes LoRA NAME)"
+        )
+    for entry in req.loras:
+        name, _ = split_entry(entry)
+        if not STYLE_NAME.fullmatch(name) or name not in offered:
+            raise InstantStyleError(
+                f"lora {name!r} is not one this server offers ({', '.join(offered)}): a request names a "
+                "LoRA as NAME or NAME:SCALE, never a path or Hub id"
+            )
 
 
 def check_controlnet_names(controlnets: dict) -> None:
@@ -190,9 +217,9 @@ def _check_no_paths(req: GenerateRequest, controlnets: Sequence[str]) -> None:
             )
     if req.method == "b-lora":
         raise InstantStyleError(
-            "method 'b-lora' is not served over HTTP: its lora is a directory on the server, "
+            "method 'b-lora' is not served over HTTP: its b_lora is a directory on the server, "
             "and a request never names a file; run it with `instantstyle generate --method "
-            "b-lora --lora DIR`"
+            "b-lora --b-lora DIR`"
         )
 
 

@@ -48,6 +48,7 @@ class GenerationService(JobQueue):
         job_ttl_s: float = 3600.0,
         cpu_threads: int | None = None,
         controlnets: dict | None = None,
+        loras: dict | None = None,
         drain_timeout_s: float = 30.0,
     ):
         super().__init__(
@@ -62,6 +63,11 @@ class GenerationService(JobQueue):
         self.controlnets = dict(controlnets or {})  # name a request may use -> model reference
         self._registered: list[tuple[object, str]] = []
         self._register_controlnets()
+        self.loras = dict(loras or {})  # LoRA name a request may use -> file (``serve --lora-dir``)
+        for model in (
+            self.models if self.loras else ()
+        ):  # checked against each model now: a bad file fails at start
+            model.loras.offer(self.loras)
 
     @property
     def model(self):
@@ -91,14 +97,26 @@ class GenerationService(JobQueue):
         """Stop the queue and its workers (``JobQueue.close``), then unregister the ControlNets."""
         super().close(timeout)
         self._unregister_controlnets()
+        for model in self.models if self.loras else ():
+            for name in self.loras:
+                model.loras.named.pop(name, None)
 
     def check(self, req: GenerateRequest, *, style_images: int = 0) -> None:
         check_request(
-            req, self.model, self.limits, style_images=style_images, controlnets=list(self.controlnets)
+            req,
+            self.model,
+            self.limits,
+            style_images=style_images,
+            controlnets=list(self.controlnets),
+            loras=self.lora_names(),
         )
 
     def check_inputs(self, req: GenerateRequest, uploads: Uploads) -> None:
         check_inputs(req, self.model, self.limits, uploads)
+
+    def lora_names(self) -> list[str]:
+        """The LoRA names a request may use (``loras: ["NAME:0.7"]``)."""
+        return sorted(self.loras)
 
     def control_choices(self) -> list[str]:
         """``control`` values a request may use: the built-in kinds, then the operator's ControlNets."""
@@ -150,6 +168,7 @@ class GenerationService(JobQueue):
             "devices": [str(getattr(m, "device", "?")) for m in self.models],
             "models": getattr(self.model, "ids", {}),
             "controls": self.control_choices(),
+            "loras": self.lora_names(),
             "average_job_s": None if self._avg_s is None else round(self._avg_s, 3),
             "jobs": counts,
         }
@@ -169,19 +188,20 @@ def _generate(
             job.preview = latent_preview(tensors["latents"][0])
         return tensors
 
-    prep = model.prepare(
-        req,
-        images,
-        composition_image=in_memory["composition_image"],
-        negative_style_image=in_memory["negative_style_image"],
-    )
-    return model.run(
-        model.pipe,
-        prep,
-        on_step=job.on_step,
-        callback_on_step_end=preview,
-        callback_on_step_end_tensor_inputs=["latents"],
-    )
+    with model.loras.scope(req.loras):  # the request's user LoRAs, as generate applies them
+        prep = model.prepare(
+            req,
+            images,
+            composition_image=in_memory["composition_image"],
+            negative_style_image=in_memory["negative_style_image"],
+        )
+        return model.run(
+            model.pipe,
+            prep,
+            on_step=job.on_step,
+            callback_on_step_end=preview,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
 
 
 def latent_preview(latents):

@@ -249,7 +249,13 @@ def build_ui(service: GenerationService, *, output_dir: str | os.PathLike | None
     styles_dir = model.styles.styles_directory
     out_dir = _output_dir(output_dir)
     native = min(max(model.native_size, limits.min_size), limits.max_size)
-    specs = field_widgets(limits, control_choices=service.control_choices(), methods=methods, native=native)
+    specs = field_widgets(
+        limits,
+        control_choices=service.control_choices(),
+        methods=methods,
+        native=native,
+        lora_names=service.lora_names(),
+    )
 
     # delete_cache: Gradio removes this app's uploads and result copies older than an hour, every
     # 10 minutes (and all of them when the server stops), so its cache stays bounded.

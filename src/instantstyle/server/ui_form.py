@@ -61,6 +61,7 @@ LAYOUT = [
         ],
     ),
     ("Regional styles", False, None, ["style_masks"]),
+    ("LoRAs (offered by the server: serve --lora-dir)", False, "loras-accordion", ["loras"]),
     (
         "Method",
         False,
@@ -120,7 +121,9 @@ def server_bounds(limits) -> dict:
     }
 
 
-def field_widgets(limits, *, control_choices: list[str], methods: list[str], native: int = 1024) -> dict:
+def field_widgets(
+    limits, *, control_choices: list[str], methods: list[str], native: int = 1024, lora_names=()
+) -> dict:
     """(kind, arguments) of every request field's widget, from the schema (``schema_flags.widget``)
     narrowed by the server's ``limits``; ``style`` and ``blocks`` are the two composite widgets."""
     from ..methods import METHODS
@@ -147,6 +150,18 @@ def field_widgets(limits, *, control_choices: list[str], methods: list[str], nat
         },
     )
     out["control"] = ("checkboxgroup", {**out["control"][1], "choices": control_choices, "value": []})
+    # The server's named LoRAs (NAME, or NAME:SCALE typed in); none offered: the widget is hidden.
+    out["loras"] = (
+        "dropdown",
+        {
+            **{k: v for k, v in out["loras"][1].items() if k not in ("max_length",)},
+            "choices": list(lora_names),
+            "value": [],
+            "multiselect": True,
+            "allow_custom_value": True,
+            "visible": bool(lora_names),
+        },
+    )
     for name in ("width", "height"):
         out[name][1]["label"] += f" (empty: the model's, {native})"
     out["guidance"][1]["label"] += " (empty: the method's default)"

@@ -22,7 +22,9 @@ them as h94 has them (``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors``,
 ``DIR/controlnet-canny`` and
 ``DIR/controlnet-tile`` (two tiny SDXL ControlNets in the diffusers layout), and
 ``DIR/sdxl-single-file`` (one original-layout checkpoint plus its configs; ``write_single_file``),
-and the tiny SD1.5 (``sources.tiny_sd15.write_tiny_sd15``: ``DIR/sd15``, ``DIR/IP-Adapter/models``, ...).
+and the tiny SD1.5 (``sources.tiny_sd15.write_tiny_sd15``: ``DIR/sd15``, ``DIR/IP-Adapter/models``, ...),
+and ``DIR/loras`` (user LoRAs in the kohya and diffusers layouts, and one for another family;
+``tiny_lora.write_tiny_loras``).
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
 
     vit_h = write_tiny_adapters(directory / "IP-Adapter", models.pipe.unet, seed + 10)
     sd15 = write_tiny_sd15(directory)
+    from .tiny_lora import write_tiny_loras
+
+    lora_files = write_tiny_loras(directory / "loras", models.pipe)
     tiny_controlnet(seed + 6).save_pretrained(directory / "controlnet-canny", safe_serialization=True)
     tiny_controlnet(seed + 7).save_pretrained(directory / "controlnet-tile", safe_serialization=True)
     (directory / "README.txt").write_text(
@@ -261,6 +266,7 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
         **single,
         **vit_h,
         **sd15,
+        **lora_files,
     }
 
 
