@@ -338,6 +338,7 @@ class Loras:
         self.active: tuple[ActiveLora, ...] = ()  # of the call in flight
         self.loads = 0  # files loaded (for tests: a cached LoRA is not loaded again)
         self._hashes: dict[tuple, str] = {}
+        self._hub: dict[str, Path] = {}  # Hub reference -> its file in the Hub cache
 
     def names(self) -> list[str]:
         return sorted(self.named)
@@ -351,12 +352,15 @@ class Loras:
 
     def file(self, spec: str) -> LoraFile:
         """The file an entry's PATH (or a server NAME) means, with its SHA-256 (once per path, size, mtime)."""
-        from .sources import canonical_id
+        from .sources import canonical_id, parse_source
 
         if spec in self.named:
             path, ident = self.named[spec], spec
-        else:
-            path, ident = resolve(spec), canonical_id(spec)
+        else:  # a Hub file is looked up once per model, not once per request
+            path = self._hub.get(spec) or resolve(spec)
+            ident = canonical_id(spec)
+            if parse_source(spec).repo_id is not None:
+                self._hub[spec] = path
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
