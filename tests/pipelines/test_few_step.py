@@ -162,7 +162,9 @@ def test_guidance_above_2_warns_on_a_few_step_model(tiny_model, style_images):
     assert schedulers.guidance_warning(req, {"base": "ByteDance/SDXL-Lightning"})
     assert schedulers.guidance_warning(req, {"base": "stabilityai/sdxl-turbo"})
     assert schedulers.guidance_warning(req, {"base": "stabilityai/stable-diffusion-xl-base-1.0"}) is None
-    with_lora = types.SimpleNamespace(**req.model_dump(), loras=["loras/Hyper-SDXL-4steps-lora.safetensors"])
+    with_lora = types.SimpleNamespace(
+        **{**req.model_dump(), "loras": ["loras/Hyper-SDXL-4steps-lora.safetensors"]}
+    )
     assert "Hyper-SDXL-4steps-lora" in schedulers.guidance_warning(with_lora, {"base": "sdxl"})
     cfg_lora = {"lora": "Hyper-SDXL-8steps-CFG-lora.safetensors"}  # CFG-preserving: made for guidance 5-8
     assert schedulers.guidance_warning(req, cfg_lora) is None

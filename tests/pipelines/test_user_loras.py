@@ -227,6 +227,12 @@ def test_the_server_offers_loras_by_name_only(lora_model, tiny_model, tiny_paths
         data = {"params": json.dumps({"prompt": "a cat", "steps": 1, "seed": 0, **params})}
         return client.post("/v1/generate?wait=true", data=data, files=red)
 
+    from instantstyle.server.limits import Limits
+    from instantstyle.server.ui_form import field_widgets
+
+    for names, shown in ((["detail"], True), ([], False)):  # the UI: a multi-select of the names, or none
+        kind, kw = field_widgets(Limits(), control_choices=[], methods=[], lora_names=names)["loras"]
+        assert kind == "dropdown" and kw["multiselect"] and kw["choices"] == names and kw["visible"] is shown
     offered = {"detail": str(tiny_paths["lora_kohya"])}
     with (
         GenerationService(lora_model, queue_size=2, cpu_threads=1, loras=offered) as svc,

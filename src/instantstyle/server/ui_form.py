@@ -150,11 +150,11 @@ def field_widgets(
         },
     )
     out["control"] = ("checkboxgroup", {**out["control"][1], "choices": control_choices, "value": []})
-    # The server's named LoRAs (NAME, or NAME:SCALE typed in); none offered: the widget is hidden.
+    # The server's named LoRAs as a multi-select (NAME, or NAME:SCALE typed in); none offered: hidden.
     out["loras"] = (
         "dropdown",
         {
-            **{k: v for k, v in out["loras"][1].items() if k not in ("max_length",)},
+            **{k: v for k, v in out["loras"][1].items() if k in ("label", "info", "elem_id")},
             "choices": list(lora_names),
             "value": [],
             "multiselect": True,
@@ -246,7 +246,10 @@ class Form:
             if title is None:
                 self._place(gr, specs, names)
                 continue
-            with gr.Accordion(title, open=is_open, **({"elem_id": elem_id} if elem_id else {})):
+            shown = any(specs[n][1].get("visible", True) for n in names)  # e.g. LoRAs: none offered
+            with gr.Accordion(
+                title, open=is_open, visible=shown, **({"elem_id": elem_id} if elem_id else {})
+            ):
                 self._place(gr, specs, names)
 
     def _place(self, gr, specs: dict, names: list[str]) -> None:
