@@ -210,6 +210,7 @@ def _module_table(pipe) -> dict[str, tuple[int, int]]:
                 continue
             if component == "unet":
                 table[f"unet.{name}"] = widths
+                table["lora_unet_" + name.replace(".", "_")] = widths  # kohya's SD1.x names
                 ldm = next((ldm + name[len(hf) :] for hf, ldm in prefixes if name.startswith(hf + ".")), None)
                 if ldm is not None:
                     table["lora_unet_" + ldm.replace(".", "_")] = widths
@@ -287,7 +288,11 @@ def check_fits(state_dict: dict, pipe, spec: str) -> None:
     second = any(n.startswith(("lora_te2_", "text_encoder_2.")) for n in modules)
     one_tower = first and not second
     family = KNOWN_WIDTHS.get(cross or 0) or (
-        "a model with one text encoder (Stable Diffusion 1.x/2.x)" if one_tower else "another model"
+        "a model with one text encoder (Stable Diffusion 1.x/2.x)"
+        if one_tower
+        else "a model with two text encoders (SDXL)"
+        if second
+        else "another model"
     )
     facts = []
     if cross is not None and cross != base_cross:
@@ -298,6 +303,8 @@ def check_fits(state_dict: dict, pipe, spec: str) -> None:
         facts.append(f"{len(wrong)} layers have other widths (e.g. {wrong[0]})")
     if one_tower and getattr(pipe, "text_encoder_2", None) is not None:
         facts.append("it adapts one text encoder, this base has two")
+    if second and getattr(pipe, "text_encoder_2", None) is None:
+        facts.append("it adapts a second text encoder, this base has one")
     raise InstantStyleError(
         f"--lora '{spec}' is a LoRA for {family}, not for this {base_family(pipe)} base ({'; '.join(facts)}); "
         "use a LoRA made for this base's family"

@@ -299,3 +299,38 @@ def test_cuda_graphs_key_on_the_active_loras_and_their_scales(lora_model, tiny_p
     finally:
         lora_model.speed = saved
         unet_graphs.release_graphs(unet)
+
+
+def test_an_sd15_lora_on_an_sd15_base_equals_stock_diffusers(tiny_paths, style_images, tmp_path):
+    """The same loader and checks on SD1.5 (kohya's SD1.x layout: diffusers' module names, ``lora_te_``)."""
+    from safetensors.torch import save_file
+
+    from instantstyle import InstantStyle
+    from instantstyle.sources.tiny_lora import kohya_lora
+    from stock_diffusers import load_stock_sd15
+
+    model = InstantStyle.from_pretrained(
+        str(tiny_paths["sd15_base"]),
+        str(tiny_paths["sd15_adapter"]),
+        str(tiny_paths["sd15_image_encoder"]),
+        device="cpu",
+        dtype="fp32",
+        cache_dir=None,
+        progress=False,
+    )
+    path = tmp_path / "sd15-lora.safetensors"
+    save_file({k: v.contiguous() for k, v in kohya_lora(model.pipe).items()}, path)  # before any LoRA loads
+    red = str(style_images["red"])
+    from diffusers import EulerDiscreteScheduler
+
+    stock = load_stock_sd15(tiny_paths, model.feature_extractor)
+    stock.scheduler = EulerDiscreteScheduler.from_config(
+        stock.scheduler.config
+    )  # ours: euler (SD1.5's: PNDM)
+    stock.load_lora_weights(str(path), adapter_name="x")
+    stock.set_adapters(["x"], [0.7])
+    stock.set_ip_adapter_scale({"up": {"block_1": [1.0, 1.0, 1.0]}})  # SD1.5's style preset: up_blocks.1
+    mine = ours(model, style=[red], loras=[f"{path}:0.7"])
+    ref = stock_run(stock, ip_adapter_image=Image.open(red))
+    assert np.abs(mine - ref).max() <= TOL
+    assert np.abs(mine - ours(model, style=[red])).max() > 10 * TOL  # the LoRA matters

@@ -11,7 +11,7 @@
   (``unet.<module>.lora_A.weight`` / ``lora_B.weight``, ``text_encoder.``/``text_encoder_2.``).
 - ``sd15_kohya_lora()``: a kohya LoRA made for an SD1.5-shaped tiny UNet (attention in
   ``down_blocks.0``, four levels, one text tower under ``lora_te_``, another cross-attention
-  width), for the family-mismatch tests.
+  width; diffusers' module names, as kohya's SD1.x trainer writes them), for the mismatch tests.
 
 The weights are random but not small: at scale 1 the LoRA moves the tiny model's output far
 beyond the 2/255 tolerance of the equivalence tests (a LoRA whose effect cannot be seen would
@@ -53,11 +53,16 @@ def _text_name(name: str) -> str:
 
 
 def kohya_lora(pipe, seed: int = 11, rank: int = RANK, alpha: float = ALPHA) -> dict[str, torch.Tensor]:
-    """A kohya-format LoRA for ``pipe`` (an SDXL pipeline: UNet, ``text_encoder``, ``text_encoder_2``)."""
+    """A kohya-format LoRA for ``pipe``: for SDXL (two text towers) with the UNet's LDM names, as
+    kohya's SDXL trainer writes them; for SD1.x (one tower) with diffusers' module names
+    (``lora_unet_down_blocks_0_attentions_0_...``), as its SD1.x trainer does."""
     from .ldm_layout import unet_prefixes
 
     gen = torch.Generator().manual_seed(seed)
-    prefixes = sorted(unet_prefixes(pipe.unet.config).items(), key=lambda kv: -len(kv[0]))
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    prefixes = (
+        sorted(unet_prefixes(pipe.unet.config).items(), key=lambda kv: -len(kv[0])) if sdxl else [("", "")]
+    )
     out: dict[str, torch.Tensor] = {}
 
     def add(key: str, linear) -> None:
@@ -67,8 +72,8 @@ def kohya_lora(pipe, seed: int = 11, rank: int = RANK, alpha: float = ALPHA) -> 
         out[f"{key}.alpha"] = torch.tensor(float(alpha))
 
     for name, linear in _linears(pipe.unet, UNET_TARGETS):
-        hf, ldm = next((hf, ldm) for hf, ldm in prefixes if name.startswith(hf + "."))
-        add("lora_unet_" + (ldm + name[len(hf) :]).replace(".", "_"), linear)
+        hf, ldm = next((hf, ldm) for hf, ldm in prefixes if not hf or name.startswith(hf + "."))
+        add("lora_unet_" + (ldm + name[len(hf) :]).lstrip(".").replace(".", "_"), linear)
     towers = [("lora_te1_", pipe.text_encoder), ("lora_te2_", getattr(pipe, "text_encoder_2", None))]
     if towers[1][1] is None:  # one text tower (SD1.x): kohya names it lora_te_
         towers = [("lora_te_", pipe.text_encoder)]
