@@ -247,9 +247,9 @@ class GenerateRequest(BaseModel):
     )  # type: ignore[valid-type]
     sampling: Literal[SAMPLING_PRESETS] | None = Field(  # type: ignore[valid-type]
         default=None,
-        description="A few-step model's published settings (sampler, steps, guidance, spacing, timesteps; "
-        "see docs/few-step.md): lightning-2/4/8step, turbo-1/4step, hyper-sd-1/2/4/8step, hyper-sd-1step-unet, "
-        "hyper-sd-8/12step-cfg, dmd2-4step, lcm-lora-4/8step. A value given with its own flag wins.",
+        description="A few-step model's published settings: fills the sampler, steps, guidance, spacing, "
+        "timesteps and eta it leaves out (docs/few-step.md: each preset and its model card); a value "
+        "given with its own flag wins.",
         json_schema_extra=frontend(group="sampling", label="Few-step preset"),
     )
     timestep_spacing: Literal[schedulers.SPACINGS] | None = Field(  # type: ignore[valid-type]

@@ -240,3 +240,33 @@ def test_the_ui_shows_a_presets_values_in_its_widgets():
     assert PRESET_FIELDS == ("scheduler", "steps", "guidance", "timestep_spacing", "timesteps", "eta")
     assert preset_changed("dmd2-4step", *current) == ["lcm", 4, 0.0, None, "999, 749, 499, 249", None]
     assert preset_changed(None, *current) == current
+
+
+def test_graph_replay_follows_the_sampler(tiny_model, style_images):
+    """``--speed graphs`` on the CPU (``TracedCapture``: CUDA-graph semantics, Python frozen at
+    capture): the sampler runs outside the UNet and the timestep is a graph input, so one graph
+    serves several samplers and timesteps without replaying a stale picture (a float timestep,
+    as Euler's, keys its own graph: ``fast.graphs`` keys on dtypes)."""
+    from instantstyle import fast as fast_path
+    from instantstyle.fast import graphs, unet_graphs
+
+    red = style_images["red"]
+    runs = [  # three samplers with integer timesteps: one graph, replayed by each
+        dict(scheduler="ddim", timestep_spacing="trailing", steps=1),
+        dict(sampling="hyper-sd-1step-unet"),  # LCM at timestep 800
+        dict(scheduler="tcd", steps=1, eta=1.0),
+    ]
+    saved = tiny_model.speed
+    try:
+        tiny_model.speed = fast_path.PLAIN
+        refs = [ours(tiny_model, red, **run)[0] for run in runs]
+        # a stale replay would show: each sampler's picture differs from the one before it
+        assert all(np.abs(a - b).max() > 10 * TOL for a, b in zip(refs, refs[1:], strict=False))
+        cache = unet_graphs.graph_cache(tiny_model.pipe.unet, graphs.TracedCapture())
+        tiny_model.speed = fast_path.FastOptions(cuda_graphs=True)
+        for run, ref in zip(runs, refs, strict=True):
+            assert np.abs(ours(tiny_model, red, **run)[0] - ref).max() <= TOL, run
+        assert (cache.captures, cache.replays) == (1, 3)
+    finally:
+        tiny_model.speed = saved
+        unet_graphs.release_graphs(tiny_model.pipe.unet)
