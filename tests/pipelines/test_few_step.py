@@ -270,3 +270,13 @@ def test_graph_replay_follows_the_sampler(tiny_model, style_images):
     finally:
         tiny_model.speed = saved
         unet_graphs.release_graphs(tiny_model.pipe.unet)
+
+
+def test_baselines_warn_on_a_few_step_base_too(tiny_model, monkeypatch):
+    from instantstyle.methods import _common
+
+    monkeypatch.setattr(tiny_model, "ids", {**tiny_model.ids, "base": "ByteDance/SDXL-Lightning"})
+    req = make_request(prompt="x", method="style-aligned", reference_prompt="a red square", steps=2)
+    assert req.guidance == 10.0  # StyleAligned's own default
+    with pytest.warns(FewStepGuidanceWarning, match="base 'ByteDance/SDXL-Lightning'"):
+        _common.setup(tiny_model, req)

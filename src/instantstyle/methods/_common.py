@@ -48,6 +48,9 @@ def setup(model, req) -> Setup:
             "reference prompt": req.reference_prompt,
         },
     )
+    from ..schedulers import warn_if_high_guidance
+
+    warn_if_high_guidance(req, model.ids)  # e.g. a Lightning base at StyleAligned's guidance 10
     return Setup(seed, width, height)
 
 
