@@ -200,10 +200,6 @@ _FEW_STEP_NAME = re.compile(r"lightning|turbo|hyper[-_ ]?sd|dmd2|\blcm|lcm[-_]|\
 _CFG_NAME = re.compile(r"cfg", re.IGNORECASE)
 
 
-def sampler(name: str) -> Sampler:
-    return SAMPLERS[name]
-
-
 def apply_preset(data: dict, *, text_to_image: bool) -> dict:
     """``data`` (a request's raw fields) with ``data["sampling"]``'s preset filling what it
     leaves out (``None`` or absent); an unknown name is left for the schema to refuse. Custom
