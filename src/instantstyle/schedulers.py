@@ -329,9 +329,11 @@ def few_step_reasons(req, names: dict[str, str | None]) -> list[str]:
 
 
 def _lora_name(entry) -> str:
+    """A user LoRA's name: ``PATH[:SCALE]`` without its scale (or a parsed entry's path)."""
     if isinstance(entry, dict):
         return str(entry.get("path") or entry.get("name") or entry)
-    return str(getattr(entry, "path", None) or entry)
+    text = str(getattr(entry, "path", None) or entry)
+    return re.sub(r":[-+]?[0-9]*\.?[0-9]+$", "", text)
 
 
 def guidance_warning(req, names: dict[str, str | None]) -> str | None:

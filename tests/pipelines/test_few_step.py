@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import types
 import warnings
 
 import diffusers
@@ -162,10 +161,8 @@ def test_guidance_above_2_warns_on_a_few_step_model(tiny_model, style_images):
     assert schedulers.guidance_warning(req, {"base": "ByteDance/SDXL-Lightning"})
     assert schedulers.guidance_warning(req, {"base": "stabilityai/sdxl-turbo"})
     assert schedulers.guidance_warning(req, {"base": "stabilityai/stable-diffusion-xl-base-1.0"}) is None
-    with_lora = types.SimpleNamespace(
-        **{**req.model_dump(), "loras": ["loras/Hyper-SDXL-4steps-lora.safetensors"]}
-    )
-    assert "Hyper-SDXL-4steps-lora" in schedulers.guidance_warning(with_lora, {"base": "sdxl"})
+    with_lora = make_request(prompt="x", guidance=6.0, loras=["loras/Hyper-SDXL-4steps-lora.safetensors:0.8"])
+    assert "lora 'loras/Hyper-SDXL-4steps-lora.safetensors')" in schedulers.guidance_warning(with_lora, {})
     cfg_lora = {"lora": "Hyper-SDXL-8steps-CFG-lora.safetensors"}  # CFG-preserving: made for guidance 5-8
     assert schedulers.guidance_warning(req, cfg_lora) is None
     assert schedulers.guidance_warning(make_request(prompt="x", sampling="hyper-sd-8step-cfg"), {}) is None
