@@ -73,11 +73,16 @@ class TracedCapture:
         self.warmup = warmup
 
     def __call__(self, fn: Callable[[], object], device: torch.device):
+        from torch._guards import TracingContext, tracing
+        from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.proxy_tensor import make_fx
 
         for _ in range(self.warmup):
             fn()
-        traced = make_fx(fn)()
+        # One fake-tensor mode for the trace's shape metadata: without it make_fx builds one per
+        # recorded tensor, each saving a Python stack trace (most of a capture's time on the CPU).
+        with tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))):
+            traced = make_fx(fn)()
         out = traced()
 
         def replay():
