@@ -3,8 +3,9 @@
 A *feature* is a named row of ``FEATURES``: the Hub pieces (repository + the files in it) that a
 command needs, e.g. ``base`` (SDXL in fp16), ``adapter`` (h94's ``ip-adapter_sdxl`` and its
 ViT-bigG image encoder), ``canny``/``tile``/``depth`` (ControlNets), ``vit-h`` (the ViT-H adapter
-pair), ``sd15``/``sd15-adapter``/``vit-h-text`` (SD1.5, ``ip-adapter_sd15``, the ViT-H text tower). The table is data: other modules add rows with ``register_feature`` (metric models, more
-adapters). Anything else given is a model reference as ``instantstyle.models`` reads it
+pair), ``sd15``/``sd15-adapter``/``sd15-plus``/``vit-h-text`` (SD1.5, ``ip-adapter_sd15``,
+``ip-adapter-plus_sd15``, the ViT-H text tower). The table is data: other modules add rows with
+``register_feature`` (metric models, more adapters). Anything else given is a model reference as ``instantstyle.models`` reads it
 (``owner/repo`` or ``owner/repo/path/in/repo``), so the pre-flight's "fetch them with" line can
 name non-default models too.
 
@@ -147,6 +148,16 @@ IP_ADAPTER_SD15 = Piece(
     ),
     approx_gb=2.6,
 )
+IP_ADAPTER_SD15_PLUS = Piece(
+    "IP-Adapter ip-adapter-plus_sd15 (Resampler over ViT-H patch features) + ViT-H image encoder",
+    IP_ADAPTER_REPO,
+    files=(
+        "models/ip-adapter-plus_sd15.safetensors",
+        "models/image_encoder/config.json",
+        "models/image_encoder/model.safetensors",
+    ),
+    approx_gb=2.6,
+)
 VIT_H_TEXT = Piece(
     "CLIP ViT-H/14 (its text tower: content subtraction for ViT-H adapters)",
     sources.VIT_H_TEXT,
@@ -267,6 +278,13 @@ def _default_features() -> None:
             "sd15-adapter",
             "ip-adapter_sd15 and its ViT-H image encoder: the SD1.5 defaults",
             (IP_ADAPTER_SD15,),
+        )
+    )
+    register_feature(
+        Feature(
+            "sd15-plus",
+            "IP-Adapter Plus for SD1.5 (ip-adapter-plus_sd15) and its ViT-H image encoder",
+            (IP_ADAPTER_SD15_PLUS,),
         )
     )
     register_feature(

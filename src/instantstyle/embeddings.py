@@ -38,7 +38,8 @@ FEATURES = ("global", "patch")  # the projected image embedding, or the penultim
 PATCH_SUBTRACTION = (
     "content subtraction (--content-prompt) does not apply to an IP-Adapter Plus: its patch features "
     "are not in the CLIP text space the content prompt is embedded in (the InstantStyle README says so); "
-    "use a global adapter (h94/IP-Adapter sdxl_models/ip-adapter_sdxl.safetensors), or drop "
+    "use a global adapter (h94/IP-Adapter sdxl_models/ip-adapter_sdxl.safetensors; on SD1.5 "
+    "models/ip-adapter_sd15.safetensors), or drop "
     "--content-prompt and pass --negative-style with an image of the content to keep out"
 )
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

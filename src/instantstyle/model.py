@@ -489,6 +489,13 @@ def _unet_config_or_none(base: str) -> dict | None:
         return None
 
 
+# The h94 Plus file of each family, named when a Plus adapter of the other family is given.
+PLUS_ADAPTERS = {
+    "sdxl": "h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+    "sd15": models.SD15_PLUS_ADAPTER,
+}
+
+
 def _check_adapter_family(
     info: adapter_mod.AdapterInfo,
     adapter: str,
@@ -511,7 +518,7 @@ def _check_adapter_family(
     raise InstantStyleError(
         f"--adapter '{adapter}' was made for another model family than the {label} base '{base}' "
         f"(it carries {theirs}; this UNet has {ours}); use an {label} adapter such as "
-        f"{models.FAMILY_DEFAULTS[family]['adapter']}"
+        f"{PLUS_ADAPTERS[family] if info.kind == 'plus' else models.FAMILY_DEFAULTS[family]['adapter']}"
     )
 
 

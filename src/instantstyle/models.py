@@ -42,11 +42,13 @@ from .sources import (
     SD15_ADAPTER,
     SD15_BASE,
     SD15_IMAGE_ENCODER,
+    SD15_PLUS_ADAPTER,
     TINY,
     TINY_BASES,
     TINY_PLUS,
     TINY_REFS,
     TINY_SD15,
+    TINY_SD15_PLUS,
     TINY_VIT_H,
     VIT_H_IMAGE_ENCODER,
     Source,
@@ -68,11 +70,13 @@ __all__ = [  # re-exported so ``models`` is the one place front ends and tasks t
     "SD15_ADAPTER",
     "SD15_BASE",
     "SD15_IMAGE_ENCODER",
+    "SD15_PLUS_ADAPTER",
     "TINY",
     "TINY_BASES",
     "TINY_PLUS",
     "TINY_REFS",
     "TINY_SD15",
+    "TINY_SD15_PLUS",
     "TINY_VIT_H",
     "VIT_H_IMAGE_ENCODER",
     "Source",
@@ -96,7 +100,7 @@ def tiny_part(name: str, ref: str = TINY) -> Any:
 
     ``tiny`` (``sources.tiny.TinyModels``: ``pipe``, ``image_encoder``, ``feature_extractor``,
     ``adapter_state_dict``; ``controlnet``) or ``tiny-sd15`` (``sources.tiny_sd15.TinySD15``: the
-    same, plus ``content_text`` and ``content_tokenizer``). Each is built once per process and
+    same, plus ``content_text``, ``content_tokenizer`` and ``plus_state_dict``). Each is built once per process and
     copied, so each load owns its modules, and all parts come from the same build (same seeds,
     same weights).
     """
@@ -401,7 +405,9 @@ def only_variant(src: Source) -> str | None:
 
 def load_adapter_state_dict(spec: str) -> dict:
     """An IP-Adapter's state dict (h94 layout) from a file, a Hub path or a tiny reference
-    (``tiny``/``tiny-sd15``: the base's own; ``tiny-plus``/``tiny-vit-h``)."""
+    (``tiny``/``tiny-sd15``: the base's own; ``tiny-plus``/``tiny-vit-h``; ``tiny-sd15-plus``)."""
+    if spec == TINY_SD15_PLUS:  # ip-adapter-plus_sd15 for the tiny SD1.5 (sources.tiny_sd15)
+        return tiny_part("plus_state_dict", TINY_SD15)
     if spec in (TINY_PLUS, TINY_VIT_H):
         return tiny_part("plus_state_dict" if spec == TINY_PLUS else "vit_h_state_dict")
     if is_tiny(spec):

@@ -57,8 +57,9 @@ def _add_base_args(g, models) -> None:
         "--adapter",
         default=None,
         help="IP-Adapter .safetensors/.bin in the h94 layout: a global one (ip-adapter_sdxl, "
-        "ip-adapter_sdxl_vit-h, ip-adapter_sd15) or an IP-Adapter Plus (ip-adapter-plus_sdxl_vit-h: patch "
-        "features, no content subtraction); tiny-plus / tiny-vit-h for the tiny ones (default: the base "
+        "ip-adapter_sdxl_vit-h, ip-adapter_sd15) or an IP-Adapter Plus (ip-adapter-plus_sdxl_vit-h, "
+        "ip-adapter-plus_sd15: patch features, no content subtraction); tiny-plus / tiny-vit-h / "
+        "tiny-sd15-plus for the tiny ones (default: the base "
         f"family's, {models.DEFAULT_ADAPTER} for SDXL, {models.SD15_ADAPTER} for SD1.5)",
     )
     g.add_argument(

@@ -5,7 +5,8 @@
   (``default_adapter``, ``default_image_encoder``, ``default_controlnet``), and ``--base tiny-sd15``
   its own (an ``ip-adapter_sd15``-layout adapter, a ViT-H-shaped encoder and text tower);
 - ``tiny-plus`` / ``tiny-vit-h`` (``--adapter``): the tiny IP-Adapter Plus and global ViT-H adapter;
-  either implies ``--image-encoder tiny-vit-h``, the tiny ViT-H-shaped encoder (``sources.tiny_adapters``);
+  ``tiny-sd15-plus``: the tiny ``ip-adapter-plus_sd15`` (for ``--base tiny-sd15``); each implies
+  ``--image-encoder tiny-vit-h``, the tiny ViT-H-shaped encoder (``sources.tiny_adapters``);
 - a local file or directory (anything that exists on disk, or starts with ``/``, ``./``, ``~``);
 - ``owner/repo``: a whole Hub repository (diffusers layout for a base model);
 - ``owner/repo/sub/path``: a file or folder inside a Hub repository.
@@ -32,14 +33,19 @@ TINY_PLUS = (
 )
 TINY_VIT_H = "tiny-vit-h"  # the global ViT-H adapter (ip-adapter_sdxl_vit-h), and the ViT-H image encoder
 TINY_SD15 = "tiny-sd15"  # the tiny SD1.5 (sources.tiny_sd15): base, adapter, encoder and text tower at once
+TINY_SD15_PLUS = (
+    "tiny-sd15-plus"  # IP-Adapter Plus for the tiny SD1.5, as ip-adapter-plus_sd15 (ViT-H patches)
+)
+TINY_VIT_H_ADAPTERS = (TINY_PLUS, TINY_VIT_H, TINY_SD15_PLUS)  # the tiny adapters that read tiny-vit-h
 TINY_BASES = (TINY, TINY_SD15)  # the tiny references that are base models (each its own adapter/encoder)
-TINY_REFS = (TINY, TINY_PLUS, TINY_VIT_H, TINY_SD15)  # every built-in tiny reference
+TINY_REFS = (TINY, TINY_PLUS, TINY_VIT_H, TINY_SD15, TINY_SD15_PLUS)  # every built-in tiny reference
 # The image encoder each h94 adapter file reads (the *_vit-h files: OpenCLIP ViT-H/14).
 VIT_H_IMAGE_ENCODER = "h94/IP-Adapter/models/image_encoder"
 
 # Per-family defaults (SD1.5: InstantStyle's infer_style_sd15.py and h94's SD1.5 files).
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
+SD15_PLUS_ADAPTER = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"  # Resampler, ViT-H patches
 SD15_IMAGE_ENCODER = VIT_H_IMAGE_ENCODER  # ViT-H/14, 1024-d
 VIT_H_TEXT = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # its text tower: content subtraction on ViT-H adapters
 SD15_CONTROLNET_CANNY = "lllyasviel/control_v11p_sd15_canny"
@@ -83,11 +89,11 @@ def default_adapter(base: str, family: str = "sdxl") -> str:
 def default_image_encoder(base: str, adapter: str | None = None, family: str = "sdxl") -> str:
     """The image encoder used with ``base`` and ``adapter`` when none is named.
 
-    The adapter decides where it names one: ``tiny-plus``/``tiny-vit-h`` read the tiny ViT-H encoder,
-    an h94 ``*vit-h*`` file (``ip-adapter_sdxl_vit-h``, ``ip-adapter-plus_sdxl_vit-h``) reads
+    The adapter decides where it names one: ``tiny-plus``/``tiny-vit-h``/``tiny-sd15-plus`` read the
+    tiny ViT-H encoder, an h94 ``*vit-h*`` file (``ip-adapter_sdxl_vit-h``, ``ip-adapter-plus_sdxl_vit-h``) reads
     ``h94/IP-Adapter/models/image_encoder``; otherwise the base family's (a tiny base's own).
     """
-    if adapter in (TINY_PLUS, TINY_VIT_H):
+    if adapter in TINY_VIT_H_ADAPTERS:
         return TINY_VIT_H
     if adapter and not is_tiny(adapter) and "vit-h" in Path(str(adapter)).name.lower():
         return VIT_H_IMAGE_ENCODER

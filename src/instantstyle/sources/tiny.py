@@ -243,7 +243,7 @@ def make_tiny(directory: str | Path, seed: int = TINY_SEED) -> dict[str, Path]:
     torch.save(models.adapter_state_dict, sdxl_models / "ip-adapter_sdxl.bin")
     single = write_single_file(directory / "sdxl-single-file", seed)
     from .tiny_adapters import write_tiny_adapters  # the Plus and ViT-H adapters, ViT-H encoder
-    from .tiny_sd15 import write_tiny_sd15  # SD1.5, its ip-adapter_sd15 beside them in IP-Adapter/models
+    from .tiny_sd15 import write_tiny_sd15  # SD1.5, ip-adapter(-plus)_sd15 beside them in IP-Adapter/models
 
     vit_h = write_tiny_adapters(directory / "IP-Adapter", models.pipe.unet, seed + 10)
     sd15 = write_tiny_sd15(directory)

@@ -17,6 +17,8 @@ Topology kept from SD1.5 (``runwayml/stable-diffusion-v1-5``'s ``unet/config.jso
   ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` is to ``h94/IP-Adapter/models/image_encoder``;
 - an ``ip-adapter_sd15``-layout adapter: a global ``ImageProjection`` to 4 tokens, one
   ``ip_adapter.N`` entry per ``attn2`` processor (16, odd ids), h94 key names;
+- an ``ip-adapter-plus_sd15``-layout adapter (``tiny-sd15-plus``): a 16-token Resampler over the ViT-H
+  encoder's patch features (``sources.tiny_adapters.random_plus_adapter_state_dict`` on this UNet);
 - an SD1.5 VAE (scaling factor 0.18215, SDXL's is 0.13025) and a tiny SD1.5 ControlNet.
 
 ``write_tiny_sd15(dir)`` writes it in the standard layouts (see its docstring).
@@ -30,7 +32,14 @@ from pathlib import Path
 
 import torch
 
-from .tiny_adapters import VIT_H_PROJECTION, random_adapter_state_dict, tiny_vit_h_encoder
+from .tiny_adapters import (
+    VIT_H_HIDDEN,
+    VIT_H_PROJECTION,
+    random_adapter_state_dict,
+    random_plus_adapter_state_dict,
+    save_adapter,
+    tiny_vit_h_encoder,
+)
 from .tiny_parts import _tokenizer
 
 TINY_SD15_SEED = 100
@@ -49,6 +58,7 @@ class TinySD15:
     adapter_state_dict: dict  # {"image_proj": {...}, "ip_adapter": {...}} (ip-adapter_sd15 layout)
     content_text: object  # transformers.CLIPTextModelWithProjection (the ViT-H text tower)
     content_tokenizer: object
+    plus_state_dict: dict  # ip-adapter-plus_sd15 layout: Resampler over the ViT-H patch features
 
 
 def tiny_sd15_unet_config(cross_dim: int = CROSS_DIM) -> dict:
@@ -136,7 +146,8 @@ def build_tiny_sd15(seed: int = TINY_SD15_SEED) -> TinySD15:
     for model in (unet, vae, text_encoder, image_encoder, content_text):
         model.eval()
     adapter = random_adapter_state_dict(unet, clip_dim=VIT_H_DIM, tokens=IP_TOKENS, seed=seed + 5)
-    return TinySD15(pipe, image_encoder, image_processor(224), adapter, content_text, tokenizer)
+    plus = random_plus_adapter_state_dict(unet, VIT_H_HIDDEN, seed=seed + 7)  # reads the patch features
+    return TinySD15(pipe, image_encoder, image_processor(224), adapter, content_text, tokenizer, plus)
 
 
 def tiny_sd15_controlnet(seed: int = TINY_SD15_SEED + 6):
@@ -163,7 +174,8 @@ def tiny_sd15_controlnet(seed: int = TINY_SD15_SEED + 6):
 def write_tiny_sd15(directory: str | Path, seed: int = TINY_SD15_SEED) -> dict[str, Path]:
     """Write the tiny SD1.5 in the standard layouts; return the paths to use.
 
-    ``DIR/sd15`` (diffusers), ``DIR/IP-Adapter/models/{ip-adapter_sd15.safetensors,image_encoder/}``
+    ``DIR/sd15`` (diffusers), ``DIR/IP-Adapter/models/{ip-adapter_sd15,ip-adapter-plus_sd15}.safetensors``
+    and ``DIR/IP-Adapter/models/image_encoder/``
     (the h94 repository's layout; the encoder is the shared tiny ViT-H, the same weights
     ``sources.tiny_adapters`` writes there), ``DIR/CLIP-ViT-H-14`` (the ViT-H text tower and its tokenizer, as
     ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``), ``DIR/controlnet-sd15``, and
@@ -184,6 +196,7 @@ def write_tiny_sd15(directory: str | Path, seed: int = TINY_SD15_SEED) -> dict[s
     flat = {f"image_proj.{k}": v for k, v in models.adapter_state_dict["image_proj"].items()}
     flat.update({f"ip_adapter.{k}": v for k, v in models.adapter_state_dict["ip_adapter"].items()})
     save_file({k: v.contiguous() for k, v in flat.items()}, h94 / "ip-adapter_sd15.safetensors")
+    save_adapter(models.plus_state_dict, h94 / "ip-adapter-plus_sd15.safetensors")
     text = directory / "CLIP-ViT-H-14"
     models.content_text.save_pretrained(text, safe_serialization=True)
     models.content_tokenizer.save_pretrained(text)
@@ -197,6 +210,7 @@ def write_tiny_sd15(directory: str | Path, seed: int = TINY_SD15_SEED) -> dict[s
     return {
         "sd15_base": base,
         "sd15_adapter": h94 / "ip-adapter_sd15.safetensors",
+        "sd15_plus_adapter": h94 / "ip-adapter-plus_sd15.safetensors",
         "sd15_image_encoder": h94 / "image_encoder",
         "sd15_content_text": text,
         "sd15_controlnet": directory / "controlnet-sd15",
