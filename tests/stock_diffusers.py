@@ -38,16 +38,17 @@ def load_stock_vit_h(tiny_paths, feature_extractor, weight_name="ip-adapter-plus
     return pipe
 
 
-def load_stock_sd15(tiny_paths, feature_extractor):
-    """Stock diffusers SD1.5 + ``ip-adapter_sd15`` from the tiny files (``StableDiffusionPipeline.from_pretrained``
-    + ``load_ip_adapter`` with h94's ``models`` layout), with our image preprocessing. Each caller gets its own."""
+def load_stock_sd15(tiny_paths, feature_extractor, weight_name="ip-adapter_sd15.safetensors"):
+    """Stock diffusers SD1.5 + ``ip-adapter_sd15`` (or ``weight_name``, e.g. ``ip-adapter-plus_sd15.safetensors``)
+    from the tiny files (``StableDiffusionPipeline.from_pretrained`` + ``load_ip_adapter`` with h94's ``models``
+    layout), with our image preprocessing. Each caller gets its own."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_paths["sd15_base"]))
     pipe.load_ip_adapter(
         str(tiny_paths["sd15_adapter"].parent.parent),
         subfolder="models",
-        weight_name="ip-adapter_sd15.safetensors",
+        weight_name=weight_name,
         image_encoder_folder="image_encoder",
     )
     pipe.feature_extractor = feature_extractor
