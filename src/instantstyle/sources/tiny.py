@@ -37,7 +37,7 @@ import torch
 
 # The adapter generators (generic over the UNet) live with the other adapter kinds, the tokenizer
 # every tiny model shares in tiny_parts; both re-exported.
-from .tiny_adapters import IP_WEIGHT_STD, random_adapter_state_dict
+from .tiny_adapters import IP_WEIGHT_STD, random_adapter_state_dict, vision_config
 from .tiny_parts import _tokenizer
 
 __all__ = [
@@ -111,18 +111,7 @@ def tiny_unet_config(cross_dim: int = CROSS_DIM) -> dict:
 
 
 def tiny_vision_config():
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        num_channels=3,
-        image_size=224,
-        patch_size=14,
-        projection_dim=CLIP_DIM,
-    )
+    return vision_config(32, CLIP_DIM)
 
 
 def build_tiny(seed: int = TINY_SEED, text_widths: tuple[int, int] = (32, 32)) -> TinyModels:

@@ -76,19 +76,24 @@ def random_adapter_state_dict(
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def tiny_vit_h_config():
+def vision_config(hidden_size: int, projection_dim: int):
+    """A tiny CLIP vision tower at 224 px, patch 14 (257 tokens, as ViT-H/14 and ViT-bigG/14)."""
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=VIT_H_HIDDEN,
+        hidden_size=hidden_size,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
         num_channels=3,
         image_size=224,
         patch_size=14,
-        projection_dim=VIT_H_PROJECTION,
+        projection_dim=projection_dim,
     )
+
+
+def tiny_vit_h_config():
+    return vision_config(VIT_H_HIDDEN, VIT_H_PROJECTION)
 
 
 def tiny_vit_h_encoder(seed: int = 10):
